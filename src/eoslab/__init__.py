@@ -1,0 +1,28 @@
+"""eoslab: gradient descent at the Edge of Stability, measured exactly (JAX).
+
+Public names are re-exported here; import from ``eoslab`` or its subpackages, not private modules.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import curvature as curvature
+from .errors import ConfigError as ConfigError
+from .errors import DivergenceError as DivergenceError
+from .errors import EoslabError as EoslabError
+from .errors import UnsafeFileError as UnsafeFileError
+from .objective import Objective as Objective
+
+try:
+    __version__ = version("eoslab")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "ConfigError",
+    "DivergenceError",
+    "EoslabError",
+    "Objective",
+    "UnsafeFileError",
+    "__version__",
+    "curvature",
+]

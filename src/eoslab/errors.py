@@ -1,0 +1,49 @@
+"""User-facing errors: one class per situation, each saying what failed and how to fix it."""
+
+from __future__ import annotations
+
+
+class EoslabError(Exception):
+    """Base class of every error eoslab raises on purpose."""
+
+
+class ConfigError(EoslabError, ValueError):
+    """A field of a config or an argument has a value eoslab does not accept.
+
+    The message names the field, the value received and the values accepted.
+    """
+
+    def __init__(self, field: str, value: object, accepted: str, hint: str = "") -> None:
+        self.field, self.value, self.accepted = field, value, accepted
+        msg = f"{field}={value!r} is not accepted; expected {accepted}."
+        if hint:
+            msg += f" {hint}"
+        super().__init__(msg)
+
+
+class DivergenceError(EoslabError, FloatingPointError):
+    """The loss or the parameters became non-finite (NaN or inf) during a run."""
+
+
+class UnsafeFileError(EoslabError, ValueError):
+    """A file asked to run code or contained objects eoslab refuses to load."""
+
+
+class NotConvergedError(EoslabError, RuntimeError):
+    """An iterative solve did not reach its tolerance within its budget."""
+
+
+def check_choice(field: str, value: object, choices: tuple | list) -> None:
+    """Raise `ConfigError` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(field, value, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def check_positive(field: str, value: float, *, allow_zero: bool = False) -> None:
+    """Raise `ConfigError` unless `value` is a finite number > 0 (or >= 0)."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(field, value, "a finite number " + (">= 0" if allow_zero else "> 0"))

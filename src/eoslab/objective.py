@@ -1,0 +1,276 @@
+"""`Objective`: a loss on a flat parameter vector plus the data it closes over.
+
+Every other part of eoslab works on a flat vector ``w`` (1-D, float32 by default) and a scalar loss
+``L(w)``. An `Objective` is an equinox Module (a pytree): its data are array leaves, so jitted
+functions take it as an argument instead of baking the data into the compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float
+
+from .errors import ConfigError
+
+__all__ = ["Objective", "safe_sqrt", "as_objective"]
+
+
+def safe_sqrt(u: Array) -> Array:
+    r"""$\sqrt{\max(u, 0)}$ with derivative $1/(2\sqrt u)$ for $u>0$ and $0$ for $u \le 0$.
+
+    At the minimum ($u=0$) the value is 0 and the gradient is the zero subgradient, never NaN;
+    higher derivatives are finite as well (the double-`where` keeps NaN out of the backward pass).
+    """
+    pos = u > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, u, 1.0)), 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _IgnoreData:
+    """Adapts ``f(w)`` to the ``fn(w, data)`` form; equal when the wrapped callables are equal."""
+
+    f: Callable[[Array], Array]
+
+    def __call__(self, w: Array, data: Any) -> Array:
+        del data
+        return self.f(w)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sqrt:
+    """``sqrt(fn(w, data) - loss_min)``; hashable so jit caches stay warm."""
+
+    fn: Callable[[Array, Any], Array]
+    loss_min: float
+
+    def __call__(self, w: Array, data: Any) -> Array:
+        return safe_sqrt(self.fn(w, data) - self.loss_min)
+
+
+_DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+
+
+def _resolve_dtype(dtype: Any, w0: Any) -> Any:
+    if dtype is None:
+        return jnp.float32
+    name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in _DTYPES:
+        raise ConfigError("dtype", dtype, "'float32' or 'float64'")
+    if name == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError(
+            "dtype",
+            dtype,
+            "'float32' (float64 needs 64-bit mode)",
+            "Enable it first with jax.config.update('jax_enable_x64', True).",
+        )
+    return _DTYPES[name]
+
+
+def _check_w0(w0: Any) -> np.ndarray:
+    arr = np.asarray(w0)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ConfigError("w0.dtype", str(arr.dtype), "a real floating dtype (float32 or float64)")
+    if arr.ndim != 1:
+        raise ConfigError("w0.shape", arr.shape, "a 1-D vector (use from_pytree for pytrees)")
+    if arr.size == 0:
+        raise ConfigError("w0.shape", arr.shape, "at least one parameter")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.sum(~np.isfinite(arr)))
+        raise ConfigError("w0", f"<{bad} non-finite entries>", "finite values only")
+    return arr
+
+
+class Objective(eqx.Module):
+    r"""A smooth loss $L(w)$ of a flat parameter vector $w \in \mathbb{R}^D$.
+
+    Build one with `from_fn`, `from_pytree` or (for models and datasets) `from_model`.
+    Call it as ``objective(w)``; ``objective.sqrt()`` is $\sqrt{L - L_{\min}}$.
+
+    Attributes:
+        fn: ``fn(w, data) -> scalar`` (static).
+        data: pytree of arrays the loss closes over (traced under jit, not baked in).
+        w0: the initial flat parameters, shape ``(D,)``.
+        loss_min: $L_{\min}$, the value of $L$ on the manifold of minimizers (0 for
+            interpolating models).
+        unravel: maps a flat vector back to the model's pytree (identity for flat problems).
+        transform: ``"none"`` or ``"sqrt"`` (this objective is $\sqrt{L_{base} - L_{\min}}$).
+        base_fn: for ``transform="sqrt"``, the untransformed loss ``fn(w, data)``.
+    """
+
+    fn: Callable[[Array, Any], Array] = eqx.field(static=True)
+    data: Any
+    w0: Float[Array, " d"]
+    loss_min: float = eqx.field(static=True, default=0.0)
+    unravel: Callable[[Array], Any] = eqx.field(static=True, default=None)
+    transform: Literal["none", "sqrt"] = eqx.field(static=True, default="none")
+    base_fn: Callable[[Array, Any], Array] | None = eqx.field(static=True, default=None)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_fn(
+        cls,
+        fn: Callable[[Array], Array],
+        w0: Any,
+        loss_min: float = 0.0,
+        *,
+        dtype: Any = None,
+    ) -> Objective:
+        r"""Objective of any smooth ``fn(w) -> scalar`` on a flat vector ``w0`` (shape ``(D,)``).
+
+        >>> import jax.numpy as jnp
+        >>> obj = Objective.from_fn(lambda w: 0.5 * jnp.sum(w**2), jnp.ones(3))
+        >>> float(obj(obj.w0))
+        1.5
+        """
+        return cls._build(_IgnoreData(fn), None, w0, loss_min, dtype, None)
+
+    @classmethod
+    def from_data_fn(
+        cls,
+        fn: Callable[[Array, Any], Array],
+        data: Any,
+        w0: Any,
+        loss_min: float = 0.0,
+        *,
+        dtype: Any = None,
+        unravel: Callable[[Array], Any] | None = None,
+    ) -> Objective:
+        """Objective of ``fn(w, data)``: the data stay a traced argument under jit.
+
+        ``fn`` must be hashable and stable (a module-level function or a frozen dataclass), so that
+        compiled code is reused between calls.
+        """
+        return cls._build(fn, data, w0, loss_min, dtype, unravel)
+
+    @classmethod
+    def from_pytree(
+        cls,
+        fn: Callable[[Any], Array],
+        params: Any,
+        loss_min: float = 0.0,
+        *,
+        dtype: Any = None,
+    ) -> Objective:
+        """Objective of ``fn(params)`` for pytree parameters, flattened once with ``ravel_pytree``.
+
+        ``objective.unravel(w)`` gives the pytree back.
+        """
+        leaves = jax.tree_util.tree_leaves(params)
+        if not leaves:
+            raise ConfigError("params", params, "a pytree with at least one array leaf")
+        for leaf in leaves:
+            if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
+                raise ConfigError("params leaf dtype", str(jnp.asarray(leaf).dtype), "floating")
+        target = _resolve_dtype(dtype, None)
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, target), params)
+        flat, unravel = ravel_pytree(params)
+        return cls._build(_Unravelled(fn, unravel), None, flat, loss_min, dtype, unravel)
+
+    @classmethod
+    def _build(cls, fn, data, w0, loss_min, dtype, unravel) -> Objective:
+        arr = _check_w0(w0)
+        target = _resolve_dtype(dtype, arr)
+        if not np.isfinite(loss_min):
+            raise ConfigError("loss_min", loss_min, "a finite number")
+        w = jnp.asarray(arr, dtype=target)
+        try:
+            out = jax.eval_shape(fn, w, data)
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise ConfigError("fn", fn, "a function of w returning a scalar", f"Calling it failed: {exc}") from exc
+        if getattr(out, "shape", None) != ():
+            raise ConfigError(
+                "fn", f"<returns shape {getattr(out, 'shape', type(out))}>", "a scalar loss (shape ())"
+            )
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise ConfigError("fn", f"<returns dtype {out.dtype}>", "a floating-point scalar")
+        return cls(
+            fn=fn,
+            data=data,
+            w0=w,
+            loss_min=float(loss_min),
+            unravel=unravel if unravel is not None else _identity,
+        )
+
+    # ------------------------------------------------------------------ use
+    def __call__(self, w: Float[Array, " d"]) -> Float[Array, ""]:
+        """$L(w)$."""
+        return self.fn(w, self.data)
+
+    @property
+    def dim(self) -> int:
+        """$D$, the number of parameters."""
+        return int(self.w0.shape[0])
+
+    @property
+    def dtype(self) -> Any:
+        return self.w0.dtype
+
+    def base(self) -> Objective:
+        """The untransformed loss $L$ (itself unless this is a `sqrt` objective)."""
+        if self.transform == "sqrt":
+            return dataclasses.replace(self, fn=self.base_fn, transform="none", base_fn=None)
+        return self
+
+    def sqrt(self) -> Objective:
+        r"""The objective $\sqrt{L(w) - L_{\min}}$ (its gradient at the minimum is 0, never NaN).
+
+        Its own ``loss_min`` is 0; ``base()`` returns $L$.
+        """
+        if self.transform == "sqrt":
+            raise ConfigError("transform", "sqrt", "an objective that is not already sqrt-transformed")
+        return dataclasses.replace(
+            self,
+            fn=_Sqrt(self.fn, self.loss_min),
+            transform="sqrt",
+            base_fn=self.fn,
+            loss_min=0.0,
+        )
+
+    def with_w0(self, w0: Any) -> Objective:
+        """The same objective started from another flat vector."""
+        arr = _check_w0(w0)
+        if arr.shape != self.w0.shape:
+            raise ConfigError("w0.shape", arr.shape, f"{self.w0.shape} (this objective's D)")
+        return dataclasses.replace(self, w0=jnp.asarray(arr, self.w0.dtype))
+
+
+def _identity(w: Array) -> Array:
+    return w
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unravelled:
+    f: Callable[[Any], Array]
+    unravel: Callable[[Array], Any]
+
+    def __call__(self, w: Array, data: Any) -> Array:
+        del data
+        return self.f(self.unravel(w))
+
+    def __hash__(self) -> int:
+        return hash(self.f)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Unravelled) and other.f is self.f and other.unravel is self.unravel
+
+
+LossLike = Objective | Callable[[Array], Array]
+
+
+def as_objective(loss: LossLike, w: Array | None = None) -> Objective:
+    """Wrap a plain callable ``loss(w)`` as an `Objective` (no copy for an `Objective`)."""
+    if isinstance(loss, Objective):
+        return loss
+    if not callable(loss):
+        raise ConfigError("loss", loss, "a callable loss(w) -> scalar or an eoslab.Objective")
+    if w is None:
+        raise ConfigError("w", None, "a flat parameter vector when loss is a plain callable")
+    return Objective(fn=_IgnoreData(loss), data=None, w0=jnp.asarray(w), unravel=_identity)
