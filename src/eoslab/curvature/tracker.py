@@ -1,0 +1,134 @@
+"""`EigenTracker`: top eigenpairs along a trajectory, warm-started from the previous point."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..errors import ConfigError, check_positive
+from ..objective import LossLike, as_objective
+from .eigen import EigResult, top_eigenpairs
+
+__all__ = ["EigenTracker", "align_vectors"]
+
+
+def align_vectors(
+    new: Float[Array, "d k"], old: Float[Array, "d k"], values: Float[Array, " k"], rtol: float
+) -> Float[Array, "d k"]:
+    r"""Rotate/flip ``new`` eigenvectors to follow ``old`` ones from step to step.
+
+    Within a cluster of eigenvalues closer than ``rtol`` (relative), the basis is only defined up
+    to rotation: the columns are replaced by the orthogonal Procrustes fit $U = N Q$,
+    $Q = \arg\min_{Q^\top Q = I}\|NQ - O\|$. Elsewhere each column's sign makes
+    $\langle v_{new}, v_{old}\rangle \ge 0$.
+    """
+    new = np.asarray(new)
+    old = np.asarray(old)
+    vals = np.asarray(values)
+    k = min(new.shape[1], old.shape[1])
+    out = new.copy()
+    i = 0
+    while i < k:
+        j = i + 1
+        scale = max(abs(vals[i]), 1e-30)
+        while j < k and abs(vals[j - 1] - vals[j]) <= rtol * scale:
+            j += 1
+        N, O = new[:, i:j], old[:, i:j]
+        M = N.T @ O
+        U, _, Vt = np.linalg.svd(M)
+        out[:, i:j] = N @ (U @ Vt)
+        i = j
+    return jnp.asarray(out)
+
+
+class EigenTracker:
+    r"""Tracks the top-$k$ eigenpairs of $\nabla^2 L(w_t)$ as $w_t$ moves.
+
+    Each `update` warm-starts Lanczos from the previous eigenvectors, so a slowly moving trajectory
+    costs a few HVPs per update; eigenvectors keep their signs (and clustered subspaces their
+    orientation) from one update to the next. With ``grow_above``, $k$ grows by one whenever the
+    next Ritz value (a certified lower bound on $\lambda_{k+1}$) exceeds that threshold
+    (e.g. $1.5/\eta$), up to ``max_k``.
+
+    >>> import jax.numpy as jnp
+    >>> tr = EigenTracker(lambda w: jnp.sum(jnp.cos(w)) + 2.0 * w @ w, k=1, tol=1e-6)
+    >>> round(float(tr.update(jnp.zeros(4)).values[0]), 4)
+    3.0
+    """
+
+    def __init__(
+        self,
+        loss: LossLike,
+        k: int = 1,
+        tol: float = 1e-3,
+        *,
+        grow_above: float | None = None,
+        max_k: int = 20,
+        method: Literal["lanczos", "lobpcg", "power"] = "lanczos",
+        align_rtol: float = 1e-3,
+        max_matvecs: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError("k", k, "an integer >= 1")
+        check_positive("tol", tol)
+        if grow_above is not None:
+            check_positive("grow_above", grow_above)
+        if not isinstance(max_k, int) or max_k < k:
+            raise ConfigError("max_k", max_k, f"an integer >= k (= {k})")
+        self.loss = loss
+        self.k = k
+        self.tol = tol
+        self.grow_above = grow_above
+        self.max_k = max_k
+        self.method = method
+        self.align_rtol = align_rtol
+        self.max_matvecs = max_matvecs
+        self._key = jax.random.PRNGKey(seed)
+        self.vectors: Array | None = None
+        self.last: EigResult | None = None
+        self.total_matvecs = 0
+        self.updates = 0
+
+    def _solve(self, w: Array, k: int) -> EigResult:
+        self._key, sub = jax.random.split(self._key)
+        v0 = self.vectors
+        if v0 is not None and v0.shape[1] > k:
+            v0 = v0[:, :k]
+        return top_eigenpairs(
+            self.loss, w, k, v0=v0, tol=self.tol, method=self.method,
+            max_matvecs=self.max_matvecs, key=sub,
+        )
+
+    def update(self, w: Float[Array, " d"]) -> EigResult:
+        """Eigenpairs at ``w``, warm-started from the last update."""
+        obj = as_objective(self.loss, w)
+        k = min(self.k, obj.dim)
+        res = self._solve(w, k)
+        spent = int(res.matvecs)
+        while (
+            self.grow_above is not None
+            and self.k < min(self.max_k, obj.dim)
+            and bool(jnp.isfinite(res.next_value))
+            and float(res.next_value) > self.grow_above
+        ):
+            self.k += 1
+            self.vectors = res.vectors
+            res = self._solve(w, self.k)
+            spent += int(res.matvecs)
+        if self.vectors is not None:
+            vecs = align_vectors(res.vectors, self.vectors, res.values, self.align_rtol)
+            res = EigResult(
+                values=res.values, vectors=vecs, residuals=res.residuals,
+                error_bound=res.error_bound, matvecs=jnp.asarray(spent), converged=res.converged,
+                next_value=res.next_value,
+            )
+        self.vectors = res.vectors
+        self.last = res
+        self.total_matvecs += spent
+        self.updates += 1
+        return res
