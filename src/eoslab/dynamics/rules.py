@@ -1,0 +1,263 @@
+r"""Update rules: pure ``init``/``step`` pairs on a flat parameter vector.
+
+Every rule is (a special case of) preconditioned GD with momentum,
+
+.. math:: w_{t+1} = w_t - \eta_t\, P_t^{-1} m_t ,
+
+and reports, for each step, its effective learning rate $\eta_t$ (``lr_eff``) and the stability
+threshold $\tau$ that the (effective) sharpness is compared with: GD is stable on a quadratic
+while $\lambda_1(H) < 2/\eta$, heavy ball while $\lambda_1 < (2+2\beta)/\eta$, Nesterov while
+$\lambda_1 < (2+2\beta)/((1+2\beta)\eta)$, and RMSProp/Adam while the *preconditioned* sharpness
+$\lambda_1(P^{-1}H)$ is below $2/\eta$ and $(2+2\beta_1)/((1-\beta_1)\eta)$ (Cohen et al., 2022).
+Adaptive rules expose $P$ (a diagonal, as a vector) through ``rule.preconditioner(state)``; it is
+the preconditioner of the step that produced ``state``.
+
+A rule is a `Rule` (a ``NamedTuple`` of functions, in the spirit of
+``optax.GradientTransformation``)::
+
+    state = rule.init(w)
+    w, state, info = rule.step(w, state, g, loss)   # info: StepInfo(lr_eff, threshold)
+
+``g`` is $\nabla L(w)$ and ``loss`` is $L(w)$ (used by sqrt-loss GD). Where optax implements
+exactly the same update (GD, heavy ball, Nesterov, RMSProp, Adam), the rule runs optax inside.
+
+>>> import jax.numpy as jnp
+>>> r = gd(0.1)
+>>> w, s, info = r.step(jnp.ones(2), r.init(jnp.ones(2)), jnp.array([1.0, 2.0]), jnp.array(0.5))
+>>> [round(float(x), 4) for x in w], round(float(info.threshold), 4)
+([0.9, 0.8], 20.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float
+
+from ..errors import ConfigError, check_positive
+
+__all__ = [
+    "Rule",
+    "StepInfo",
+    "gd",
+    "normalized_gd",
+    "sqrt_loss_gd",
+    "heavy_ball",
+    "nesterov",
+    "rmsprop",
+    "adam",
+    "RULES",
+]
+
+
+class StepInfo(NamedTuple):
+    """What a step reports besides the new point (scalars, same dtype as ``w``)."""
+
+    lr_eff: Float[Array, ""]  # the step's effective learning rate eta_t
+    threshold: Float[Array, ""]  # stability threshold for the (effective) sharpness
+
+
+class Rule(NamedTuple):
+    """An update rule: ``init(w) -> state``, ``step(w, state, g, loss) -> (w, state, info)``.
+
+    Attributes:
+        name: short name (``"gd"``, ``"adam"``, ...).
+        init: ``init(w) -> state`` (a pytree of arrays).
+        step: ``step(w, state, g, loss) -> (w_new, state_new, StepInfo)``; pure, jit-able.
+        preconditioner: ``P(state) -> (D,)`` diagonal of the preconditioner of the step that
+            produced ``state``, or ``None`` for rules without one (then $P = I$).
+        hyper: the hyperparameters, for records.
+    """
+
+    name: str
+    init: Callable[[Array], Any]
+    step: Callable[[Array, Any, Array, Array], tuple[Array, Any, StepInfo]]
+    preconditioner: Callable[[Any], Array] | None
+    hyper: dict[str, Any]
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the rule has a preconditioner (its threshold is for $\\lambda_1(P^{-1}H)$)."""
+        return self.preconditioner is not None
+
+
+def _check_beta(name: str, beta: float) -> None:
+    ok = isinstance(beta, (int, float)) and not isinstance(beta, bool) and math.isfinite(beta)
+    if not (ok and 0.0 <= beta < 1.0):
+        raise ConfigError(name, beta, "a number in [0, 1)")
+
+
+def _scalar(x: float, like: Array) -> Array:
+    return jnp.asarray(x, dtype=like.dtype)
+
+
+def _optax_rule(name, tx: optax.GradientTransformation, lr, threshold, precond, hyper) -> Rule:
+    def init(w):
+        return tx.init(w)
+
+    def step(w, state, g, loss):
+        del loss
+        updates, state = tx.update(g, state, w)
+        info = StepInfo(_scalar(lr, w), _scalar(threshold, w))
+        return w + updates.astype(w.dtype), state, info
+
+    return Rule(name, init, step, precond, hyper)
+
+
+def gd(lr: float) -> Rule:
+    r"""Gradient descent, $w_{t+1} = w_t - \eta\nabla L(w_t)$; threshold $2/\eta$.
+
+    >>> import jax.numpy as jnp
+    >>> r = gd(0.5)
+    >>> float(r.step(jnp.array([2.0]), r.init(jnp.zeros(1)), jnp.array([1.0]), 0.0)[0][0])
+    1.5
+    """
+    check_positive("lr", lr)
+    return _optax_rule("gd", optax.sgd(lr), lr, 2.0 / lr, None, {"lr": lr})
+
+
+def heavy_ball(lr: float, beta: float = 0.9) -> Rule:
+    r"""Polyak heavy ball, $m_{t} = \beta m_{t-1} + \nabla L(w_t)$, $w_{t+1} = w_t - \eta m_t$.
+
+    Equivalently $w_{t+1} = w_t - \eta\nabla L(w_t) + \beta(w_t - w_{t-1})$; threshold
+    $(2 + 2\beta)/\eta$ (``optax.sgd(lr, momentum=beta)``).
+    """
+    check_positive("lr", lr)
+    _check_beta("beta", beta)
+    tx = optax.sgd(lr, momentum=beta) if beta > 0 else optax.sgd(lr)
+    return _optax_rule(
+        "heavy_ball", tx, lr, (2.0 + 2.0 * beta) / lr, None, {"lr": lr, "beta": beta}
+    )
+
+
+def nesterov(lr: float, beta: float = 0.9) -> Rule:
+    r"""Nesterov momentum, $m_t = \beta m_{t-1} + g_t$, $w_{t+1} = w_t - \eta(g_t + \beta m_t)$.
+
+    Threshold $(2 + 2\beta)/((1 + 2\beta)\eta)$ (``optax.sgd(lr, momentum=beta, nesterov=True)``).
+    """
+    check_positive("lr", lr)
+    _check_beta("beta", beta)
+    tx = optax.sgd(lr, momentum=beta, nesterov=True) if beta > 0 else optax.sgd(lr)
+    thr = (2.0 + 2.0 * beta) / ((1.0 + 2.0 * beta) * lr)
+    return _optax_rule("nesterov", tx, lr, thr, None, {"lr": lr, "beta": beta})
+
+
+def rmsprop(
+    lr: float, beta2: float = 0.99, eps: float = 1e-8, bias_correction: bool = True
+) -> Rule:
+    r"""RMSProp, $\nu_t = \beta_2\nu_{t-1} + (1-\beta_2) g_t^2$, $w_{t+1} = w_t - \eta g_t / P_t$.
+
+    $P_t = \sqrt{\hat\nu_t} + \epsilon$ with $\hat\nu_t = \nu_t/(1-\beta_2^t)$ when
+    ``bias_correction`` (else $\nu_t$). Threshold $2/\eta$ for $\lambda_1(P_t^{-1}H)$.
+    (``optax.scale_by_rms(beta2, eps, eps_in_sqrt=False, bias_correction=...)``.)
+    """
+    check_positive("lr", lr)
+    _check_beta("beta2", beta2)
+    check_positive("eps", eps, allow_zero=True)
+    tx = optax.chain(
+        optax.scale_by_rms(
+            decay=beta2, eps=eps, eps_in_sqrt=False, bias_correction=bool(bias_correction)
+        ),
+        optax.scale(-lr),
+    )
+
+    def precond(state):
+        rms = state[0]
+        nu = rms.nu
+        if bias_correction:
+            nu = nu / (1.0 - beta2 ** rms.count.astype(nu.dtype))
+        return jnp.sqrt(nu) + eps
+
+    return _optax_rule(
+        "rmsprop",
+        tx,
+        lr,
+        2.0 / lr,
+        precond,
+        {"lr": lr, "beta2": beta2, "eps": eps, "bias_correction": bool(bias_correction)},
+    )
+
+
+def adam(lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> Rule:
+    r"""Adam: $m_t = \beta_1 m_{t-1} + (1-\beta_1)g_t$,
+    $\nu_t = \beta_2\nu_{t-1} + (1-\beta_2)g_t^2$, $w_{t+1} = w_t - \eta\,\hat m_t / P_t$,
+    $P_t = \sqrt{\hat\nu_t} + \epsilon$ (bias-corrected).
+
+    Threshold $(2 + 2\beta_1)/((1-\beta_1)\eta)$ for the preconditioned sharpness
+    $\lambda_1(P_t^{-1}H)$ (Cohen et al., 2022). Runs ``optax.adam``.
+    """
+    check_positive("lr", lr)
+    _check_beta("beta1", beta1)
+    _check_beta("beta2", beta2)
+    check_positive("eps", eps, allow_zero=True)
+    tx = optax.adam(lr, b1=beta1, b2=beta2, eps=eps)
+
+    def precond(state):
+        st = state[0]
+        nu_hat = st.nu / (1.0 - beta2 ** st.count.astype(st.nu.dtype))
+        return jnp.sqrt(nu_hat) + eps
+
+    thr = (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
+    return _optax_rule(
+        "adam", tx, lr, thr, precond, {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps}
+    )
+
+
+class _Empty(NamedTuple):
+    pass
+
+
+def normalized_gd(lr: float) -> Rule:
+    r"""Normalized GD, $w_{t+1} = w_t - \eta\,\nabla L/\|\nabla L\|$: every step has length $\eta$.
+
+    Effective LR $\eta_t = \eta/\|\nabla L(w_t)\|$, threshold $2/\eta_t = 2\|\nabla L\|/\eta$.
+    At a zero gradient the step is zero.
+    """
+    check_positive("lr", lr)
+
+    def step(w, state, g, loss):
+        del loss
+        norm = jnp.linalg.norm(g)
+        safe = jnp.where(norm > 0, norm, 1.0)
+        lr_eff = jnp.where(norm > 0, lr / safe, 0.0).astype(w.dtype)
+        thr = jnp.where(norm > 0, 2.0 * norm / lr, jnp.inf).astype(w.dtype)
+        return w - lr_eff * g, state, StepInfo(lr_eff, thr)
+
+    return Rule("normalized_gd", lambda w: _Empty(), step, None, {"lr": lr})
+
+
+def sqrt_loss_gd(lr: float, loss_min: float = 0.0) -> Rule:
+    r"""GD on $\sqrt{L - L_{\min}}$: $w_{t+1} = w_t - \eta\,\nabla L / (2\sqrt{L - L_{\min}})$.
+
+    Effective LR $\eta_t = \eta / (2\sqrt{L(w_t) - L_{\min}})$ on $L$, threshold $2/\eta_t$ for
+    $\lambda_1(\nabla^2 L)$. At or below $L_{\min}$ the step is zero (the subgradient of the
+    safe square root). ``loss`` passed to ``step`` must be $L$, not its square root.
+    """
+    check_positive("lr", lr)
+    if not (isinstance(loss_min, (int, float)) and math.isfinite(loss_min)):
+        raise ConfigError("loss_min", loss_min, "a finite number")
+
+    def step(w, state, g, loss):
+        u = jnp.asarray(loss, w.dtype) - loss_min
+        pos = u > 0
+        root = jnp.sqrt(jnp.where(pos, u, 1.0))
+        lr_eff = jnp.where(pos, lr / (2.0 * root), 0.0).astype(w.dtype)
+        thr = jnp.where(pos, 4.0 * root / lr, jnp.inf).astype(w.dtype)
+        return w - lr_eff * g, state, StepInfo(lr_eff, thr)
+
+    return Rule("sqrt_loss_gd", lambda w: _Empty(), step, None, {"lr": lr, "loss_min": loss_min})
+
+
+RULES: dict[str, Callable[..., Rule]] = {
+    "gd": gd,
+    "normalized_gd": normalized_gd,
+    "sqrt_loss_gd": sqrt_loss_gd,
+    "heavy_ball": heavy_ball,
+    "nesterov": nesterov,
+    "rmsprop": rmsprop,
+    "adam": adam,
+}
