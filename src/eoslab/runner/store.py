@@ -1,0 +1,243 @@
+"""The run store: one directory per run, every file written atomically.
+
+Layout::
+
+    RUN/
+      config.json            the full typed config, eoslab version, seed, command line, git hash
+      manifest.json          status (running, completed, diverged, ...), last checkpoint
+      metrics/part-000000-000099.parquet   one Parquet part per flush (rows with those steps)
+      checkpoints/step-000000100.npz       the state to resume from (plain arrays, no pickle)
+      figures/               written by ``eoslab plot``
+
+Every file is first written to a temporary name in the same folder, flushed to disk, then renamed
+over its final name with `os.replace`, so a run killed at any moment (SIGKILL included) leaves each
+file either absent, whole and old, or whole and new. Metrics rows later than the last checkpoint are
+dropped on resume, then measured again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError, EoslabError, UnsafeFileError
+
+__all__ = ["RunStore", "RunExistsError", "atomic_write_bytes", "read_metrics"]
+
+_PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
+_CKPT = re.compile(r"^step-(\d+)\.npz$")
+
+
+class RunExistsError(EoslabError, FileExistsError):
+    """The output directory already holds files; eoslab never overwrites a run silently.
+
+    Fix: choose another ``--out``, or continue the run with ``--resume DIR``.
+    """
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and `os.replace` (all or nothing)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):  # make the rename durable (not available everywhere)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serializable: {type(x).__name__}")
+
+
+def _git_hash() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def read_metrics(path: Path, *, up_to: int | None = None) -> pd.DataFrame:
+    """All metric parts of a run, in step order (rows with ``step < up_to`` if given)."""
+    folder = Path(path) / "metrics"
+    frames = []
+    for f in sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []:
+        if _PART.match(f.name):
+            frames.append(pd.read_parquet(f))
+    if not frames:
+        return pd.DataFrame({"step": pd.Series([], dtype="int64")})
+    df = pd.concat(frames, ignore_index=True)
+    df = df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
+    if up_to is not None:
+        df = df[df["step"] < up_to].reset_index(drop=True)
+    return df
+
+
+class RunStore:
+    """Reads and writes one run directory (see the module docstring for the layout)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    # ---------------------------------------------------------------- creating / opening
+    @property
+    def metrics_dir(self) -> Path:
+        return self.path / "metrics"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.path / "figures"
+
+    def exists(self) -> bool:
+        return (self.path / "config.json").is_file()
+
+    def create(self, config: dict[str, Any]) -> None:
+        """Start a new run here; refuses (never prompts) when the directory holds anything."""
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise RunExistsError(
+                f"{self.path} already exists and is not empty; eoslab never overwrites a run. "
+                f"Choose another --out, or continue it with: eoslab run --resume {self.path}"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_dir.mkdir()
+        self.checkpoint_dir.mkdir()
+        from .. import __version__
+
+        record = {
+            "config": config,
+            "eoslab_version": __version__,
+            "seed": config.get("seed") if isinstance(config, dict) else None,
+            "command_line": list(sys.argv),
+            "git_hash": _git_hash(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_bytes(
+            self.path / "config.json", json.dumps(record, indent=2, default=_json_default).encode()
+        )
+        self.write_manifest({"status": "running", "step": 0, "checkpoint": None})
+
+    def read_config(self) -> dict[str, Any]:
+        f = self.path / "config.json"
+        if not f.is_file():
+            raise ConfigError(
+                "run directory",
+                str(self.path),
+                "a run directory with a config.json (made by eoslab run)",
+            )
+        return json.loads(f.read_text())
+
+    # ---------------------------------------------------------------- manifest
+    def read_manifest(self) -> dict[str, Any]:
+        f = self.path / "manifest.json"
+        if not f.is_file():
+            return {"status": "unknown", "step": 0, "checkpoint": None}
+        return json.loads(f.read_text())
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest = dict(manifest, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        atomic_write_bytes(
+            self.path / "manifest.json",
+            json.dumps(manifest, indent=2, default=_json_default).encode(),
+        )
+
+    # ---------------------------------------------------------------- metrics
+    def write_part(self, rows: pd.DataFrame) -> Path | None:
+        """Write rows as one Parquet part named by its first and last step."""
+        if rows is None or len(rows) == 0:
+            return None
+        first, last = int(rows["step"].iloc[0]), int(rows["step"].iloc[-1])
+        buf = io.BytesIO()
+        rows.reset_index(drop=True).to_parquet(buf, index=False)
+        path = self.metrics_dir / f"part-{first:09d}-{last:09d}.parquet"
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def metrics(self, *, up_to: int | None = None) -> pd.DataFrame:
+        return read_metrics(self.path, up_to=up_to)
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop every row with ``step >= step`` (parts past a checkpoint, before a resume)."""
+        for f in sorted(self.metrics_dir.glob("part-*.parquet")):
+            m = _PART.match(f.name)
+            if not m:
+                continue
+            first, last = int(m.group(1)), int(m.group(2))
+            if first >= step:
+                f.unlink()
+            elif last >= step:
+                df = pd.read_parquet(f)
+                keep = df[df["step"] < step]
+                f.unlink()
+                self.write_part(keep)
+
+    # ---------------------------------------------------------------- checkpoints
+    def write_checkpoint(self, step: int, arrays: dict[str, np.ndarray]) -> Path:
+        """Save plain arrays (no object arrays, no pickle) as ``step-N.npz``, atomically."""
+        for k, v in arrays.items():
+            if np.asarray(v).dtype == object:
+                raise TypeError(f"checkpoint array {k!r} has dtype object; refusing to pickle")
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        path = self.checkpoint_dir / f"step-{step:09d}.npz"
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        """The checkpoint the manifest names, or else the newest whole one on disk."""
+        man = self.read_manifest()
+        name = man.get("checkpoint")
+        if name and (self.path / name).is_file():
+            return int(man["checkpoint_step"]), self.path / name
+        found = []
+        for f in self.checkpoint_dir.glob("step-*.npz"):
+            m = _CKPT.match(f.name)
+            if m:
+                found.append((int(m.group(1)), f))
+        return max(found) if found else None
+
+    @staticmethod
+    def read_checkpoint(path: Path) -> dict[str, np.ndarray]:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except ValueError as exc:  # object arrays need pickle: refused
+            raise UnsafeFileError(f"{path}: refusing to load pickled objects ({exc})") from exc
+
+    def prune_checkpoints(self, keep: Path) -> None:
+        for f in self.checkpoint_dir.glob("step-*.npz"):
+            if f != keep:
+                with contextlib.suppress(OSError):
+                    f.unlink()
