@@ -1,0 +1,31 @@
+"""Model zoo: pure ``apply(params, x)`` functions with dict parameters, created by name.
+
+>>> import jax
+>>> from eoslab import models
+>>> apply, params = models.create("mnist-mlp", jax.random.key(0), (28, 28), 10)
+>>> apply(params, jax.numpy.zeros((5, 28, 28))).shape
+(5, 10)
+"""
+
+from ._layers import ACTIVATIONS as ACTIVATIONS
+from ._layers import num_params as num_params
+from .cnn import CNN as CNN
+from .cnn import cnn as cnn
+from .linear import DeepLinear as DeepLinear
+from .linear import deep_linear as deep_linear
+from .mlp import MLP as MLP
+from .mlp import mlp as mlp
+from .registry import PRESETS as PRESETS
+from .registry import Preset as Preset
+from .registry import create as create
+from .registry import list as list  # noqa: A004
+from .resnet import ResNet as ResNet
+from .resnet import resnet as resnet
+from .vgg import VGG as VGG
+from .vgg import VGG11 as VGG11
+from .vgg import vgg as vgg
+
+__all__ = [
+    "ACTIVATIONS", "CNN", "MLP", "PRESETS", "VGG", "VGG11", "DeepLinear", "Preset", "ResNet",
+    "cnn", "create", "deep_linear", "list", "mlp", "num_params", "resnet", "vgg",
+]

@@ -1,0 +1,128 @@
+"""Pure building blocks shared by the model families: initializers, dense, conv, pooling, norms.
+
+Images are NHWC: a batch has shape ``(N, H, W, C)``. Every layer is a plain function of a dict of
+arrays, so models are pure ``apply(params, x)`` functions and their parameters are plain pytrees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array
+
+from ..errors import ConfigError
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "elu": jax.nn.elu,
+    "tanh": jnp.tanh,
+    "hardtanh": lambda x: jnp.clip(x, -1.0, 1.0),
+    "softplus": jax.nn.softplus,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "identity": lambda x: x,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """The activation function called ``name`` (one of `ACTIVATIONS`)."""
+    if name not in ACTIVATIONS:
+        raise ConfigError("activation", name, "one of " + ", ".join(map(repr, ACTIVATIONS)))
+    return ACTIVATIONS[name]
+
+
+def _uniform(key: Array, shape: tuple[int, ...], bound: float, dtype) -> Array:
+    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+
+def dense_init(key: Array, fan_in: int, fan_out: int, *, bias: bool = True,
+               dtype=jnp.float32) -> dict[str, Array]:
+    r"""PyTorch's default ``nn.Linear`` init: $W, b \sim U(-1/\sqrt{n_{in}}, 1/\sqrt{n_{in}})$."""
+    kw, kb = jax.random.split(key)
+    bound = 1.0 / math.sqrt(fan_in)
+    p = {"w": _uniform(kw, (fan_in, fan_out), bound, dtype)}
+    if bias:
+        p["b"] = _uniform(kb, (fan_out,), bound, dtype)
+    return p
+
+
+def dense(p: dict[str, Array], x: Array) -> Array:
+    """$x W + b$ for ``x`` of shape ``(N, n_in)``."""
+    y = x @ p["w"]
+    return y + p["b"] if "b" in p else y
+
+
+def conv_init(key: Array, c_in: int, c_out: int, k: int = 3, *, bias: bool = True,
+              dtype=jnp.float32, he_normal: bool = False) -> dict[str, Array]:
+    r"""Conv kernel ``(k, k, c_in, c_out)``: PyTorch default $U(\pm 1/\sqrt{k^2 c_{in}})$, or He
+    normal $N(0, 2/(k^2 c_{in}))$ (as in the CIFAR ResNets) when ``he_normal``."""
+    kw, kb = jax.random.split(key)
+    fan_in = k * k * c_in
+    if he_normal:
+        w = jax.random.normal(kw, (k, k, c_in, c_out), dtype) * math.sqrt(2.0 / fan_in)
+    else:
+        w = _uniform(kw, (k, k, c_in, c_out), 1.0 / math.sqrt(fan_in), dtype)
+    p = {"w": w}
+    if bias:
+        p["b"] = _uniform(kb, (c_out,), 1.0 / math.sqrt(fan_in), dtype)
+    return p
+
+
+def conv(p: dict[str, Array], x: Array, stride: int = 1) -> Array:
+    """2-D convolution with 'SAME' padding (padding 1 for 3x3) on NHWC input."""
+    y = lax.conv_general_dilated(
+        x, p["w"].astype(x.dtype), (stride, stride), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + p["b"] if "b" in p else y
+
+
+def max_pool(x: Array, k: int = 2) -> Array:
+    """$k\\times k$ max pooling with stride $k$ (NHWC)."""
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, k, k, 1), "VALID")
+
+
+def avg_pool(x: Array, k: int = 2) -> Array:
+    """$k\\times k$ average pooling with stride $k$ (NHWC)."""
+    s = lax.reduce_window(x, 0.0, lax.add, (1, k, k, 1), (1, k, k, 1), "VALID")
+    return s / (k * k)
+
+
+POOLS: dict[str, Callable[[Array], Array]] = {"max": max_pool, "avg": avg_pool}
+
+
+def norm_init(c: int, dtype=jnp.float32) -> dict[str, Array]:
+    """Per-channel affine parameters of a normalization layer: scale 1, shift 0."""
+    return {"scale": jnp.ones((c,), dtype), "shift": jnp.zeros((c,), dtype)}
+
+
+def group_norm(p: dict[str, Array], x: Array, groups: int, eps: float = 1e-5) -> Array:
+    r"""GroupNorm: $(x-\mu_g)/\sqrt{\sigma_g^2+\epsilon}\cdot\gamma+\beta$, statistics per example
+    over $(H, W)$ and the channels of each group. ``groups=1`` is LayerNorm over $(H, W, C)$.
+
+    Per-example statistics make the loss a sum over examples with smooth derivatives of every
+    order (unlike mini-batch BatchNorm)."""
+    n, h, w, c = x.shape
+    g = math.gcd(groups, c)
+    xg = x.reshape(n, h, w, g, c // g)
+    mu = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
+    var = jnp.mean((xg - mu) ** 2, axis=(1, 2, 4), keepdims=True)
+    xg = (xg - mu) * lax.rsqrt(var + eps)
+    return xg.reshape(n, h, w, c) * p["scale"] + p["shift"]
+
+
+def batch_norm_full(p: dict[str, Array], x: Array, eps: float = 1e-5) -> Array:
+    r"""BatchNorm in full-batch mode: statistics over the whole batch passed to ``apply`` (no
+    running averages). With the full training set as the batch this is a deterministic, smooth
+    function of the parameters; it couples examples, so micro-batching changes the function."""
+    mu = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.mean((x - mu) ** 2, axis=(0, 1, 2))
+    return (x - mu) * lax.rsqrt(var + eps) * p["scale"] + p["shift"]
+
+
+def num_params(params) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))

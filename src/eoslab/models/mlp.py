@@ -1,0 +1,83 @@
+"""Fully connected networks: $f(x) = W_L \\sigma(\\cdots \\sigma(W_1 x + b_1) \\cdots) + b_L$."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ..errors import ConfigError
+from ._layers import activation as _activation
+from ._layers import dense, dense_init
+
+__all__ = ["MLP", "mlp"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MLP:
+    r"""Pure ``apply(params, x)`` of a fully connected net; ``x`` of shape ``(N, *input_shape)`` is
+    flattened, then $h_{l} = \sigma(h_{l-1} W_l + b_l)$ for each hidden width and a linear head.
+
+    Parameters are ``{"dense0": {"w", "b"}, ..., "head": {"w", "b"}}``; ``w`` has shape
+    ``(fan_in, fan_out)``. Hashable, so jitted callers keep their compiled code.
+    """
+
+    num_hidden: int
+    activation: str
+
+    def __call__(self, params: dict, x: Array) -> Array:
+        act = _activation(self.activation)
+        h = x.reshape(x.shape[0], -1)
+        for i in range(self.num_hidden):
+            h = act(dense(params[f"dense{i}"], h))
+        return dense(params["head"], h)
+
+
+def _check_widths(widths, field: str = "widths") -> tuple[int, ...]:
+    try:
+        ws = tuple(int(w) for w in widths)
+    except TypeError as exc:
+        raise ConfigError(field, widths, "a sequence of positive ints") from exc
+    if any(w <= 0 for w in ws) or any(int(w) != w for w in widths):
+        raise ConfigError(field, widths, "a sequence of positive ints")
+    return ws
+
+
+def mlp(
+    key: Array,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    widths: tuple[int, ...] = (200, 200),
+    activation: str = "tanh",
+    bias: bool = True,
+    head_init_std: float | None = None,
+) -> tuple[MLP, dict]:
+    r"""A fully connected net ``prod(input_shape) -> widths... -> num_classes``.
+
+    Init is PyTorch's default, $U(\pm 1/\sqrt{n_{in}})$ (as in Cohen et al. 2021); with
+    ``head_init_std`` the head is $N(0, \text{std}^2)$ with zero bias.
+    Parameter count: $\sum_l (n_{l-1} + 1) n_l$ with $n_0 = \prod$ ``input_shape``.
+    """
+    ws = _check_widths(widths)
+    _activation(activation)
+    d_in = math.prod(input_shape)
+    dims = (d_in, *ws, num_classes)
+    keys = jax.random.split(key, len(dims) - 1)
+    params = {}
+    for i in range(len(ws)):
+        params[f"dense{i}"] = dense_init(keys[i], dims[i], dims[i + 1], bias=bias)
+    params["head"] = _head(keys[-1], dims[-2], num_classes, bias, head_init_std)
+    return MLP(len(ws), activation), params
+
+
+def _head(key: Array, fan_in: int, num_classes: int, bias: bool, std: float | None) -> dict:
+    if std is None:
+        return dense_init(key, fan_in, num_classes, bias=bias)
+    p = {"w": std * jax.random.normal(key, (fan_in, num_classes), jnp.float32)}
+    if bias:
+        p["b"] = jnp.zeros((num_classes,), jnp.float32)
+    return p

@@ -1,0 +1,115 @@
+"""Named models: ``create(name, key, input_shape, num_classes, **options) -> (apply, params)``."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from jaxtyping import Array
+
+from ..errors import ConfigError
+from .cnn import cnn
+from .linear import deep_linear
+from .mlp import mlp
+from .resnet import resnet
+from .vgg import vgg
+
+__all__ = ["Preset", "PRESETS", "create", "list"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A model family and its default options; ``create`` lets every option be overridden."""
+
+    factory: Callable[..., tuple[Callable, Any]]
+    options: dict
+    description: str
+
+
+def _fc(act: str) -> Preset:
+    return Preset(mlp, {"widths": (200, 200), "activation": act},
+                  f"fully connected, widths 200,200, {act} (Cohen et al. 2021)")
+
+
+PRESETS: dict[str, Preset] = {
+    "mlp": Preset(mlp, {}, "fully connected; options widths, activation, bias, head_init_std"),
+    **{f"fc-{a}": _fc(a) for a in ("relu", "elu", "tanh", "hardtanh", "softplus")},
+    **{
+        f"fc-tanh-depth{d}": Preset(mlp, {"widths": (200,) * d, "activation": "tanh"},
+                                    f"fully connected, {d} hidden layer(s) of width 200, tanh")
+        for d in (1, 2, 3, 4)
+    },
+    **{
+        f"cnn-{a}": Preset(cnn, {"widths": (32, 32), "activation": a, "pool": "max"},
+                           f"2 conv3x3 layers of width 32, {a}, 2x2 max pool, linear head")
+        for a in ("relu", "elu", "tanh")
+    },
+    **{
+        f"cnn-avgpool-{a}": Preset(cnn, {"widths": (32, 32), "activation": a, "pool": "avg"},
+                                   f"2 conv3x3 layers of width 32, {a}, 2x2 average pool")
+        for a in ("relu", "elu", "tanh")
+    },
+    "vgg11": Preset(vgg, {"activation": "relu", "pool": "max", "norm": "none"},
+                    "VGG-11, ReLU, max pool, no BatchNorm, no dropout, 512->k head"),
+    "vgg11-bn": Preset(vgg, {"activation": "relu", "pool": "max", "norm": "batch"},
+                       "VGG-11 with full-batch BatchNorm (batch statistics, no running averages)"),
+    "vgg11-av": Preset(vgg, {"activation": "gelu", "pool": "avg", "norm": "none",
+                             "head_init_std": 0.01},
+                       "VGG-11-AV: 2x2 avg pool, GELU, no BN, 512->k head ~ N(0, 0.01^2), "
+                       "zero bias (freeze it with frozen=('head',))"),
+    "resnet20": Preset(resnet, {"depth": 20, "norm": "group"},
+                       "CIFAR ResNet-20, GroupNorm (norm='layer' or 'batch' available)"),
+    "resnet32": Preset(resnet, {"depth": 32, "norm": "group"},
+                       "CIFAR ResNet-32, GroupNorm (norm='layer' or 'batch' available)"),
+    "deep-linear": Preset(deep_linear, {"layers": 20, "width": 50, "bias": False},
+                          "deep linear net, 20 layers of width 50, no bias"),
+    "tanh-regression": Preset(mlp, {"widths": (100,), "activation": "tanh"},
+                              "1-hidden-layer tanh net, width 100, for regression"),
+    "mnist-mlp": Preset(mlp, {"widths": (128,), "activation": "gelu"},
+                        "MNIST net 784-128-10 with GELU"),
+}
+
+
+def list() -> builtins.list[str]:  # noqa: A001 - part of the public interface
+    """The names `create` accepts, sorted."""
+    return sorted(PRESETS)
+
+
+def _options_of(factory: Callable) -> builtins.list[str]:
+    sig = inspect.signature(factory)
+    return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def create(
+    name: str,
+    key: Array,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    **options: Any,
+) -> tuple[Callable[[Any, Array], Array], Any]:
+    """Build the model ``name``: returns a pure ``apply(params, x)`` and its initial ``params``.
+
+    ``apply`` maps a batch ``x`` of shape ``(N, *input_shape)`` to outputs ``(N, num_classes)``;
+    ``params`` is a dict pytree whose top-level keys name the parameter groups (the linear output
+    layer is always ``"head"``). ``options`` override the preset's defaults.
+
+    Raises:
+        ConfigError: unknown name or option, or an option value the family does not accept.
+    """
+    if name not in PRESETS:
+        raise ConfigError("model", name, "one of " + ", ".join(map(repr, list())))
+    preset = PRESETS[name]
+    accepted = _options_of(preset.factory)
+    for opt in options:
+        if opt not in accepted:
+            raise ConfigError(f"model option {opt!r}", options[opt],
+                              f"an option of {name!r}: " + ", ".join(accepted))
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ConfigError("input_shape", input_shape, "a tuple of positive ints")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError("num_classes", num_classes, "an int >= 1")
+    return preset.factory(key, shape, num_classes, **{**preset.options, **options})
