@@ -1,0 +1,25 @@
+"""Datasets as device arrays: built in (offline), read from disk, or fetched and verified.
+
+>>> from eoslab import data
+>>> ds = data.load("digits", n=100, subset="balanced")
+>>> ds.x_train.shape, ds.num_classes
+((100, 8, 8, 1), 10)
+"""
+
+from ._errors import CorruptFileError as CorruptFileError
+from ._errors import DatasetNotFoundError as DatasetNotFoundError
+from .commands import fetch as fetch
+from .commands import list_datasets_table as list_datasets_table
+from .registry import DATASETS as DATASETS
+from .registry import Dataset as Dataset
+from .registry import DatasetSpec as DatasetSpec
+from .registry import default_data_dir as default_data_dir
+from .registry import list as list  # noqa: A004
+from .registry import load as load
+from .registry import register as register
+from .registry import standardize as standardize
+
+__all__ = [
+    "DATASETS", "CorruptFileError", "Dataset", "DatasetNotFoundError", "DatasetSpec",
+    "default_data_dir", "fetch", "list", "list_datasets_table", "load", "register", "standardize",
+]

@@ -1,0 +1,74 @@
+"""Library side of ``eoslab data list`` and ``eoslab data fetch`` (the CLI only calls these)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import fetch as _fetch
+from .registry import DATASETS, _ensure_registered, data_dirs
+
+__all__ = ["fetch", "list_datasets_table"]
+
+# where `fetch` puts each dataset under the data directory, matching what the loaders search
+_LAYOUT = {"cifar10": ".", "mnist": "mnist", "fashion-mnist": "fashion-mnist"}
+
+
+def list_datasets_table(data_dir: str | os.PathLike | None = None, width: int = 140) -> str:
+    """A text table of every dataset: name, source, train/test sizes, input shape, classes (or
+    output dimension), task, and whether it is available now (and where)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    _ensure_registered()
+    table = Table(title="eoslab datasets")
+    for col in ("name", "source", "train", "test", "input", "classes", "task", "available"):
+        table.add_column(col)
+    d = Path(data_dir).expanduser() if data_dir is not None else None
+    for name in sorted(DATASETS):
+        spec = DATASETS[name]
+        where = spec.locate(d)
+        avail = f"yes ({where})" if where else (
+            "no (eoslab data fetch " + name + ")" if spec.fetchable else "no")
+        table.add_row(name, spec.source, f"{spec.train_size:,}", f"{spec.test_size:,}",
+                      "x".join(map(str, spec.input_shape)), str(spec.num_classes), spec.task,
+                      avail)
+    console = Console(record=True, width=width, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(table)
+    console.file.close()
+    return console.export_text()
+
+
+def fetch(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    mirror: str | None = None,
+    checksums: dict[str, str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Download dataset ``name`` into ``data_dir`` (default ``$EOSLAB_DATA`` or
+    ``~/.cache/eoslab/data``), verify it and lay it out where `eoslab.data.load` looks.
+
+    ``mirror`` replaces the host part of every URL (files keep their names); ``checksums`` maps
+    file names to md5 digests of a mirror that serves different bytes (tests). Returns the
+    directory holding the dataset.
+    """
+    if name not in _fetch.SOURCES:
+        raise ConfigError("dataset", name, "one of " + ", ".join(map(repr, _fetch.SOURCES))
+                          + " (the others are built in or read from disk)")
+    root = data_dirs(data_dir)[0]
+    dest_dir = root / _LAYOUT[name]
+    for src in _fetch.SOURCES[name]:
+        url = mirror.rstrip("/") + "/" + src.filename if mirror else src.url
+        md5, sha256 = src.md5, src.sha256
+        if checksums and src.filename in checksums:
+            md5, sha256 = checksums[src.filename], None
+        path = dest_dir / src.filename
+        if not path.exists():
+            _fetch.download(url, path, md5=md5, sha256=sha256, progress=progress)
+    if name == "cifar10":
+        archive = dest_dir / _fetch.SOURCES[name][0].filename
+        return _fetch.extract_tar(archive, dest_dir, "cifar-10-batches-py")
+    return dest_dir

@@ -1,0 +1,205 @@
+"""Named datasets: ``load(name, n, subset, seed, data_dir) -> Dataset`` and ``list()``."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from ..errors import ConfigError
+
+__all__ = [
+    "DATASETS", "Dataset", "DatasetSpec", "RawData", "data_dirs", "default_data_dir", "list",
+    "load", "register",
+]
+
+#: ``(x_train, y_train, x_test, y_test)`` as numpy arrays, x with the example axis first.
+RawData = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+SUBSETS = ("first", "balanced")
+ENV_VAR = "EOSLAB_DATA"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A dataset on the device: inputs ``x_*`` of shape ``(N, *input_shape)`` (float32) and
+    labels ``y_*``: int32 classes ``(N,)`` for classification, float32 targets
+    ``(N, num_classes)`` for regression (``num_classes`` is then the output dimension)."""
+
+    name: str
+    x_train: Array
+    y_train: Array
+    x_test: Array
+    y_test: Array
+    num_classes: int
+    input_shape: tuple[int, ...]
+    task: Literal["classification", "regression"] = "classification"
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        return int(self.x_test.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is, where it comes from and how to read it.
+
+    ``loader(data_dir)`` returns `RawData`; ``locate(data_dir)`` says where the files are (or
+    ``"built in"``) and returns None when the dataset is not available now.
+    """
+
+    name: str
+    source: str
+    train_size: int
+    test_size: int
+    input_shape: tuple[int, ...]
+    num_classes: int
+    loader: Callable[[Path | None], RawData]
+    locate: Callable[[Path | None], str | None]
+    task: Literal["classification", "regression"] = "classification"
+    standardize: bool = True
+    fetchable: bool = False
+    description: str = ""
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    """Add a dataset to the registry (its name must be new)."""
+    if spec.name in DATASETS:
+        raise ConfigError("dataset name", spec.name, "a name not registered yet")
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def list() -> builtins.list[str]:  # noqa: A001 - part of the public interface
+    """The names `load` accepts, sorted."""
+    _ensure_registered()
+    return sorted(DATASETS)
+
+
+def default_data_dir() -> Path:
+    """``$EOSLAB_DATA`` if set, else ``~/.cache/eoslab/data``: where fetched data go."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "eoslab" / "data"
+
+
+def data_dirs(data_dir: str | os.PathLike | None) -> builtins.list[Path]:
+    """Directories searched for on-disk datasets: ``data_dir`` if given, else the default."""
+    return [Path(data_dir).expanduser()] if data_dir is not None else [default_data_dir()]
+
+
+def _ensure_registered() -> None:
+    from . import builtin, disk  # noqa: F401 - registering side effect, once
+
+    del builtin, disk
+
+
+def _spec(name: str) -> DatasetSpec:
+    _ensure_registered()
+    if name not in DATASETS:
+        raise ConfigError("dataset", name, "one of " + ", ".join(map(repr, sorted(DATASETS))))
+    return DATASETS[name]
+
+
+def _check_n(n: object, available: int) -> None:
+    if n is None:
+        return
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= available:
+        raise ConfigError("n", n, f"None or an int between 1 and {available} (the training set)")
+
+
+def _balanced_indices(y: np.ndarray, n: int, num_classes: int, seed: int) -> np.ndarray:
+    """``n // k`` examples per class (the first ``n % k`` classes get one more), drawn without
+    replacement with ``seed``; returned in file order."""
+    rng = np.random.default_rng(seed)
+    base, extra = divmod(n, num_classes)
+    picks = []
+    for c in range(num_classes):
+        want = base + (1 if c < extra else 0)
+        pool = np.flatnonzero(y == c)
+        if want > pool.size:
+            raise ConfigError("n", n, f"at most {num_classes * pool.size} for a balanced subset "
+                              f"(class {c} has {pool.size} training examples)")
+        picks.append(rng.choice(pool, size=want, replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Per-feature $(x - \mu)/\sigma$ with $\mu, \sigma$ of the training inputs (features with
+    $\sigma < 10^{-8}$, e.g. blank border pixels, are only centred)."""
+    xtr = x_train.astype(np.float64)
+    mu = xtr.mean(axis=0)
+    sd = xtr.std(axis=0)
+    sd = np.where(sd < 1e-8, 1.0, sd)
+    return ((xtr - mu) / sd).astype(np.float32), ((x_test - mu) / sd).astype(np.float32)
+
+
+def load(
+    name: str,
+    n: int | None = None,
+    subset: Literal["first", "balanced"] = "first",
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """Load dataset ``name`` as device arrays.
+
+    Args:
+        name: a name from `list()`.
+        n: training examples to keep (None: all). The test set is kept whole.
+        subset: ``"first"``: the first ``n`` in file order (Cohen et al.); ``"balanced"``: ``n/k``
+            per class drawn with ``seed`` (classification only).
+        seed: seed of the balanced draw (ignored by ``"first"``).
+        data_dir: where on-disk datasets live (default ``$EOSLAB_DATA`` or
+            ``~/.cache/eoslab/data``).
+
+    Preprocessing: image and feature datasets are standardized per feature with the statistics of
+    the selected training examples, so the training inputs have mean 0 and std 1 per feature;
+    regression and toy sets are left as generated.
+
+    Raises:
+        ConfigError: unknown name, bad subset, or ``n`` larger than the training set (checked
+            before any data are read).
+        DatasetNotFoundError: an on-disk dataset is not found.
+    """
+    spec = _spec(name)
+    if subset not in SUBSETS:
+        raise ConfigError("subset", subset, "one of " + ", ".join(map(repr, SUBSETS)))
+    if subset == "balanced" and spec.task != "classification":
+        raise ConfigError("subset", subset, f"'first' ({name!r} is a regression dataset)")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ConfigError("seed", seed, "an int")
+    _check_n(n, spec.train_size)
+    x_tr, y_tr, x_te, y_te = spec.loader(Path(data_dir).expanduser() if data_dir else None)
+    if n is not None:
+        _check_n(n, len(y_tr))  # files on disk may hold fewer examples than the standard set
+        if subset == "first":
+            idx = np.arange(n)
+        else:
+            idx = _balanced_indices(y_tr, int(n), spec.num_classes, int(seed))
+        x_tr, y_tr = x_tr[idx], y_tr[idx]
+    if spec.standardize:
+        x_tr, x_te = standardize(x_tr, x_te)
+    ydt = np.int32 if spec.task == "classification" else np.float32
+    return Dataset(
+        name=name,
+        x_train=jnp.asarray(x_tr, jnp.float32),
+        y_train=jnp.asarray(y_tr.astype(ydt)),
+        x_test=jnp.asarray(x_te, jnp.float32),
+        y_test=jnp.asarray(y_te.astype(ydt)),
+        num_classes=spec.num_classes,
+        input_shape=tuple(int(s) for s in x_tr.shape[1:]),
+        task=spec.task,
+    )
