@@ -175,6 +175,84 @@ class Objective(eqx.Module):
         return cls._build(_Unravelled(fn, unravel), None, flat, loss_min, dtype, unravel)
 
     @classmethod
+    def from_model(
+        cls,
+        apply: Callable[[Any, Array], Array],
+        params: Any,
+        dataset: Any,
+        loss: Callable[[Array, Array], Array] | str,
+        frozen: tuple[str, ...] | str = (),
+        loss_min: float = 0.0,
+        dtype: Any = None,
+    ) -> Objective:
+        r"""$L(w) = \ell\big(f(\theta(w), X), Y\big)$: a model's loss on a dataset's training split.
+
+        $\theta(w)$ puts the flat trainable parameters $w$ back into the ``params`` pytree and
+        adds the frozen groups, which stay fixed and are not part of $w$.
+
+        Args:
+            apply: pure ``apply(params, x) -> outputs (N, k)``; hashable (``eoslab.models``'
+                applies are frozen dataclasses) so compiled code is reused.
+            params: the initial parameter pytree (e.g. from `eoslab.models.create`).
+            dataset: an `eoslab.data.Dataset` (its ``x_train``, ``y_train``) or a pair ``(x, y)``.
+                The arrays are traced data of the objective, not constants of compiled code.
+            loss: ``loss(outputs, labels) -> scalar`` (see `eoslab.losses`) or its name there.
+            frozen: parameter groups to keep fixed, named by top-level key (``"head"``) or by
+                path (``"head/w"``, ``"stage1/block0"``).
+            loss_min: $L_{\min}$.
+            dtype: ``"float32"`` (default) or ``"float64"`` for $w$ and the inputs.
+
+        ``objective.unravel(w)`` returns the full parameter pytree (frozen groups included).
+        """
+        if isinstance(loss, str):
+            from .losses import get as _get_loss
+
+            loss = _get_loss(loss)
+        if not callable(apply):
+            raise ConfigError("apply", apply, "a pure function apply(params, x)")
+        if hasattr(dataset, "x_train") and hasattr(dataset, "y_train"):
+            x, y = dataset.x_train, dataset.y_train
+        elif isinstance(dataset, (tuple, list)) and len(dataset) == 2:
+            x, y = dataset
+        else:
+            raise ConfigError("dataset", type(dataset).__name__,
+                              "an eoslab.data.Dataset or a pair (x, y)")
+        target = _resolve_dtype(dtype, None)
+        frozen = (frozen,) if isinstance(frozen, str) else tuple(frozen)
+        with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+        if not with_path:
+            raise ConfigError("params", params, "a pytree with at least one array leaf")
+        names = ["/".join(_path_name(k) for k in path) for path, _ in with_path]
+        tops = sorted({n.split("/")[0] for n in names})
+        is_frozen = [False] * len(names)
+        for group in frozen:
+            hits = [i for i, n in enumerate(names) if n == group or n.startswith(group + "/")]
+            if not hits:
+                raise ConfigError("frozen", group, "parameter groups of this model: "
+                                  + ", ".join(map(repr, tops)) + " (or paths like 'head/w')")
+            for i in hits:
+                is_frozen[i] = True
+        if all(is_frozen):
+            raise ConfigError("frozen", frozen, "groups that leave some parameters trainable")
+        leaves = []
+        for name, (_, leaf) in zip(names, with_path, strict=True):
+            arr = jnp.asarray(leaf)
+            if not jnp.issubdtype(arr.dtype, jnp.floating):
+                raise ConfigError(f"params[{name!r}].dtype", str(arr.dtype), "a floating dtype")
+            leaves.append(arr.astype(target))
+        trainable = treedef.unflatten([None if f else a for f, a in zip(is_frozen, leaves, strict=True)])
+        fixed = treedef.unflatten([a if f else None for f, a in zip(is_frozen, leaves, strict=True)])
+        flat, unravel = ravel_pytree(trainable)
+        y = jnp.asarray(y)
+        data = {
+            "x": jnp.asarray(x, target),
+            "y": y if jnp.issubdtype(y.dtype, jnp.integer) else y.astype(target),
+            "frozen": fixed,
+        }
+        fn = _ModelLoss(apply, loss, unravel)
+        return cls._build(fn, data, flat, loss_min, dtype, _FullUnravel(unravel, fixed))
+
+    @classmethod
     def _build(cls, fn, data, w0, loss_min, dtype, unravel) -> Objective:
         arr = _check_w0(w0)
         target = _resolve_dtype(dtype, arr)
@@ -260,6 +338,40 @@ class _Unravelled:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Unravelled) and other.f is self.f and other.unravel is self.unravel
+
+
+def _path_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelLoss:
+    """``loss(apply(theta(w), x), y)`` with the frozen groups taken from ``data["frozen"]``.
+
+    Equal for equal (apply, loss, parameter layout): objectives of the same model on other data
+    or other initial values share compiled code (``ravel_pytree``'s unravel compares by value)."""
+
+    apply: Callable[[Any, Array], Array]
+    loss: Callable[[Array, Array], Array]
+    unravel: Callable[[Array], Any]
+
+    def __call__(self, w: Array, data: Any) -> Array:
+        params = eqx.combine(self.unravel(w), data["frozen"])
+        return self.loss(self.apply(params, data["x"]), data["y"])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _FullUnravel:
+    """Flat trainable vector -> full parameter pytree (frozen groups filled in)."""
+
+    unravel: Callable[[Array], Any]
+    frozen: Any
+
+    def __call__(self, w: Array) -> Any:
+        return eqx.combine(self.unravel(w), self.frozen)
 
 
 LossLike = Objective | Callable[[Array], Array]
