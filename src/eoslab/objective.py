@@ -373,6 +373,17 @@ class _FullUnravel:
     def __call__(self, w: Array) -> Any:
         return eqx.combine(self.unravel(w), self.frozen)
 
+    def __hash__(self) -> int:
+        return hash(self.unravel)
+
+    def __eq__(self, other: object) -> bool:
+        # equal layouts with the very same frozen arrays (or none): compiled code can be shared
+        if not isinstance(other, _FullUnravel) or other.unravel != self.unravel:
+            return False
+        mine, theirs = jax.tree_util.tree_leaves(self.frozen), jax.tree_util.tree_leaves(
+            other.frozen)
+        return len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs, strict=True))
+
 
 LossLike = Objective | Callable[[Array], Array]
 
