@@ -240,8 +240,9 @@ class Objective(eqx.Module):
             if not jnp.issubdtype(arr.dtype, jnp.floating):
                 raise ConfigError(f"params[{name!r}].dtype", str(arr.dtype), "a floating dtype")
             leaves.append(arr.astype(target))
-        trainable = treedef.unflatten([None if f else a for f, a in zip(is_frozen, leaves, strict=True)])
-        fixed = treedef.unflatten([a if f else None for f, a in zip(is_frozen, leaves, strict=True)])
+        pairs = list(zip(is_frozen, leaves, strict=True))
+        trainable = treedef.unflatten([None if f else a for f, a in pairs])
+        fixed = treedef.unflatten([a if f else None for f, a in pairs])
         flat, unravel = ravel_pytree(trainable)
         y = jnp.asarray(y)
         data = {
