@@ -172,7 +172,25 @@ def _make_step(rule: Rule, sqrt_mode: bool):
     return step
 
 
+_FNS_CACHE: dict = {}
+
+
 def _make_fns(rule: Rule, sqrt_mode: bool):
+    """The compiled chunk and one-step functions, shared by runs of equal rules (no recompile)."""
+    try:
+        key = (rule.name, rule.step.__code__, tuple(sorted(rule.hyper.items())), sqrt_mode)
+        hash(key)
+    except (AttributeError, TypeError):
+        key = None
+    if key is not None and key in _FNS_CACHE:
+        return _FNS_CACHE[key]
+    fns = _build_fns(rule, sqrt_mode)
+    if key is not None:
+        _FNS_CACHE[key] = fns
+    return fns
+
+
+def _build_fns(rule: Rule, sqrt_mode: bool):
     step = _make_step(rule, sqrt_mode)
 
     @eqx.filter_jit
