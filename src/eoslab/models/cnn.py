@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 from jaxtyping import Array
 
 from ..errors import ConfigError
 from ._image import image_shape
-from ._layers import POOLS, conv, conv_init, dense, dense_init
+from ._layers import POOLS, conv, conv_init, dense, dense_init, rng_from_key
 from ._layers import activation as _activation
 from .mlp import _check_widths
 
@@ -58,13 +57,13 @@ def cnn(
     if pool not in POOLS:
         raise ConfigError("pool", pool, "one of " + ", ".join(map(repr, POOLS)))
     h, w, c = image_shape(input_shape)
-    keys = jax.random.split(key, len(ws) + 1)
+    rng = rng_from_key(key)
     params = {}
     for i, width in enumerate(ws):
-        params[f"conv{i}"] = conv_init(keys[i], c, width, 3, bias=bias)
+        params[f"conv{i}"] = conv_init(rng, c, width, 3, bias=bias)
         c = width
         h, w = h // 2, w // 2
     if h < 1 or w < 1:
         raise ConfigError("input_shape", input_shape, f"images of at least {2 ** len(ws)} pixels")
-    params["head"] = dense_init(keys[-1], c * h * w, num_classes, bias=bias)
+    params["head"] = dense_init(rng, c * h * w, num_classes, bias=bias)
     return CNN(image_shape(input_shape), len(ws), activation, pool), params

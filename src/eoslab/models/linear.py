@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from ..errors import ConfigError
+from ._layers import normal, rng_from_key
 
 __all__ = ["DeepLinear", "deep_linear"]
 
@@ -53,11 +53,10 @@ def deep_linear(
         raise ConfigError("width", width, "an int >= 1")
     d_in = math.prod(input_shape)
     dims = [d_in] + [width] * (layers - 1) + [num_classes]
-    keys = jax.random.split(key, layers)
+    rng = rng_from_key(key)
     params = {}
     for i in range(layers):
-        p = {"w": jax.random.normal(keys[i], (dims[i], dims[i + 1]), jnp.float32)
-             / math.sqrt(dims[i])}
+        p = {"w": normal(rng, (dims[i], dims[i + 1]), 1.0 / math.sqrt(dims[i]))}
         if bias:
             p["b"] = jnp.zeros((dims[i + 1],), jnp.float32)
         params[f"layer{i:02d}"] = p

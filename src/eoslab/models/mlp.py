@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from ..errors import ConfigError
 from ._layers import activation as _activation
-from ._layers import dense, dense_init
+from ._layers import dense, dense_init, normal, rng_from_key
 
 __all__ = ["MLP", "mlp"]
 
@@ -66,18 +66,19 @@ def mlp(
     _activation(activation)
     d_in = math.prod(input_shape)
     dims = (d_in, *ws, num_classes)
-    keys = jax.random.split(key, len(dims) - 1)
+    rng = rng_from_key(key)
     params = {}
     for i in range(len(ws)):
-        params[f"dense{i}"] = dense_init(keys[i], dims[i], dims[i + 1], bias=bias)
-    params["head"] = _head(keys[-1], dims[-2], num_classes, bias, head_init_std)
+        params[f"dense{i}"] = dense_init(rng, dims[i], dims[i + 1], bias=bias)
+    params["head"] = _head(rng, dims[-2], num_classes, bias, head_init_std)
     return MLP(len(ws), activation), params
 
 
-def _head(key: Array, fan_in: int, num_classes: int, bias: bool, std: float | None) -> dict:
+def _head(rng: np.random.Generator, fan_in: int, num_classes: int, bias: bool,
+          std: float | None) -> dict:
     if std is None:
-        return dense_init(key, fan_in, num_classes, bias=bias)
-    p = {"w": std * jax.random.normal(key, (fan_in, num_classes), jnp.float32)}
+        return dense_init(rng, fan_in, num_classes, bias=bias)
+    p = {"w": normal(rng, (fan_in, num_classes), std)}
     if bias:
         p["b"] = jnp.zeros((num_classes,), jnp.float32)
     return p

@@ -10,7 +10,16 @@ from jaxtyping import Array
 
 from ..errors import ConfigError
 from ._image import image_shape
-from ._layers import batch_norm_full, conv, conv_init, dense, dense_init, group_norm, norm_init
+from ._layers import (
+    batch_norm_full,
+    conv,
+    conv_init,
+    dense,
+    dense_init,
+    group_norm,
+    norm_init,
+    rng_from_key,
+)
 
 __all__ = ["ResNet", "resnet"]
 
@@ -78,20 +87,20 @@ def resnet(
         raise ConfigError("groups", groups, "an int >= 1")
     n = (depth - 2) // 6
     hw = image_shape(input_shape)
-    keys = iter(jax.random.split(key, 2 + 6 * n))
-    params: dict = {"stem": {"conv": conv_init(next(keys), hw[2], 16, 3, bias=False,
+    rng = rng_from_key(key)
+    params: dict = {"stem": {"conv": conv_init(rng, hw[2], 16, 3, bias=False,
                                                he_normal=True), "norm": norm_init(16)}}
     c_in = 16
     for s, c in enumerate((16, 32, 64)):
         stage = {}
         for b in range(n):
             stage[f"block{b}"] = {
-                "conv1": conv_init(next(keys), c_in, c, 3, bias=False, he_normal=True),
+                "conv1": conv_init(rng, c_in, c, 3, bias=False, he_normal=True),
                 "norm1": norm_init(c),
-                "conv2": conv_init(next(keys), c, c, 3, bias=False, he_normal=True),
+                "conv2": conv_init(rng, c, c, 3, bias=False, he_normal=True),
                 "norm2": norm_init(c),
             }
             c_in = c
         params[f"stage{s + 1}"] = stage
-    params["head"] = dense_init(next(keys), 64, num_classes)
+    params["head"] = dense_init(rng, 64, num_classes)
     return ResNet(hw, n, norm, groups), params

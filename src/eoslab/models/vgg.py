@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 from jaxtyping import Array
 
 from ..errors import ConfigError
 from ._image import image_shape
-from ._layers import POOLS, batch_norm_full, conv, conv_init, dense, norm_init
+from ._layers import POOLS, batch_norm_full, conv, conv_init, dense, norm_init, rng_from_key
 from ._layers import activation as _activation
 from .mlp import _head
 
@@ -76,20 +75,19 @@ def vgg(
     if not config or not all(c == "P" or (isinstance(c, int) and c > 0) for c in config):
         raise ConfigError("config", config, "a sequence of positive ints and 'P' (pool)")
     h, w, c = image_shape(input_shape)
-    convs = [x for x in config if x != "P"]
-    keys = jax.random.split(key, len(convs) + 1)
+    rng = rng_from_key(key)
     params = {}
     i = 0
     for item in config:
         if item == "P":
             h, w = h // 2, w // 2
             continue
-        params[f"conv{i:02d}"] = conv_init(keys[i], c, item, 3)
+        params[f"conv{i:02d}"] = conv_init(rng, c, item, 3)
         if norm == "batch":
             params[f"norm{i:02d}"] = norm_init(item)
         c = item
         i += 1
     if h < 1 or w < 1:
         raise ConfigError("input_shape", input_shape, "images large enough for every pool")
-    params["head"] = _head(keys[-1], c * h * w, num_classes, True, head_init_std)
+    params["head"] = _head(rng, c * h * w, num_classes, True, head_init_std)
     return VGG(image_shape(input_shape), tuple(config), activation, pool, norm), params
