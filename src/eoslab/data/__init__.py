@@ -4,11 +4,15 @@
 >>> ds = data.load("digits", n=100, subset="balanced")
 >>> ds.x_train.shape, ds.num_classes
 ((100, 8, 8, 1), 10)
+
+``eoslab.data.fetch`` is the download module; `fetch_dataset` (``commands.fetch``) is what
+``eoslab data fetch NAME`` calls.
 """
 
+from . import fetch as fetch
 from ._errors import CorruptFileError as CorruptFileError
 from ._errors import DatasetNotFoundError as DatasetNotFoundError
-from .commands import fetch as fetch
+from .commands import fetch as fetch_dataset
 from .commands import list_datasets_table as list_datasets_table
 from .registry import DATASETS as DATASETS
 from .registry import Dataset as Dataset
@@ -21,5 +25,6 @@ from .registry import standardize as standardize
 
 __all__ = [
     "DATASETS", "CorruptFileError", "Dataset", "DatasetNotFoundError", "DatasetSpec",
-    "default_data_dir", "fetch", "list", "list_datasets_table", "load", "register", "standardize",
+    "default_data_dir", "fetch", "fetch_dataset", "list", "list_datasets_table", "load",
+    "register", "standardize",
 ]

@@ -1,0 +1,401 @@
+"""Datasets: shapes, subsets, preprocessing, on-disk formats, safe unpickling, verified fetch."""
+
+import dataclasses
+import gzip
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import struct
+import tarfile
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from eoslab import data
+from eoslab.data import builtin, disk, fetch, safe_pickle
+from eoslab.data.registry import DATASETS
+from eoslab.errors import ConfigError, UnsafeFileError
+
+
+# ----------------------------------------------------------------------------- built in
+@pytest.mark.parametrize("name,train,test,shape,k", [
+    ("mnist1d", (4000, 40), (1000, 40), (40,), 10),
+    ("mnist-5k", (4000, 28, 28, 1), (1000, 28, 28, 1), (28, 28, 1), 10),
+    ("digits", (1500, 8, 8, 1), (297, 8, 8, 1), (8, 8, 1), 10),
+    ("chebyshev-3-20", (20, 1), (20, 1), (1,), 1),
+    ("linear-50-50", (50, 50), (50, 50), (50,), 50),
+    ("gaussian-mixture-4", (1000, 2), (1000, 2), (2,), 4),
+])
+def test_builtin_shapes(name, train, test, shape, k):
+    ds = data.load(name)
+    assert ds.x_train.shape == train and ds.x_test.shape == test
+    assert ds.input_shape == shape and ds.num_classes == k and ds.name == name
+    assert ds.x_train.dtype == np.float32
+    if ds.task == "classification":
+        assert ds.y_train.shape == (train[0],) and ds.y_train.dtype == np.int32
+        assert set(np.unique(np.asarray(ds.y_train))) == set(range(k))
+    else:
+        assert ds.y_train.shape == (train[0], k)
+
+
+def test_mnist1d_is_generated_offline_cached_and_leaves_global_rng_alone():
+    state = np.random.get_state()[1].copy()
+    data.load("mnist1d", n=4000)
+    assert np.array_equal(np.random.get_state()[1], state)
+    t = time.perf_counter()
+    ds = data.load("mnist1d", n=4000)
+    assert time.perf_counter() - t < 0.5  # cached in memory after the first generation
+    assert ds.x_train.shape == (4000, 40)
+
+
+def test_standardization_uses_training_statistics():
+    for name, n in (("mnist1d", 4000), ("mnist-5k", 1000)):
+        ds = data.load(name, n=n)
+        x = np.asarray(ds.x_train, np.float64).reshape(n, -1)
+        sd = x.std(axis=0)
+        live = sd > 0  # blank MNIST border pixels are constant: only centred
+        np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-4)
+        np.testing.assert_allclose(sd[live], 1.0, atol=1e-4)
+        assert live.sum() > 0.5 * x.shape[1]
+    # mnist1d: no blank features
+    x = np.asarray(data.load("mnist1d").x_train)
+    np.testing.assert_allclose(x.std(axis=0), 1.0, atol=1e-4)
+
+
+def test_first_subset_keeps_file_order():
+    raw_y = builtin.mnist1d()[1]
+    ds = data.load("mnist1d", n=37)
+    assert np.array_equal(np.asarray(ds.y_train), raw_y[:37])
+
+
+def test_balanced_subset_is_balanced_and_seeded():
+    ds = data.load("mnist-5k", n=105, subset="balanced", seed=3)
+    # 105 = 10 * 10 + 5: classes 0..4 get 11, classes 5..9 get 10
+    assert np.bincount(np.asarray(ds.y_train)).tolist() == [11] * 5 + [10] * 5
+    again = data.load("mnist-5k", n=105, subset="balanced", seed=3)
+    other = data.load("mnist-5k", n=105, subset="balanced", seed=4)
+    assert np.array_equal(np.asarray(ds.x_train), np.asarray(again.x_train))
+    assert not np.array_equal(np.asarray(ds.x_train), np.asarray(other.x_train))
+    g = data.load("gaussian-mixture-2", n=40, subset="balanced")
+    assert np.bincount(np.asarray(g.y_train)).tolist() == [20, 20]
+
+
+def test_synthetic_sets_match_their_definitions():
+    ch = data.load("chebyshev-3-20")
+    x, y = np.asarray(ch.x_train[:, 0]), np.asarray(ch.y_train[:, 0])
+    np.testing.assert_allclose(y, 4 * x**3 - 3 * x, atol=1e-5)  # T_3(x) = 4x^3 - 3x
+    assert x[0] == -1.0 and x[-1] == 1.0
+    lin = data.load("linear-50-50")
+    xx = np.asarray(lin.x_train, np.float64)
+    np.testing.assert_allclose(xx.T @ xx / 50, np.eye(50), atol=1e-4)  # X = sqrt(n) Q
+
+
+def _boom(_):
+    raise AssertionError("the loader ran before the arguments were checked")
+
+
+def test_bad_arguments_raise_config_error_before_any_work(monkeypatch):
+    monkeypatch.setitem(DATASETS, "mnist1d", dataclasses.replace(DATASETS["mnist1d"],
+                                                                 loader=_boom))
+    with pytest.raises(ConfigError, match="dataset='mnist-1d'.*'mnist1d'"):
+        data.load("mnist-1d")
+    with pytest.raises(ConfigError, match="subset='random'.*'balanced'"):
+        data.load("mnist1d", subset="random")
+    with pytest.raises(ConfigError, match="n=4001.*between 1 and 4000"):
+        data.load("mnist1d", n=4001)
+    with pytest.raises(ConfigError, match="n=0"):
+        data.load("mnist1d", n=0)
+    with pytest.raises(ConfigError, match="subset"):
+        data.load("chebyshev-4-20", subset="balanced")
+    with pytest.raises(ConfigError, match="n=2000"):
+        data.load("gaussian-mixture-2", n=2000)
+
+
+def test_list_and_table():
+    names = data.list()
+    assert {"mnist-5k", "digits", "mnist1d", "chebyshev-3-20", "chebyshev-4-20",
+            "chebyshev-5-20", "linear-50-50", "cifar10", "mnist", "fashion-mnist"} <= set(names)
+    table = data.list_datasets_table(data_dir="/nonexistent")
+    for name in names:
+        assert name in table
+    assert "yes (built in)" in table and "no (eoslab data fetch" in table
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 files
+def _cifar_arrays(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    y = rng.integers(0, 10, size=n)
+    return x, y
+
+
+def write_cifar_python(root, n=3, protocol=2):
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
+        x, y = _cifar_arrays(n, i)
+        batch = {b"batch_label": b"fabricated", b"labels": y.tolist(), b"data": x,
+                 b"filenames": [b"img%d.png" % j for j in range(n)]}
+        (d / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    return d
+
+
+def test_cifar_python_batches(tmp_path):
+    d = write_cifar_python(tmp_path)
+    x, y = disk.read_cifar_python(d / "data_batch_1")
+    raw, labels = _cifar_arrays(3, 0)
+    assert x.shape == (3, 32, 32, 3) and x.dtype == np.uint8
+    assert y.tolist() == labels.tolist()
+    # rows hold the R plane (1024 bytes), then G, then B, each row-major 32x32
+    assert x[1, 2, 5, 0] == raw[1, 0 * 1024 + 2 * 32 + 5]
+    assert x[1, 2, 5, 2] == raw[1, 2 * 1024 + 2 * 32 + 5]
+    ds = data.load("cifar10", data_dir=tmp_path)
+    assert ds.x_train.shape == (15, 32, 32, 3) and ds.x_test.shape == (3, 32, 32, 3)
+    assert ds.num_classes == 10
+    np.testing.assert_allclose(np.asarray(ds.x_train).mean(axis=0), 0.0, atol=1e-4)
+    with pytest.raises(ConfigError, match="n=16"):
+        data.load("cifar10", n=16, data_dir=tmp_path)
+
+
+def test_cifar_python_protocol_4_str_keys(tmp_path):
+    x, y = _cifar_arrays(2, 0)
+    p = tmp_path / "b"
+    p.write_bytes(pickle.dumps({"data": x, "labels": y.tolist()}, protocol=4))
+    got, labels = disk.read_cifar_python(p)
+    assert got.shape == (2, 32, 32, 3) and labels.tolist() == y.tolist()
+
+
+def test_cifar_binary_batches_and_truncation(tmp_path, monkeypatch):
+    d = tmp_path / "cifar-10-batches-bin"
+    d.mkdir()
+    for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
+        x, y = _cifar_arrays(2, i)
+        rec = np.concatenate([y.astype(np.uint8)[:, None], x], axis=1)
+        (d / f"{name}.bin").write_bytes(rec.tobytes())
+    monkeypatch.setenv("EOSLAB_DATA", str(tmp_path))  # found through the environment
+    ds = data.load("cifar10")
+    assert ds.x_train.shape == (10, 32, 32, 3)
+    assert np.asarray(ds.y_test).tolist() == _cifar_arrays(2, 5)[1].tolist()
+    (d / "test_batch.bin").write_bytes((d / "test_batch.bin").read_bytes()[:-7])
+    with pytest.raises(data.CorruptFileError, match="truncated"):
+        data.load("cifar10")
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class EvilEval:
+    def __reduce__(self):
+        return (eval, ("__import__('os').system('touch evil-eval-ran')",))
+
+
+def test_malicious_cifar_batch_is_refused_and_runs_nothing(tmp_path):
+    d = write_cifar_python(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    x, y = _cifar_arrays(3, 0)
+    evil = {b"data": x, b"labels": y.tolist(), b"payload": Evil(marker)}
+    (d / "data_batch_1").write_bytes(pickle.dumps(evil, protocol=2))
+    with pytest.raises(UnsafeFileError, match="system"):
+        data.load("cifar10", data_dir=tmp_path / "data")
+    assert not marker.exists()
+    # the same payload unpickled normally would have run: proof that the test file is live
+    pickle.loads(pickle.dumps(Evil(tmp_path / "control")))
+    assert (tmp_path / "control").exists()
+
+
+@pytest.mark.parametrize("payload", [
+    EvilEval(),
+    np.array([1, "a"], dtype=object),  # object arrays could carry anything
+    io.BytesIO(b"x"),
+])
+def test_restricted_unpickler_refuses_other_globals(payload, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnsafeFileError):
+        safe_pickle.loads(pickle.dumps({b"data": payload}, protocol=2))
+    assert not (tmp_path / "evil-eval-ran").exists()
+
+
+def test_restricted_unpickler_admits_plain_data():
+    obj = {b"a": [1, 2.5, "s", b"b", None], "arr": np.arange(6, dtype=np.int64).reshape(2, 3)}
+    for protocol in (2, 3, 4):
+        got = safe_pickle.loads(pickle.dumps(obj, protocol=protocol))
+        assert got[b"a"] == obj[b"a"] and np.array_equal(got["arr"], obj["arr"])
+    with pytest.raises(UnsafeFileError):
+        safe_pickle.loads(b"not a pickle")
+
+
+# ----------------------------------------------------------------------------- IDX files
+def idx_bytes(arr):
+    code = {np.uint8: 0x08, np.int32: 0x0C}[arr.dtype.type]
+    header = struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(f">{arr.ndim}i", *arr.shape)
+    return header + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+
+
+def write_idx_set(d, n_train=6, n_test=4, gz=True):
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test) % 10).astype(np.uint8),
+    }
+    for stem, arr in arrays.items():
+        raw = idx_bytes(arr)
+        if gz:
+            (d / f"{stem}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (d / stem).write_bytes(raw)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_idx_gz_and_raw(tmp_path, gz):
+    arrays = write_idx_set(tmp_path / "mnist", gz=gz)
+    ds = data.load("mnist", data_dir=tmp_path)
+    assert ds.x_train.shape == (6, 28, 28, 1) and ds.x_test.shape == (4, 28, 28, 1)
+    assert np.asarray(ds.y_train).tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    x = disk.read_idx(tmp_path / "mnist" / ("train-images-idx3-ubyte" + (".gz" if gz else "")))
+    assert np.array_equal(x, arrays["train-images-idx3-ubyte"])
+
+
+def test_idx_reader_types_and_corruption(tmp_path):
+    p = tmp_path / "ints"
+    p.write_bytes(idx_bytes(np.array([[1, -2], [3, 4]], dtype=np.int32)))
+    assert disk.read_idx(p).tolist() == [[1, -2], [3, 4]]
+    p.write_bytes(p.read_bytes()[:-1])
+    with pytest.raises(data.CorruptFileError, match="truncated"):
+        disk.read_idx(p)
+    p.write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(data.CorruptFileError, match="magic"):
+        disk.read_idx(p)
+
+
+def test_fashion_mnist_and_missing_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(disk, "SYSTEM_FASHION_MNIST", tmp_path / "system")
+    with pytest.raises(data.DatasetNotFoundError, match="eoslab data fetch fashion-mnist"):
+        data.load("fashion-mnist", data_dir=tmp_path)
+    write_idx_set(tmp_path / "system", gz=True)  # where Debian's package would put it
+    assert data.load("fashion-mnist", data_dir=tmp_path).x_train.shape == (6, 28, 28, 1)
+    assert DATASETS["fashion-mnist"].locate(tmp_path) == str(tmp_path / "system")
+    assert "yes" in data.list_datasets_table(data_dir=tmp_path).split("fashion-mnist")[1][:140]
+
+
+# ----------------------------------------------------------------------------- fetch
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict = {}
+    mode = "ok"  # "ok", "truncate" (close after half), "corrupt" (flip bytes), "norange"
+    ranges: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = self.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        if self.mode == "corrupt":
+            body = bytes(b ^ 0xFF for b in body)
+        start = 0
+        rng = self.headers.get("Range")
+        self.ranges.append(rng)
+        if rng and self.mode != "norange":
+            start = int(rng.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        part = body[start:]
+        if self.mode == "truncate":
+            part = part[: len(part) // 2]
+            self.close_connection = True
+        self.wfile.write(part)
+        self.wfile.flush()
+
+
+@pytest.fixture
+def server():
+    _Handler.files, _Handler.mode, _Handler.ranges = {}, "ok", []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield _Handler, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _cifar_archive(tmp_path):
+    src = write_cifar_python(tmp_path / "src")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(src, arcname="cifar-10-batches-py")
+    return buf.getvalue()
+
+
+def test_fetch_cifar10_from_local_server_then_load(server, tmp_path):
+    handler, url = server
+    archive = _cifar_archive(tmp_path)
+    handler.files["/cifar-10-python.tar.gz"] = archive
+    md5 = hashlib.md5(archive).hexdigest()
+    out = data.fetch_dataset("cifar10", tmp_path / "store", mirror=url,
+                     checksums={"cifar-10-python.tar.gz": md5}, progress=False)
+    assert out == tmp_path / "store" / "cifar-10-batches-py"
+    assert data.load("cifar10", data_dir=tmp_path / "store").x_train.shape == (15, 32, 32, 3)
+    leftovers = [p.name for p in (tmp_path / "store").iterdir()]
+    assert sorted(leftovers) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+
+
+def test_corrupt_download_is_detected_and_removed(server, tmp_path):
+    handler, url = server
+    body = os.urandom(50_000)
+    handler.files["/f.bin"] = body
+    handler.mode = "corrupt"
+    dest = tmp_path / "f.bin"
+    with pytest.raises(data.CorruptFileError, match="md5"):
+        fetch.download(url + "/f.bin", dest, md5=hashlib.md5(body).hexdigest(), progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither dest nor a partial file is left
+
+
+def test_truncated_download_is_detected_then_resumed(server, tmp_path):
+    handler, url = server
+    body = os.urandom(100_000)
+    handler.files["/f.bin"] = body
+    sha = hashlib.sha256(body).hexdigest()
+    dest = tmp_path / "f.bin"
+    handler.mode = "truncate"
+    with pytest.raises(fetch.DownloadError, match="50000 of 100000|stopped"):
+        fetch.download(url + "/f.bin", dest, sha256=sha, progress=False)
+    assert not dest.exists()  # nothing half-written at the destination
+    part = tmp_path / "f.bin.part"
+    assert part.stat().st_size == 50_000  # kept only as the resume point
+    handler.mode = "ok"
+    fetch.download(url + "/f.bin", dest, sha256=sha, progress=False)
+    assert handler.ranges[-1] == "bytes=50000-"  # resumed with an HTTP Range request
+    assert dest.read_bytes() == body and not part.exists()
+
+
+def test_server_ignoring_range_restarts_and_checksum_is_required(server, tmp_path):
+    handler, url = server
+    body = os.urandom(10_000)
+    handler.files["/f.bin"] = body
+    (tmp_path / "f.bin.part").write_bytes(b"garbage")
+    handler.mode = "norange"
+    fetch.download(url + "/f.bin", tmp_path / "f.bin", md5=hashlib.md5(body).hexdigest(),
+                   progress=False)
+    assert (tmp_path / "f.bin").read_bytes() == body
+    with pytest.raises(ConfigError, match="checksum"):
+        fetch.download(url + "/f.bin", tmp_path / "g.bin", progress=False)
+    with pytest.raises(ConfigError, match="dataset='digits'"):
+        data.fetch_dataset("digits", tmp_path)
