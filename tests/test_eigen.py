@@ -179,8 +179,7 @@ def test_bad_points_raise_clear_errors():
 def test_random_spectra_property(ints, k, seed):
     eigs = np.asarray(ints) / 100.0
     f, A = quadratic_with_spectrum(eigs, seed=seed)
-    res = top_eigenpairs(f, jnp.zeros(eigs.size), k=k, tol=1e-10,
-                         key=jax.random.PRNGKey(seed))
+    res = top_eigenpairs(f, jnp.zeros(eigs.size), k=k, tol=1e-10, key=jax.random.PRNGKey(seed))
     true = np.sort(eigs)[::-1][:k]
     scale = max(np.abs(eigs).max(), 1e-3)
     np.testing.assert_allclose(res.values, true, atol=1e-7 * scale)

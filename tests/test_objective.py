@@ -22,13 +22,18 @@ def test_from_pytree_flattens_and_unravels():
     back = obj.unravel(obj.w0)
     np.testing.assert_array_equal(back["b"], np.arange(4.0))
     assert float(obj(obj.w0)) == 6.0 + 6.0
-    np.testing.assert_allclose(jax.grad(obj)(obj.w0), jax.flatten_util.ravel_pytree(
-        jax.grad(fn)(params))[0])
+    np.testing.assert_allclose(
+        jax.grad(obj)(obj.w0), jax.flatten_util.ravel_pytree(jax.grad(fn)(params))[0]
+    )
 
 
 def test_sqrt_value_gradient_and_finite_at_minimum():
-    obj = Objective.from_fn(lambda w: (1 + w[0] ** 2) * w[1] ** 2 + 0.5, jnp.array([2.0, 0.3]),
-                            loss_min=0.5, dtype="float64")
+    obj = Objective.from_fn(
+        lambda w: (1 + w[0] ** 2) * w[1] ** 2 + 0.5,
+        jnp.array([2.0, 0.3]),
+        loss_min=0.5,
+        dtype="float64",
+    )
     s = obj.sqrt()
     w = jnp.array([2.0, 0.3])
     L = (1 + 4.0) * 0.09

@@ -1,7 +1,8 @@
 r"""Spectral density of the Hessian by stochastic Lanczos quadrature (SLQ).
 
-For a unit probe $v$, $m$ Lanczos steps give nodes $\theta_j$ and weights $\tau_j = (e_1^\top s_j)^2$
-with $\sum_j \tau_j\, p(\theta_j) = v^\top p(H) v$ exactly for polynomials of degree $< 2m$;
+For a unit probe $v$, $m$ Lanczos steps give nodes $\theta_j$ and weights
+$\tau_j = (e_1^\top s_j)^2$ with $\sum_j \tau_j\, p(\theta_j) = v^\top p(H) v$ exactly for
+polynomials of degree $< 2m$;
 averaging over probes estimates the spectral measure $\mu = \frac1D\sum_i \delta_{\lambda_i}$.
 """
 

@@ -32,6 +32,7 @@ class EigResult(eqx.Module):
         matvecs: Hessian-vector products spent.
         converged: whether every bound met the tolerance.
         next_value: the $(k{+}1)$-th Ritz value (a lower bound on $\lambda_{k+1}$; NaN if none).
+        next_vector: its Ritz vector (the guard a warm start should include; zeros if none).
     """
 
     values: Float[Array, " k"]
@@ -41,6 +42,7 @@ class EigResult(eqx.Module):
     matvecs: Int[Array, ""]
     converged: Array
     next_value: Float[Array, ""]
+    next_vector: Float[Array, " d"]
 
     @property
     def relative_error_bound(self) -> Array:
@@ -80,12 +82,16 @@ def _check_v0(v0, d: int, k: int) -> None:
 @eqx.filter_jit
 def _lanczos_jit(obj, w, v0, key, sign, *, k, tol, m_max, max_matvecs, keep):
     mv = lambda x: sign * _hvp(obj, w, x)
-    st = lanczos_top(mv, v0, k, tol=tol, m_max=m_max, max_matvecs=max_matvecs, key=key,
-                     restart_keep=keep)
-    vecs = st.V[:m_max].T @ st.S[:, :k]
+    st = lanczos_top(
+        mv, v0, k, tol=tol, m_max=m_max, max_matvecs=max_matvecs, key=key, restart_keep=keep
+    )
+    kk = min(k + 1, m_max)
+    vecs = st.V[:m_max].T @ st.S[:, :kk]
     vecs = vecs / jnp.linalg.norm(vecs, axis=0, keepdims=True)
-    active = st.j
-    nxt = jnp.where(active > k, st.theta[jnp.minimum(k, m_max - 1)], jnp.nan)
+    has_next = (st.j > k) & (kk > k)
+    nxt = jnp.where(has_next, st.theta[kk - 1], jnp.nan)
+    nxt_vec = jnp.where(has_next, vecs[:, kk - 1], 0.0)
+    vecs = vecs[:, :k]
     return EigResult(
         values=sign * st.theta[:k],
         vectors=vecs,
@@ -94,6 +100,7 @@ def _lanczos_jit(obj, w, v0, key, sign, *, k, tol, m_max, max_matvecs, keep):
         matvecs=st.matvecs,
         converged=st.converged,
         next_value=sign * nxt,
+        next_vector=nxt_vec,
     )
 
 
@@ -121,6 +128,7 @@ def _certify_block(obj, w, X, sign, tol, extra_mv):
         matvecs=jnp.asarray(extra_mv + k),
         converged=jnp.all(ok),
         next_value=jnp.asarray(jnp.nan, X.dtype),
+        next_vector=jnp.zeros((X.shape[0],), X.dtype),
     )
 
 
@@ -174,8 +182,18 @@ def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
         budget = max_matvecs if max_matvecs is not None else max(1000, 2 * d)
         keep = int(min(m_max - 1, max(k + 5, 2 * k)))
         start = _initial_vector(v0, d, k, dtype, key)
-        return _lanczos_jit(obj, w, start, key, sign, k=k, tol=float(tol), m_max=m_max,
-                            max_matvecs=int(budget), keep=keep)
+        return _lanczos_jit(
+            obj,
+            w,
+            start,
+            key,
+            sign,
+            k=k,
+            tol=float(tol),
+            m_max=m_max,
+            max_matvecs=int(budget),
+            keep=keep,
+        )
     # Block methods start from a block of k columns.
     X0 = jax.random.normal(key, (d, k), dtype)
     if v0 is not None:
@@ -185,8 +203,12 @@ def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
     budget = max_matvecs if max_matvecs is not None else 1000 * k
     if method == "lobpcg":
         if 5 * k >= d:
-            raise ConfigError("k", k, f"k < D/5 (= {d / 5:g}) for method='lobpcg'",
-                              "Use method='lanczos' for small problems.")
+            raise ConfigError(
+                "k",
+                k,
+                f"k < D/5 (= {d / 5:g}) for method='lobpcg'",
+                "Use method='lanczos' for small problems.",
+            )
         iters = max(1, (budget - 2 * k) // (4 * k))
         return _lobpcg_jit(obj, w, X0, sign, tol=float(tol), max_iters=int(iters))
     iters = max(1, (budget - k) // k)

@@ -12,8 +12,8 @@ from jaxtyping import Array, Float
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike, as_objective
 from ._checks import check_w
-from .lanczos import lanczos_top
 from .eigen import _default_m_max
+from .lanczos import lanczos_top
 
 __all__ = ["Stableness", "stableness"]
 
@@ -35,8 +35,16 @@ def _stableness(obj, w, eta, key, *, n_points, tol, m_max, budget):
         v, key, mv = carry
         key, sub = jax.random.split(key)
         x = w - si * g
-        st = lanczos_top(lambda u: jax.jvp(jax.grad(obj), (x,), (u,))[1], v, 1, tol=tol,
-                         m_max=m_max, max_matvecs=budget, key=sub, restart_keep=min(m_max - 1, 6))
+        st = lanczos_top(
+            lambda u: jax.jvp(jax.grad(obj), (x,), (u,))[1],
+            v,
+            1,
+            tol=tol,
+            m_max=m_max,
+            max_matvecs=budget,
+            key=sub,
+            restart_keep=min(m_max - 1, 6),
+        )
         vec = st.V[:m_max].T @ st.S[:, 0]
         return (vec / jnp.linalg.norm(vec), key, mv + st.matvecs), st.theta[0]
 
@@ -68,6 +76,14 @@ def stableness(
     key = jax.random.PRNGKey(0) if key is None else key
     d = w.shape[0]
     m_max = _default_m_max(1, d)
-    val, lam, s, mv = _stableness(obj, w, jnp.asarray(eta, w.dtype), key, n_points=n_points,
-                                  tol=float(tol), m_max=m_max, budget=max(1000, 2 * d))
+    val, lam, s, mv = _stableness(
+        obj,
+        w,
+        jnp.asarray(eta, w.dtype),
+        key,
+        n_points=n_points,
+        tol=float(tol),
+        m_max=m_max,
+        budget=max(1000, 2 * d),
+    )
     return Stableness(val, lam, s, mv)

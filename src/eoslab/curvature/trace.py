@@ -34,7 +34,8 @@ def _hutchinson(obj, w, Z):
 
 @eqx.filter_jit
 def _hutchpp(obj, w, S, G):
-    # Hutch++ (Meyer, Musco, Musco, Woodruff 2021): exact trace on range(H S), Hutchinson on the rest.
+    # Hutch++ (Meyer, Musco, Musco, Woodruff 2021): exact trace on range(H S), Hutchinson on
+    # the rest.
     Q, _ = jnp.linalg.qr(_hvp_block(obj, w, S))
     top = jnp.trace(Q.T @ _hvp_block(obj, w, Q))
     Gp = G - Q @ (Q.T @ G)
@@ -54,9 +55,9 @@ def hutchinson_trace(
 ) -> TraceEstimate:
     r"""Unbiased estimate of $\mathrm{tr}\,\nabla^2L(w) = \mathbb{E}_z[z^\top H z]$, Rademacher $z$.
 
-    ``method="hutch++"`` spends a third of the ``n_probes`` HVPs on a sketch $Q$ of $\mathrm{range}(H)$,
-    a third on $\mathrm{tr}(Q^\top H Q)$ and the rest on Hutchinson in the complement; its variance
-    falls like $1/m^2$ instead of $1/m$ when the spectrum decays.
+    ``method="hutch++"`` spends a third of the ``n_probes`` HVPs on a sketch $Q$ of
+    $\mathrm{range}(H)$, a third on $\mathrm{tr}(Q^\top H Q)$ and the rest on Hutchinson in the
+    complement; its variance falls like $1/m^2$ instead of $1/m$ when the spectrum decays.
     """
     obj = as_objective(loss, w)
     w = check_w(w, obj)

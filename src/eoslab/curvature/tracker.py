@@ -37,8 +37,8 @@ def align_vectors(
         scale = max(abs(vals[i]), 1e-30)
         while j < k and abs(vals[j - 1] - vals[j]) <= rtol * scale:
             j += 1
-        N, O = new[:, i:j], old[:, i:j]
-        M = N.T @ O
+        N, P = new[:, i:j], old[:, i:j]
+        M = N.T @ P
         U, _, Vt = np.linalg.svd(M)
         out[:, i:j] = N @ (U @ Vt)
         i = j
@@ -97,12 +97,25 @@ class EigenTracker:
     def _solve(self, w: Array, k: int) -> EigResult:
         self._key, sub = jax.random.split(self._key)
         v0 = self.vectors
-        if v0 is not None and v0.shape[1] > k:
-            v0 = v0[:, :k]
+        if v0 is not None and v0.shape[1] > k + 1:
+            v0 = v0[:, : k + 1]
         return top_eigenpairs(
-            self.loss, w, k, v0=v0, tol=self.tol, method=self.method,
-            max_matvecs=self.max_matvecs, key=sub,
+            self.loss,
+            w,
+            k,
+            v0=v0,
+            tol=self.tol,
+            method=self.method,
+            max_matvecs=self.max_matvecs,
+            key=sub,
         )
+
+    @staticmethod
+    def _with_guard(res: EigResult) -> Array:
+        # Warm starts include the guard Ritz vector, so its eigenvalue (the gap) resolves quickly.
+        if bool(jnp.any(res.next_vector != 0)):
+            return jnp.concatenate([res.vectors, res.next_vector[:, None]], axis=1)
+        return res.vectors
 
     def update(self, w: Float[Array, " d"]) -> EigResult:
         """Eigenpairs at ``w``, warm-started from the last update."""
@@ -117,17 +130,24 @@ class EigenTracker:
             and float(res.next_value) > self.grow_above
         ):
             self.k += 1
-            self.vectors = res.vectors
+            self.vectors = self._with_guard(res)
             res = self._solve(w, self.k)
             spent += int(res.matvecs)
         if self.vectors is not None:
-            vecs = align_vectors(res.vectors, self.vectors, res.values, self.align_rtol)
-            res = EigResult(
-                values=res.values, vectors=vecs, residuals=res.residuals,
-                error_bound=res.error_bound, matvecs=jnp.asarray(spent), converged=res.converged,
-                next_value=res.next_value,
+            vecs = align_vectors(
+                res.vectors, self.vectors[:, : res.vectors.shape[1]], res.values, self.align_rtol
             )
-        self.vectors = res.vectors
+            res = EigResult(
+                values=res.values,
+                vectors=vecs,
+                residuals=res.residuals,
+                error_bound=res.error_bound,
+                matvecs=jnp.asarray(spent),
+                converged=res.converged,
+                next_value=res.next_value,
+                next_vector=res.next_vector,
+            )
+        self.vectors = self._with_guard(res)
         self.last = res
         self.total_matvecs += spent
         self.updates += 1
