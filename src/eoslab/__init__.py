@@ -6,6 +6,9 @@ Public names are re-exported here; import from ``eoslab`` or its subpackages, no
 from importlib.metadata import PackageNotFoundError, version
 
 from . import curvature as curvature
+from . import data as data
+from . import losses as losses
+from . import models as models
 from .errors import ConfigError as ConfigError
 from .errors import DivergenceError as DivergenceError
 from .errors import EoslabError as EoslabError
@@ -25,4 +28,7 @@ __all__ = [
     "UnsafeFileError",
     "__version__",
     "curvature",
+    "data",
+    "losses",
+    "models",
 ]
