@@ -1,0 +1,159 @@
+"""The eoslab command line end to end on tiny configs: runs, bad configs, divergence, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from eoslab.cli import main
+from eoslab.experiments import PRESETS, Experiment, from_dict, to_dict
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TINY = {
+    "problem": {"kind": "toy-mlp", "n": 16, "width": 4},
+    "rule": {"kind": "gd", "lr": 0.5},
+    "steps": 40,
+    "probe_every": 10,
+}
+
+
+def _write(tmp_path, data, name="exp.json"):
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else json.dumps(data))
+    return p
+
+
+def test_run_config_end_to_end(tmp_path, capsys):
+    cfg = _write(tmp_path, TINY)
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "completed" in text and "figure:" in text
+    assert (out / "figures" / "overview.png").stat().st_size > 10_000
+    rec = json.loads((out / "config.json").read_text())
+    assert rec["config"]["rule"] == {"kind": "gd", "lr": 0.5}
+    assert from_dict(rec["config"]) == from_dict(TINY)
+    df = pd.concat(pd.read_parquet(p) for p in (out / "metrics").glob("*.parquet"))
+    assert sorted(df["step"]) == list(range(41))
+    # the same directory again: refused, nothing touched
+    before = sorted(p.name for p in (out / "metrics").iterdir())
+    assert main(["run", "--config", str(cfg), "--out", str(out), "--quiet"]) == 2
+    assert "never overwrites" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "metrics").iterdir()) == before
+    # resume of a finished run: nothing to do
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    # plot two runs overlaid
+    out2 = tmp_path / "run2"
+    assert (
+        main(
+            [
+                "run",
+                "toy",
+                "--steps",
+                "20",
+                "--lr",
+                "0.3",
+                "--out",
+                str(out2),
+                "--quiet",
+                "--no-plot",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out2 / "config.json").read_text())["config"]["rule"]["lr"] == 0.3
+    png = tmp_path / "both.png"
+    assert main(["plot", str(out), str(out2), "--out", str(png)]) == 0
+    assert png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("text", "name", "needle"),
+    [
+        ({"rule": {"kind": "gd", "lrr": 0.1}}, "a.json", "rule.lrr"),
+        ({"rule": {"kind": "gd", "lr": -1}}, "b.json", "rule.lr"),
+        ({"rule": {"kind": "sgd"}}, "c.json", "rule.kind"),
+        ({"stepz": 3}, "d.json", "stepz"),
+        ({"steps": "many"}, "e.json", "steps"),
+        ({"probes": {"k": 0}}, "f.json", "probes.k"),
+        ("rule:\n  kind: adam\n  beta1: 1.5\n", "g.yaml", "rule.beta1"),
+        ("rule: [unclosed\n", "h.yaml", "not valid yaml"),
+        ("{not json", "i.json", "not valid json"),
+        ("!!python/object/apply:os.system ['echo pwned']", "j.yaml", "not valid yaml"),
+    ],
+)
+def test_bad_configs_fail_before_work_with_one_line(tmp_path, capsys, text, name, needle):
+    cfg = _write(tmp_path, text, name)
+    out = tmp_path / "never"
+    assert main(["run", "--config", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eoslab: error:") and err.count("\n") == 1
+    assert needle.lower() in err.lower()
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_config_and_conflicting_arguments(tmp_path, capsys):
+    assert main(["run", "--config", str(tmp_path / "nope.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["run", "toy", "--config", str(_write(tmp_path, TINY))]) == 2
+    assert "one of" in capsys.readouterr().err
+    assert main(["run", "toy", "--lr", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "lr" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+
+
+def test_bad_flag_value_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "toy", "--lr", "abc"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "no-such-preset"])
+    assert exc.value.code == 2
+
+
+def test_divergence_exit_code_message_and_metrics(tmp_path, capsys):
+    out = tmp_path / "div"
+    code = main(["run", "quadratic-diverge", "--out", str(out), "--quiet", "--no-plot"])
+    assert code == 3
+    text = capsys.readouterr().out
+    assert "diverged at step" in text
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "diverged" and "diverged at step" in man["message"]
+    df = pd.concat(pd.read_parquet(p) for p in (out / "metrics").glob("*.parquet"))
+    assert len(df) > 50 and df["loss"].notna().all()
+    assert main(["run", "--resume", str(out)]) == 3
+
+
+def test_list_and_presets_round_trip(capsys):
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    for name in PRESETS:
+        assert name in text
+    for exp in PRESETS.values():
+        assert isinstance(exp, Experiment)
+        assert from_dict(json.loads(json.dumps(to_dict(exp)))) == exp
+
+
+def test_help_covers_every_run_flag():
+    from dataclasses import fields
+
+    from eoslab.cli import Run
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "eoslab.cli", "run", "--help"],
+        env=dict(os.environ, PYTHONPATH=SRC, COLUMNS="200"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    for f in fields(Run):
+        if f.name != "preset":
+            assert f"--{f.name.replace('_', '-')}" in proc.stdout
