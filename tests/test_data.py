@@ -224,6 +224,14 @@ def test_restricted_unpickler_refuses_other_globals(payload, tmp_path, monkeypat
     assert not (tmp_path / "evil-eval-ran").exists()
 
 
+def test_restricted_unpickler_limits_codecs():
+    # a protocol-2 pickle of bytes calls _codecs.encode(text, "latin1"); other codecs are refused
+    payload = pickle.dumps(b"\xff\x00", protocol=2)
+    assert safe_pickle.loads(payload) == b"\xff\x00"
+    with pytest.raises(UnsafeFileError, match="codec"):
+        safe_pickle.loads(payload.replace(b"latin1", b"rot_13"))
+
+
 def test_restricted_unpickler_admits_plain_data():
     obj = {b"a": [1, 2.5, "s", b"b", None], "arr": np.arange(6, dtype=np.int64).reshape(2, 3)}
     for protocol in (2, 3, 4):
@@ -355,6 +363,26 @@ def test_fetch_cifar10_from_local_server_then_load(server, tmp_path):
     assert data.load("cifar10", data_dir=tmp_path / "store").x_train.shape == (15, 32, 32, 3)
     leftovers = [p.name for p in (tmp_path / "store").iterdir()]
     assert sorted(leftovers) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+    requests = len(handler.ranges)
+    data.fetch_dataset("cifar10", tmp_path / "store", mirror=url, progress=False)
+    assert len(handler.ranges) == requests  # already there: nothing downloaded again
+
+
+def test_fetch_replaces_a_corrupt_local_copy(server, tmp_path):
+    handler, url = server
+    files = write_idx_set(tmp_path / "src", gz=True)
+    sums = {}
+    for stem in files:
+        body = (tmp_path / "src" / f"{stem}.gz").read_bytes()
+        handler.files[f"/{stem}.gz"] = body
+        sums[f"{stem}.gz"] = hashlib.md5(body).hexdigest()
+    (tmp_path / "store" / "mnist").mkdir(parents=True)
+    (tmp_path / "store" / "mnist" / "train-labels-idx1-ubyte.gz").write_bytes(b"junk")
+    out = data.fetch_dataset("mnist", tmp_path / "store", mirror=url, checksums=sums,
+                             progress=False)
+    assert out == tmp_path / "store" / "mnist"
+    ds = data.load("mnist", data_dir=tmp_path / "store")
+    assert np.asarray(ds.y_train).tolist() == files["train-labels-idx1-ubyte"].tolist()
 
 
 def test_corrupt_download_is_detected_and_removed(server, tmp_path):

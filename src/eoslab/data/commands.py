@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 from ..errors import ConfigError
 from . import fetch as _fetch
+from .disk import find_cifar10
 from .registry import DATASETS, _ensure_registered, data_dirs
 
 __all__ = ["fetch", "list_datasets_table"]
@@ -34,9 +36,8 @@ def list_datasets_table(data_dir: str | os.PathLike | None = None, width: int = 
         table.add_row(name, spec.source, f"{spec.train_size:,}", f"{spec.test_size:,}",
                       "x".join(map(str, spec.input_shape)), str(spec.num_classes), spec.task,
                       avail)
-    console = Console(record=True, width=width, file=open(os.devnull, "w"))  # noqa: SIM115
+    console = Console(record=True, width=width, file=io.StringIO())
     console.print(table)
-    console.file.close()
     return console.export_text()
 
 
@@ -60,14 +61,22 @@ def fetch(
                           + " (the others are built in or read from disk)")
     root = data_dirs(data_dir)[0]
     dest_dir = root / _LAYOUT[name]
+    if name == "cifar10":
+        found = find_cifar10(root)
+        if found is not None:
+            return found[0]
     for src in _fetch.SOURCES[name]:
         url = mirror.rstrip("/") + "/" + src.filename if mirror else src.url
         md5, sha256 = src.md5, src.sha256
         if checksums and src.filename in checksums:
             md5, sha256 = checksums[src.filename], None
         path = dest_dir / src.filename
-        if not path.exists():
-            _fetch.download(url, path, md5=md5, sha256=sha256, progress=progress)
+        if path.exists():  # keep a verified copy; replace a corrupt one
+            algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
+            if _fetch.file_digest(path, algorithm) == (expected or "").lower():
+                continue
+            path.unlink()
+        _fetch.download(url, path, md5=md5, sha256=sha256, progress=progress)
     if name == "cifar10":
         archive = dest_dir / _fetch.SOURCES[name][0].filename
         return _fetch.extract_tar(archive, dest_dir, "cifar-10-batches-py")

@@ -39,10 +39,15 @@ def _resolve(module: str, name: str) -> Any:
             from numpy.core.multiarray import _reconstruct
         return _reconstruct
     if name == "encode":
-        import _codecs
-
-        return _codecs.encode
+        return _latin1_encode
     return {"ndarray": np.ndarray, "dtype": np.dtype}[name]
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` limited to the latin-1 codec that protocol-2 pickles of bytes use."""
+    if encoding not in ("latin1", "latin-1", "iso-8859-1"):
+        raise UnsafeFileError(f"refused _codecs.encode with codec {encoding!r} in a pickle")
+    return text.encode("latin-1")
 
 
 _PLAIN = (dict, list, tuple, bytes, str, int, float, bool, type(None))
