@@ -153,6 +153,8 @@ def test_bad_names_and_options_raise_config_error():
         models.create("mlp", key, (4,), 2, activation="swish")
     with pytest.raises(ConfigError, match="input_shape"):
         models.create("cnn-relu", key, (40,), 10)
+    with pytest.raises(ConfigError, match="key"):
+        jax.jit(lambda k: models.create("fc-tanh", k, (4,), 2)[1])(key)
     with pytest.raises(ConfigError, match="num_classes"):
         models.create("fc-tanh", key, (4,), 0)
     assert {"fc-tanh", "vgg11-av", "resnet32", "deep-linear", "mnist-mlp"} <= set(models.list())

@@ -202,7 +202,9 @@ class Objective(eqx.Module):
             loss_min: $L_{\min}$.
             dtype: ``"float32"`` (default) or ``"float64"`` for $w$ and the inputs.
 
-        ``objective.unravel(w)`` returns the full parameter pytree (frozen groups included).
+        ``objective.unravel(w)`` returns the full parameter pytree (frozen groups included);
+        ``objective.data`` is ``{"x": (N, ...), "y": (N,) or (N, k), "frozen": pytree}``, the
+        examples along axis 0 of ``x`` and ``y``.
         """
         if isinstance(loss, str):
             from .losses import get as _get_loss

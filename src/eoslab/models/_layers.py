@@ -40,8 +40,13 @@ def rng_from_key(key: Array) -> np.random.Generator:
 
     Initial parameters are drawn with numpy: a deterministic function of the key that costs no
     XLA compilation (drawing a VGG-11 takes a fraction of a second on a CPU)."""
-    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return np.random.default_rng([int(v) for v in np.asarray(data, np.uint32).ravel()])
+    try:
+        data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        bits = np.asarray(data, np.uint32).ravel()
+    except (jax.errors.TracerArrayConversionError, AttributeError, TypeError, ValueError) as exc:
+        raise ConfigError("key", type(key).__name__, "a concrete JAX PRNG key (models are "
+                          "initialized with numpy, outside jit/vmap)") from exc
+    return np.random.default_rng([int(v) for v in bits])
 
 
 def _uniform(rng: np.random.Generator, shape: tuple[int, ...], bound: float) -> Array:
