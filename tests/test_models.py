@@ -100,7 +100,7 @@ def test_pooling_by_hand():
 def test_small_models_run_forward():
     key = jax.random.key(1)
     x = jax.random.normal(key, (3, 8, 8, 1))
-    for name in ("fc-relu", "cnn-elu", "cnn-avgpool-tanh", "mnist-mlp"):
+    for name in ("cnn-elu", "cnn-avgpool-tanh"):  # MLPs run in test_from_model
         apply, params = models.create(name, key, (8, 8, 1), 10)
         y = jax.jit(apply)(params, x)
         assert y.shape == (3, 10) and bool(jnp.all(jnp.isfinite(y)))
