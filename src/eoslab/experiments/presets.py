@@ -29,8 +29,8 @@ PRESETS: dict[str, Experiment] = {
         rule=GD(lr=0.1),
         steps=2500,
         probe_every=10,
-        description="GD lr 0.1: progressive sharpening from ~16 to 2/lr = 20, then the edge of "
-        "stability (sharpness hovers at 20 while the loss keeps falling).",
+        description="GD lr 0.1: progressive sharpening from ~7 to 2/lr = 20 by step ~1,000, "
+        "then the edge of stability (sharpness hovers at 20, the loss keeps falling).",
     ),
     **{
         f"gd-lr{lr:g}": Experiment(
@@ -44,19 +44,19 @@ PRESETS: dict[str, Experiment] = {
     },
     "normalized-gd": Experiment(
         problem=_NET,
-        rule=NormalizedGD(lr=0.01),
+        rule=NormalizedGD(lr=0.003),
         steps=2500,
         probe_every=10,
-        description="Normalized GD (steps of length lr): effective LR lr/|g| grows as the "
-        "gradient shrinks, and sharpness falls along with 2|g|/lr.",
+        description="Normalized GD (steps of length lr): the effective LR is lr/|g|; sharpness "
+        "rises to 2/lr_eff = 2|g|/lr by step ~1,100, then sticks to it.",
     ),
     "sqrt-loss-gd": Experiment(
         problem=_NET,
-        rule=SqrtLossGD(lr=0.1),
+        rule=SqrtLossGD(lr=0.15),
         steps=2500,
         probe_every=10,
-        description="GD on sqrt(L): effective LR lr/(2 sqrt L) grows as L falls, and sharpness "
-        "falls with 4 sqrt(L)/lr (the flow along the manifold of minimizers).",
+        description="GD on sqrt(L): effective LR lr/(2 sqrt L) grows as L falls; sharpness "
+        "rises to 2/lr_eff = 4 sqrt(L)/lr by step ~650, then falls along with it.",
     ),
     "quadratic-diverge": Experiment(
         problem=QuadraticProblem(dim=10, top=25.0, bottom=1.0),
