@@ -9,11 +9,15 @@ from . import curvature as curvature
 from . import data as data
 from . import losses as losses
 from . import models as models
+from .dynamics import rules as rules
 from .errors import ConfigError as ConfigError
 from .errors import DivergenceError as DivergenceError
 from .errors import EoslabError as EoslabError
 from .errors import UnsafeFileError as UnsafeFileError
 from .objective import Objective as Objective
+from .runner import Run as Run
+from .runner import load_run as load_run
+from .runner import train as train
 
 try:
     __version__ = version("eoslab")
@@ -25,10 +29,14 @@ __all__ = [
     "DivergenceError",
     "EoslabError",
     "Objective",
+    "Run",
     "UnsafeFileError",
     "__version__",
     "curvature",
     "data",
+    "load_run",
     "losses",
     "models",
+    "rules",
+    "train",
 ]
