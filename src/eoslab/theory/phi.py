@@ -1,0 +1,172 @@
+r"""Gradient flow $\phi(x,t)$ and its limit $\Phi(x)=\lim_{t\to\infty}\phi(x,t)$, with diffrax.
+
+Near the manifold of minimizers gradient flow is stiff (fast normal directions, slow approach
+along small eigenvalues): small problems use the L-stable implicit solver Kvaerno5, large ones the
+explicit adaptive Tsit5 (no dense Jacobian).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..curvature._checks import check_w
+from ..errors import ConfigError, NotConvergedError, check_choice, check_positive
+from ..objective import LossLike, Objective, as_objective
+
+__all__ = ["PhiResult", "phi", "phi_result", "gradient_flow", "SOLVERS"]
+
+SOLVERS = ("auto", "kvaerno5", "tsit5")
+_IMPLICIT_MAX_DIM = 256
+
+
+class PhiResult(NamedTuple):
+    x: Float[Array, " d"]  # Phi(w)
+    t: Float[Array, ""]  # gradient-flow time at which |grad L| fell below gtol
+    grad_norm: Float[Array, ""]  # |grad L| at x
+    steps: Array  # solver steps taken
+    converged: Array  # bool
+
+
+def _solver(name: str, d: int, rtol: float, atol: float):
+    if name == "auto":
+        name = "kvaerno5" if d <= _IMPLICIT_MAX_DIM else "tsit5"
+    if name == "kvaerno5":
+        return diffrax.Kvaerno5(root_finder=diffrax.VeryChord(rtol=rtol, atol=atol))
+    return diffrax.Tsit5()
+
+
+def _field(obj: Objective):
+    g = jax.grad(obj)
+    return diffrax.ODETerm(lambda t, y, args: -g(y))
+
+
+@eqx.filter_jit
+def _phi(obj, w, *, gtol, t_max, solver, rtol, atol, max_steps):
+    g = jax.grad(obj)
+    event = diffrax.Event(lambda t, y, args, **kw: jnp.linalg.norm(g(y)) < gtol)
+    sol = diffrax.diffeqsolve(
+        _field(obj),
+        _solver(solver, w.shape[0], rtol, atol),
+        t0=0.0,
+        t1=t_max,
+        dt0=None,
+        y0=w,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        event=event,
+        max_steps=max_steps,
+        throw=False,
+    )
+    x = sol.ys[-1]
+    gn = jnp.linalg.norm(g(x))
+    return PhiResult(x, sol.ts[-1], gn, sol.stats["num_steps"], gn < gtol)
+
+
+def _check_tols(gtol, t_max, rtol, atol, max_steps, solver):
+    for name, val in (("gtol", gtol), ("t_max", t_max), ("rtol", rtol), ("atol", atol)):
+        check_positive(name, val)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ConfigError("max_steps", max_steps, "an integer >= 1")
+    check_choice("solver", solver, SOLVERS)
+
+
+def phi_result(
+    loss: LossLike,
+    w: Float[Array, " d"],
+    *,
+    gtol: float = 1e-8,
+    t_max: float = 1e6,
+    solver: Literal["auto", "kvaerno5", "tsit5"] = "auto",
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    max_steps: int = 100_000,
+) -> PhiResult:
+    r"""$\Phi(w)$ with its diagnostics; does not raise when the flow has not converged."""
+    obj = as_objective(loss, w)
+    w = check_w(w, obj)
+    _check_tols(gtol, t_max, rtol, atol, max_steps, solver)
+    return _phi(
+        obj,
+        w,
+        gtol=float(gtol),
+        t_max=float(t_max),
+        solver=solver,
+        rtol=float(rtol),
+        atol=float(atol),
+        max_steps=max_steps,
+    )
+
+
+def phi(
+    loss: LossLike,
+    w: Float[Array, " d"],
+    *,
+    gtol: float = 1e-8,
+    t_max: float = 1e6,
+    solver: Literal["auto", "kvaerno5", "tsit5"] = "auto",
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    max_steps: int = 100_000,
+) -> Float[Array, " d"]:
+    r"""$\Phi(w)=\lim_{t\to\infty}\phi(w,t)$, where $\partial_t\phi=-\nabla L(\phi)$, $\phi(w,0)=w$.
+
+    Integrates gradient flow until $\|\nabla L\| <$ ``gtol``. Raises `NotConvergedError` when that
+    does not happen within flow time ``t_max`` or ``max_steps`` solver steps.
+
+    >>> import jax.numpy as jnp
+    >>> x = phi(lambda w: 0.5 * (w @ w - 1.0) ** 2, jnp.array([0.6, 0.8]) * 1.5, gtol=1e-6)
+    >>> [round(float(v), 4) for v in x]
+    [0.6, 0.8]
+    """
+    res = phi_result(
+        loss, w, gtol=gtol, t_max=t_max, solver=solver, rtol=rtol, atol=atol, max_steps=max_steps
+    )
+    if not bool(res.converged):
+        raise NotConvergedError(
+            f"gradient flow did not reach |grad L| < gtol={gtol:g} (reached "
+            f"{float(res.grad_norm):.3g} at flow time {float(res.t):.3g} after {int(res.steps)} "
+            f"steps). Raise t_max or max_steps, loosen gtol, or check that w is in the basin of a "
+            f"manifold of minimizers."
+        )
+    return res.x
+
+
+@eqx.filter_jit
+def _flow(obj, w, ts, *, solver, rtol, atol, max_steps):
+    sol = diffrax.diffeqsolve(
+        _field(obj),
+        _solver(solver, w.shape[0], rtol, atol),
+        t0=0.0,
+        t1=ts[-1],
+        dt0=None,
+        y0=w,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+    )
+    return sol.ys
+
+
+def gradient_flow(
+    loss: LossLike,
+    w: Float[Array, " d"],
+    ts: Float[Array, " n"],
+    *,
+    solver: Literal["auto", "kvaerno5", "tsit5"] = "auto",
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    max_steps: int = 100_000,
+) -> Float[Array, "n d"]:
+    r"""$\phi(w, t)$ at the increasing times ``ts`` (one row per time)."""
+    obj = as_objective(loss, w)
+    w = check_w(w, obj)
+    ts = jnp.atleast_1d(jnp.asarray(ts, w.dtype))
+    if ts.ndim != 1 or bool(jnp.any(ts < 0)) or bool(jnp.any(jnp.diff(ts) < 0)):
+        raise ConfigError("ts", "<array>", "a 1-D array of non-negative increasing times")
+    _check_tols(1.0, 1.0, rtol, atol, max_steps, solver)
+    return _flow(obj, w, ts, solver=solver, rtol=float(rtol), atol=float(atol), max_steps=max_steps)

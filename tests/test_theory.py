@@ -1,0 +1,222 @@
+"""Phi, the tangent projector, the limiting flows and the EoS identities against closed forms."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+from scipy.optimize import brentq
+
+from eoslab import ConfigError
+from eoslab.dynamics.rules import normalized_gd, sqrt_loss_gd
+from eoslab.errors import NotConvergedError
+from eoslab.theory import (
+    eos_diagnostics,
+    iterate,
+    limiting_flow,
+    lockstep,
+    phi,
+    phi_result,
+    tangent_projector,
+)
+
+
+def valley(w):
+    """L = (1 + x^2) y^2: Gamma = {y = 0}, lambda_1 = 2 (1 + x^2) on Gamma."""
+    return (1 + w[0] ** 2) * w[1] ** 2
+
+
+def valley2(w):
+    """A second normal direction: lambda_2 = 0.6."""
+    return (1 + w[0] ** 2) * w[1] ** 2 + 0.3 * w[2] ** 2
+
+
+def sphere(w):
+    """L = 1/2 (1 + w_1^2)(|w|^2 - 1)^2: Gamma is the unit sphere, lambda_1 = 4 (1 + w_1^2)."""
+    return 0.5 * (1 + w[0] ** 2) * (w @ w - 1.0) ** 2
+
+
+def valley_phi_x(x, y):
+    # ln|x| + x^2/2 - y^2/2 is conserved by gradient flow on the valley
+    c = np.log(abs(x)) + x**2 / 2 - y**2 / 2
+    return brentq(lambda s: np.log(s) + s * s / 2 - c, 1e-6, 50.0)
+
+
+def ngd_flow_x(x0, tau):
+    # dX/dtau = -X / (2 (1 + X^2))  <=>  ln X + X^2/2 = ln X0 + X0^2/2 - tau/2
+    c = np.log(x0) + x0**2 / 2 - tau / 2
+    return brentq(lambda s: np.log(s) + s * s / 2 - c, 1e-6, 50.0)
+
+
+@pytest.mark.parametrize("start", [(2.0, 0.3), (0.5, -1.0), (-1.5, 0.8)])
+def test_phi_matches_conserved_quantity_on_valley(start):
+    x = phi(valley, jnp.array(start))
+    assert float(x[0]) == pytest.approx(np.sign(start[0]) * valley_phi_x(*start), abs=1e-7)
+    assert abs(float(x[1])) < 1e-8
+
+
+def test_phi_on_the_sphere_is_the_radial_projection_when_flow_is_radial():
+    f = lambda w: 0.5 * (w @ w - 1.0) ** 2
+    w = jnp.array([0.3, -1.2, 0.9])
+    np.testing.assert_allclose(phi(f, w), w / jnp.linalg.norm(w), atol=1e-8)
+
+
+def test_phi_refuses_to_return_an_unconverged_point():
+    with pytest.raises(NotConvergedError, match="t_max"):
+        phi(valley, jnp.array([2.0, 0.3]), t_max=0.01)
+    assert not bool(phi_result(valley, jnp.array([2.0, 0.3]), t_max=0.01).converged)
+    with pytest.raises(ConfigError, match="gtol"):
+        phi(valley, jnp.array([2.0, 0.3]), gtol=-1.0)
+
+
+def test_tangent_projector_on_a_curved_manifold():
+    x = jnp.array([0.36, 0.48, 0.8])  # on the unit sphere
+    P = tangent_projector(sphere, x)
+    assert P.rank == 1
+    np.testing.assert_allclose(P.matrix(), np.eye(3) - np.outer(x, x), atol=1e-10)
+    Pm = tangent_projector(sphere, x, method="matfree")
+    np.testing.assert_allclose(Pm.matrix(), np.eye(3) - np.outer(x, x), atol=1e-8)
+    v = jnp.array([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(P(v), (np.eye(3) - np.outer(x, x)) @ v, atol=1e-10)
+
+
+@pytest.mark.parametrize("integrator, tol", [("projection", 1e-8), ("retraction", 2e-3)])
+def test_limiting_flows_on_valley_match_closed_forms(integrator, tol):
+    x0 = jnp.array([2.0, 0.3])
+    X0 = valley_phi_x(2.0, 0.3)
+    ngd = limiting_flow(
+        valley, x0, algorithm="normalized_gd", tau=1.0, n_save=5, integrator=integrator, h=0.005
+    )
+    sq = limiting_flow(
+        valley, x0, algorithm="sqrt_loss_gd", tau=1.0, n_save=5, integrator=integrator, h=0.005
+    )
+    for i, t in enumerate(np.asarray(ngd.tau)):
+        assert float(ngd.X[i, 0]) == pytest.approx(ngd_flow_x(X0, t), abs=tol)
+        assert float(sq.X[i, 0]) == pytest.approx(X0 * np.exp(-t / 2), abs=tol)
+    np.testing.assert_allclose(ngd.sharpness, 2 * (1 + np.asarray(ngd.X[:, 0]) ** 2), rtol=1e-6)
+    assert np.all(np.diff(np.asarray(ngd.sharpness)) < 0)  # sharpness decreases along the flow
+
+
+@pytest.mark.parametrize("algorithm", ["normalized_gd", "sqrt_loss_gd"])
+def test_limiting_flow_on_the_sphere_matches_independent_integration(algorithm):
+    # Riemannian gradient of lambda_1 = 4 (1 + w1^2) on the sphere: 8 w1 (e1 - w1 w)
+    def rhs(t, w):
+        g = 8 * w[0] * (np.eye(3)[0] - w[0] * w)
+        if algorithm == "normalized_gd":
+            return -0.25 * g / (4 * (1 + w[0] ** 2))
+        return -0.125 * g
+
+    x0 = np.array([0.6, 0.48, 0.64])
+    ref = solve_ivp(rhs, (0, 2.0), x0, t_eval=[0.5, 1.0, 2.0], rtol=1e-11, atol=1e-12)
+    fl = limiting_flow(sphere, jnp.asarray(x0), algorithm=algorithm, tau=np.array([0, 0.5, 1, 2.0]))
+    np.testing.assert_allclose(np.asarray(fl.X)[1:], ref.y.T, atol=1e-7)
+    np.testing.assert_allclose(fl.sharpness, 4 * (1 + np.asarray(fl.X)[:, 0] ** 2), rtol=1e-7)
+
+
+def _phase2_error(rule_fn, lr, algorithm):
+    steps = int(round(1 / lr**2))
+    it = iterate(valley, jnp.array([2.0, 0.3]), rule_fn(lr), steps, save_every=steps)
+    X0 = valley_phi_x(2.0, 0.3)
+    target = ngd_flow_x(X0, 1.0) if algorithm == "normalized_gd" else X0 * np.exp(-0.5)
+    return abs(float(phi(valley, it.w[-1])[0]) - target)
+
+
+@pytest.mark.parametrize(
+    "rule_fn, algorithm", [(normalized_gd, "normalized_gd"), (sqrt_loss_gd, "sqrt_loss_gd")]
+)
+def test_optimizers_track_the_flow_within_order_lr(rule_fn, algorithm):
+    e1 = _phase2_error(rule_fn, 0.02, algorithm)
+    e2 = _phase2_error(rule_fn, 0.01, algorithm)
+    assert e1 <= 0.1 * 0.02 and e2 <= 0.1 * 0.01
+    assert e2 <= 0.6 * e1  # at least linear in lr (measured ratios 0.25-0.35)
+
+
+def test_eos_identities_normalized_gd():
+    lr = 0.01
+    it = iterate(valley, jnp.array([2.0, 0.3]), normalized_gd(lr), 10_000)
+    tail = it.w[-50:]
+    df = eos_diagnostics(
+        valley, tail, algorithm="normalized_gd", lr=lr, phi_every=49, steps=np.arange(9_950, 10_000)
+    )
+    # every step has length exactly lr, and sqrt L_t + sqrt L_t+1 = lr sqrt(lambda_1 / 2)
+    np.testing.assert_allclose(
+        np.linalg.norm(np.diff(np.asarray(tail), axis=0), axis=1), lr, rtol=1e-9
+    )
+    ok = df["sqrt_loss_sum"].notna()
+    np.testing.assert_allclose(df["sqrt_loss_sum"][ok], df["sqrt_loss_pred"][ok], rtol=1e-2)
+    assert np.all(np.abs(df["stab_sum"][ok] - 1) <= 5 * lr)
+    # iterates stay O(lr) from the manifold and inside the invariant set (R_1 <= O(lr^2))
+    assert np.all(df["phi_dist"].dropna() <= lr * 1.01)
+    assert np.all(df["R_1"].dropna() <= lr**2)
+
+
+def test_eos_identities_sqrt_loss_gd():
+    lr = 0.01
+    it = iterate(valley, jnp.array([2.0, 0.3]), sqrt_loss_gd(lr), 10_000)
+    tail = it.w[-50:]
+    df = eos_diagnostics(
+        valley, tail, algorithm="sqrt_loss_gd", lr=lr, phi_every=49, steps=np.arange(9_950, 10_000)
+    )
+    lam = 2 * (1 + np.asarray(tail[:-1, 0]) ** 2)
+    np.testing.assert_allclose(
+        np.abs(np.diff(np.asarray(tail[:, 1]))), lr * np.sqrt(lam / 2), rtol=1e-2
+    )
+    ok = df["sqrt_loss_sum"].notna()
+    # the theory's eta * lambda_1 / 2 (not eta * lambda_1)
+    np.testing.assert_allclose(df["sqrt_loss_sum"][ok], df["sqrt_loss_pred"][ok], rtol=1e-2)
+    assert np.all(np.abs(df["stab_sum"][ok] - 1) <= 5 * lr)
+
+
+def test_stableness_identity_and_alignment_with_a_second_normal_direction():
+    lr = 0.02
+    steps = int(1 / lr**2)
+    it = iterate(valley2, jnp.array([2.0, 0.3, 0.3]), normalized_gd(lr), steps)
+    df = eos_diagnostics(
+        valley2,
+        it.w[steps // 2 :],
+        algorithm="normalized_gd",
+        lr=lr,
+        phi_every=125,
+        steps=np.arange(steps // 2, steps + 1),
+    )
+    ok = df["stab_sum"].notna()
+    assert np.all(np.abs(df["stab_sum"][ok] - 1) <= 5 * lr)
+    assert df["theta"].dropna().mean() <= 5 * lr
+    X0 = valley_phi_x(2.0, 0.3)
+    err = abs(float(phi(valley2, it.w[-1])[0]) - ngd_flow_x(X0, 1.0))
+    assert err <= lr
+
+
+def test_quadratic_two_cycle_theorem_3_1():
+    A = jnp.diag(jnp.array([1.0, 0.4]))
+    quad = lambda w: 0.5 * w @ A @ w
+    lr = 1.0
+    it = iterate(quad, jnp.array([0.37, -0.81]), normalized_gd(lr), 80)
+    xt = np.asarray(it.w) @ np.asarray(A) / lr  # x~ = A x / eta
+    norms = np.linalg.norm(xt, axis=1)
+    np.testing.assert_allclose(norms[-10:-1] + norms[-9:], 1.0, atol=1e-9)  # sums to lambda_1
+    assert np.all(np.abs(xt[-10:, 1]) < 1e-8)  # aligned with v1
+
+
+def test_lockstep_distances():
+    lr = 0.05
+    out = lockstep(
+        valley, jnp.array([2.0, 0.3]), algorithm="sqrt_loss_gd", lr=lr, steps=400, every=100
+    )
+    m = out.metrics
+    assert list(m["step"]) == [0, 100, 200, 300, 400]
+    # Phi of the iterates follows the flow to O(lr); gradient flow is left behind at Phi(x0)
+    assert np.all(m["phi_flow"] <= lr)
+    assert m["opt_gf"].iloc[-1] > 10 * m["phi_flow"].iloc[-1]
+    np.testing.assert_allclose(
+        m["opt_phi"],
+        np.hypot(
+            np.asarray(out.iterates.w[:, 0]) - [float(phi(valley, w)[0]) for w in out.iterates.w],
+            np.asarray(out.iterates.w[:, 1]),
+        ),
+        atol=1e-7,
+    )
+
+
+def test_bad_algorithm_is_refused():
+    with pytest.raises(ConfigError, match="algorithm"):
+        limiting_flow(valley, jnp.array([2.0, 0.3]), algorithm="gd", tau=1.0)
