@@ -6,7 +6,8 @@ For iterates $x_t$ with learning rate $\eta$ (Arora, Li, Panigrahi 2022, section
 * ``theta``: the angle between $\tilde x_t$ and $v_1(\Phi(x_t))$, where
   $\tilde x = \nabla^2L(\Phi)(x-\Phi)$ (normalized GD) or $(2\nabla^2L(\Phi))^{1/2}(x-\Phi)$ (sqrt);
 * ``R_j`` $=\|P_{j..M}\tilde x_t\| - \lambda_j\eta$ (the invariant sets are $R_j\le0$);
-* ``stab_sum`` $=\frac{1}{\eta_t\lambda_1(x_t)}+\frac{1}{\eta_{t+1}\lambda_1(x_{t+1})}$ (predicted 1);
+* ``stab_sum`` $=\frac{1}{\eta_t\lambda_1(x_t)}+\frac{1}{\eta_{t+1}\lambda_1(x_{t+1})}$
+  (predicted 1);
 * ``sqrt_loss_sum`` $=\sqrt{L_t}+\sqrt{L_{t+1}}$ against ``sqrt_loss_pred``
   $=\eta\sqrt{\lambda_1/2}$ (normalized GD) or $\eta\lambda_1/2$ (sqrt-loss GD).
 """
@@ -48,7 +49,7 @@ def eos_diagnostics(
     n_R: int = 2,
     phi_kwargs: dict | None = None,
 ) -> pd.DataFrame:
-    r"""Diagnostics for consecutive iterates ``ws`` (row $t$ is step ``steps[t]``; default $0..n-1$).
+    r"""Diagnostics for consecutive iterates ``ws`` (row $t$ is step ``steps[t]``, default $t$).
 
     ``loss`` is $L$ (the base loss, also for sqrt-loss GD). Identities between consecutive rows
     (``stab_sum``, ``sqrt_loss_sum``) need ``ws`` saved every step. $\Phi$-based columns are

@@ -97,8 +97,9 @@ def limiting_flow(
     times. ``integrator="projection"`` solves $\dot X = -c P^\perp(X)\nabla f(X)$ with diffrax
     (Tsit5, adaptive), $P^\perp$ and $\lambda_1$ from the dense Hessian: accurate, for small
     problems. ``"retraction"`` takes Riemannian Euler steps $X\leftarrow\Phi(X-h\,c\,\nabla f(X))$
-    with matrix-free $\lambda_1, v_1$ (warm-started Lanczos) and $\nabla\lambda_1=\nabla^3L[v_1,v_1]$:
-    first order in ``h``, and it scales to networks (the paper's "sharpness minimizer").
+    with matrix-free $\lambda_1, v_1$ (warm-started Lanczos) and
+    $\nabla\lambda_1=\nabla^3L[v_1,v_1]$: first order in ``h``, and it scales to networks (the
+    paper's "sharpness minimizer").
     """
     obj = as_objective(loss, x0)
     x0 = check_w(x0, obj)
