@@ -1,0 +1,16 @@
+"""``eoslab reproduce NAME``: the experiments of the papers, each writing figures and a
+predicted-vs-measured table."""
+
+from .registry import EXPERIMENTS as EXPERIMENTS
+from .registry import Experiment as Experiment
+from .registry import get as get
+from .registry import names as names
+
+__all__ = ["EXPERIMENTS", "Experiment", "get", "names", "run"]
+
+
+def run(name: str, out, quick: bool = False) -> list[dict]:
+    """Run the experiment ``name`` into directory ``out``; returns its table rows."""
+    from pathlib import Path
+
+    return get(name).run(Path(out), quick)

@@ -1,0 +1,1 @@
+"""The experiments of Arora, Li, Panigrahi (2022)."""
