@@ -140,8 +140,14 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path):
     pd.testing.assert_frame_equal(again.metrics, run.metrics)
 
 
-def _cli(*args, **kw):
+def _cli(*args, cache=None, **kw):
     env = dict(os.environ, PYTHONPATH=SRC, JAX_PLATFORMS="cpu")
+    if cache is not None:  # share compiled programs between the processes (same executables)
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(cache),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
     return subprocess.Popen(
         [sys.executable, "-m", "eoslab.cli", *args],
         env=env,
@@ -156,15 +162,15 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     cfg = {
         "problem": {"kind": "toy-mlp"},
         "rule": {"kind": "heavy_ball", "lr": 0.2, "beta": 0.5},
-        "steps": 2000,
+        "steps": 1000,
         "probe_every": 20,
         "flush_seconds": 0,
     }
     path = tmp_path / "exp.json"
     path.write_text(json.dumps(cfg))
     common = ["--config", str(path), "--quiet", "--no-plot"]
-    ref = _cli("run", *common, "--out", str(tmp_path / "ref"))
-    victim = _cli("run", *common, "--out", str(tmp_path / "cut"))
+    cache = tmp_path / "jax-cache"
+    victim = _cli("run", *common, "--out", str(tmp_path / "cut"), cache=cache)
     manifest = tmp_path / "cut" / "manifest.json"
     deadline = time.monotonic() + 60
     killed_at = None
@@ -174,7 +180,7 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
                 man = json.loads(manifest.read_text())
             except ValueError:  # never happens with atomic writes; fail loudly if it does
                 raise AssertionError("manifest.json was read half-written") from None
-            if man.get("step", 0) >= 400:
+            if man.get("step", 0) >= 100:
                 victim.send_signal(signal.SIGKILL)
                 victim.wait()
                 killed_at = man["step"]
@@ -185,8 +191,9 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     assert killed_at is not None, "the run ended before it could be killed"
     assert victim.returncode == -signal.SIGKILL
     man = json.loads(manifest.read_text())
-    assert man["status"] == "running" and man["step"] < 2000
-    resumed = _cli("run", "--resume", str(tmp_path / "cut"), "--quiet", "--no-plot")
+    assert man["status"] == "running" and man["step"] < 1000
+    resumed = _cli("run", "--resume", str(tmp_path / "cut"), "--quiet", "--no-plot", cache=cache)
+    ref = _cli("run", *common, "--out", str(tmp_path / "ref"), cache=cache)  # uninterrupted
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     ref.communicate(timeout=120)
@@ -199,4 +206,4 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     # probes restart from the checkpointed warm start: equal to the eigen-solver's tolerance
     # (bit-equal in every run we made but one, made under heavy CPU load)
     pd.testing.assert_series_equal(a.metrics["sharpness"], b.metrics["sharpness"], rtol=2e-3)
-    assert list(b.metrics["step"]) == list(range(2001))
+    assert list(b.metrics["step"]) == list(range(1001))
