@@ -1,0 +1,34 @@
+"""Scale-out: sharded full-batch objectives, multi-host setup, micro-batching.
+
+* `shard_objective(obj, devices=N)`: examples sharded over N devices; every eoslab function runs
+  unchanged with XLA collectives.
+* `microbatched(obj, batch_size=B)` / ``memory_budget_bytes=...``: the full-batch loss and its
+  derivatives accumulated over blocks inside one compiled loop.
+* `initialize(coordinator, num_processes, process_id)`: multi-host via ``jax.distributed``.
+"""
+
+from .distributed import free_port as free_port
+from .distributed import initialize as initialize
+from .distributed import shutdown as shutdown
+from .microbatch import MicrobatchPlan as MicrobatchPlan
+from .microbatch import batch_size_of as batch_size_of
+from .microbatch import microbatched as microbatched
+from .microbatch import plan_microbatch as plan_microbatch
+from .sharding import compiled_collectives as compiled_collectives
+from .sharding import data_mesh as data_mesh
+from .sharding import is_sharded as is_sharded
+from .sharding import shard_objective as shard_objective
+
+__all__ = [
+    "MicrobatchPlan",
+    "batch_size_of",
+    "compiled_collectives",
+    "data_mesh",
+    "free_port",
+    "initialize",
+    "is_sharded",
+    "microbatched",
+    "plan_microbatch",
+    "shard_objective",
+    "shutdown",
+]
