@@ -50,23 +50,8 @@ def test_run_config_end_to_end(tmp_path, capsys):
     assert main(["run", "--resume", str(out), "--quiet"]) == 0
     # plot two runs overlaid
     out2 = tmp_path / "run2"
-    assert (
-        main(
-            [
-                "run",
-                "toy",
-                "--steps",
-                "20",
-                "--lr",
-                "0.3",
-                "--out",
-                str(out2),
-                "--quiet",
-                "--no-plot",
-            ]
-        )
-        == 0
-    )
+    args = ["run", "--config", str(cfg), "--steps", "20", "--lr", "0.3", "--out", str(out2)]
+    assert main([*args, "--quiet", "--no-plot"]) == 0
     assert json.loads((out2 / "config.json").read_text())["config"]["rule"]["lr"] == 0.3
     png = tmp_path / "both.png"
     assert main(["plot", str(out), str(out2), "--out", str(png)]) == 0
