@@ -617,8 +617,8 @@ def load_run(path: str | Path) -> Run:
     man = store.read_manifest()
     ck = store.latest_checkpoint()
     w = None
-    if ck is not None:
-        w = jnp.asarray(store.read_checkpoint(ck[1])["w"])
+    if ck is not None:  # numpy, so a float64 run stays float64 without jax_enable_x64
+        w = store.read_checkpoint(ck[1])["w"]
     return Run(
         metrics=read_metrics(store.path),
         w=w,
