@@ -142,3 +142,15 @@ def test_help_covers_every_run_flag():
     for f in fields(Run):
         if f.name != "preset":
             assert f"--{f.name.replace('_', '-')}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_writes_figures_into_a_fresh_directory(tmp_path, capsys):
+    base = tmp_path / "runs" / "demo"
+    assert main(["demo", "--out", str(base), "--steps", "30"]) == 0
+    assert (base / "figures" / "overview.png").is_file()
+    assert main(["demo", "--out", str(base), "--steps", "30"]) == 0  # never over the first
+    text = capsys.readouterr().out
+    dirs = sorted(p.name for p in base.parent.iterdir())
+    assert len(dirs) == 2 and dirs[0] == "demo" and dirs[1].startswith("demo-")
+    assert "figure:" in text
