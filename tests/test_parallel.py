@@ -157,11 +157,11 @@ def reference() -> dict:
     def get(n: int) -> dict:
         if n not in out:
             o = ns["make"](n)
-            l, g = ns["vg"](o, o.w0)
+            loss, g = ns["vg"](o, o.w0)
             e = ns["top_eigenpairs"](o, o.w0, 3, tol=1e-10)
             w, losses = ns["gd"](o)
             out[n] = {
-                "loss": float(l),
+                "loss": float(loss),
                 "grad": np.asarray(g),
                 "eig": np.asarray(e.values),
                 "w20": w,
@@ -212,10 +212,10 @@ def test_two_processes_reproduce_single_process(reference, tmp_path):
     results = [_result(p, timeout=90) for p in procs]
     # the same computation in this (single) process
     ref = reference["get"](50)
-    l, g, w20 = ref["loss"], ref["grad"], ref["w20"]
+    loss, g, w20 = ref["loss"], ref["grad"], ref["w20"]
     for r in results:
         assert r["procs"] == 2 and r["devices"] == 4
-        assert abs(r["loss"] - float(l)) <= 1e-12 * abs(float(l))
+        assert abs(r["loss"] - loss) <= 1e-12 * abs(loss)
         np.testing.assert_allclose(
             r["grad"], np.asarray(g), rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(g)))
         )
