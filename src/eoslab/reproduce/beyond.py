@@ -227,7 +227,7 @@ def adam_eos_experiment(out: Path, quick: bool) -> list[dict]:
     obj = _net(n, width)
     lr, b1 = 2e-3, 0.9
     df = track_preconditioned_sharpness(obj, obj.w0, adam(lr, b1, 0.999, 1e-7), steps, every=25)
-    hb = track_preconditioned_sharpness(obj, obj.w0, heavy_ball(0.05, 0.9), steps // 2, every=25)
+    hb = track_preconditioned_sharpness(obj, obj.w0, heavy_ball(0.5, 0.9), steps // 2, every=25)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "adam.csv", index=False)
     hb.to_csv(out / "heavy_ball.csv", index=False)

@@ -51,4 +51,7 @@ def get(name: str) -> Experiment:
 
 def _load_all() -> None:
     # Importing the modules registers their experiments (kept lazy: matplotlib etc.).
-    from . import paper  # noqa: F401
+    from . import (
+        beyond,  # noqa: F401
+        paper,  # noqa: F401
+    )

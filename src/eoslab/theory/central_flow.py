@@ -251,7 +251,8 @@ def central_flow(
     r"""Integrate GD's central flow $\dot w=-\eta[\nabla L+\tfrac12\nabla\langle H,\Sigma\rangle]$
     for ``steps`` GD steps with ``substeps`` Euler substeps each.
 
-    At each substep $U$ holds the top-$k$ eigenvectors with $\eta\lambda>2-$``window``; $\Sigma=UXU^\top$,
+    At each substep $U$ holds the top-$k$ eigenvectors with $\eta\lambda>2-$``window``;
+    $\Sigma=UXU^\top$,
     $X=\arg\min_{X\succeq0}\tfrac12\beta[X,X]+\langle C,X\rangle$ with
     $C=2(2I-\eta U^\top HU)/(dt\,\eta^2)+2[\langle\nabla h_{ij},\nabla L\rangle]$ and
     $\beta$ the Gram of $\nabla h_{ij}=\nabla(u_i^\top Hu_j)$, so that after the substep
@@ -504,7 +505,7 @@ def rmsprop_central_flow(
     return RMSPropCentralFlow(np.arange(steps), w, nu, ls, pl, x, mu)
 
 
-# --------------------------------------------------------------------------- preconditioned sharpness
+# ------------------------------------------------------------------- preconditioned sharpness
 @dataclasses.dataclass(frozen=True)
 class _Preconditioned:
     """$z\\mapsto L(w + P^{-1/2}z)$: its Hessian at 0 is $P^{-1/2}HP^{-1/2}$."""

@@ -65,7 +65,7 @@ def _top(obj, w, v, key, m):
 
 
 def _project(obj, w, u, key, *, lr, m, iters):
-    r"""$\theta\leftarrow\theta-\max(0,S-2/\eta)\nabla S_\perp/\|\nabla S_\perp\|^2-u(u\cdot\nabla L)/S$."""
+    r"""$\theta\leftarrow\theta-\max(0,S-2/\eta)\nabla S_\perp/\beta-u(u\cdot\nabla L)/S$."""
     for _ in range(iters):
         key, k1 = jax.random.split(key)
         u = _top(obj, w, u, k1, m)

@@ -1,0 +1,144 @@
+"""Central flow of GD: the SDCP solver, complementarity along the flow, time averages on a toy."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eoslab.dynamics.rules import gd
+from eoslab.errors import ConfigError
+from eoslab.theory.central_flow import (
+    central_flow,
+    central_flow_prediction,
+    rmsprop_central_flow,
+    solve_sdcp,
+)
+from eoslab.theory.trajectory import iterate
+
+C0, KAPPA, LR = 1.0, 0.05, 0.1
+
+
+def toy(w):
+    """L = (c + x) log cosh y - kappa x + (2 + 0.1 x) z^2 / 2: a known period-2 EoS orbit.
+
+    GD settles where log cosh y* = kappa, so its time-averaged loss is c * kappa; the central flow
+    has sigma^2 = 2 kappa and predicts L(w) + sigma^2 / lr = -kappa (2/lr - c) + 2 kappa / lr.
+    """
+    x, y, z = w[0], w[1], w[2]
+    return (C0 + x) * jnp.log(jnp.cosh(y)) - KAPPA * x + 0.5 * (2.0 + 0.1 * x) * z**2
+
+
+def two_critical(w):
+    """Two decoupled EoS directions: sigma_1^2 = 2 * 0.05, sigma_2^2 = 2 * 0.02."""
+    x1, y1, x2, y2 = w
+    return (C0 + x1) * 0.5 * y1**2 - 0.05 * x1 + (C0 + x2) * 0.5 * y2**2 - 0.02 * x2
+
+
+def test_closed_form_matches_sdp_one_eigenvalue():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        g = rng.normal(size=(1, 7))
+        G = g @ g.T
+        C = np.array([[rng.normal()]])
+        closed = solve_sdcp(G, C)
+        # the SDP route: embed in k = 2 with a decoupled, inactive second direction
+        G2 = np.zeros((4, 4))
+        G2[0, 0] = G[0, 0]
+        G2[3, 3] = 1.0
+        C2 = np.diag([C[0, 0], 5.0])
+        X2 = solve_sdcp(G2, C2)
+        assert X2[0, 0] == pytest.approx(max(0.0, -C[0, 0] / G[0, 0]), abs=1e-6)
+        assert closed[0, 0] == pytest.approx(X2[0, 0], abs=1e-6)
+        assert abs(X2[1, 1]) < 1e-6
+
+
+def test_sdp_kkt_conditions():
+    rng = np.random.default_rng(1)
+    k = 3
+    J = rng.normal(size=(k * k, 12))
+    J = 0.5 * (J + J.reshape(k, k, -1).transpose(1, 0, 2).reshape(k * k, -1))
+    G = J @ J.T
+    C = rng.normal(size=(k, k))
+    C = 0.5 * (C + C.T) - 1.0 * np.eye(k)
+    X = solve_sdcp(G, C)
+    grad = (G @ X.reshape(-1)).reshape(k, k) + C  # 1/2 beta[X,.] * 2 / 2 + C
+    assert np.linalg.eigvalsh(X).min() > -1e-7
+    assert np.linalg.eigvalsh(0.5 * (grad + grad.T)).min() > -1e-5
+    assert abs(np.sum(X * grad)) < 1e-5
+
+
+def test_central_flow_time_average_matches_gd_on_orbit():
+    ys = float(np.arccosh(np.exp(KAPPA)))  # GD's period-2 orbit: y -> -y, log cosh y = kappa
+    xs = 2 * ys / (LR * np.tanh(ys)) - C0
+    w0 = jnp.array([xs, ys, 0.3])
+    steps = 300
+    cf = central_flow(toy, w0, lr=LR, steps=steps)
+    it = iterate(toy, w0, gd(LR), steps)
+    gd_avg = float(np.mean(np.asarray(it.loss)[100:steps]))
+    pred = float(np.mean(cf.pred_loss[100:]))
+    assert gd_avg == pytest.approx(C0 * KAPPA, rel=0.1)
+    assert pred == pytest.approx(gd_avg, rel=0.1)
+    # sigma^2 = 2 kappa, pinned sharpness, complementarity
+    assert cf.trace_sigma[50:] == pytest.approx(2 * KAPPA, rel=1e-4)
+    assert np.all(cf.sharpness <= 2 / LR * (1 + 1e-6))
+    active = cf.trace_sigma > 0
+    assert np.allclose(cf.sharpness[active][1:] * LR, 2.0, atol=1e-4)
+    # E f(w_t) ~ f(w) + 1/2 <grad^2 f, Sigma>: for f = y^2, E y_t^2 = sigma^2
+    f_pred = central_flow_prediction(lambda w: w[1] ** 2, cf, rows=[299])
+    y2 = float(np.mean(np.asarray(it.w)[200:300, 1] ** 2))
+    assert f_pred[0] == pytest.approx(y2, rel=0.1)
+
+
+def test_complementarity_along_sdp_flow_two_eigenvalues():
+    w0 = jnp.array([18.9, 0.2, 18.95, 0.15])
+    cf = central_flow(two_critical, w0, lr=LR, steps=40, k=2, solver="sdp")
+    thr = 2 / LR
+    for i in range(cf.steps.size):
+        X = cf.X[i]
+        assert np.linalg.eigvalsh(X).min() > -1e-7
+        assert cf.eigenvalues[i].max() <= thr * (1 + 1e-6)
+        # complementarity: oscillation only on eigenvalues at 2/lr
+        lam = cf.eigenvalues[i]
+        on = np.diag(X) > 1e-8
+        assert np.all(np.abs(thr - lam[on]) < 1e-3 * thr)
+    diag = np.sort(np.diag(cf.X[-1]))
+    assert diag == pytest.approx([0.04, 0.1], rel=1e-4)
+
+
+def test_rmsprop_central_flow_pins_effective_sharpness():
+    # a toy with one direction at EoS for RMSProp: the effective sharpness stays at 2
+    def toy2(w):  # the toy without its z direction (whose nu would decay to 0)
+        return (C0 + w[0]) * jnp.log(jnp.cosh(w[1])) - KAPPA * w[0]
+
+    w0 = jnp.array([18.0, 0.2])
+    nu0 = jnp.full((2,), 1.0)
+    fl = rmsprop_central_flow(toy2, w0, nu0, lr=LR, beta2=0.9, steps=200)
+    assert np.all(np.isfinite(fl.loss))
+    assert np.max(fl.eff_sharpness) <= 2.0 + 1e-4
+    on = fl.sigma2 > 0
+    assert on.any()
+    assert np.allclose(fl.eff_sharpness[on][1:], 2.0, atol=1e-4)
+    fs = rmsprop_central_flow(toy2, w0, 1.0, lr=LR, beta2=0.9, steps=50, scalar=True)
+    assert fs.nu.shape == (50, 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"lr": -1.0, "steps": 3}, "lr"),
+        ({"lr": 0.1, "steps": 0}, "steps"),
+        ({"lr": 0.1, "steps": 3, "substeps": 0}, "substeps"),
+        ({"lr": 0.1, "steps": 3, "solver": "newton"}, "solver"),
+        ({"lr": 0.1, "steps": 3, "k": 2, "solver": "closed_form"}, "k"),
+        ({"lr": 0.1, "steps": 4, "save_every": 3}, "save_every"),
+    ],
+)
+def test_bad_inputs_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError) as e:
+        central_flow(toy, jnp.array([1.0, 0.1, 0.1]), **kwargs)
+    assert e.value.field == field
+
+
+def test_bad_sdcp_shapes():
+    with pytest.raises(ConfigError) as e:
+        solve_sdcp(np.eye(3), np.eye(2))
+    assert e.value.field == "G.shape"

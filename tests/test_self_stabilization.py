@@ -1,0 +1,68 @@
+"""Self-stabilization: alpha, beta, delta, the projection, and GD's oscillation on a toy."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eoslab.errors import ConfigError
+from eoslab.theory.self_stabilization import (
+    moving_average,
+    predicted_xy,
+    self_stabilization,
+    stability_quantities,
+    stable_projection,
+)
+
+C0, KAPPA, LR = 1.0, 0.05, 0.1
+
+
+def toy(w):
+    x, y, z = w[0], w[1], w[2]
+    return (C0 + x) * jnp.log(jnp.cosh(y)) - KAPPA * x + 0.5 * (2.0 + 0.1 * x) * z**2
+
+
+def test_quantities_closed_form():
+    # at y = 0, z = 0: S = c + x (u = e_y), grad S = e_x, alpha = kappa, beta = 1
+    q = stability_quantities(toy, jnp.array([15.0, 0.0, 0.0]))
+    assert float(q.S) == pytest.approx(16.0)
+    assert abs(float(q.u[1])) == pytest.approx(1.0)
+    assert float(q.alpha) == pytest.approx(KAPPA)
+    assert float(q.beta) == pytest.approx(1.0)
+    assert float(q.delta) == pytest.approx(np.sqrt(2 * KAPPA))
+
+
+def test_projection_lands_on_stable_set():
+    w = stable_projection(toy, jnp.array([19.5, 0.2, 0.0]), lr=LR)
+    q = stability_quantities(toy, w)
+    assert float(q.S) <= 2 / LR + 1e-5
+    assert abs(float(jnp.vdot(q.u, q.grad_L))) < 1e-5
+
+
+def test_gd_oscillation_matches_delta():
+    ss = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250)
+    df = ss.metrics
+    x2 = float(np.mean(df["x"].to_numpy()[100:] ** 2))
+    assert x2 == pytest.approx(2 * KAPPA, rel=0.1)
+    assert df["sharpness_dagger"].max() <= 2 / LR * (1 + 1e-6)
+    assert df["dist"].max() < 1.0
+    avg = moving_average(df["loss_gd"].to_numpy(), 10)[100:240]
+    pred = (df["loss_dagger"] + moving_average(df["x"].to_numpy() ** 2, 10) / LR)[100:240]
+    assert np.mean(avg) == pytest.approx(np.mean(pred), rel=0.5)
+
+
+def test_predicted_xy_cycle():
+    xs, ys = predicted_xy(KAPPA, 1.0, LR, 0.1, 0.0, 4000)
+    assert np.all(np.isfinite(xs))
+    assert np.mean(xs[1000:] ** 2) == pytest.approx(2 * KAPPA, rel=0.3)
+
+
+def test_bad_inputs():
+    with pytest.raises(ConfigError) as e:
+        self_stabilization(toy, jnp.zeros(3), lr=0.0, steps=3)
+    assert e.value.field == "lr"
+    with pytest.raises(ConfigError) as e:
+        stable_projection(toy, jnp.zeros(3), lr=0.1, iters=0)
+    assert e.value.field == "iters"
+    with pytest.raises(ConfigError) as e:
+        predicted_xy(0.1, 1.0, 0.1, 0.0, 0.0, steps=-1)
+    assert e.value.field == "steps"
