@@ -9,28 +9,59 @@ from pathlib import Path
 import pandas as pd
 
 
-def row(quantity: str, predicted: float, measured: float, tolerance: float, *,
-        relative: bool = False) -> dict:
-    """One line of a predicted-vs-measured table; ``ok`` when within ``tolerance``."""
-    err = abs(measured - predicted)
+def row(
+    quantity: str,
+    predicted: float,
+    measured: float,
+    tolerance: float,
+    *,
+    relative: bool = False,
+    at_least: bool = False,
+    at_most: bool = False,
+) -> dict:
+    """One line of a predicted-vs-measured table.
+
+    ``ok`` when ``|measured - predicted| <= tolerance`` (relative to ``|predicted|`` with
+    ``relative``), or, for a one-sided prediction, ``measured >= predicted - tolerance``
+    (``at_least``) or ``measured <= predicted + tolerance`` (``at_most``).
+    """
+    diff = measured - predicted
+    if at_least:
+        err, kind = max(-diff, 0.0), "at least"
+    elif at_most:
+        err, kind = max(diff, 0.0), "at most"
+    else:
+        err, kind = abs(diff), "absolute"
     if relative:
-        err = err / max(abs(predicted), 1e-300)
+        err, kind = err / max(abs(predicted), 1e-300), "relative"
     ok = bool(math.isfinite(measured) and err <= tolerance)
-    return {"quantity": quantity, "predicted": float(predicted), "measured": float(measured),
-            "error": float(err), "tolerance": float(tolerance),
-            "kind": "relative" if relative else "absolute", "ok": ok}
+    return {
+        "quantity": quantity,
+        "predicted": float(predicted),
+        "measured": float(measured),
+        "error": float(err),
+        "tolerance": float(tolerance),
+        "kind": kind,
+        "ok": ok,
+    }
 
 
 def write_table(out: Path, rows: list[dict], title: str) -> Path:
     """Writes ``table.md`` and ``table.csv`` atomically; returns the Markdown path."""
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
-    lines = [f"# {title}", "", "| quantity | predicted | measured | error | tolerance | ok |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        "| quantity | predicted | measured | error | tolerance | ok |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['quantity']} | {r['predicted']:.6g} | {r['measured']:.6g} | "
-                     f"{r['error']:.2e} ({r['kind']}) | {r['tolerance']:.1e} | "
-                     f"{'yes' if r['ok'] else 'NO'} |")
+        lines.append(
+            f"| {r['quantity']} | {r['predicted']:.6g} | {r['measured']:.6g} | "
+            f"{r['error']:.2e} ({r['kind']}) | {r['tolerance']:.1e} | "
+            f"{'yes' if r['ok'] else 'NO'} |"
+        )
     md = out / "table.md"
     for path, text in ((md, "\n".join(lines) + "\n"), (out / "table.csv", df.to_csv(index=False))):
         tmp = path.with_suffix(path.suffix + ".tmp")

@@ -21,7 +21,7 @@ from ..curvature._checks import check_w
 from ..errors import ConfigError, check_choice, check_positive
 from ..objective import LossLike, as_objective
 from .manifold import DENSE_MAX_DIM
-from .phi import phi
+from .phi import gradient_flow, phi
 
 __all__ = ["ALGORITHMS", "LimitingFlow", "flow_constant", "limiting_flow"]
 
@@ -90,6 +90,7 @@ def limiting_flow(
     atol: float = 1e-12,
     phi_kwargs: dict | None = None,
     max_steps: int = 100_000,
+    projection_time: float | None = None,
 ) -> LimitingFlow:
     r"""Integrate the paper's flow from $X(0)=\Phi(x_0)$ up to flow time ``tau``.
 
@@ -117,7 +118,10 @@ def limiting_flow(
     d = x0.shape[0]
     if integrator == "auto":
         integrator = "projection" if d <= DENSE_MAX_DIM else "retraction"
-    X0 = phi(obj, x0, **(phi_kwargs or {}))
+    if integrator == "projection" or projection_time is None:
+        X0 = phi(obj, x0, **(phi_kwargs or {}))
+    else:
+        X0 = x0  # networks: start from the given (near-)minimizer, as the paper's code does
     if integrator == "projection":
         ts = jnp.asarray(taus, x0.dtype)
         X, lam = _projection_flow(
@@ -132,10 +136,16 @@ def limiting_flow(
             max_steps=max_steps,
         )
         return LimitingFlow(ts, X, lam, algorithm, integrator)
-    return _retraction_flow(obj, X0, taus, c, log, h, phi_kwargs or {}, algorithm)
+    if projection_time is None:
+        project = lambda x: phi(obj, x, **(phi_kwargs or {}))
+    else:
+        check_positive("projection_time", projection_time)
+        ts = jnp.asarray([projection_time], x0.dtype)
+        project = lambda x: gradient_flow(obj, x, ts, **(phi_kwargs or {}))[-1]
+    return _retraction_flow(obj, X0, taus, c, log, h, project, algorithm)
 
 
-def _retraction_flow(obj, X0, taus, c, log, h, phi_kwargs, algorithm) -> LimitingFlow:
+def _retraction_flow(obj, X0, taus, c, log, h, project, algorithm) -> LimitingFlow:
     if h is None:
         h = float(np.min(np.diff(taus))) if taus.size > 1 else float(taus[0])
         h = min(h, 0.01)
@@ -155,7 +165,7 @@ def _retraction_flow(obj, X0, taus, c, log, h, phi_kwargs, algorithm) -> Limitin
             continue
         step = min(h, taus[i] - t)
         g = grad_top_eigenvalue(obj, X, res.vectors[:, 0], log=log)
-        X = phi(obj, X - step * c * g, **phi_kwargs)
+        X = project(X - step * c * g)
         t += step
     return LimitingFlow(
         jnp.asarray(out_t, X0.dtype), jnp.stack(out_X), jnp.stack(out_lam), algorithm, "retraction"
