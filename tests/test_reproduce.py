@@ -28,3 +28,15 @@ def test_mnist_flow_quick(tmp_path):
     assert (tmp_path / "mnist_flow.png").exists()
     ok = {r["quantity"]: r["ok"] for r in rows}
     assert ok["sqrt L_T + sqrt L_T+1 vs lr sqrt(lambda_1/2)"]
+
+
+def test_cli_reproduce_lists_runs_and_refuses(tmp_path, capsys):
+    from eoslab.cli import main
+
+    assert main(["reproduce"]) == 0
+    assert "flow-tracking" in capsys.readouterr().out
+    assert main(["reproduce", "valley", "--quick", "--out", str(tmp_path / "v")]) == 0
+    assert (tmp_path / "v" / "valley.png").exists()
+    assert main(["reproduce", "valley", "--out", str(tmp_path / "v")]) == 2  # never overwritten
+    assert main(["reproduce", "no-such"]) == 2
+    assert "expected one of" in capsys.readouterr().err

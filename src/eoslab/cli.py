@@ -7,6 +7,7 @@
     eoslab plot DIR [DIR ...] [--out PNG]                figures of one or several runs
     eoslab data list | eoslab data fetch NAME            datasets
     eoslab demo                                          the default preset, figures included
+    eoslab reproduce [NAME] [--quick] [--out DIR]        the papers' experiments (no NAME: list)
 
 Exit codes: 0 done, 2 bad usage or config (nothing was run), 3 the run diverged.
 """
@@ -99,6 +100,18 @@ class Demo:
     """Run directory (a timestamp is added if it exists)."""
     steps: int | None = None
     """Override the step budget."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reproduce:
+    """Reproduce a paper experiment: figures plus a table of predicted vs measured numbers."""
+
+    name: tyro.conf.Positional[str | None] = None
+    """The experiment (omit it to list them)."""
+    quick: bool = False
+    """The scaled-down variant (minutes on 2 CPU cores; no downloaded data needed)."""
+    out: Path | None = None
+    """Output directory (default: runs/reproduce-NAME[-quick]-TIMESTAMP); never overwritten."""
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -305,7 +318,44 @@ def _cmd_demo(args: Demo) -> int:
     return _execute(exp, out, resume=False, quiet=False, plot=True)
 
 
-COMMANDS = {"run": Run, "list": List, "plot": Plot, "data": Data, "demo": Demo}
+def _cmd_reproduce(args: Reproduce) -> int:
+    from . import reproduce
+
+    if args.name is None:
+        for name in reproduce.names():
+            exp = reproduce.get(name)
+            needs = f" [needs {exp.needs}]" if exp.needs else ""
+            print(f"{name:<20} {exp.source}: {exp.description}{needs}")
+        return 0
+    if args.name not in reproduce.names():
+        raise _UsageError(
+            f"reproduce: unknown experiment {args.name!r}; expected one of "
+            + ", ".join(reproduce.names())
+        )
+    suffix = "-quick" if args.quick else ""
+    out = args.out
+    if out is None:
+        out = _fresh_dir(Path("runs") / f"reproduce-{args.name}{suffix}")
+    elif out.exists() and any(out.iterdir()):
+        raise _UsageError(f"--out {out} exists and is not empty; choose another directory")
+    rows = reproduce.run(args.name, out, quick=args.quick)
+    print((out / "table.md").read_text())
+    print(f"figures and table in {out}")
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        print(f"{len(bad)} of {len(rows)} predictions outside their tolerance", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {
+    "run": Run,
+    "list": List,
+    "plot": Plot,
+    "data": Data,
+    "demo": Demo,
+    "reproduce": Reproduce,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_data(args)
         if isinstance(args, Demo):
             return _cmd_demo(args)
+        if isinstance(args, Reproduce):
+            return _cmd_reproduce(args)
     except _UsageError as exc:
         _err(str(exc))
         return 2
