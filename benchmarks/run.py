@@ -39,6 +39,10 @@ def main() -> None:
     parts = [f"# eoslab benchmarks ({dt.date.today()})", "", f"Machine: {machine()}", ""]
     print("running curvature benchmark ...", flush=True)
     parts.append(bench_curvature.to_markdown(bench_curvature.run(quick=quick)))
+    import bench_suite
+
+    print("running benchmark suite (eoslab vs classic) ...", flush=True)
+    parts.append(bench_suite.to_markdown(bench_suite.run(quick=quick)))
     try:
         import bench_runner
     except ImportError:
