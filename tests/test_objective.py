@@ -49,6 +49,7 @@ def test_sqrt_value_gradient_and_finite_at_minimum():
     assert np.all(np.isfinite(g)) and np.all(g == 0.0)
     assert np.all(np.isfinite(H))
     assert s.base().transform == "none" and float(s.base()(w)) == pytest.approx(L + 0.5)
+    assert s.base().loss_min == 0.5
     with pytest.raises(ConfigError, match="transform"):
         s.sqrt()
 

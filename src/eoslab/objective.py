@@ -297,7 +297,9 @@ class Objective(eqx.Module):
     def base(self) -> Objective:
         """The untransformed loss $L$ (itself unless this is a `sqrt` objective)."""
         if self.transform == "sqrt":
-            return dataclasses.replace(self, fn=self.base_fn, transform="none", base_fn=None)
+            return dataclasses.replace(
+                self, fn=self.base_fn, transform="none", base_fn=None, loss_min=self.fn.loss_min
+            )
         return self
 
     def sqrt(self) -> Objective:

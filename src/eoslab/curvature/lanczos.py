@@ -15,7 +15,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-__all__ = ["LanczosState", "lanczos_top", "ritz_error_bounds"]
+__all__ = ["LanczosState", "lanczos_top", "ritz_error_bounds", "GUARD_RESOLUTION"]
+
+#: A guard Ritz value counts in the gap once its residual is at most this fraction of its
+#: distance to the wanted value (its eigenvalue is then separated from the wanted one).
+GUARD_RESOLUTION = 0.1
 
 
 class LanczosState(NamedTuple):
@@ -51,7 +55,7 @@ def ritz_error_bounds(theta: Array, res: Array, active: Array, n_wanted: int) ->
     dist = jnp.abs(theta[:, None] - theta[None, :])
     contrib = dist - res[None, :]
     guard = idx[None, :] == n_wanted
-    resolved = res[None, :] <= 0.1 * dist
+    resolved = res[None, :] <= GUARD_RESOLUTION * dist
     contrib = jnp.where(guard & ~resolved, 0.0, contrib)
     neighbour = active[None, :] & (idx[None, :] <= n_wanted) & (idx[:, None] != idx[None, :])
     gap = jnp.min(jnp.where(neighbour, contrib, jnp.inf), axis=1)

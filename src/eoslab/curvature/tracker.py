@@ -110,6 +110,22 @@ class EigenTracker:
             key=sub,
         )
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The warm-start state as plain arrays (for checkpoints without pickle)."""
+        key = self._key
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)
+        out = {"key": np.asarray(key), "k": np.asarray(self.k)}
+        if self.vectors is not None:
+            out["vectors"] = np.asarray(self.vectors)
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `state` returned: the next `update` continues bit for bit."""
+        self._key = jnp.asarray(state["key"])
+        self.k = int(state["k"])
+        self.vectors = jnp.asarray(state["vectors"]) if "vectors" in state else None
+
     @staticmethod
     def _with_guard(res: EigResult) -> Array:
         # Warm starts include the guard Ritz vector, so its eigenvalue (the gap) resolves quickly.

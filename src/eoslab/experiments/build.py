@@ -133,7 +133,7 @@ def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
     if dtype == jnp.float64:
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
     loss = getattr(losses, p.loss)
-    obj = Objective.from_model(apply, params, ds, loss)
+    obj = Objective.from_model(apply, params, ds, loss, dtype=dtype)
     probe = None
     if ds.num_classes and ds.num_classes > 1:
         probe = _AccuracyProbe(apply, obj.unravel).bind(

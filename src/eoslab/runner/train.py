@@ -298,24 +298,15 @@ class _Probe:
         for name, tr in (("tracker", self.tracker), ("eff_tracker", self.eff_tracker)):
             if tr is None:
                 continue
-            out[f"{name}_key"] = np.asarray(
-                jax.random.key_data(tr._key)
-                if jnp.issubdtype(tr._key.dtype, jax.dtypes.prng_key)
-                else tr._key
-            )
-            out[f"{name}_k"] = np.asarray(tr.k)
-            if tr.vectors is not None:
-                out[f"{name}_vectors"] = np.asarray(tr.vectors)
+            out.update({f"{name}_{k}": v for k, v in tr.state().items()})
         return out
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         for name, tr in (("tracker", self.tracker), ("eff_tracker", self.eff_tracker)):
             if tr is None or f"{name}_key" not in arrays:
                 continue
-            tr._key = jnp.asarray(arrays[f"{name}_key"])
-            tr.k = int(arrays[f"{name}_k"])
-            if f"{name}_vectors" in arrays:
-                tr.vectors = jnp.asarray(arrays[f"{name}_vectors"])
+            prefix = f"{name}_"
+            tr.load_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
 
 
 def _rows_from_chunk(out: dict, t0: int, log_every: int, probe_row: dict | None):
