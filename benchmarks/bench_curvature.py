@@ -59,7 +59,7 @@ def _median_time(fn, reps: int) -> float:
 
 
 def eigsh_baseline(obj: Objective, w, ref: float, seed: int) -> dict:
-    """scipy eigsh (ARPACK, which='LA') cold start over the jitted HVP, as the classic EoS code does."""
+    """scipy eigsh (ARPACK, which="LA"), cold, over the jitted HVP: the classic EoS code."""
     d = obj.dim
     count = [0]
 

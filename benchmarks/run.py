@@ -28,7 +28,8 @@ def machine() -> str:
         pass
     return (
         f"{cpu}; {os.cpu_count()} cores; jax {jax.__version__} on "
-        f"{jax.default_backend()} ({len(jax.devices())} device(s)); Python {platform.python_version()}"
+        f"{jax.default_backend()} ({len(jax.devices())} device(s)); "
+        f"Python {platform.python_version()}"
     )
 
 

@@ -217,8 +217,9 @@ class Objective(eqx.Module):
         elif isinstance(dataset, (tuple, list)) and len(dataset) == 2:
             x, y = dataset
         else:
-            raise ConfigError("dataset", type(dataset).__name__,
-                              "an eoslab.data.Dataset or a pair (x, y)")
+            raise ConfigError(
+                "dataset", type(dataset).__name__, "an eoslab.data.Dataset or a pair (x, y)"
+            )
         target = _resolve_dtype(dtype, None)
         frozen = (frozen,) if isinstance(frozen, str) else tuple(frozen)
         with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -230,8 +231,13 @@ class Objective(eqx.Module):
         for group in frozen:
             hits = [i for i, n in enumerate(names) if n == group or n.startswith(group + "/")]
             if not hits:
-                raise ConfigError("frozen", group, "parameter groups of this model: "
-                                  + ", ".join(map(repr, tops)) + " (or paths like 'head/w')")
+                raise ConfigError(
+                    "frozen",
+                    group,
+                    "parameter groups of this model: "
+                    + ", ".join(map(repr, tops))
+                    + " (or paths like 'head/w')",
+                )
             for i in hits:
                 is_frozen[i] = True
         if all(is_frozen):
@@ -265,10 +271,14 @@ class Objective(eqx.Module):
         try:
             out = jax.eval_shape(fn, w, data)
         except Exception as exc:  # noqa: BLE001 - re-raised with context
-            raise ConfigError("fn", fn, "a function of w returning a scalar", f"Calling it failed: {exc}") from exc
+            raise ConfigError(
+                "fn", fn, "a function of w returning a scalar", f"Calling it failed: {exc}"
+            ) from exc
         if getattr(out, "shape", None) != ():
             raise ConfigError(
-                "fn", f"<returns shape {getattr(out, 'shape', type(out))}>", "a scalar loss (shape ())"
+                "fn",
+                f"<returns shape {getattr(out, 'shape', type(out))}>",
+                "a scalar loss (shape ())",
             )
         if not jnp.issubdtype(out.dtype, jnp.floating):
             raise ConfigError("fn", f"<returns dtype {out.dtype}>", "a floating-point scalar")
@@ -308,7 +318,9 @@ class Objective(eqx.Module):
         Its own ``loss_min`` is 0; ``base()`` returns $L$.
         """
         if self.transform == "sqrt":
-            raise ConfigError("transform", "sqrt", "an objective that is not already sqrt-transformed")
+            raise ConfigError(
+                "transform", "sqrt", "an objective that is not already sqrt-transformed"
+            )
         return dataclasses.replace(
             self,
             fn=_Sqrt(self.fn, self.loss_min),
@@ -342,7 +354,9 @@ class _Unravelled:
         return hash(self.f)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Unravelled) and other.f is self.f and other.unravel is self.unravel
+        return (
+            isinstance(other, _Unravelled) and other.f is self.f and other.unravel is self.unravel
+        )
 
 
 def _path_name(key: Any) -> str:
@@ -385,8 +399,10 @@ class _FullUnravel:
         # equal layouts with the very same frozen arrays (or none): compiled code can be shared
         if not isinstance(other, _FullUnravel) or other.unravel != self.unravel:
             return False
-        mine, theirs = jax.tree_util.tree_leaves(self.frozen), jax.tree_util.tree_leaves(
-            other.frozen)
+        mine, theirs = (
+            jax.tree_util.tree_leaves(self.frozen),
+            jax.tree_util.tree_leaves(other.frozen),
+        )
         return len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs, strict=True))
 
 
