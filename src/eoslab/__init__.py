@@ -9,6 +9,8 @@ from . import curvature as curvature
 from . import data as data
 from . import losses as losses
 from . import models as models
+from . import reproduce as reproduce
+from . import theory as theory
 from .dynamics import rules as rules
 from .errors import ConfigError as ConfigError
 from .errors import DivergenceError as DivergenceError
@@ -18,6 +20,10 @@ from .objective import Objective as Objective
 from .runner import Run as Run
 from .runner import load_run as load_run
 from .runner import train as train
+from .theory import eos_diagnostics as eos_diagnostics
+from .theory import limiting_flow as limiting_flow
+from .theory import phi as phi
+from .theory import tangent_projector as tangent_projector
 
 try:
     __version__ = version("eoslab")
@@ -33,6 +39,12 @@ __all__ = [
     "UnsafeFileError",
     "__version__",
     "curvature",
+    "eos_diagnostics",
+    "limiting_flow",
+    "phi",
+    "reproduce",
+    "tangent_projector",
+    "theory",
     "data",
     "load_run",
     "losses",
