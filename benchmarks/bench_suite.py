@@ -60,16 +60,30 @@ def sizes(quick: bool) -> dict[str, int]:
 
 
 def build(name: str, n: int) -> tuple[Objective, object, object]:
-    """``(objective, apply, params)`` of workload ``name`` on ``n`` examples (float32)."""
+    """``(objective, apply, params)`` of workload ``name`` on ``n`` examples (float32).
+
+    ``vgg11-av`` (GPU check) uses CIFAR-10's first ``n`` training images when eoslab finds them,
+    else CIFAR-shaped synthetic inputs."""
     key = jax.random.PRNGKey(0)
+    x = None
     if name == "mnist-mlp":
         from eoslab.data import load
 
         ds = load("mnist-5k")
         x, y = ds.x_train[:n], ds.y_train[:n]
         shape = tuple(ds.input_shape)
+    elif name == "vgg11-av":
+        shape = (32, 32, 3)
+        try:
+            from eoslab.data import load
+
+            ds = load("cifar10", n=n)
+            x, y = ds.x_train, ds.y_train
+        except Exception:  # noqa: BLE001 - CIFAR absent: synthetic inputs
+            x = None
     else:
         shape = (3072,) if name == "fc-tanh" else (32, 32, 3)
+    if x is None:
         kx, ky = jax.random.split(jax.random.PRNGKey(1))
         x = jax.random.normal(kx, (n, *shape), jnp.float32)
         y = jax.random.randint(ky, (n,), 0, 10)
@@ -117,7 +131,7 @@ def matmul_peak(quick: bool) -> dict:
 
 
 # --------------------------------------------------------------------------- eoslab side
-def bench_eoslab(obj: Objective, quick: bool) -> dict:
+def bench_eoslab(obj: Objective, quick: bool, probe_steps: int | None = None) -> dict:
     w = obj.w0
     v = jax.random.normal(jax.random.PRNGKey(7), w.shape, w.dtype)
     reps = 3 if quick else 10
@@ -142,7 +156,7 @@ def bench_eoslab(obj: Objective, quick: bool) -> dict:
     tracker = EigenTracker(obj, k=1, tol=1e-3)
     tracker.update(w)  # the first update is cold; not counted
     warm_s, warm_mv, probed_s, rel_bound, converged = [], [], [], [], []
-    for _ in range(5 if quick else 40):
+    for _ in range(probe_steps or (5 if quick else 40)):
         t0 = time.perf_counter()
         w = jax.block_until_ready(_gd_step(obj, w, lr))
         t1 = time.perf_counter()
@@ -225,7 +239,7 @@ def _torch_net(name: str, apply, params):
     return nn.Sequential(*layers)
 
 
-def bench_classic(name: str, obj: Objective, apply, params, quick: bool, w_end) -> dict:
+def bench_classic(name: str, obj: Objective, apply, params, quick: bool) -> dict:
     """GD step, double-backward HVP and cold eigsh in PyTorch, as locuslab/edge-of-stability."""
     import torch
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
@@ -294,7 +308,6 @@ def bench_classic(name: str, obj: Objective, apply, params, quick: bool, w_end) 
         eig_s.append(time.perf_counter() - t)
         eig_mv.append(count[0])
         lams.append(float(lam[-1]))
-    del w_end
     return {
         "D": d,
         "step_s": t_step,
@@ -347,8 +360,16 @@ def scaling(n: int, quick: bool) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- driver
-def run(quick: bool = False) -> dict:
-    """Every measurement of the suite; ``quick`` shrinks sizes and repetitions."""
+def run(
+    quick: bool = False,
+    workloads: dict[str, int] | None = None,
+    probe_steps: int | None = None,
+    scale: bool = True,
+) -> dict:
+    """Every measurement of the suite; ``quick`` shrinks sizes and repetitions.
+
+    ``workloads`` (name -> examples) replaces the default set (`sizes`); the classic side runs for
+    the default workloads only; ``probe_steps`` sets the GD steps with warm probes."""
     try:
         import torch
 
@@ -359,18 +380,23 @@ def run(quick: bool = False) -> dict:
     result = {
         "quick": quick,
         "load_start": os.getloadavg(),
+        "backend": f"{jax.default_backend()} x{len(jax.devices())}",
         "peak": matmul_peak(quick),
         "torch": torch_note,
         "workloads": {},
     }
-    for name, n in sizes(quick).items():
+    for name, n in (workloads or sizes(quick)).items():
         print(f"  bench_suite: {name} (n={n}) ...", flush=True)
         obj, apply, params = build(name, n)
-        e = bench_eoslab(obj, quick)
-        c = bench_classic(name, obj, apply, params, quick, e.pop("w_end")) if torch else None
+        e = bench_eoslab(obj, quick, probe_steps)
+        e.pop("w_end")
+        classic = torch is not None and name in WORKLOADS and jax.default_backend() == "cpu"
+        c = bench_classic(name, obj, apply, params, quick) if classic else None
         result["workloads"][name] = {"n": n, "eoslab": e, "classic": c}
-    print("  bench_suite: scaling ...", flush=True)
-    result["scaling"] = scaling(sizes(quick)["fc-tanh"], quick)
+    result["scaling"] = []
+    if scale and jax.default_backend() == "cpu":
+        print("  bench_suite: scaling ...", flush=True)
+        result["scaling"] = scaling(sizes(quick)["fc-tanh"], quick)
     result["load_end"] = os.getloadavg()
     return result
 
@@ -384,7 +410,8 @@ def to_markdown(r: dict) -> str:
     lines = [
         "### Benchmark suite: eoslab vs the classic approach" + (" (quick)" if r["quick"] else ""),
         "",
-        f"float32 matmul peak (jnp, {r['peak']['n']}^2): {peak / 1e9:.1f} GFLOP/s. "
+        f"Backend {r.get('backend', '?')}; float32 matmul peak (jnp, {r['peak']['n']}^2): "
+        f"{peak / 1e9:.1f} GFLOP/s. "
         f"Load average (1/5/15 min) at start {', '.join(f'{x:.1f}' for x in r['load_start'])}, "
         f"at end {', '.join(f'{x:.1f}' for x in r['load_end'])} (shared machine). "
         f"Classic: {r['torch']}; double-backward HVP over physical batches of {PHYSICAL_BATCH}, "

@@ -67,14 +67,16 @@ WORKER = COMMON + textwrap.dedent(
     o = {"sharded5": lambda: shard_objective(base, devices=5),
          "sharded4": lambda: shard_objective(base, devices=4),
          "sharded2": lambda: shard_objective(base, devices=2),
-         "micro": lambda: microbatched(base, batch_size=7)}[variant]()
+         "micro": lambda: microbatched(base, batch_size=7),
+         "micro_sharded4": lambda: shard_objective(microbatched(base, batch_size=7), 4),
+         }[variant]()
     l, g = vg(o, o.w0)
     e = top_eigenpairs(o, o.w0, 3, tol=1e-10)
     w, losses = gd(o)
     out = {"devices": len(jax.devices()), "loss": float(l), "grad": np.asarray(g).tolist(),
            "eig": np.asarray(e.values).tolist(), "w20": w, "losses": losses,
            "eig_spec": list(getattr(e.vectors.sharding, "spec", ["?"]))}
-    if variant.startswith("sharded"):
+    if "sharded" in variant:
         out["data_spec"] = list(o.data["x"].sharding.spec)
         out["collectives"] = {
             "grad": compiled_collectives(lambda o, w: jax.grad(o)(w), o, o.w0),
@@ -174,8 +176,14 @@ def reference() -> dict:
 
 @pytest.mark.parametrize(
     "variant,n",
-    [("sharded5", 50), ("sharded4", 50), ("sharded2", 50), ("micro", 50)],
-    ids=["sharded5-even", "sharded4-padded", "sharded2-even", "microbatch7-padded"],
+    [("sharded5", 50), ("sharded4", 50), ("sharded2", 50), ("micro", 50), ("micro_sharded4", 50)],
+    ids=[
+        "sharded5-even",
+        "sharded4-padded",
+        "sharded2-even",
+        "microbatch7-padded",
+        "microbatch7-sharded4",
+    ],
 )
 def test_agrees_with_full_batch(reference, tmp_path, variant, n):
     proc = _run(WORKER, [variant, str(n)], tmp_path, devices=5)
@@ -188,7 +196,7 @@ def test_agrees_with_full_batch(reference, tmp_path, variant, n):
     np.testing.assert_allclose(got["eig"], ref["eig"], rtol=1e-8)
     np.testing.assert_allclose(got["w20"], ref["w20"], rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-10)
-    if variant.startswith("sharded"):
+    if "sharded" in variant:
         # data split along the example axis; XLA joins the partial sums with all-reduce
         assert got["data_spec"] == ["data"]
         assert got["collectives"]["grad"].get("all-reduce", 0) >= 1

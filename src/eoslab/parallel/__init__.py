@@ -7,11 +7,11 @@
 * `initialize(coordinator, num_processes, process_id)`: multi-host via ``jax.distributed``.
 """
 
+from ._examples import batch_size_of as batch_size_of
 from .distributed import free_port as free_port
 from .distributed import initialize as initialize
 from .distributed import shutdown as shutdown
 from .microbatch import MicrobatchPlan as MicrobatchPlan
-from .microbatch import batch_size_of as batch_size_of
 from .microbatch import microbatched as microbatched
 from .microbatch import plan_microbatch as plan_microbatch
 from .sharding import compiled_collectives as compiled_collectives

@@ -115,7 +115,9 @@ class _WeightedModelLoss:
         else:
             b = self.batch_size
             nb = x.shape[0] // b
-            blocks = tuple(a.reshape((nb, b, *a.shape[1:])) for a in (x, y, m))
+            # block k holds rows {j * nb + k}: with the rows sharded in contiguous chunks over
+            # the devices (B divisible by their number), every block is spread over all of them
+            blocks = tuple(jnp.swapaxes(a.reshape((b, nb, *a.shape[1:])), 0, 1) for a in (x, y, m))
             body_fn = jax.checkpoint(chunk)
 
             def body(acc, blk):
@@ -142,17 +144,25 @@ def weighted_objective(
     r"""The mean objective ``obj`` as $\sum_i m_i\ell_i$, its examples zero-padded to a multiple
     of ``multiple`` (padding weight 0), micro-batched by ``batch_size`` if given.
 
+    With micro-batches, $B$ is rounded up to a multiple of ``multiple`` (the devices, when
+    sharding) and the rows are padded to a multiple of $B$, so every block is split evenly over
+    the devices.
+
     Equal to ``obj`` in value and in every derivative (up to floating-point summation order).
     """
     parts = mean_parts(obj, field)
+    fn = obj.fn.fn if isinstance(obj.fn, _Sqrt) else obj.fn
+    if batch_size is None and isinstance(fn, _WeightedModelLoss):
+        batch_size = fn.batch_size  # keep an existing micro-batching
+    if batch_size is not None:
+        batch_size = -(-batch_size // multiple) * multiple
+        multiple = batch_size
     data = obj.data
     x, y = data["x"], data["y"]
     if "weight" in data:
         m = data["weight"]
-        n_real = None
     else:
-        n_real = int(x.shape[0])
-        m = np.full((n_real,), 1.0 / n_real, np.dtype(obj.dtype))
+        m = np.full((int(x.shape[0]),), 1.0 / int(x.shape[0]), np.dtype(obj.dtype))
     n = int(x.shape[0])
     n_to = -(-n // multiple) * multiple
     new_data = {
@@ -161,7 +171,6 @@ def weighted_objective(
         "weight": jnp.asarray(pad_rows(m, n_to)),
         "frozen": data["frozen"],
     }
-    del n_real
     base = _WeightedModelLoss(
         parts.apply, parts.loss, parts.unravel, parts.inner_sqrt_min, batch_size
     )
@@ -178,3 +187,9 @@ def num_examples(obj: Objective) -> int:
     if "weight" in data:
         return int(np.count_nonzero(np.asarray(data["weight"])))
     return int(data["x"].shape[0])
+
+
+def batch_size_of(obj: Objective) -> int | None:
+    """The micro-batch size of an objective made by `microbatched` (None for any other)."""
+    fn = obj.fn.fn if isinstance(obj.fn, _Sqrt) else obj.fn
+    return fn.batch_size if isinstance(fn, _WeightedModelLoss) else None

@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..objective import Objective
 from ._examples import _chunk_sum, mean_parts, num_examples, weighted_objective
+from .sharding import is_sharded, shard_objective
 
 __all__ = ["MicrobatchPlan", "microbatched", "plan_microbatch"]
 
@@ -116,7 +117,8 @@ def microbatched(
     r"""``obj`` evaluated in micro-batches: same value and derivatives, bounded working memory.
 
     Give exactly one of ``batch_size`` (rows per block, $1 \le B$; $B \ge N$ means one block) or
-    ``memory_budget_bytes`` (see `plan_microbatch`).
+    ``memory_budget_bytes`` (see `plan_microbatch`). Composes with `shard_objective` in either
+    order (the examples are padded with zero weight to a multiple of both $B$ and the devices).
 
     Raises:
         ConfigError: ``obj`` is not a mean objective (see the module docstring), or the arguments
@@ -149,10 +151,8 @@ def microbatched(
         raise ConfigError("batch_size", batch_size, "a positive int (examples per micro-batch)")
     n = int(obj.data["x"].shape[0])
     b = int(min(batch_size, n))
-    return weighted_objective(obj, multiple=b, batch_size=b)
-
-
-def batch_size_of(obj: Objective) -> int | None:
-    """The micro-batch size of an objective made by `microbatched` (None for any other)."""
-    fn = getattr(obj.fn, "fn", obj.fn)
-    return getattr(fn, "batch_size", None)
+    out = weighted_objective(obj, multiple=1, batch_size=b)
+    n_dev = is_sharded(obj)
+    if n_dev > 1:  # keep the example axis sharded over the same devices
+        out = shard_objective(out, devices=n_dev)
+    return out

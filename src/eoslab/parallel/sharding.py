@@ -40,7 +40,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..errors import ConfigError
 from ..objective import Objective
-from ._examples import mean_parts, weighted_objective
+from ._examples import batch_size_of, mean_parts, weighted_objective
 
 __all__ = ["compiled_collectives", "data_mesh", "shard_objective", "is_sharded"]
 
@@ -118,7 +118,8 @@ def shard_objective(obj: Objective, devices: int | None = None) -> Objective:
     mesh = data_mesh(devices)
     n_dev = mesh.devices.size
     n = _example_count(obj)
-    if n % n_dev:
+    b = batch_size_of(obj)
+    if n % n_dev or (b is not None and b % n_dev):
         try:
             mean_parts(obj, "objective")
         except ConfigError as exc:

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# GPU check (issue 7): on a machine with an NVIDIA GPU, run the CIFAR VGG-11-AV preset for a few
+# hundred full-batch GD steps with a warm sharpness probe at every step, and print the benchmark
+# suite's table for it (GD step, HVP, certified lambda_1 cold/warm, probed step, FLOP rate vs the
+# measured float32 matmul peak). Budget: under 10 minutes including the install.
+#
+# Usage (repository root):  bash benchmarks/gpu_check.sh [STEPS] [N_EXAMPLES]
+# Uses ./.venv-gpu; creates it (system site packages, so a preinstalled CUDA jax is reused) and
+# installs eoslab plus jax[cuda12] of the same version as the CPU venv when jax sees no GPU.
+# Without network access, preinstall `jax[cuda12]` in the base Python first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS="${1:-300}"
+N="${2:-5000}"
+VENV=.venv-gpu
+PY=python3
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv || true
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv --system-site-packages "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet -e . || echo "pip install -e . failed (offline?)"
+if ! "$VENV/bin/python" -c "import jax,sys; sys.exit(jax.default_backend()!='gpu')" 2>/dev/null; then
+  JAXV=$("$VENV/bin/python" -c "import jax; print(jax.__version__)" 2>/dev/null || echo "")
+  "$VENV/bin/python" -m pip install --quiet "jax[cuda12]${JAXV:+==$JAXV}" \
+    || echo "could not install jax[cuda12] (offline?); running on $("$VENV/bin/python" -c 'import jax; print(jax.default_backend())')"
+fi
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+timeout 540 "$VENV/bin/python" - "$STEPS" "$N" <<'PYEOF'
+import sys, time
+sys.path.insert(0, "benchmarks")
+import jax
+import bench_suite as b
+steps, n = int(sys.argv[1]), int(sys.argv[2])
+print(f"backend {jax.default_backend()}, devices {jax.devices()}", flush=True)
+t = time.time()
+res = b.run(quick=False, workloads={"vgg11-av": n}, probe_steps=steps, scale=False)
+w = res["workloads"]["vgg11-av"]["eoslab"]
+print(b.to_markdown(res))
+print(f"VGG-11-AV: {steps} probed GD steps at lr=1/lambda_1(w0); lambda_1 {w['lambda0']:.4g} -> "
+      f"{w['lambda_end']:.4g}; warm HVPs median {w['warm_mv_median']:.0f} "
+      f"(max {w['warm_mv_max']}); total {time.time() - t:.0f} s")
+PYEOF
