@@ -6,7 +6,7 @@ trajectory to 1e-10 relative in parameters and loss. Float32: loss/gradient to 1
 Multi-device runs happen in subprocesses with XLA_FLAGS=--xla_force_host_platform_device_count=5
 (50 examples: 5 and 2 devices divide them, 4 devices need zero-weight padding; the flag must be
 set before jax starts). Two processes with 2 devices each (Gloo CPU collectives) reproduce the
-single-process run to the same tolerances.
+single-process loss, gradient, top-3 eigenvalues and 20-step trajectory to the same tolerances.
 """
 
 from __future__ import annotations
@@ -118,10 +118,12 @@ DIST = COMMON + textwrap.dedent(
     w = o.w0
     for _ in range(20):
         w = step(o, w)
+    e = top_eigenpairs(o, o.w0, 3, tol=1e-10)
     local = lambda a: np.asarray(a.addressable_data(0)).tolist()
     print("RESULT" + json.dumps({"pid": pid, "procs": jax.process_count(),
                                  "devices": len(jax.devices()), "loss": local(l),
-                                 "grad": local(g), "w20": local(w)}))
+                                 "grad": local(g), "w20": local(w),
+                                 "eig": local(e.values)}))
     """
 )
 
@@ -228,6 +230,7 @@ def test_two_processes_reproduce_single_process(reference, tmp_path):
             r["grad"], np.asarray(g), rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(g)))
         )
         np.testing.assert_allclose(r["w20"], w20, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(r["eig"], ref["eig"], rtol=1e-8)
 
 
 # ---------------------------------------------------------------- in-process checks (1 device)
