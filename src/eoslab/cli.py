@@ -59,6 +59,10 @@ class Run:
     """Override the number of training examples."""
     eigs: int | None = None
     """Override how many top Hessian eigenvalues are tracked."""
+    devices: int | None = None
+    """Shard the training examples over this many devices (same numbers as one device)."""
+    microbatch: int | None = None
+    """Accumulate loss, gradient and HVPs over micro-batches of this many examples."""
     plot: bool = True
     """Write the run's figures when it ends."""
     quiet: bool = False
@@ -148,7 +152,7 @@ def _apply_overrides(exp, args: Run):
     from .errors import ConfigError
 
     changes = {}
-    for name in ("steps", "seed", "probe_every"):
+    for name in ("steps", "seed", "probe_every", "devices", "microbatch"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     try:
@@ -203,6 +207,8 @@ def _execute(exp, out: Path, *, resume: bool, quiet: bool, plot: bool) -> int:
             resume=resume,
             config=to_dict(exp),
             progress=None if not quiet else False,
+            devices=exp.devices,
+            microbatch=exp.microbatch,
         )
     df = run.metrics
     last = df.iloc[-1] if len(df) else None

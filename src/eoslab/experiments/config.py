@@ -325,8 +325,15 @@ class Experiment:
     """Write metrics and a checkpoint at least this often (seconds)."""
     description: str = ""
     """A note saved with the run."""
+    devices: int = 1
+    """Shard the training examples over this many devices (`eoslab.parallel`)."""
+    microbatch: int | None = None
+    """Accumulate loss, gradient and HVPs over micro-batches of this many examples."""
 
     def __post_init__(self) -> None:
+        _check_int("devices", self.devices, 1)
+        if self.microbatch is not None:
+            _check_int("microbatch", self.microbatch, 1)
         _check_int("steps", self.steps, 0)
         _check_int("probe_every", self.probe_every, 1)
         _check_int("log_every", self.log_every, 1)

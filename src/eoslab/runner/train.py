@@ -393,6 +393,9 @@ def train(
     config: dict | None = None,
     progress: bool | None = False,
     w0: Array | None = None,
+    devices: int | None = None,
+    microbatch: int | None = None,
+    memory_budget_bytes: int | None = None,
 ) -> Run:
     r"""Run ``rule`` on ``objective`` for ``steps`` full-batch steps, probing curvature on the way.
 
@@ -414,12 +417,24 @@ def train(
         config: the config to record in ``config.json`` (default: the rule and the arguments).
         progress: show a progress bar (None: on a terminal only).
         w0: start here instead of ``objective.w0``.
+        devices: shard the examples over this many devices (`eoslab.parallel.shard_objective`;
+            same numbers as one device, to float tolerance).
+        microbatch, memory_budget_bytes: accumulate loss, gradient and HVPs over micro-batches
+            of this size, or of the largest size fitting the budget (`eoslab.parallel.microbatched`).
 
     Returns:
         A `Run`. Divergence (a non-finite loss or parameters) stops the run with ``status =
         "diverged"`` and a message, keeping every metric measured before it (and a warning).
     """
     obj = as_objective(objective, w0)
+    if microbatch is not None or memory_budget_bytes is not None:
+        from ..parallel import microbatched
+
+        obj = microbatched(obj, batch_size=microbatch, memory_budget_bytes=memory_budget_bytes)
+    if devices is not None and devices != 1:
+        from ..parallel import shard_objective
+
+        obj = shard_objective(obj, devices=devices)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ConfigError("steps", steps, "an integer >= 0")
     if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
