@@ -22,14 +22,17 @@ from eoslab.errors import ConfigError, UnsafeFileError
 
 
 # ----------------------------------------------------------------------------- built in
-@pytest.mark.parametrize("name,train,test,shape,k", [
-    ("mnist1d", (4000, 40), (1000, 40), (40,), 10),
-    ("mnist-5k", (4000, 28, 28, 1), (1000, 28, 28, 1), (28, 28, 1), 10),
-    ("digits", (1500, 8, 8, 1), (297, 8, 8, 1), (8, 8, 1), 10),
-    ("chebyshev-3-20", (20, 1), (20, 1), (1,), 1),
-    ("linear-50-50", (50, 50), (50, 50), (50,), 50),
-    ("gaussian-mixture-4", (1000, 2), (1000, 2), (2,), 4),
-])
+@pytest.mark.parametrize(
+    "name,train,test,shape,k",
+    [
+        ("mnist1d", (4000, 40), (1000, 40), (40,), 10),
+        ("mnist-5k", (4000, 28, 28, 1), (1000, 28, 28, 1), (28, 28, 1), 10),
+        ("digits", (1500, 8, 8, 1), (297, 8, 8, 1), (8, 8, 1), 10),
+        ("chebyshev-3-20", (20, 1), (20, 1), (1,), 1),
+        ("linear-50-50", (50, 50), (50, 50), (50,), 50),
+        ("gaussian-mixture-4", (1000, 2), (1000, 2), (2,), 4),
+    ],
+)
 def test_builtin_shapes(name, train, test, shape, k):
     ds = data.load(name)
     assert ds.x_train.shape == train and ds.x_test.shape == test
@@ -99,8 +102,7 @@ def _boom(_):
 
 
 def test_bad_arguments_raise_config_error_before_any_work(monkeypatch):
-    monkeypatch.setitem(DATASETS, "mnist1d", dataclasses.replace(DATASETS["mnist1d"],
-                                                                 loader=_boom))
+    monkeypatch.setitem(DATASETS, "mnist1d", dataclasses.replace(DATASETS["mnist1d"], loader=_boom))
     with pytest.raises(ConfigError, match="dataset='mnist-1d'.*'mnist1d'"):
         data.load("mnist-1d")
     with pytest.raises(ConfigError, match="subset='random'.*'balanced'"):
@@ -117,8 +119,18 @@ def test_bad_arguments_raise_config_error_before_any_work(monkeypatch):
 
 def test_list_and_table():
     names = data.list()
-    assert {"mnist-5k", "digits", "mnist1d", "chebyshev-3-20", "chebyshev-4-20",
-            "chebyshev-5-20", "linear-50-50", "cifar10", "mnist", "fashion-mnist"} <= set(names)
+    assert {
+        "mnist-5k",
+        "digits",
+        "mnist1d",
+        "chebyshev-3-20",
+        "chebyshev-4-20",
+        "chebyshev-5-20",
+        "linear-50-50",
+        "cifar10",
+        "mnist",
+        "fashion-mnist",
+    } <= set(names)
     table = data.list_datasets_table(data_dir="/nonexistent")
     for name in names:
         assert name in table
@@ -138,8 +150,12 @@ def write_cifar_python(root, n=3, protocol=2):
     d.mkdir(parents=True)
     for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
         x, y = _cifar_arrays(n, i)
-        batch = {b"batch_label": b"fabricated", b"labels": y.tolist(), b"data": x,
-                 b"filenames": [b"img%d.png" % j for j in range(n)]}
+        batch = {
+            b"batch_label": b"fabricated",
+            b"labels": y.tolist(),
+            b"data": x,
+            b"filenames": [b"img%d.png" % j for j in range(n)],
+        }
         (d / name).write_bytes(pickle.dumps(batch, protocol=protocol))
     return d
 
@@ -212,11 +228,14 @@ def test_malicious_cifar_batch_is_refused_and_runs_nothing(tmp_path):
     assert (tmp_path / "control").exists()
 
 
-@pytest.mark.parametrize("payload", [
-    EvilEval(),
-    np.array([1, "a"], dtype=object),  # object arrays could carry anything
-    io.BytesIO(b"x"),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        EvilEval(),
+        np.array([1, "a"], dtype=object),  # object arrays could carry anything
+        io.BytesIO(b"x"),
+    ],
+)
 def test_restricted_unpickler_refuses_other_globals(payload, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UnsafeFileError):
@@ -357,8 +376,13 @@ def test_fetch_cifar10_from_local_server_then_load(server, tmp_path):
     archive = _cifar_archive(tmp_path)
     handler.files["/cifar-10-python.tar.gz"] = archive
     md5 = hashlib.md5(archive).hexdigest()
-    out = data.fetch_dataset("cifar10", tmp_path / "store", mirror=url,
-                     checksums={"cifar-10-python.tar.gz": md5}, progress=False)
+    out = data.fetch_dataset(
+        "cifar10",
+        tmp_path / "store",
+        mirror=url,
+        checksums={"cifar-10-python.tar.gz": md5},
+        progress=False,
+    )
     assert out == tmp_path / "store" / "cifar-10-batches-py"
     assert data.load("cifar10", data_dir=tmp_path / "store").x_train.shape == (15, 32, 32, 3)
     leftovers = [p.name for p in (tmp_path / "store").iterdir()]
@@ -378,8 +402,9 @@ def test_fetch_replaces_a_corrupt_local_copy(server, tmp_path):
         sums[f"{stem}.gz"] = hashlib.md5(body).hexdigest()
     (tmp_path / "store" / "mnist").mkdir(parents=True)
     (tmp_path / "store" / "mnist" / "train-labels-idx1-ubyte.gz").write_bytes(b"junk")
-    out = data.fetch_dataset("mnist", tmp_path / "store", mirror=url, checksums=sums,
-                             progress=False)
+    out = data.fetch_dataset(
+        "mnist", tmp_path / "store", mirror=url, checksums=sums, progress=False
+    )
     assert out == tmp_path / "store" / "mnist"
     ds = data.load("mnist", data_dir=tmp_path / "store")
     assert np.asarray(ds.y_train).tolist() == files["train-labels-idx1-ubyte"].tolist()
@@ -420,8 +445,9 @@ def test_server_ignoring_range_restarts_and_checksum_is_required(server, tmp_pat
     handler.files["/f.bin"] = body
     (tmp_path / "f.bin.part").write_bytes(b"garbage")
     handler.mode = "norange"
-    fetch.download(url + "/f.bin", tmp_path / "f.bin", md5=hashlib.md5(body).hexdigest(),
-                   progress=False)
+    fetch.download(
+        url + "/f.bin", tmp_path / "f.bin", md5=hashlib.md5(body).hexdigest(), progress=False
+    )
     assert (tmp_path / "f.bin").read_bytes() == body
     with pytest.raises(ConfigError, match="checksum"):
         fetch.download(url + "/f.bin", tmp_path / "g.bin", progress=False)

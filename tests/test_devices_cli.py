@@ -12,11 +12,29 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _run(tmp_path: Path, name: str, *extra: str) -> Path:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     out = tmp_path / name
-    cmd = [sys.executable, "-m", "eoslab", "run", "eos-gd", "--n", "64", "--steps", "20", "--probe-every", "10", "--quiet",
-           "--out", str(out), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "eoslab",
+        "run",
+        "eos-gd",
+        "--n",
+        "64",
+        "--steps",
+        "20",
+        "--probe-every",
+        "10",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return out
@@ -39,8 +57,22 @@ def test_sharded_and_microbatched_cli_runs_match_plain(tmp_path):
 
 def test_too_many_devices_is_a_usage_error(tmp_path):
     env = dict(os.environ, PYTHONPATH=SRC)
-    proc = subprocess.run([sys.executable, "-m", "eoslab", "run", "toy", "--devices", "64",
-                           "--out", str(tmp_path / "x")], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eoslab",
+            "run",
+            "toy",
+            "--devices",
+            "64",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "devices" in proc.stderr and "Traceback" not in proc.stderr

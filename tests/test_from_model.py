@@ -62,8 +62,9 @@ def test_gradient_matches_central_difference(x64, model, source, loss, options):
     assert float(directional) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)
 
 
-@pytest.mark.parametrize("model,source,loss,options", [CASES[0], CASES[2]],
-                         ids=["fc-tanh", "tanh-regression"])
+@pytest.mark.parametrize(
+    "model,source,loss,options", [CASES[0], CASES[2]], ids=["fc-tanh", "tanh-regression"]
+)
 def test_sharpness_by_the_curvature_engine(x64, model, source, loss, options):
     obj, _ = build(model, source, loss, options)
     res = curvature.top_eigenpairs(obj, obj.w0, k=1)
@@ -79,8 +80,9 @@ def test_frozen_head_gets_no_update_and_is_not_in_w(x64):
     cfg = (4, "P", 8, "P", 16, "P")  # a narrow VGG-11-AV: 8x8 inputs pool down to 1x1x16
     apply, params = models.create("vgg11-av", jax.random.key(0), (8, 8, 3), 10, config=cfg)
     ds = random_images((8, 8, 3), 3, 10)
-    obj = Objective.from_model(apply, params, ds, losses.mse_half, frozen=("head",),
-                               dtype="float64")
+    obj = Objective.from_model(
+        apply, params, ds, losses.mse_half, frozen=("head",), dtype="float64"
+    )
     head = 16 * 10 + 10  # the 16 -> 10 head: weights + biases
     assert obj.dim == models.num_params(params) - head
     w1 = jax.jit(lambda o, w: w - 0.5 * jax.grad(o)(w))(obj, obj.w0)  # one GD step on w
@@ -102,8 +104,7 @@ def test_data_are_traced_so_new_data_reuse_compiled_code():
     apply, p0 = models.create("fc-tanh", jax.random.key(0), (40,), 10, widths=(8,))
     _, p1 = models.create("fc-tanh", jax.random.key(1), (40,), 10, widths=(8,))
     a = Objective.from_model(apply, p0, data.load("mnist1d", n=20), losses.mse_half)
-    b = Objective.from_model(apply, p1, data.load("mnist1d", n=20, subset="balanced"),
-                             "mse_half")
+    b = Objective.from_model(apply, p1, data.load("mnist1d", n=20, subset="balanced"), "mse_half")
     assert a.fn == b.fn and hash(a.fn) == hash(b.fn)
     step = jax.jit(lambda o, w: w - 0.1 * jax.grad(o)(w))
     step(a, a.w0)

@@ -27,8 +27,10 @@ def fc_count(d_in, widths, k):
 # Each expected count is written out by hand from the architecture.
 COUNTS = [
     # Cohen et al. fc nets on CIFAR-10: 3072*200+200 + 200*200+200 + 200*10+10
-    *[(f"fc-{a}", CIFAR, 10, {}, 614_400 + 200 + 40_000 + 200 + 2_000 + 10)
-      for a in ("relu", "elu", "tanh", "hardtanh", "softplus")],
+    *[
+        (f"fc-{a}", CIFAR, 10, {}, 614_400 + 200 + 40_000 + 200 + 2_000 + 10)
+        for a in ("relu", "elu", "tanh", "hardtanh", "softplus")
+    ],
     ("fc-tanh-depth1", CIFAR, 10, {}, 3072 * 200 + 200 + 200 * 10 + 10),  # 616,610
     ("fc-tanh-depth3", CIFAR, 10, {}, 616_610 + 2 * (200 * 200 + 200)),  # 696,810
     ("fc-tanh-depth4", CIFAR, 10, {}, 616_610 + 3 * (200 * 200 + 200)),  # 737,010
@@ -84,8 +86,9 @@ def test_every_preset_builds_and_maps_to_num_classes():
 def test_hand_computed_forward_with_ones():
     # identity activation, all-ones params: hidden = 3 inputs * 1 + bias 1 = 4 (2 units),
     # output = 2 * 4 + 1 = 9
-    apply, params = models.create("mlp", jax.random.key(0), (3,), 1, widths=(2,),
-                                  activation="identity")
+    apply, params = models.create(
+        "mlp", jax.random.key(0), (3,), 1, widths=(2,), activation="identity"
+    )
     params = jax.tree_util.tree_map(jnp.ones_like, params)
     np.testing.assert_allclose(apply(params, jnp.ones((5, 3))), 9.0)
 
@@ -107,8 +110,13 @@ def test_small_models_run_forward():
 
 
 def test_vgg11_av_head_init():
-    _, params = models.create("vgg11-av", jax.random.key(0), CIFAR, 10,
-                              config=(8, "P", 8, "P", 16, "P", 16, "P", 512, "P"))
+    _, params = models.create(
+        "vgg11-av",
+        jax.random.key(0),
+        CIFAR,
+        10,
+        config=(8, "P", 8, "P", 16, "P", 16, "P", 512, "P"),
+    )
     w, b = np.asarray(params["head"]["w"]), np.asarray(params["head"]["b"])
     assert w.shape == (512, 10)
     assert np.all(b == 0.0)

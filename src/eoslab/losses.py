@@ -23,7 +23,14 @@ from .errors import ConfigError
 from .objective import safe_sqrt
 
 __all__ = [
-    "LOSSES", "SqrtLoss", "accuracy", "cross_entropy", "get", "mse_half", "mse_sum", "sqrt",
+    "LOSSES",
+    "SqrtLoss",
+    "accuracy",
+    "cross_entropy",
+    "get",
+    "mse_half",
+    "mse_sum",
+    "sqrt",
 ]
 
 Loss = Callable[[Array, Array], Array]
@@ -35,8 +42,11 @@ def _targets(outputs: Array, labels: Array) -> Array:
     if labels.ndim == outputs.ndim - 1 and jnp.issubdtype(labels.dtype, jnp.integer):
         return jax.nn.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype)
     if labels.shape != outputs.shape:
-        raise ConfigError("labels.shape", labels.shape,
-                          f"integer labels {outputs.shape[:-1]} or targets {outputs.shape}")
+        raise ConfigError(
+            "labels.shape",
+            labels.shape,
+            f"integer labels {outputs.shape[:-1]} or targets {outputs.shape}",
+        )
     return labels.astype(outputs.dtype)
 
 

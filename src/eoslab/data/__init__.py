@@ -24,7 +24,17 @@ from .registry import register as register
 from .registry import standardize as standardize
 
 __all__ = [
-    "DATASETS", "CorruptFileError", "Dataset", "DatasetNotFoundError", "DatasetSpec",
-    "default_data_dir", "fetch", "fetch_dataset", "list", "list_datasets_table", "load",
-    "register", "standardize",
+    "DATASETS",
+    "CorruptFileError",
+    "Dataset",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "default_data_dir",
+    "fetch",
+    "fetch_dataset",
+    "list",
+    "list_datasets_table",
+    "load",
+    "register",
+    "standardize",
 ]

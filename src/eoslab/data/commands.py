@@ -31,11 +31,21 @@ def list_datasets_table(data_dir: str | os.PathLike | None = None, width: int = 
     for name in sorted(DATASETS):
         spec = DATASETS[name]
         where = spec.locate(d)
-        avail = f"yes ({where})" if where else (
-            "no (eoslab data fetch " + name + ")" if spec.fetchable else "no")
-        table.add_row(name, spec.source, f"{spec.train_size:,}", f"{spec.test_size:,}",
-                      "x".join(map(str, spec.input_shape)), str(spec.num_classes), spec.task,
-                      avail)
+        avail = (
+            f"yes ({where})"
+            if where
+            else ("no (eoslab data fetch " + name + ")" if spec.fetchable else "no")
+        )
+        table.add_row(
+            name,
+            spec.source,
+            f"{spec.train_size:,}",
+            f"{spec.test_size:,}",
+            "x".join(map(str, spec.input_shape)),
+            str(spec.num_classes),
+            spec.task,
+            avail,
+        )
     console = Console(record=True, width=width, file=io.StringIO())
     console.print(table)
     return console.export_text()
@@ -57,8 +67,13 @@ def fetch(
     directory holding the dataset.
     """
     if name not in _fetch.SOURCES:
-        raise ConfigError("dataset", name, "one of " + ", ".join(map(repr, _fetch.SOURCES))
-                          + " (the others are built in or read from disk)")
+        raise ConfigError(
+            "dataset",
+            name,
+            "one of "
+            + ", ".join(map(repr, _fetch.SOURCES))
+            + " (the others are built in or read from disk)",
+        )
     root = data_dirs(data_dir)[0]
     dest_dir = root / _LAYOUT[name]
     if name == "cifar10":

@@ -16,16 +16,28 @@ from ._errors import CorruptFileError, DatasetNotFoundError
 from .registry import DatasetSpec, RawData, data_dirs, register
 
 __all__ = [
-    "CIFAR_BIN", "CIFAR_PY", "SYSTEM_FASHION_MNIST", "find_cifar10", "find_idx", "load_cifar10",
-    "load_idx_dataset", "read_cifar_binary", "read_cifar_python", "read_idx",
+    "CIFAR_BIN",
+    "CIFAR_PY",
+    "SYSTEM_FASHION_MNIST",
+    "find_cifar10",
+    "find_idx",
+    "load_cifar10",
+    "load_idx_dataset",
+    "read_cifar_binary",
+    "read_cifar_python",
+    "read_idx",
 ]
 
 CIFAR_PY = "cifar-10-batches-py"
 CIFAR_BIN = "cifar-10-batches-bin"
 _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -58,8 +70,9 @@ def read_cifar_binary(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0 or raw.size % 3073:
-        raise CorruptFileError(f"{path}: {raw.size} bytes is not a whole number of 3073-byte "
-                               "records (truncated?)")
+        raise CorruptFileError(
+            f"{path}: {raw.size} bytes is not a whole number of 3073-byte records (truncated?)"
+        )
     rec = raw.reshape(-1, 3073)
     y = rec[:, 0].astype(np.int64)
     if y.max() > 9:
@@ -89,8 +102,12 @@ def load_cifar10(data_dir: Path | None) -> RawData:
     read, suffix = (read_cifar_python, "") if fmt == "python" else (read_cifar_binary, ".bin")
     parts = [read(d / f"{f}{suffix}") for f in _CIFAR_TRAIN]
     x_te, y_te = read(d / f"test_batch{suffix}")
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            x_te, y_te)
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        x_te,
+        y_te,
+    )
 
 
 # ----------------------------------------------------------------------------- IDX (MNIST)
@@ -114,8 +131,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     want = int(np.prod(dims)) * dtype.itemsize
     if len(raw) - header != want:
-        raise CorruptFileError(f"{path}: {len(raw) - header} data bytes, header says {want} "
-                               "(truncated or corrupt)")
+        raise CorruptFileError(
+            f"{path}: {len(raw) - header} data bytes, header says {want} (truncated or corrupt)"
+        )
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -141,8 +159,10 @@ def find_idx(dirs: list[Path]) -> dict[str, Path] | None:
 
 
 def _idx_dirs(name: str, data_dir: Path | None) -> list[Path]:
-    subdirs = {"mnist": ("mnist", "MNIST/raw"), "fashion-mnist": ("fashion-mnist",
-                                                                  "FashionMNIST/raw")}[name]
+    subdirs = {
+        "mnist": ("mnist", "MNIST/raw"),
+        "fashion-mnist": ("fashion-mnist", "FashionMNIST/raw"),
+    }[name]
     dirs = [root / s for root in data_dirs(data_dir) for s in subdirs]
     if name == "fashion-mnist":
         dirs.append(SYSTEM_FASHION_MNIST)
@@ -153,8 +173,9 @@ def load_idx_dataset(name: str, data_dir: Path | None) -> RawData:
     """MNIST or Fashion-MNIST: images ``(N, 28, 28, 1)`` uint8 and labels 0..9."""
     files = find_idx(_idx_dirs(name, data_dir))
     if files is None:
-        raise DatasetNotFoundError(_not_found(name, [str(p) for p in _idx_dirs(name, data_dir)],
-                                              data_dir, dirs_given=True))
+        raise DatasetNotFoundError(
+            _not_found(name, [str(p) for p in _idx_dirs(name, data_dir)], data_dir, dirs_given=True)
+        )
     x_tr, y_tr, x_te, y_te = (read_idx(files[s]) for s in IDX_FILES)
     for x, y, split in ((x_tr, y_tr, "train"), (x_te, y_te, "t10k")):
         if x.ndim != 3 or y.shape != (x.shape[0],):
@@ -165,8 +186,10 @@ def load_idx_dataset(name: str, data_dir: Path | None) -> RawData:
 def _not_found(name: str, where: list[str], data_dir: Path | None, dirs_given: bool = False) -> str:
     roots = ", ".join(str(r) for r in data_dirs(data_dir))
     places = ", ".join(where) if dirs_given else f"{' or '.join(where)} under {roots}"
-    return (f"dataset {name!r} not found (looked for {places}). Put the files there, pass "
-            f"data_dir / --data-dir, set $EOSLAB_DATA, or run `eoslab data fetch {name}`.")
+    return (
+        f"dataset {name!r} not found (looked for {places}). Put the files there, pass "
+        f"data_dir / --data-dir, set $EOSLAB_DATA, or run `eoslab data fetch {name}`."
+    )
 
 
 def _locate_cifar(data_dir: Path | None) -> str | None:
@@ -182,14 +205,45 @@ def _locate_idx(name: str):
     return locate
 
 
-register(DatasetSpec(
-    "cifar10", "disk (python or binary batches); fetchable", 50000, 10000, (32, 32, 3), 10,
-    load_cifar10, _locate_cifar, fetchable=True, description="CIFAR-10"))
-register(DatasetSpec(
-    "mnist", "disk (IDX, .gz or raw); fetchable", 60000, 10000, (28, 28, 1), 10,
-    lambda d: load_idx_dataset("mnist", d), _locate_idx("mnist"), fetchable=True,
-    description="MNIST"))
-register(DatasetSpec(
-    "fashion-mnist", "disk (IDX) or Debian dataset-fashion-mnist; fetchable", 60000, 10000,
-    (28, 28, 1), 10, lambda d: load_idx_dataset("fashion-mnist", d),
-    _locate_idx("fashion-mnist"), fetchable=True, description="Fashion-MNIST"))
+register(
+    DatasetSpec(
+        "cifar10",
+        "disk (python or binary batches); fetchable",
+        50000,
+        10000,
+        (32, 32, 3),
+        10,
+        load_cifar10,
+        _locate_cifar,
+        fetchable=True,
+        description="CIFAR-10",
+    )
+)
+register(
+    DatasetSpec(
+        "mnist",
+        "disk (IDX, .gz or raw); fetchable",
+        60000,
+        10000,
+        (28, 28, 1),
+        10,
+        lambda d: load_idx_dataset("mnist", d),
+        _locate_idx("mnist"),
+        fetchable=True,
+        description="MNIST",
+    )
+)
+register(
+    DatasetSpec(
+        "fashion-mnist",
+        "disk (IDX) or Debian dataset-fashion-mnist; fetchable",
+        60000,
+        10000,
+        (28, 28, 1),
+        10,
+        lambda d: load_idx_dataset("fashion-mnist", d),
+        _locate_idx("fashion-mnist"),
+        fetchable=True,
+        description="Fashion-MNIST",
+    )
+)

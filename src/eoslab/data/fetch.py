@@ -44,28 +44,56 @@ _FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
 #: What ``eoslab data fetch NAME`` downloads (checksums as published by the hosts / torchvision).
 SOURCES: dict[str, tuple[Source, ...]] = {
-    "cifar10": (Source("cifar-10-python.tar.gz",
-                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                       md5="c58f30108f718f92721af3b95e74349a"),),
+    "cifar10": (
+        Source(
+            "cifar-10-python.tar.gz",
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+            md5="c58f30108f718f92721af3b95e74349a",
+        ),
+    ),
     "mnist": (
-        Source("train-images-idx3-ubyte.gz", _MNIST + "train-images-idx3-ubyte.gz",
-               md5="f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-        Source("train-labels-idx1-ubyte.gz", _MNIST + "train-labels-idx1-ubyte.gz",
-               md5="d53e105ee54ea40749a09fcbcd1e9432"),
-        Source("t10k-images-idx3-ubyte.gz", _MNIST + "t10k-images-idx3-ubyte.gz",
-               md5="9fb629c4189551a2d022fa330f9573f3"),
-        Source("t10k-labels-idx1-ubyte.gz", _MNIST + "t10k-labels-idx1-ubyte.gz",
-               md5="ec29112dd5afa0611ce80d1b7f02629c"),
+        Source(
+            "train-images-idx3-ubyte.gz",
+            _MNIST + "train-images-idx3-ubyte.gz",
+            md5="f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        ),
+        Source(
+            "train-labels-idx1-ubyte.gz",
+            _MNIST + "train-labels-idx1-ubyte.gz",
+            md5="d53e105ee54ea40749a09fcbcd1e9432",
+        ),
+        Source(
+            "t10k-images-idx3-ubyte.gz",
+            _MNIST + "t10k-images-idx3-ubyte.gz",
+            md5="9fb629c4189551a2d022fa330f9573f3",
+        ),
+        Source(
+            "t10k-labels-idx1-ubyte.gz",
+            _MNIST + "t10k-labels-idx1-ubyte.gz",
+            md5="ec29112dd5afa0611ce80d1b7f02629c",
+        ),
     ),
     "fashion-mnist": (
-        Source("train-images-idx3-ubyte.gz", _FASHION + "train-images-idx3-ubyte.gz",
-               md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-        Source("train-labels-idx1-ubyte.gz", _FASHION + "train-labels-idx1-ubyte.gz",
-               md5="25c81989df183df01b3e8a0aad5dffbe"),
-        Source("t10k-images-idx3-ubyte.gz", _FASHION + "t10k-images-idx3-ubyte.gz",
-               md5="bef4ecab320f06d8554ea6380940ec79"),
-        Source("t10k-labels-idx1-ubyte.gz", _FASHION + "t10k-labels-idx1-ubyte.gz",
-               md5="bb300cfdad3c16e7a12a480ee83cd310"),
+        Source(
+            "train-images-idx3-ubyte.gz",
+            _FASHION + "train-images-idx3-ubyte.gz",
+            md5="8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        ),
+        Source(
+            "train-labels-idx1-ubyte.gz",
+            _FASHION + "train-labels-idx1-ubyte.gz",
+            md5="25c81989df183df01b3e8a0aad5dffbe",
+        ),
+        Source(
+            "t10k-images-idx3-ubyte.gz",
+            _FASHION + "t10k-images-idx3-ubyte.gz",
+            md5="bef4ecab320f06d8554ea6380940ec79",
+        ),
+        Source(
+            "t10k-labels-idx1-ubyte.gz",
+            _FASHION + "t10k-labels-idx1-ubyte.gz",
+            md5="bb300cfdad3c16e7a12a480ee83cd310",
+        ),
     ),
 }
 
@@ -89,8 +117,14 @@ def _progress(enabled: bool):
         TransferSpeedColumn,
     )
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), TimeRemainingColumn(), disable=not enabled)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
 
 
 def download(
@@ -124,8 +158,7 @@ def download(
         headers["Range"] = f"bytes={offset}-"
     total: int | None = None
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                      timeout=timeout)
+        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code != 416 or not offset:  # 416: the partial file is already complete
             raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from exc
@@ -148,17 +181,23 @@ def download(
                         received += len(chunk)
                         bar.update(task, completed=received)
             except (http.client.IncompleteRead, ConnectionError, TimeoutError, OSError) as exc:
-                raise DownloadError(f"download of {url} stopped after {received} bytes ({exc}); "
-                                    f"rerun to resume from {part}") from exc
+                raise DownloadError(
+                    f"download of {url} stopped after {received} bytes ({exc}); "
+                    f"rerun to resume from {part}"
+                ) from exc
         if total is not None and received < total:
-            raise DownloadError(f"download of {url} truncated: {received} of {total} bytes; "
-                                f"rerun to resume from {part}")
+            raise DownloadError(
+                f"download of {url} truncated: {received} of {total} bytes; "
+                f"rerun to resume from {part}"
+            )
     algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
     got = file_digest(part, algorithm)
     if got != expected.lower():
         part.unlink(missing_ok=True)
-        raise CorruptFileError(f"download of {url} is corrupt: {algorithm} {got} != published "
-                               f"{expected}; the partial file was deleted, fetch again")
+        raise CorruptFileError(
+            f"download of {url} is corrupt: {algorithm} {got} != published "
+            f"{expected}; the partial file was deleted, fetch again"
+        )
     os.replace(part, dest)
     return dest
 
@@ -176,8 +215,11 @@ def extract_tar(archive: str | os.PathLike, into: str | os.PathLike, member_root
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=into))
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = [m for m in tar.getmembers()
-                       if m.name == member_root or m.name.startswith(member_root + "/")]
+            members = [
+                m
+                for m in tar.getmembers()
+                if m.name == member_root or m.name.startswith(member_root + "/")
+            ]
             if not members:
                 raise CorruptFileError(f"{archive}: no {member_root}/ inside the archive")
             tar.extractall(tmp, members=members, filter="data")

@@ -16,8 +16,15 @@ from jaxtyping import Array
 from ..errors import ConfigError
 
 __all__ = [
-    "DATASETS", "Dataset", "DatasetSpec", "RawData", "data_dirs", "default_data_dir", "list",
-    "load", "register",
+    "DATASETS",
+    "Dataset",
+    "DatasetSpec",
+    "RawData",
+    "data_dirs",
+    "default_data_dir",
+    "list",
+    "load",
+    "register",
 ]
 
 #: ``(x_train, y_train, x_test, y_test)`` as numpy arrays, x with the example axis first.
@@ -131,8 +138,12 @@ def _balanced_indices(y: np.ndarray, n: int, num_classes: int, seed: int) -> np.
         want = base + (1 if c < extra else 0)
         pool = np.flatnonzero(y == c)
         if want > pool.size:
-            raise ConfigError("n", n, f"at most {num_classes * pool.size} for a balanced subset "
-                              f"(class {c} has {pool.size} training examples)")
+            raise ConfigError(
+                "n",
+                n,
+                f"at most {num_classes * pool.size} for a balanced subset "
+                f"(class {c} has {pool.size} training examples)",
+            )
         picks.append(rng.choice(pool, size=want, replace=False))
     return np.sort(np.concatenate(picks))
 

@@ -22,13 +22,16 @@ __all__ = ["ALLOWED_GLOBALS", "SafeUnpickler", "load", "loads"]
 
 #: The only ``(module, name)`` pairs a file may reference: numpy array and dtype reconstruction,
 #: and ``_codecs.encode``, which Python 3 uses to pickle ``bytes`` under protocol 2.
-ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-})
+ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
+
 
 def _resolve(module: str, name: str) -> Any:
     """The admitted global, without importing the deprecated ``numpy.core`` alias."""

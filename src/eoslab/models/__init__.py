@@ -26,6 +26,21 @@ from .vgg import VGG11 as VGG11
 from .vgg import vgg as vgg
 
 __all__ = [
-    "ACTIVATIONS", "CNN", "MLP", "PRESETS", "VGG", "VGG11", "DeepLinear", "Preset", "ResNet",
-    "cnn", "create", "deep_linear", "list", "mlp", "num_params", "resnet", "vgg",
+    "ACTIVATIONS",
+    "CNN",
+    "MLP",
+    "PRESETS",
+    "VGG",
+    "VGG11",
+    "DeepLinear",
+    "Preset",
+    "ResNet",
+    "cnn",
+    "create",
+    "deep_linear",
+    "list",
+    "mlp",
+    "num_params",
+    "resnet",
+    "vgg",
 ]

@@ -44,8 +44,11 @@ def rng_from_key(key: Array) -> np.random.Generator:
         data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
         bits = np.asarray(data, np.uint32).ravel()
     except (jax.errors.TracerArrayConversionError, AttributeError, TypeError, ValueError) as exc:
-        raise ConfigError("key", type(key).__name__, "a concrete JAX PRNG key (models are "
-                          "initialized with numpy, outside jit/vmap)") from exc
+        raise ConfigError(
+            "key",
+            type(key).__name__,
+            "a concrete JAX PRNG key (models are initialized with numpy, outside jit/vmap)",
+        ) from exc
     return np.random.default_rng([int(v) for v in bits])
 
 
@@ -58,8 +61,9 @@ def normal(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> Arra
     return jnp.asarray(rng.normal(0.0, std, size=shape), jnp.float32)
 
 
-def dense_init(rng: np.random.Generator, fan_in: int, fan_out: int, *,
-               bias: bool = True) -> dict[str, Array]:
+def dense_init(
+    rng: np.random.Generator, fan_in: int, fan_out: int, *, bias: bool = True
+) -> dict[str, Array]:
     r"""PyTorch's default ``nn.Linear`` init: $W, b \sim U(-1/\sqrt{n_{in}}, 1/\sqrt{n_{in}})$."""
     bound = 1.0 / math.sqrt(fan_in)
     p = {"w": _uniform(rng, (fan_in, fan_out), bound)}
@@ -74,8 +78,15 @@ def dense(p: dict[str, Array], x: Array) -> Array:
     return y + p["b"] if "b" in p else y
 
 
-def conv_init(rng: np.random.Generator, c_in: int, c_out: int, k: int = 3, *,
-              bias: bool = True, he_normal: bool = False) -> dict[str, Array]:
+def conv_init(
+    rng: np.random.Generator,
+    c_in: int,
+    c_out: int,
+    k: int = 3,
+    *,
+    bias: bool = True,
+    he_normal: bool = False,
+) -> dict[str, Array]:
     r"""Conv kernel ``(k, k, c_in, c_out)``: PyTorch default $U(\pm 1/\sqrt{k^2 c_{in}})$, or He
     normal $N(0, 2/(k^2 c_{in}))$ (as in the CIFAR ResNets) when ``he_normal``."""
     fan_in = k * k * c_in
@@ -92,7 +103,10 @@ def conv_init(rng: np.random.Generator, c_in: int, c_out: int, k: int = 3, *,
 def conv(p: dict[str, Array], x: Array, stride: int = 1) -> Array:
     """2-D convolution with 'SAME' padding (padding 1 for 3x3) on NHWC input."""
     y = lax.conv_general_dilated(
-        x, p["w"].astype(x.dtype), (stride, stride), "SAME",
+        x,
+        p["w"].astype(x.dtype),
+        (stride, stride),
+        "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     return y + p["b"] if "b" in p else y

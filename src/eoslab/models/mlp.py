@@ -74,8 +74,9 @@ def mlp(
     return MLP(len(ws), activation), params
 
 
-def _head(rng: np.random.Generator, fan_in: int, num_classes: int, bias: bool,
-          std: float | None) -> dict:
+def _head(
+    rng: np.random.Generator, fan_in: int, num_classes: int, bias: bool, std: float | None
+) -> dict:
     if std is None:
         return dense_init(rng, fan_in, num_classes, bias=bias)
     p = {"w": normal(rng, (fan_in, num_classes), std)}

@@ -30,46 +30,79 @@ class Preset:
 
 
 def _fc(act: str) -> Preset:
-    return Preset(mlp, {"widths": (200, 200), "activation": act},
-                  f"fully connected, widths 200,200, {act} (Cohen et al. 2021)")
+    return Preset(
+        mlp,
+        {"widths": (200, 200), "activation": act},
+        f"fully connected, widths 200,200, {act} (Cohen et al. 2021)",
+    )
 
 
 PRESETS: dict[str, Preset] = {
     "mlp": Preset(mlp, {}, "fully connected; options widths, activation, bias, head_init_std"),
     **{f"fc-{a}": _fc(a) for a in ("relu", "elu", "tanh", "hardtanh", "softplus")},
     **{
-        f"fc-tanh-depth{d}": Preset(mlp, {"widths": (200,) * d, "activation": "tanh"},
-                                    f"fully connected, {d} hidden layer(s) of width 200, tanh")
+        f"fc-tanh-depth{d}": Preset(
+            mlp,
+            {"widths": (200,) * d, "activation": "tanh"},
+            f"fully connected, {d} hidden layer(s) of width 200, tanh",
+        )
         for d in (1, 2, 3, 4)
     },
     **{
-        f"cnn-{a}": Preset(cnn, {"widths": (32, 32), "activation": a, "pool": "max"},
-                           f"2 conv3x3 layers of width 32, {a}, 2x2 max pool, linear head")
+        f"cnn-{a}": Preset(
+            cnn,
+            {"widths": (32, 32), "activation": a, "pool": "max"},
+            f"2 conv3x3 layers of width 32, {a}, 2x2 max pool, linear head",
+        )
         for a in ("relu", "elu", "tanh")
     },
     **{
-        f"cnn-avgpool-{a}": Preset(cnn, {"widths": (32, 32), "activation": a, "pool": "avg"},
-                                   f"2 conv3x3 layers of width 32, {a}, 2x2 average pool")
+        f"cnn-avgpool-{a}": Preset(
+            cnn,
+            {"widths": (32, 32), "activation": a, "pool": "avg"},
+            f"2 conv3x3 layers of width 32, {a}, 2x2 average pool",
+        )
         for a in ("relu", "elu", "tanh")
     },
-    "vgg11": Preset(vgg, {"activation": "relu", "pool": "max", "norm": "none"},
-                    "VGG-11, ReLU, max pool, no BatchNorm, no dropout, 512->k head"),
-    "vgg11-bn": Preset(vgg, {"activation": "relu", "pool": "max", "norm": "batch"},
-                       "VGG-11 with full-batch BatchNorm (batch statistics, no running averages)"),
-    "vgg11-av": Preset(vgg, {"activation": "gelu", "pool": "avg", "norm": "none",
-                             "head_init_std": 0.01},
-                       "VGG-11-AV: 2x2 avg pool, GELU, no BN, 512->k head ~ N(0, 0.01^2), "
-                       "zero bias (freeze it with frozen=('head',))"),
-    "resnet20": Preset(resnet, {"depth": 20, "norm": "group"},
-                       "CIFAR ResNet-20, GroupNorm (norm='layer' or 'batch' available)"),
-    "resnet32": Preset(resnet, {"depth": 32, "norm": "group"},
-                       "CIFAR ResNet-32, GroupNorm (norm='layer' or 'batch' available)"),
-    "deep-linear": Preset(deep_linear, {"layers": 20, "width": 50, "bias": False},
-                          "deep linear net, 20 layers of width 50, no bias"),
-    "tanh-regression": Preset(mlp, {"widths": (100,), "activation": "tanh"},
-                              "1-hidden-layer tanh net, width 100, for regression"),
-    "mnist-mlp": Preset(mlp, {"widths": (128,), "activation": "gelu"},
-                        "MNIST net 784-128-10 with GELU"),
+    "vgg11": Preset(
+        vgg,
+        {"activation": "relu", "pool": "max", "norm": "none"},
+        "VGG-11, ReLU, max pool, no BatchNorm, no dropout, 512->k head",
+    ),
+    "vgg11-bn": Preset(
+        vgg,
+        {"activation": "relu", "pool": "max", "norm": "batch"},
+        "VGG-11 with full-batch BatchNorm (batch statistics, no running averages)",
+    ),
+    "vgg11-av": Preset(
+        vgg,
+        {"activation": "gelu", "pool": "avg", "norm": "none", "head_init_std": 0.01},
+        "VGG-11-AV: 2x2 avg pool, GELU, no BN, 512->k head ~ N(0, 0.01^2), "
+        "zero bias (freeze it with frozen=('head',))",
+    ),
+    "resnet20": Preset(
+        resnet,
+        {"depth": 20, "norm": "group"},
+        "CIFAR ResNet-20, GroupNorm (norm='layer' or 'batch' available)",
+    ),
+    "resnet32": Preset(
+        resnet,
+        {"depth": 32, "norm": "group"},
+        "CIFAR ResNet-32, GroupNorm (norm='layer' or 'batch' available)",
+    ),
+    "deep-linear": Preset(
+        deep_linear,
+        {"layers": 20, "width": 50, "bias": False},
+        "deep linear net, 20 layers of width 50, no bias",
+    ),
+    "tanh-regression": Preset(
+        mlp,
+        {"widths": (100,), "activation": "tanh"},
+        "1-hidden-layer tanh net, width 100, for regression",
+    ),
+    "mnist-mlp": Preset(
+        mlp, {"widths": (128,), "activation": "gelu"}, "MNIST net 784-128-10 with GELU"
+    ),
 }
 
 
@@ -105,8 +138,11 @@ def create(
     accepted = _options_of(preset.factory)
     for opt in options:
         if opt not in accepted:
-            raise ConfigError(f"model option {opt!r}", options[opt],
-                              f"an option of {name!r}: " + ", ".join(accepted))
+            raise ConfigError(
+                f"model option {opt!r}",
+                options[opt],
+                f"an option of {name!r}: " + ", ".join(accepted),
+            )
     shape = tuple(input_shape)
     if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ConfigError("input_shape", input_shape, "a tuple of positive ints")

@@ -88,8 +88,12 @@ def resnet(
     n = (depth - 2) // 6
     hw = image_shape(input_shape)
     rng = rng_from_key(key)
-    params: dict = {"stem": {"conv": conv_init(rng, hw[2], 16, 3, bias=False,
-                                               he_normal=True), "norm": norm_init(16)}}
+    params: dict = {
+        "stem": {
+            "conv": conv_init(rng, hw[2], 16, 3, bias=False, he_normal=True),
+            "norm": norm_init(16),
+        }
+    }
     c_in = 16
     for s, c in enumerate((16, 32, 64)):
         stage = {}

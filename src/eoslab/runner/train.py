@@ -306,7 +306,7 @@ class _Probe:
             if tr is None or f"{name}_key" not in arrays:
                 continue
             prefix = f"{name}_"
-            tr.load_state({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            tr.load_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
 
 
 def _rows_from_chunk(out: dict, t0: int, log_every: int, probe_row: dict | None):
@@ -420,7 +420,7 @@ def train(
         devices: shard the examples over this many devices (`eoslab.parallel.shard_objective`;
             same numbers as one device, to float tolerance).
         microbatch, memory_budget_bytes: accumulate loss, gradient and HVPs over micro-batches
-            of this size, or of the largest size fitting the budget (`eoslab.parallel.microbatched`).
+            of this size, or the largest size within the budget (`eoslab.parallel.microbatched`).
 
     Returns:
         A `Run`. Divergence (a non-finite loss or parameters) stops the run with ``status =
