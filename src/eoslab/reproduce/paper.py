@@ -426,7 +426,10 @@ def run_cifar_vgg(out: Path, quick: bool) -> list[dict]:
         it = iterate(obj, obj.w0, rule, steps, save_every=every)
         tr = EigenTracker(obj, k=2, tol=1e-3)
         eig = np.array([np.asarray(tr.update(w).values) for w in it.w])
-        curves[alg] = (np.asarray(it.steps), np.asarray(it.loss), eig)
+        # the stability threshold 2 / lr_eff at each probe: the theory's prediction for lambda_1
+        gn = np.asarray(jnp.linalg.norm(jax.vmap(jax.grad(obj))(it.w), axis=1))
+        lr_effs = lr / gn if alg == "normalized_gd" else lr / (2 * np.sqrt(np.asarray(it.loss)))
+        curves[alg] = (np.asarray(it.steps), np.asarray(it.loss), eig, 2 / lr_effs)
         # one exact step from the last iterate checks the rule's definition on the network
         w, l0 = it.w[-1], float(it.loss[-1])
         nxt = iterate(obj, w, rule, 1).w[-1]
@@ -462,12 +465,13 @@ def run_cifar_vgg(out: Path, quick: bool) -> list[dict]:
                 )
             )
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    for alg, (s, loss, eig) in curves.items():
-        axes[0].semilogy(s, loss, label=alg)
-        axes[1].plot(s, eig[:, 0], "o-", ms=3, label=f"{alg}: $\\lambda_1$")
-        axes[2].plot(s, eig[:, 0] - eig[:, 1], "o-", ms=3, label=f"{alg}: gap")
+    for (alg, (s, loss, eig, thr)), color in zip(curves.items(), ("C0", "C1"), strict=True):
+        axes[0].semilogy(s, loss, color=color, label=alg)
+        axes[1].plot(s, eig[:, 0], "o-", ms=3, color=color, label=f"{alg}: $\\lambda_1$ measured")
+        axes[1].plot(s, thr, "--", color=color, label=f"{alg}: 2/lr_eff (EoS prediction)")
+        axes[2].plot(s, eig[:, 0] - eig[:, 1], "o-", ms=3, color=color, label=f"{alg}: gap")
     axes[0].set(xlabel="step", ylabel="MSE (no 1/2)", title=f"loss ({source}, n={n})")
-    axes[1].set(xlabel="step", ylabel=r"$\lambda_1$ of MSE", title="sharpness")
+    axes[1].set(xlabel="step", ylabel=r"$\lambda_1$ of MSE", title="sharpness", yscale="log")
     axes[2].set(xlabel="step", ylabel=r"$\lambda_1-\lambda_2$", title="eigengap")
     for ax in axes:
         ax.legend(fontsize=8)
