@@ -22,6 +22,8 @@ from jaxtyping import Array, Float
 
 from ..curvature import EigResult, top_eigenpairs
 from ..curvature._checks import check_w
+from ..curvature.hvp import _hvp
+from ..curvature.lanczos import lanczos_top
 from ..dynamics.rules import Rule
 from ..errors import ConfigError, check_choice, check_positive
 from ..objective import LossLike, Objective, as_objective
@@ -55,44 +57,22 @@ def krylov_top(
 ) -> tuple[Array, Array, Array]:
     r"""Top-$k$ Ritz pairs of a symmetric operator from an $m$-dim Krylov space started at $v_0$.
 
-    Fixed cost ($m$ matvecs, full reorthogonalization), so it runs inside ``lax.scan``; returns
-    (values, vectors ``(d, k)``, residuals $\|Av-\theta v\|$) with no extra matvec.
+    At most $m$ matvecs (the engine's Lanczos with its budget set to $m$), so it runs inside
+    ``lax.scan``; returns (values, vectors ``(d, k)``, residuals $\|Av-\theta v\|$).
     """
-    d = v0.shape[0]
-    q0 = v0 / jnp.linalg.norm(v0)
-    Q = jnp.zeros((m, d), v0.dtype).at[0].set(q0)
-    AQ = jnp.zeros((m, d), v0.dtype)
-    # a fixed direction to continue from after a breakdown (an invariant subspace was found)
-    fresh = jax.random.normal(key, (d,), v0.dtype)
-
-    def body(i, carry):
-        Q, AQ = carry
-        z = mv(Q[i])
-        AQ = AQ.at[i].set(z)
-        mask = (jnp.arange(m) <= i).astype(v0.dtype)[:, None]
-        Qa = Q * mask
-        for _ in range(2):
-            z = z - Qa.T @ (Qa @ z)
-        nz = jnp.linalg.norm(z)
-        r = jnp.roll(fresh, i) - Qa.T @ (Qa @ jnp.roll(fresh, i))
-        z = jnp.where(nz > 1e-10 * jnp.linalg.norm(AQ[i]) + 1e-300, z, r)
-        z = z / jnp.linalg.norm(z)
-        Q = jnp.where(i + 1 < m, Q.at[jnp.minimum(i + 1, m - 1)].set(z), Q)
-        return Q, AQ
-
-    Q, AQ = jax.lax.fori_loop(0, m, body, (Q, AQ))
-    T = Q @ AQ.T
-    T = 0.5 * (T + T.T)
-    theta, S = jnp.linalg.eigh(T)
-    theta, S = theta[::-1][:k], S[:, ::-1][:, :k]
-    V = Q.T @ S
-    AV = AQ.T @ S
-    res = jnp.linalg.norm(AV - V * theta[None, :], axis=0)
-    return theta, V, res
-
-
-def _hvp(obj: Objective, w: Array, v: Array) -> Array:
-    return jax.jvp(jax.grad(obj), (w,), (v,))[1]
+    m = min(m, v0.shape[0])
+    st = lanczos_top(
+        mv,
+        v0,
+        k,
+        tol=1e-12,
+        m_max=m,
+        max_matvecs=m,
+        key=key,
+        restart_keep=max(1, min(m - 1, k + 1)),
+    )
+    V = st.V[:m].T @ st.S[:, :k]
+    return st.theta[:k], V / jnp.linalg.norm(V, axis=0, keepdims=True), st.res[:k]
 
 
 def _restricted_jac(obj: Objective, w: Array, U: Array) -> tuple[Array, Array]:
