@@ -11,7 +11,7 @@ from jax.experimental.sparse.linalg import lobpcg_standard
 from jaxtyping import Array, Float, Int
 
 from ..errors import ConfigError, check_choice, check_positive
-from ..objective import LossLike, Objective, as_objective
+from ..objective import LossLike, as_objective
 from ._checks import check_k, check_w
 from .hvp import _hvp, _hvp_block
 from .lanczos import lanczos_top
@@ -273,7 +273,3 @@ def bottom_eigenpairs(
     Same arguments and certificates as `top_eigenpairs` (it runs on $-H$).
     """
     return _solve(loss, w, k, v0, tol, method, max_matvecs, key, -1.0)
-
-
-def objective_dim(obj: Objective) -> int:
-    return obj.dim
