@@ -27,6 +27,7 @@ from ..curvature.lanczos import lanczos_top
 from ..dynamics.rules import Rule
 from ..errors import ConfigError, check_choice, check_positive
 from ..objective import LossLike, Objective, as_objective
+from .trajectory import iterate
 
 __all__ = [
     "CentralFlow",
@@ -549,26 +550,6 @@ def heavy_ball_threshold(lr: float, beta: float = 0.9) -> float:
     return (2.0 + 2.0 * beta) / lr
 
 
-@eqx.filter_jit
-def _run_rule(obj, rule, w0, *, steps, every):
-    vg = jax.value_and_grad(obj)
-    has_p = rule.preconditioner is not None
-
-    def one(carry, _):
-        w, state = carry
-        loss, g = vg(w)
-        w2, state2, info = rule.step(w, state, g, loss)
-        P = rule.preconditioner(state2) if has_p else jnp.ones_like(w)
-        return (w2, state2), (w, P, loss, info.threshold)
-
-    def block(carry, _):
-        carry, recs = jax.lax.scan(one, carry, None, length=every)
-        return carry, jax.tree_util.tree_map(lambda r: r[0], recs)
-
-    _, recs = jax.lax.scan(block, (w0, rule.init(w0)), None, length=steps // every)
-    return recs
-
-
 def track_preconditioned_sharpness(
     loss: LossLike,
     w0: Float[Array, " d"],
@@ -589,7 +570,9 @@ def track_preconditioned_sharpness(
     every = _check_int("every", every)
     if steps % every:
         raise ConfigError("every", every, f"a divisor of steps (= {steps})")
-    ws, Ps, ls, thr = _run_rule(obj, rule, w0, steps=steps, every=every)
+    it = iterate(obj, w0, rule, steps, save_every=every)
+    ws, ls, thr = it.w[:-1], it.loss[:-1], it.threshold[:-1]
+    Ps = jnp.ones_like(ws) if it.precond is None else it.precond[:-1]
     rows, v = [], None
     for i in range(ws.shape[0]):
         ps = preconditioned_sharpness(obj, ws[i], Ps[i], 1, tol=tol, v0=v)
