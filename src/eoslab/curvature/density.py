@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..objective import LossLike, as_objective
 from ._checks import check_w
 from .hvp import _hvp
+from .lanczos import lanczos_top
 
 __all__ = ["SpectralDensity", "spectral_density"]
 
@@ -40,34 +41,21 @@ class SpectralDensity(NamedTuple):
         return jnp.mean(jnp.sum(self.weights[None] * kern, axis=2), axis=1)
 
 
-def _lanczos_tridiag(matvec, v, m):
-    """Plain m-step Lanczos with full reorthogonalization; returns (alpha, beta)."""
-    d = v.shape[0]
-    V = jnp.zeros((m + 1, d), v.dtype).at[0].set(v / jnp.linalg.norm(v))
-
-    def body(j, carry):
-        V, alpha, beta = carry
-        x = matvec(V[j])
-        a = jnp.vdot(V[j], x)
-        for _ in range(2):
-            x = x - (V @ x) @ V
-        b = jnp.linalg.norm(x)
-        V = V.at[j + 1].set(jnp.where(b > 0, x / jnp.where(b > 0, b, 1.0), 0.0))
-        return V, alpha.at[j].set(a), beta.at[j].set(b)
-
-    _, alpha, beta = jax.lax.fori_loop(
-        0, m, body, (V, jnp.zeros((m,), v.dtype), jnp.zeros((m,), v.dtype))
-    )
-    return alpha, beta
-
-
 @eqx.filter_jit
 def _slq(obj, w, probes, m):
     def one(v):
-        alpha, beta = _lanczos_tridiag(lambda x: _hvp(obj, w, x), v, m)
-        T = jnp.diag(alpha) + jnp.diag(beta[:-1], 1) + jnp.diag(beta[:-1], -1)
-        theta, S = jnp.linalg.eigh(T)
-        return theta, S[0] ** 2
+        # m Lanczos steps, no early stop (k = m): T's eigenpairs give the Gauss quadrature.
+        st = lanczos_top(
+            lambda x: _hvp(obj, w, x),
+            v,
+            m,
+            tol=1e-30,
+            m_max=m,
+            max_matvecs=m,
+            key=jax.random.PRNGKey(0),
+            restart_keep=max(1, m - 1),
+        )
+        return st.theta, st.S[0] ** 2
 
     return jax.lax.map(one, probes)
 
