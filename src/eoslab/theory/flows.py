@@ -18,10 +18,11 @@ from jaxtyping import Array, Float
 
 from ..curvature import EigenTracker, grad_top_eigenvalue
 from ..curvature._checks import check_w
+from ..curvature.hvp import _grad_top_eigenvalue
 from ..errors import ConfigError, check_choice, check_positive
 from ..objective import LossLike, as_objective
 from .manifold import DENSE_MAX_DIM
-from .phi import gradient_flow, phi
+from .phi import gradient_flow, phi, solve_at
 
 __all__ = ["ALGORITHMS", "LimitingFlow", "flow_constant", "limiting_flow"]
 
@@ -52,8 +53,7 @@ def _dense_field(obj, X, c, log, rank_tol):
     lam1, v1 = evals[-1], evecs[:, -1]
     normal = (evals > rank_tol * lam1).astype(X.dtype)
     U = evecs * normal[None, :]
-    grad_lam = jax.grad(lambda x: v1 @ jax.jvp(jax.grad(obj), (x,), (v1,))[1])(X)
-    g = jnp.where(log, grad_lam / lam1, grad_lam)
+    _, g = _grad_top_eigenvalue(obj, X, v1, log)  # D^3 L[v1, v1], divided by lambda_1 if log
     Pg = g - U @ (U.T @ g)
     return -c * Pg, lam1
 
@@ -61,19 +61,9 @@ def _dense_field(obj, X, c, log, rank_tol):
 @eqx.filter_jit
 def _projection_flow(obj, X0, taus, *, c, log, rank_tol, rtol, atol, max_steps):
     term = diffrax.ODETerm(lambda t, y, args: _dense_field(obj, y, c, log, rank_tol)[0])
-    sol = diffrax.diffeqsolve(
-        term,
-        diffrax.Tsit5(),
-        t0=0.0,
-        t1=taus[-1],
-        dt0=None,
-        y0=X0,
-        saveat=diffrax.SaveAt(ts=taus),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps,
-    )
-    lam = jax.vmap(lambda x: jnp.linalg.eigvalsh(jax.hessian(obj)(x))[-1])(sol.ys)
-    return sol.ys, lam
+    ys = solve_at(term, diffrax.Tsit5(), X0, taus, rtol=rtol, atol=atol, max_steps=max_steps)
+    lam = jax.vmap(lambda x: jnp.linalg.eigvalsh(jax.hessian(obj)(x))[-1])(ys)
+    return ys, lam
 
 
 def limiting_flow(

@@ -136,20 +136,33 @@ def phi(
     return res.x
 
 
-@eqx.filter_jit
-def _flow(obj, w, ts, *, solver, rtol, atol, max_steps):
+def solve_at(term, solver, y0, ts, *, rtol, atol, max_steps):
+    """The ODE's solution at the increasing times ``ts`` from ``y0`` at time 0 (adaptive steps)."""
     sol = diffrax.diffeqsolve(
-        _field(obj),
-        _solver(solver, w.shape[0], rtol, atol),
+        term,
+        solver,
         t0=0.0,
         t1=ts[-1],
         dt0=None,
-        y0=w,
+        y0=y0,
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
     )
     return sol.ys
+
+
+@eqx.filter_jit
+def _flow(obj, w, ts, *, solver, rtol, atol, max_steps):
+    return solve_at(
+        _field(obj),
+        _solver(solver, w.shape[0], rtol, atol),
+        w,
+        ts,
+        rtol=rtol,
+        atol=atol,
+        max_steps=max_steps,
+    )
 
 
 def gradient_flow(
