@@ -9,6 +9,24 @@ from pathlib import Path
 import pandas as pd
 
 
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (figures are only saved)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def enable_x64() -> None:
+    """The theory checks run in float64 (JAX's 64-bit mode, switched on for this process)."""
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+
+
 def row(
     quantity: str,
     predicted: float,

@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ._common import row, save_figure, write_table
+from ._common import enable_x64, pyplot, row, save_figure, write_table
 from .registry import register
 
 
@@ -16,7 +16,7 @@ def _net(n: int, width: int, seed: int = 0):
     from .. import data, models
     from ..objective import Objective
 
-    jax.config.update("jax_enable_x64", True)
+    enable_x64()
     ds = data.load("mnist1d", n=n)
     apply, params = models.create(
         "mlp",
@@ -45,7 +45,7 @@ def _eos_rows(df, lr: float, window: int):
     "GD on an fc-tanh net (MNIST-1D, MSE): central flow vs GD's averaged loss and 2/lr",
 )
 def central_flow_experiment(out: Path, quick: bool) -> list[dict]:
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from ..theory.self_stabilization import gd_lockstep
 
@@ -133,7 +133,7 @@ def central_flow_experiment(out: Path, quick: bool) -> list[dict]:
     "GD from the EoS onset vs projected GD onto {S <= 2/lr}; x_t^2 vs delta^2",
 )
 def self_stabilization_experiment(out: Path, quick: bool) -> list[dict]:
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from ..curvature import top_eigenpairs
     from ..dynamics.rules import gd
@@ -217,7 +217,7 @@ def self_stabilization_experiment(out: Path, quick: bool) -> list[dict]:
     "Adam's preconditioned sharpness settles at (2+2 beta1)/((1-beta1) lr)",
 )
 def adam_eos_experiment(out: Path, quick: bool) -> list[dict]:
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from ..dynamics.rules import adam, heavy_ball
     from ..theory.central_flow import track_preconditioned_sharpness

@@ -11,27 +11,13 @@ import numpy as np
 
 from ..dynamics.rules import normalized_gd, sqrt_loss_gd
 from ..theory import iterate, limiting_flow, phi
-from ._common import row, save_figure, write_table
+from ._common import enable_x64, pyplot, row, save_figure, write_table
 from .registry import register
 
 
 def valley(w):
     r"""$L(x, y) = (1 + x^2)\,y^2$: $\Gamma=\{y=0\}$, $\lambda_1 = 2(1+x^2)$ on $\Gamma$."""
     return (1 + w[0] ** 2) * w[1] ** 2
-
-
-def _x64():
-    if not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _valley_phi_x(x: float, y: float) -> float:
@@ -56,8 +42,8 @@ def _ngd_flow_x(x0: float, tau: float) -> float:
     "GD on sqrt L and normalized GD on L = (1+x^2) y^2 over the landscape, manifold drawn",
 )
 def run_valley(out: Path, quick: bool) -> list[dict]:
-    _x64()
-    plt = _plt()
+    enable_x64()
+    plt = pyplot()
     sq = np.asarray(iterate(valley, jnp.array([14.7, 3.0]), sqrt_loss_gd(0.5), 11).w)
     ng = np.asarray(iterate(valley, jnp.array([14.7, -3.0]), normalized_gd(5.0), 9).w)
     # reference iterates read off the paper's Figure 1 notebook (theory.md 5.1)
@@ -105,8 +91,8 @@ def run_valley(out: Path, quick: bool) -> list[dict]:
     "normalized GD on the quadratic diag(1, 0.4): the 2-cycle and the invariant sets",
 )
 def run_quadratic(out: Path, quick: bool) -> list[dict]:
-    _x64()
-    plt = _plt()
+    enable_x64()
+    plt = pyplot()
     A = np.diag([1.0, 0.4])
     lam1, lam2 = 1.0, 0.4
     paper = [1.2e-4, 0.400, 0.001, 0.992, 0.031, 0.430, 0.316, 0.681, 0.3186, 0.6814, 0.3186]
@@ -190,8 +176,8 @@ def run_quadratic(out: Path, quick: bool) -> list[dict]:
     "both algorithms on the valley at several LRs: tracking error O(lr), time scales",
 )
 def run_flow_tracking(out: Path, quick: bool) -> list[dict]:
-    _x64()
-    plt = _plt()
+    enable_x64()
+    plt = pyplot()
     lrs = [0.04, 0.02, 0.01] if quick else [0.04, 0.02, 0.01, 0.005]
     x0 = jnp.array([2.0, 0.3])
     X0 = _valley_phi_x(2.0, 0.3)
@@ -285,7 +271,7 @@ def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
     from ..dynamics.rules import gd
     from ..objective import Objective
 
-    plt = _plt()
+    plt = pyplot()
     if quick:
         gd_lr, gd_steps, lr, steps, every, h = 0.05, 3000, 0.05, 2000, 100, 0.25
     else:  # the paper's settings
@@ -410,7 +396,7 @@ def run_cifar_vgg(out: Path, quick: bool) -> list[dict]:
     from ..curvature import EigenTracker
     from ..objective import Objective
 
-    plt = _plt()
+    plt = pyplot()
     if quick:  # smoke: narrow VGG-11-AV, few images and steps
         n, steps, every, options = 16, 40, 20, {"config": _SMOKE_VGG}
     else:
