@@ -49,7 +49,7 @@ class _FcTanhMse:
 
 
 def _median_time(fn, reps: int) -> float:
-    fn()  # compile / warm
+    jax.block_until_ready(fn())  # compile / warm up
     times = []
     for _ in range(reps):
         t = time.perf_counter()

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse.linalg as sla
+from bench_curvature import _median_time as _median  # noqa: E402
 
 from eoslab import Objective
 from eoslab.curvature import EigenTracker, top_eigenpairs
@@ -98,16 +99,6 @@ _gd_step = eqx.filter_jit(lambda o, w, lr: w - lr * jax.grad(o)(w))
 def _hvp_loop(obj: Objective, w, v):
     """Three HVPs chained in a ``fori_loop``: how an HVP runs inside compiled Lanczos."""
     return jax.lax.fori_loop(0, 3, lambda i, u: _hvp(obj, w, u) * 1e-2, v)
-
-
-def _median(fn, reps: int) -> float:
-    jax.block_until_ready(fn())  # compile / warm up
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
 
 
 def _flops(fn, *args) -> float:
