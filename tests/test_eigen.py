@@ -131,6 +131,44 @@ def test_warm_start_from_block_and_budget():
     assert int(capped.matvecs) == 3 and not bool(capped.converged)
 
 
+def _rotated_pair_start(A, angle, noise, seed=0):
+    """The top two eigenvectors of A rotated by ``angle`` inside their plane, plus noise."""
+    vals, vecs = np.linalg.eigh(np.asarray(A))
+    q1, q2 = vecs[:, -1], vecs[:, -2]
+    c, s = np.cos(angle), np.sin(angle)
+    rng = np.random.default_rng(seed)
+    block = np.stack([c * q1 + s * q2, -s * q1 + c * q2], axis=1)
+    return block + noise * rng.normal(size=block.shape) / np.sqrt(A.shape[0])
+
+
+def test_block_start_resolves_a_close_pair_at_once():
+    # lambda_1, lambda_2 4% apart (as along the benchmark's GD trajectory): a start block holding
+    # both (rotated) vectors resolves them in a few products; their sum as one vector cannot.
+    spectrum = np.concatenate([[1.0, 0.96], np.linspace(-0.1, 0.5, 198)])
+    f, A = quadratic_with_spectrum(spectrum, seed=3)
+    w = jnp.zeros(200)
+    block = _rotated_pair_start(A, angle=0.7, noise=1e-3)
+    res = top_eigenpairs(f, w, k=1, tol=1e-3, v0=block)
+    assert bool(res.converged)
+    check_result(res, [1.0], np.asarray(A), 1e-3)
+    summed = top_eigenpairs(f, w, k=1, tol=1e-3, v0=block.sum(axis=1))
+    assert int(res.matvecs) <= 3 < int(summed.matvecs)
+
+
+def test_block_start_with_dependent_columns_and_restarts():
+    # Two equal columns (one is replaced at random) and a slow spectrum that forces thick restarts
+    # while the block's pending rows are carried along.
+    spectrum = np.concatenate([[10.0, 9.9, 9.8], np.linspace(0.0, 9.6, 197)])
+    f, A = quadratic_with_spectrum(spectrum, seed=4)
+    w = jnp.zeros(200)
+    rng = np.random.default_rng(0)
+    block = rng.normal(size=(200, 4))
+    block[:, 1] = block[:, 0]
+    res = top_eigenpairs(f, w, k=3, tol=1e-9, v0=block)
+    assert bool(res.converged) and int(res.matvecs) > 40  # more than one basis of m_max = 40
+    check_result(res, [10.0, 9.9, 9.8], np.asarray(A), 1e-8)
+
+
 def test_float32_objective_reaches_float32_accuracy():
     f, w = small_mlp_loss("tanh", "mse")
     vals, _, _ = dense_eigh(f, w)

@@ -3,8 +3,8 @@ r"""Thick-restart Lanczos with full reorthogonalization, as one compiled loop.
 Builds an orthonormal Krylov basis $V$ of $H=\nabla^2L(w)$ and the projected matrix
 $T = V^\top H V$ (filled from the Gram-Schmidt coefficients, so thick restarts need no special
 case). The Ritz pairs $(\theta_i, V s_i)$ of $T$ satisfy
-$\|H V s_i - \theta_i V s_i\| = \beta\,|s_{m,i}|$, which gives residuals with no extra
-Hessian-vector product.
+$\|H V s_i - \theta_i V s_i\| = \beta\,|s_{m,i}|$ (or, started from a block, the norm of the
+coupling to the pending rows), which gives residuals with no extra Hessian-vector product.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-__all__ = ["LanczosState", "lanczos_top", "ritz_error_bounds", "GUARD_RESOLUTION"]
+__all__ = ["LanczosState", "lanczos_top", "ritz_error_bounds", "ritz_vectors", "GUARD_RESOLUTION"]
 
 #: A guard Ritz value counts in the gap once its residual is at most this fraction of its
 #: distance to the wanted value (its eigenvalue is then separated from the wanted one).
@@ -23,12 +23,10 @@ GUARD_RESOLUTION = 0.1
 
 
 class LanczosState(NamedTuple):
-    V: Float[
-        Array, "m1 d"
-    ]  # basis rows; rows >= active are zero; row `j` is the next to apply H to
-    T: Float[Array, "m m"]  # projected matrix on the active rows
-    j: Int[Array, ""]  # index of the vector H is applied to next (= active size before the step)
-    beta: Float[Array, ""]  # norm of the residual block after the last step
+    V: Float[Array, "r d"]  # basis rows (r = m_max + p); rows 0..j-1 multiplied, j..j+p-1 pending
+    T: Float[Array, "r r"]  # V^T H V: columns of the multiplied rows (and their transposes)
+    j: Int[Array, ""]  # number of rows H has been applied to (the Ritz space's dimension)
+    beta: Float[Array, ""]  # norm of the newest basis direction before normalisation
     matvecs: Int[Array, ""]
     converged: Array  # bool
     theta: Float[Array, " m"]  # Ritz values, descending (padding below the active ones)
@@ -64,10 +62,15 @@ def ritz_error_bounds(theta: Array, res: Array, active: Array, n_wanted: int) ->
     return jnp.minimum(res, quad)
 
 
-def _ritz(T: Array, j_active: Array, beta: Array, n_wanted: int):
-    """Ritz decomposition of the leading ``j_active`` block of a fixed-size ``T``."""
-    m = T.shape[0]
-    idx = jnp.arange(m)
+def _ritz(T: Array, j_active: Array, m: int, n_wanted: int):
+    r"""Ritz decomposition of the multiplied ``j_active`` rows of ``T`` (shape ``(r, r)``).
+
+    A Ritz pair $(\theta, V_j s)$ has residual $\|T_{[j:, :j]}\, s\|$: the coupling of the
+    Ritz space to the pending basis rows, so no extra Hessian-vector product is needed.
+    Returns the top ``m`` pairs (``S`` restricted to the first ``m`` rows).
+    """
+    r = T.shape[0]
+    idx = jnp.arange(r)
     active = idx < j_active
     both = active[:, None] & active[None, :]
     Ta = jnp.where(both, T, 0.0)
@@ -78,13 +81,13 @@ def _ritz(T: Array, j_active: Array, beta: Array, n_wanted: int):
     park = low - 1.0 - scale
     Ta = Ta + jnp.diag(jnp.where(active, 0.0, park))
     evals, evecs = jnp.linalg.eigh(Ta)
-    order = jnp.argsort(-evals)
+    order = jnp.argsort(-evals)[:m]
     theta, S = evals[order], evecs[:, order]
-    last = jnp.clip(j_active - 1, 0, m - 1)
-    res = jnp.abs(beta * S[last, :])
-    active_sorted = idx < j_active
+    coupling = jnp.where((~active)[:, None] & active[None, :], T, 0.0)
+    res = jnp.linalg.norm(coupling @ S, axis=0)
+    active_sorted = jnp.arange(m) < j_active
     bound = ritz_error_bounds(theta, res, active_sorted, n_wanted)
-    return theta, S, res, bound, active_sorted
+    return theta, S[:m], res, bound, active_sorted
 
 
 def _orthonormalize_against(V: Array, x: Array) -> tuple[Array, Array]:
@@ -96,9 +99,31 @@ def _orthonormalize_against(V: Array, x: Array) -> tuple[Array, Array]:
     return x, c1 + c2
 
 
+def _start_block(v0: Array, key: Array) -> Array:
+    """Orthonormal rows spanning the start columns; a dependent column is replaced at random."""
+    d, p = v0.shape
+    Q = jnp.zeros((p, d), v0.dtype)
+    for i in range(p):
+        x, _ = _orthonormalize_against(Q, v0[:, i])
+        nrm = jnp.linalg.norm(x)
+        rand, _ = _orthonormalize_against(
+            Q, jax.random.normal(jax.random.fold_in(key, i), (d,), v0.dtype)
+        )
+        bad = nrm <= 1e3 * jnp.finfo(v0.dtype).eps * jnp.linalg.norm(v0[:, i])
+        x = jnp.where(bad, rand, x)
+        Q = Q.at[i].set(x / jnp.linalg.norm(x))
+    return Q
+
+
+def ritz_vectors(state: LanczosState, n: int) -> Float[Array, "d n"]:
+    """The top ``n`` Ritz vectors (columns) of a finished `lanczos_top`."""
+    m = state.S.shape[0]
+    return state.V[:m].T @ state.S[:, :n]
+
+
 def lanczos_top(
     matvec,
-    v0: Float[Array, " d"],
+    v0: Float[Array, " d"] | Float[Array, "d p"],
     k: int,
     *,
     tol: float,
@@ -109,20 +134,26 @@ def lanczos_top(
 ) -> LanczosState:
     """Top-``k`` Ritz pairs of the symmetric operator ``matvec`` (traceable; call under jit).
 
+    ``v0`` is a start vector or a block of ``p`` start columns (a warm start from several
+    eigenvectors). With a block, H is applied to one basis row per step, oldest first, and every
+    product adds its orthogonalised remainder as a new row: a block Krylov space grown one
+    product at a time, so the Ritz space contains all start columns after ``p`` products.
+
     Stops when every one of the top ``k`` Ritz values has ``bound <= tol * |theta|`` (or is at the
     float floor), when the basis spans the whole space, or when ``max_matvecs`` is spent.
     """
+    v0 = v0[:, None] if v0.ndim == 1 else v0
     d = v0.shape[0]
+    p = min(v0.shape[1], d)
     dtype = v0.dtype
     eps = jnp.finfo(dtype).eps
-    V = jnp.zeros((m_max + 1, d), dtype)
-    v0 = v0 / jnp.linalg.norm(v0)
-    V = V.at[0].set(v0)
-    T = jnp.zeros((m_max, m_max), dtype)
+    r = m_max + p
+    key, sub = jax.random.split(key)
+    V = jnp.zeros((r, d), dtype).at[:p].set(_start_block(v0[:, :p], sub))
     zeros_m = jnp.zeros((m_max,), dtype)
     state = LanczosState(
         V=V,
-        T=T,
+        T=jnp.zeros((r, r), dtype),
         j=jnp.array(0),
         beta=jnp.array(0.0, dtype),
         matvecs=jnp.array(0),
@@ -136,15 +167,13 @@ def lanczos_top(
 
     def step(s: LanczosState) -> LanczosState:
         j = s.j
-        x = s.V[j]
-        wv = matvec(x)
+        wv = matvec(s.V[j])
         wv, coeff = _orthonormalize_against(s.V, wv)
-        coeff = coeff[:m_max]
         T = s.T.at[:, j].set(coeff).at[j, :].set(coeff)
         beta = jnp.linalg.norm(wv)
         anorm = jnp.max(jnp.abs(coeff)) + beta
         # Breakdown (an invariant subspace is found): continue with a fresh random direction,
-        # decoupled from T (beta = 0), so eigenvalues outside that subspace are still found.
+        # decoupled from T (coupling 0), so eigenvalues outside that subspace are still found.
         key, sub = jax.random.split(s.key)
         broke = beta <= 10 * eps * jnp.maximum(anorm, 1e-30) * jnp.sqrt(d * 1.0)
 
@@ -155,16 +184,16 @@ def lanczos_top(
 
         nxt = jax.lax.cond(broke, fresh_direction, lambda _: wv / jnp.where(broke, 1.0, beta), None)
         beta = jnp.where(broke, 0.0, beta)
-        full = j + 1 >= d  # the basis spans R^d: everything is exact
-        V = s.V.at[j + 1].set(jnp.where(full, 0.0, nxt))
-        nj = jnp.minimum(j + 1, m_max - 1)  # T's coupling to the next vector (none past the end)
-        T = jnp.where(j + 1 < m_max, T.at[nj, j].set(beta).at[j, nj].set(beta), T)
+        full = j + p >= d  # the basis already spans R^d: no new direction exists
         beta = jnp.where(full, 0.0, beta)
-        theta, S, res, bound, active = _ritz(T, j + 1, beta, k)
+        V = s.V.at[j + p].set(jnp.where(full, 0.0, nxt))
+        T = T.at[j + p, j].set(beta).at[j, j + p].set(beta)
+        theta, S, res, bound, active = _ritz(T, j + 1, m_max, k)
         floor = 50 * eps * jnp.max(jnp.abs(jnp.where(active, theta, 0.0)))
         ok = (bound <= tol * jnp.abs(theta)) | (bound <= floor)
         enough = j + 1 >= min(k + 1, d)  # the wanted values and a guard below them
-        conv = enough & (jnp.all(jnp.where(jnp.arange(m_max) < k, ok, True)) | full)
+        exact = j + 1 >= d  # every basis direction multiplied: the Ritz values are exact
+        conv = enough & (jnp.all(jnp.where(jnp.arange(m_max) < k, ok, True)) | exact)
         return s._replace(
             V=V,
             T=T,
@@ -180,14 +209,15 @@ def lanczos_top(
         )
 
     def restart(s: LanczosState) -> LanczosState:
-        # Thick restart: keep the best `restart_keep` Ritz vectors and the residual direction.
+        # Thick restart: keep the best `restart_keep` Ritz vectors and the pending rows.
         keep = restart_keep
         Y = s.S[:, :keep].T @ s.V[:m_max]
-        V = jnp.zeros_like(s.V).at[:keep].set(Y).at[keep].set(s.V[m_max])
-        couple = s.beta * s.S[m_max - 1, :keep]
+        pending = s.V[m_max : m_max + p]
+        V = jnp.zeros_like(s.V).at[:keep].set(Y).at[keep : keep + p].set(pending)
+        couple = s.T[m_max : m_max + p, :m_max] @ s.S[:, :keep]  # (p, keep)
         T = jnp.zeros_like(s.T)
         T = T.at[jnp.arange(keep), jnp.arange(keep)].set(s.theta[:keep])
-        T = T.at[keep, :keep].set(couple).at[:keep, keep].set(couple)
+        T = T.at[keep : keep + p, :keep].set(couple).at[:keep, keep : keep + p].set(couple.T)
         return s._replace(V=V, T=T, j=jnp.array(keep))
 
     def body(s: LanczosState) -> LanczosState:
