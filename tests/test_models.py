@@ -4,10 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eoslab import models
 from eoslab.errors import ConfigError
-from eoslab.models._layers import avg_pool, max_pool
+from eoslab.models._layers import _conv_im2col, avg_pool, max_pool
 
 CIFAR = (32, 32, 3)
 
@@ -166,3 +168,32 @@ def test_bad_names_and_options_raise_config_error():
     with pytest.raises(ConfigError, match="num_classes"):
         models.create("fc-tanh", key, (4,), 0)
     assert {"fc-tanh", "vgg11-av", "resnet32", "deep-linear", "mnist-mlp"} <= set(models.list())
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    k=st.sampled_from([1, 3, 5]),
+    stride=st.sampled_from([1, 2]),
+    h=st.integers(3, 9),
+    wd=st.integers(3, 9),
+    c_in=st.integers(1, 4),
+    c_out=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_cpu_im2col_conv_equals_xla_convolution(k, stride, h, wd, c_in, c_out, seed):
+    # The CPU path (im2col + matmul) against XLA's convolution: values, gradients and HVPs.
+    from jax import lax
+
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(2, h, wd, c_in)))
+    w = jnp.asarray(rng.normal(size=(k, k, c_in, c_out)))
+    ref = lambda x, w: lax.conv_general_dilated(
+        x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    ours = lambda x, w: _conv_im2col(x, w, stride)
+    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-12, atol=1e-12)
+    loss = lambda f: lambda w: jnp.sum(jnp.tanh(f(x, w)) ** 2)
+    np.testing.assert_allclose(jax.grad(loss(ours))(w), jax.grad(loss(ref))(w), atol=1e-11)
+    v = jnp.asarray(rng.normal(size=w.shape))
+    hvp = lambda f: jax.jvp(jax.grad(loss(f)), (w,), (v,))[1]
+    np.testing.assert_allclose(hvp(ours), hvp(ref), atol=1e-10)
