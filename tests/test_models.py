@@ -102,6 +102,25 @@ def test_pooling_by_hand():
     assert avg_pool(x)[0, :, :, 0].tolist() == [[2.5, 4.5], [10.5, 12.5]]
 
 
+@settings(max_examples=10, deadline=None)
+@given(
+    h=st.integers(2, 9), w=st.integers(2, 9), k=st.sampled_from([2, 3]), seed=st.integers(0, 999)
+)
+def test_max_pool_matches_reduce_window(h, w, k, seed):
+    # The reshape form against lax.reduce_window: values, gradients and HVPs (random inputs
+    # have a unique maximum per window, where both are differentiable and agree).
+    from jax import lax
+
+    x = jnp.asarray(np.random.default_rng(seed).normal(size=(2, h, w, 3)))
+    ref = lambda z: lax.reduce_window(z, -jnp.inf, lax.max, (1, k, k, 1), (1, k, k, 1), "VALID")
+    np.testing.assert_array_equal(max_pool(x, k), ref(x))
+    loss = lambda pool: lambda z: jnp.sum(jnp.tanh(pool(z)) ** 3)
+    ours = lambda z: max_pool(z, k)
+    np.testing.assert_allclose(jax.grad(loss(ours))(x), jax.grad(loss(ref))(x), atol=1e-12)
+    hv = lambda pool: jax.jvp(jax.grad(loss(pool)), (x,), (x,))[1]
+    np.testing.assert_allclose(hv(ours), hv(ref), atol=1e-12)
+
+
 def test_small_models_run_forward():
     key = jax.random.key(1)
     x = jax.random.normal(key, (3, 8, 8, 1))

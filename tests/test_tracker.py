@@ -91,3 +91,33 @@ def test_tracker_rejects_bad_arguments():
         EigenTracker(f, tol=0.0)
     with pytest.raises(ConfigError, match="max_k"):
         EigenTracker(f, k=3, max_k=2)
+
+
+def test_extrapolated_start_follows_a_rotating_eigenvector():
+    # H(t) = Q R(t) diag(s) R(t)^T Q^T with the top eigenvector turning at a constant rate in the
+    # plane of q1 and q3: the start 2 v_t - v_{t-1} is second-order accurate, the plain one first.
+    d, rate = 60, 0.01
+    s = np.concatenate([[1.0, 0.97], np.linspace(0.0, 0.6, d - 2)])
+    Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(d, d)))
+
+    def hessian(t):
+        c, sn = np.cos(rate * t), np.sin(rate * t)
+        R = np.eye(d)
+        R[[0, 0, 2, 2], [0, 2, 0, 2]] = [c, -sn, sn, c]
+        U = Q @ R
+        return jnp.asarray(U @ np.diag(s) @ U.T)
+
+    def run(extrapolate):
+        tr = EigenTracker(lambda w: 0.0, k=1, tol=1e-6)
+        spent = []
+        for t in range(12):
+            A = hessian(t)
+            tr.loss = lambda w, A=A: 0.5 * w @ A @ w
+            if not extrapolate:
+                tr.previous = None
+            r = tr.update(jnp.zeros(d))
+            np.testing.assert_allclose(r.values[0], 1.0, rtol=1e-6)
+            spent.append(int(r.matvecs))
+        return sum(spent[2:])
+
+    assert run(extrapolate=True) < run(extrapolate=False)

@@ -141,8 +141,14 @@ def _conv_im2col(x: Array, w: Array, stride: int) -> Array:
 
 
 def max_pool(x: Array, k: int = 2) -> Array:
-    """$k\\times k$ max pooling with stride $k$ (NHWC)."""
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, k, k, 1), (1, k, k, 1), "VALID")
+    r"""$k\times k$ max pooling with stride $k$ (NHWC); a trailing remainder is dropped ('VALID').
+
+    Written as a max over a reshaped axis: its derivatives are masks, ~8x faster on CPU than
+    ``reduce_window``'s select-and-scatter (they agree wherever the maximum is unique).
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h // k * k, : w // k * k]
+    return x.reshape(n, h // k, k, w // k, k, c).max(axis=(2, 4))
 
 
 def avg_pool(x: Array, k: int = 2) -> Array:
