@@ -7,8 +7,9 @@ Per workload (all float32, MSE ``mse_half``, full batch):
   inputs;
 * ``mnist-mlp``: the 784-128-10 GELU net on the built-in ``mnist-5k`` (its 4,000 training digits).
 
-Measured: seconds per GD step (inside a 10-step ``lax.scan``, as `eoslab.train` runs them), per HVP, per certified ($\\le 10^{-3}$ relative) top eigenvalue
-cold (Lanczos, random start) and warm (`EigenTracker` along the GD trajectory), and per *probed
+Measured: seconds per GD step (inside a 10-step ``lax.scan``, as `eoslab.train` runs them), per
+HVP, per certified ($\\le 10^{-3}$ relative) top eigenvalue cold (Lanczos, random start) and warm
+(`EigenTracker` along the GD trajectory), and per *probed
 step* (GD step + warm sharpness); achieved FLOP rate (XLA's cost analysis of the compiled program
 / time) against the machine's float32 matmul peak (a large ``jnp`` matmul); data-parallel scaling
 over 1, 2 and 4 host devices (subprocesses with ``XLA_FLAGS``, `eoslab.parallel.shard_objective`).
