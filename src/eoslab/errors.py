@@ -29,6 +29,20 @@ class UnsafeFileError(EoslabError, ValueError):
     """A file asked to run code or contained objects eoslab refuses to load."""
 
 
+class CorruptFileError(EoslabError, ValueError):
+    """A data file or a download is truncated, malformed or fails its checksum.
+
+    Delete the file (downloads remove a corrupt file themselves) and fetch it again.
+    """
+
+
+class DatasetNotFoundError(EoslabError, FileNotFoundError):
+    """A dataset read from disk is not under any searched directory.
+
+    Put it under ``--data-dir`` / ``$EOSLAB_DATA`` or run ``eoslab data fetch NAME``.
+    """
+
+
 class NotConvergedError(EoslabError, RuntimeError):
     """An iterative solve did not reach its tolerance within its budget."""
 

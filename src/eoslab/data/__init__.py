@@ -9,9 +9,9 @@
 ``eoslab data fetch NAME`` calls.
 """
 
+from ..errors import CorruptFileError as CorruptFileError
+from ..errors import DatasetNotFoundError as DatasetNotFoundError
 from . import fetch as fetch
-from ._errors import CorruptFileError as CorruptFileError
-from ._errors import DatasetNotFoundError as DatasetNotFoundError
 from .commands import fetch as fetch_dataset
 from .commands import list_datasets_table as list_datasets_table
 from .registry import DATASETS as DATASETS

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CorruptFileError, DatasetNotFoundError
 from . import safe_pickle
-from ._errors import CorruptFileError, DatasetNotFoundError
 from .registry import DatasetSpec, RawData, data_dirs, register
 
 __all__ = [

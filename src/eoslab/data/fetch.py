@@ -19,8 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
-from ._errors import CorruptFileError
+from ..errors import ConfigError, CorruptFileError
 
 __all__ = ["SOURCES", "DownloadError", "Source", "download", "extract_tar", "file_digest"]
 

@@ -361,7 +361,7 @@ def _cifar_or_synthetic(n: int, quick: bool):
     smoke variant only, synthetic CIFAR-shaped inputs with labels from a random linear teacher."""
     import eoslab
     from eoslab.data import Dataset
-    from eoslab.data._errors import DatasetNotFoundError
+    from eoslab.errors import DatasetNotFoundError
 
     try:
         return eoslab.data.load("cifar10", n=n), "cifar10"
