@@ -14,7 +14,7 @@ from ..errors import ConfigError, check_choice, check_positive
 from ..objective import LossLike, as_objective
 from ._checks import check_k, check_w
 from .hvp import _hvp, _hvp_block
-from .lanczos import lanczos_top
+from .lanczos import lanczos_top, ritz_vectors
 
 __all__ = ["EigResult", "top_eigenpairs", "bottom_eigenpairs", "METHODS"]
 
@@ -82,7 +82,7 @@ def _lanczos_jit(obj, w, v0, key, sign, *, k, tol, m_max, max_matvecs, keep):
         mv, v0, k, tol=tol, m_max=m_max, max_matvecs=max_matvecs, key=key, restart_keep=keep
     )
     kk = min(k + 1, m_max)
-    vecs = st.V[:m_max].T @ st.S[:, :kk]
+    vecs = ritz_vectors(st, kk)
     vecs = vecs / jnp.linalg.norm(vecs, axis=0, keepdims=True)
     has_next = (st.j > k) & (kk > k)
     nxt = jnp.where(has_next, st.theta[kk - 1], jnp.nan)

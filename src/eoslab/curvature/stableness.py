@@ -13,7 +13,7 @@ from ..errors import ConfigError, check_positive
 from ..objective import LossLike, as_objective
 from ._checks import check_w
 from .eigen import _default_m_max
-from .lanczos import lanczos_top
+from .lanczos import lanczos_top, ritz_vectors
 
 __all__ = ["Stableness", "stableness"]
 
@@ -45,7 +45,7 @@ def _stableness(obj, w, eta, key, *, n_points, tol, m_max, budget):
             key=sub,
             restart_keep=min(m_max - 1, 6),
         )
-        vec = st.V[:m_max].T @ st.S[:, 0]
+        vec = ritz_vectors(st, 1)[:, 0]
         return (vec / jnp.linalg.norm(vec), key, mv + st.matvecs), st.theta[0]
 
     v0 = jax.random.normal(key, (d,), w.dtype)

@@ -23,7 +23,7 @@ from jaxtyping import Array, Float
 from ..curvature import EigResult, top_eigenpairs
 from ..curvature._checks import check_w
 from ..curvature.hvp import _hvp
-from ..curvature.lanczos import lanczos_top
+from ..curvature.lanczos import lanczos_top, ritz_vectors
 from ..dynamics.rules import Rule
 from ..errors import ConfigError, check_choice, check_positive
 from ..objective import LossLike, Objective, as_objective
@@ -72,7 +72,7 @@ def krylov_top(
         key=key,
         restart_keep=max(1, min(m - 1, k + 1)),
     )
-    V = st.V[:m].T @ st.S[:, :k]
+    V = ritz_vectors(st, k)
     return st.theta[:k], V / jnp.linalg.norm(V, axis=0, keepdims=True), st.res[:k]
 
 
