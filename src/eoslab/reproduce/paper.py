@@ -412,15 +412,16 @@ def run_cifar_vgg(out: Path, quick: bool) -> list[dict]:
         it = iterate(obj, obj.w0, rule, steps, save_every=every)
         tr = EigenTracker(obj, k=2, tol=1e-3)
         eig = np.array([np.asarray(tr.update(w).values) for w in it.w])
-        # the stability threshold 2 / lr_eff at each probe: the theory's prediction for lambda_1
-        gn = np.asarray(jnp.linalg.norm(jax.vmap(jax.grad(obj))(it.w), axis=1))
-        lr_effs = lr / gn if alg == "normalized_gd" else lr / (2 * np.sqrt(np.asarray(it.loss)))
-        curves[alg] = (np.asarray(it.steps), np.asarray(it.loss), eig, 2 / lr_effs)
         # one exact step from the last iterate checks the rule's definition on the network
         w, l0 = it.w[-1], float(it.loss[-1])
         nxt = iterate(obj, w, rule, 1).w[-1]
         g = jax.grad(obj)(w)
         lr_eff = lr / float(jnp.linalg.norm(g)) if alg == "normalized_gd" else lr / (2 * l0**0.5)
+        # the rule's stability threshold 2 / lr_eff at each probe: the theory's lambda_1; the
+        # last iterate's step is not in `it`, its threshold is the one just computed
+        thr = np.asarray(it.threshold).copy()
+        thr[-1] = 2 / lr_eff
+        curves[alg] = (np.asarray(it.steps), np.asarray(it.loss), eig, thr)
         rows.append(
             row(
                 f"{alg}: step = lr_eff * grad (lr_eff = {lr_eff:.3g})",
