@@ -53,7 +53,7 @@ def _default_m_max(k: int, d: int) -> int:
     return int(min(d, max(3 * k + 20, 40)))
 
 
-def _initial_vector(v0, d, k, dtype, key) -> Array:
+def _initial_vector(v0, d, dtype, key) -> Array:
     if v0 is None:
         return jax.random.normal(key, (d,), dtype)
     # A block warm start stays a block: Lanczos's Ritz space holds every column after as many
@@ -177,7 +177,7 @@ def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
         m_max = _default_m_max(k, d)
         budget = max_matvecs if max_matvecs is not None else max(1000, 2 * d)
         keep = int(min(m_max - 1, max(k + 5, 2 * k)))
-        start = _initial_vector(v0, d, k, dtype, key)
+        start = _initial_vector(v0, d, dtype, key)
         return _lanczos_jit(
             obj,
             w,

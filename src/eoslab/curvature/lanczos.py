@@ -26,7 +26,6 @@ class LanczosState(NamedTuple):
     V: Float[Array, "r d"]  # basis rows (r = m_max + p); rows 0..j-1 multiplied, j..j+p-1 pending
     T: Float[Array, "r r"]  # V^T H V: columns of the multiplied rows (and their transposes)
     j: Int[Array, ""]  # number of rows H has been applied to (the Ritz space's dimension)
-    beta: Float[Array, ""]  # norm of the newest basis direction before normalisation
     matvecs: Int[Array, ""]
     converged: Array  # bool
     theta: Float[Array, " m"]  # Ritz values, descending (padding below the active ones)
@@ -155,7 +154,6 @@ def lanczos_top(
         V=V,
         T=jnp.zeros((r, r), dtype),
         j=jnp.array(0),
-        beta=jnp.array(0.0, dtype),
         matvecs=jnp.array(0),
         converged=jnp.array(False),
         theta=zeros_m,
@@ -198,7 +196,6 @@ def lanczos_top(
             V=V,
             T=T,
             j=j + 1,
-            beta=beta,
             matvecs=s.matvecs + 1,
             converged=conv,
             theta=theta,
