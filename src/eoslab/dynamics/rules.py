@@ -51,6 +51,7 @@ __all__ = [
     "rmsprop",
     "adam",
     "RULES",
+    "from_optax",
 ]
 
 
@@ -95,7 +96,24 @@ def _scalar(x: float, like: Array) -> Array:
     return jnp.asarray(x, dtype=like.dtype)
 
 
-def _optax_rule(name, tx: optax.GradientTransformation, lr, threshold, precond, hyper) -> Rule:
+def from_optax(
+    tx: optax.GradientTransformation,
+    *,
+    name: str = "optax",
+    lr: float = float("nan"),
+    threshold: float = float("nan"),
+    preconditioner: Callable[[Any], Array] | None = None,
+    hyper: dict[str, Any] | None = None,
+) -> Rule:
+    r"""Any optax transformation as a rule: $w_{t+1} = w_t + u_t$, $(u_t, s_{t+1}) =$
+    ``tx.update(g_t, s_t, w_t)``. ``lr`` and ``threshold`` are only reported (NaN: unknown).
+
+    >>> import jax.numpy as jnp, optax
+    >>> r = from_optax(optax.sgd(0.5), lr=0.5, threshold=4.0)
+    >>> float(r.step(jnp.array([2.0]), r.init(jnp.zeros(1)), jnp.array([1.0]), 0.0)[0][0])
+    1.5
+    """
+
     def init(w):
         return tx.init(w)
 
@@ -105,7 +123,13 @@ def _optax_rule(name, tx: optax.GradientTransformation, lr, threshold, precond, 
         info = StepInfo(_scalar(lr, w), _scalar(threshold, w))
         return w + updates.astype(w.dtype), state, info
 
-    return Rule(name, init, step, precond, hyper)
+    return Rule(name, init, step, preconditioner, dict(hyper or {}))
+
+
+def _optax_rule(name, tx: optax.GradientTransformation, lr, threshold, precond, hyper) -> Rule:
+    return from_optax(
+        tx, name=name, lr=lr, threshold=threshold, preconditioner=precond, hyper=hyper
+    )
 
 
 def gd(lr: float) -> Rule:

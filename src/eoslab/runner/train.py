@@ -172,42 +172,24 @@ def _make_step(rule: Rule, sqrt_mode: bool):
     return step
 
 
-_FNS_CACHE: dict = {}
-
-
-def _make_fns(rule: Rule, sqrt_mode: bool):
-    """The compiled chunk and one-step functions, shared by runs of equal rules (no recompile)."""
-    try:
-        key = (rule.name, rule.step.__code__, tuple(sorted(rule.hyper.items())), sqrt_mode)
-        hash(key)
-    except (AttributeError, TypeError):
-        key = None
-    if key is not None and key in _FNS_CACHE:
-        return _FNS_CACHE[key]
-    fns = _build_fns(rule, sqrt_mode)
-    if key is not None:
-        _FNS_CACHE[key] = fns
-    return fns
-
-
-def _build_fns(rule: Rule, sqrt_mode: bool):
+@eqx.filter_jit
+def _chunk(rule: Rule, sqrt_mode: bool, obj, base, w, state, n):
+    # The rule is an argument, not a cache key: its functions are static leaves compared by
+    # identity, so two rules that close over different hyperparameters never share a compile.
     step = _make_step(rule, sqrt_mode)
 
-    @eqx.filter_jit
-    def chunk(obj, base, w, state, n):
-        def body(carry, _):
-            w, state, alive = carry
-            carry, row, _, _ = step(obj, base, w, state, alive)
-            return carry, row
+    def body(carry, _):
+        w, state, alive = carry
+        carry, row, _, _ = step(obj, base, w, state, alive)
+        return carry, row
 
-        return jax.lax.scan(body, (w, state, jnp.asarray(True)), None, length=n)
+    return jax.lax.scan(body, (w, state, jnp.asarray(True)), None, length=n)
 
-    @eqx.filter_jit
-    def measure(obj, base, w, state):
-        _, row, g, s_next = step(obj, base, w, state, jnp.asarray(True))
-        return row, g, s_next
 
-    return chunk, measure
+@eqx.filter_jit
+def _measure(rule: Rule, sqrt_mode: bool, obj, base, w, state):
+    _, row, g, s_next = _make_step(rule, sqrt_mode)(obj, base, w, state, jnp.asarray(True))
+    return row, g, s_next
 
 
 @eqx.filter_jit
@@ -451,7 +433,6 @@ def train(
     w = jnp.asarray(obj.w0 if w0 is None else w0, obj.dtype)
     state = rule.init(w)
     probe = _Probe(obj, base, rule, probes, seed)
-    chunk, measure = _make_fns(rule, sqrt_mode)
 
     store = RunStore(out) if out is not None else None
     t = 0
@@ -522,7 +503,7 @@ def train(
         last_flush = time.monotonic()
 
     def probe_row(step, w, state) -> tuple[dict, dict]:
-        row, g, s_next = measure(obj, base, w, state)
+        row, g, s_next = _measure(rule, sqrt_mode, obj, base, w, state)
         row = {k: np.asarray(v) for k, v in row.items()}
         loss = float(row["loss"])
         pr = probe(step, w, loss, g, s_next, float(row["lr_eff"]))
@@ -568,7 +549,7 @@ def train(
                         status, message = goal
                     break
             n = min(probe_every - t % probe_every, steps - t)
-            (w, state, _), out_arrays = chunk(obj, base, w, state, n)
+            (w, state, _), out_arrays = _chunk(rule, sqrt_mode, obj, base, w, state, n)
             rows, diverged_at, reason, frozen = _rows_from_chunk(out_arrays, t, log_every, pr)
             pending.extend(rows)
             if diverged_at is not None:

@@ -1,0 +1,56 @@
+"""Compiled steps are never shared between rules that differ (the old cache keyed on __code__)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from eoslab import Objective
+from eoslab.dynamics import rules
+from eoslab.runner import Probes, train
+
+
+def _half_sq(w, data):
+    return 0.5 * jnp.sum(w * w) * data
+
+
+def _objective():
+    return Objective.from_data_fn(_half_sq, jnp.asarray(1.0), np.ones(2), dtype="float64")
+
+
+def _closure_rule(lr: float) -> rules.Rule:
+    """A custom rule as a user writes it: a factory closing over its learning rate."""
+
+    def step(w, state, g, loss):
+        del loss
+        lr_t = jnp.asarray(lr, w.dtype)
+        return w - lr_t * g, state, rules.StepInfo(lr_t, 2.0 / lr_t)
+
+    return rules.Rule("mine", lambda w: (), step, None, {})
+
+
+def _final(rule) -> np.ndarray:
+    run = train(_objective(), rule, 5, probe_every=5, probes=Probes(sharpness=False))
+    return np.asarray(run.w)
+
+
+def test_closure_rules_with_different_lr_give_different_results():
+    # w_5 = (1 - lr)^5 w_0 on 1/2 |w|^2
+    np.testing.assert_allclose(_final(_closure_rule(0.1)), 0.9**5, rtol=1e-12)
+    np.testing.assert_allclose(_final(_closure_rule(0.5)), 0.5**5, rtol=1e-12)
+
+
+def test_optax_rules_with_different_schedules_give_different_results():
+    a = rules.from_optax(optax.sgd(optax.constant_schedule(0.1)), name="sched")
+    b = rules.from_optax(optax.sgd(optax.linear_schedule(0.5, 0.0, 5)), name="sched")
+    np.testing.assert_allclose(_final(a), 0.9**5, rtol=1e-12)
+    # lr_t = 0.5 (1 - t/5): prod_t (1 - lr_t)
+    expect = np.prod([1 - 0.5 * (1 - t / 5) for t in range(5)])
+    np.testing.assert_allclose(_final(b), expect, rtol=1e-7)  # optax schedules are float32
+
+
+def test_same_rule_object_reuses_its_compiled_step():
+    rule = _closure_rule(0.2)
+    np.testing.assert_allclose(_final(rule), 0.8**5, rtol=1e-12)
+    np.testing.assert_allclose(_final(rule), 0.8**5, rtol=1e-12)
