@@ -78,7 +78,7 @@ def test_store_files_and_plain_pandas(tmp_path):
     ckpts = list((out / "checkpoints").glob("*.npz"))
     assert len(ckpts) == 1
     with np.load(ckpts[0], allow_pickle=False) as z:
-        np.testing.assert_array_equal(z["w"], np.asarray(run.w))
+        np.testing.assert_array_equal(z["gd__point"], np.asarray(run.w))
     back = load_run(out)
     assert back.status == "completed"
     pd.testing.assert_frame_equal(back.metrics, run.metrics)

@@ -1,11 +1,25 @@
-"""The experiment loop: compiled steps between probes, stopping rules, the run store, progress."""
+"""The one loop: processes in lockstep, probes, stopping, the run store, progress."""
 
+from .loop import STATUSES as STATUSES
+from .loop import Run as Run
+from .loop import Stop as Stop
+from .loop import load_run as load_run
+from .loop import run as run
+from .probes import ProbeFn as ProbeFn
+from .probes import Probes as Probes
 from .store import RunExistsError as RunExistsError
 from .store import RunStore as RunStore
-from .train import Probes as Probes
-from .train import Run as Run
-from .train import Stop as Stop
-from .train import load_run as load_run
 from .train import train as train
 
-__all__ = ["Probes", "Run", "RunExistsError", "RunStore", "Stop", "load_run", "train"]
+__all__ = [
+    "STATUSES",
+    "ProbeFn",
+    "Probes",
+    "Run",
+    "RunExistsError",
+    "RunStore",
+    "Stop",
+    "load_run",
+    "run",
+    "train",
+]

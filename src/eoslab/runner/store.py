@@ -100,7 +100,9 @@ def read_metrics(path: Path, *, up_to: int | None = None) -> pd.DataFrame:
     if not frames:
         return pd.DataFrame({"step": pd.Series([], dtype="int64")})
     df = pd.concat(frames, ignore_index=True)
-    df = df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
+    keys = ["process", "step"] if "process" in df else ["step"]
+    df = df.drop_duplicates(keys, keep="last").sort_values("step", kind="stable")
+    df = df.reset_index(drop=True)
     if up_to is not None:
         df = df[df["step"] < up_to].reset_index(drop=True)
     return df

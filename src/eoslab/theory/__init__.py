@@ -11,12 +11,12 @@ from .flows import flow_constant as flow_constant
 from .flows import limiting_flow as limiting_flow
 from .lockstep import Lockstep as Lockstep
 from .lockstep import lockstep as lockstep
-from .manifold import TangentProjector as TangentProjector
-from .manifold import tangent_projector as tangent_projector
-from .phi import PhiResult as PhiResult
-from .phi import gradient_flow as gradient_flow
-from .phi import phi as phi
-from .phi import phi_result as phi_result
+from ..dynamics.manifold import TangentProjector as TangentProjector
+from ..dynamics.manifold import tangent_projector as tangent_projector
+from ..dynamics.phi import PhiResult as PhiResult
+from ..dynamics.phi import gradient_flow as gradient_flow
+from ..dynamics.phi import phi as phi
+from ..dynamics.phi import phi_result as phi_result
 from .trajectory import Iterates as Iterates
 from .trajectory import iterate as iterate
 

@@ -24,8 +24,8 @@ from ..curvature import top_eigenpairs
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike, as_objective
 from .flows import LimitingFlow, flow_constant, limiting_flow
-from .manifold import DENSE_MAX_DIM
-from .phi import phi
+from ..dynamics.manifold import DENSE_MAX_DIM
+from ..dynamics.phi import phi
 
 __all__ = ["eos_diagnostics"]
 

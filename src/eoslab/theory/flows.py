@@ -21,8 +21,8 @@ from ..curvature._checks import check_w
 from ..curvature.hvp import _grad_top_eigenvalue
 from ..errors import ConfigError, check_choice, check_positive
 from ..objective import LossLike, as_objective
-from .manifold import DENSE_MAX_DIM
-from .phi import gradient_flow, phi, solve_at
+from ..dynamics.manifold import DENSE_MAX_DIM
+from ..dynamics.phi import gradient_flow, phi, solve_at
 
 __all__ = ["ALGORITHMS", "LimitingFlow", "flow_constant", "limiting_flow"]
 

@@ -18,8 +18,8 @@ from ..dynamics.rules import normalized_gd, sqrt_loss_gd
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike, as_objective
 from .flows import LimitingFlow, flow_constant, limiting_flow
-from .manifold import DENSE_MAX_DIM
-from .phi import gradient_flow, phi
+from ..dynamics.manifold import DENSE_MAX_DIM
+from ..dynamics.phi import gradient_flow, phi
 from .trajectory import Iterates, iterate
 
 __all__ = ["Lockstep", "lockstep"]

@@ -264,7 +264,7 @@ def gd_lockstep(
     """
     from ..dynamics.rules import gd
     from .central_flow import central_flow
-    from .phi import gradient_flow
+    from ..dynamics.phi import gradient_flow
     from .trajectory import iterate
 
     obj = as_objective(loss, w0)

@@ -1,0 +1,76 @@
+r"""An update rule as a process: $w_{t+1} = \mathrm{step}(w_t, s_t, \nabla L(w_t), L(w_t))$.
+
+On ``objective.sqrt()`` the rule steps on $\sqrt{L - L_{\min}}$ while the row describes the base
+loss $L$: $\nabla L = 2\sqrt{\cdot}\,\nabla\sqrt{\cdot}$, and the effective LR on $L$ is
+$\eta_t / (2\sqrt{\cdot})$.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..curvature.operator import HessianOperator, Operator, PreconditionedOperator
+from ..errors import ConfigError
+from ..objective import Objective
+from .process import Process, Row
+from .rules import Rule
+
+__all__ = ["Optimizer", "OptimizerState"]
+
+
+class OptimizerState(NamedTuple):
+    w: Float[Array, " d"]  # the parameters
+    inner: Any  # the rule's own state (momentum, second moments, ...)
+
+
+class Optimizer(Process):
+    """Runs an update rule (`eoslab.rules`) on the objective, full batch."""
+
+    rule: Rule
+
+    def __check_init__(self) -> None:
+        if not isinstance(self.rule, Rule):
+            raise ConfigError("rule", self.rule, "an update rule from eoslab.rules (rules.gd(0.1))")
+
+    def init(self, objective: Objective, w0: Float[Array, " d"]) -> OptimizerState:
+        return OptimizerState(w0, self.rule.init(w0))
+
+    def point(self, state: OptimizerState) -> Array:
+        return state.w
+
+    def _step(self, objective: Objective, state: OptimizerState):
+        w = state.w
+        loss, g = jax.value_and_grad(objective)(w)
+        w_new, inner, info = self.rule.step(w, state.inner, g, loss)
+        lr_eff, thr = info.lr_eff, info.threshold
+        if objective.transform == "sqrt":
+            s2 = 2.0 * loss
+            loss = objective.base()(w)
+            g = g * s2
+            lr_eff = jnp.where(s2 > 0, lr_eff / jnp.where(s2 > 0, s2, 1.0), 0.0)
+            thr = thr * s2
+        row = {"loss": loss, "grad_norm": jnp.linalg.norm(g), "lr_eff": lr_eff, "threshold": thr}
+        return OptimizerState(w_new, inner), row
+
+    def step(self, objective: Objective, state: OptimizerState) -> tuple[OptimizerState, Row]:
+        return self._step(objective, state)
+
+    def preconditioner(self, objective: Objective, state: OptimizerState) -> Array | None:
+        """The diagonal $P$ of the step taken from ``state`` (None for rules without one)."""
+        if self.rule.preconditioner is None:
+            return None
+        nxt, _ = self._step(objective, state)
+        return self.rule.preconditioner(nxt.inner)
+
+    def operator(self, objective: Objective, state: OptimizerState) -> Operator:
+        r"""$H$, or $P^{-1/2}HP^{-1/2}$ (the spectrum of $P^{-1}H$) for adaptive rules."""
+        H = HessianOperator(objective.base(), state.w)
+        p = self.preconditioner(objective, state)
+        return H if p is None else PreconditionedOperator(H, p)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "optimizer", "rule": self.rule.name, **self.rule.hyper}

@@ -1,0 +1,116 @@
+r"""A process: anything that advances a point $w_t$ step by step.
+
+Update rules, gradient flow, the limiting flows, the central flows and self-stabilized projected GD
+are all processes, so one loop (`eoslab.runner.run`) advances any set of them in lockstep, probes
+them with the same probes, stores them in one table and resumes them together.
+
+A process is an equinox Module (its hyperparameters are fields; its functions are static and
+compared by identity, so two processes that differ never share compiled code) with:
+
+- ``init(objective, w0) -> state``: a pytree of arrays (checkpointed as is);
+- ``step(objective, state) -> (state, row)``: one step, pure and jit-able; ``row`` holds scalars
+  that describe the point *before* the step (``loss``, ``grad_norm``, ``lr_eff``, ``threshold``,
+  and any of the process's own columns);
+- or, for processes that need the host (an SDP solve, a retraction by $\Phi$), ``compiled = False``
+  and ``advance(objective, state, n) -> state`` plus ``measure(objective, state) -> row``;
+- ``point(state)``: the current $w$; ``operator(objective, state)``: the operator whose top
+  eigenvalue is compared with the row's ``threshold`` (preconditioned for adaptive rules).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..curvature.operator import HessianOperator, Operator
+from ..objective import Objective
+
+__all__ = ["Process", "Row", "advance", "measure", "base_row"]
+
+Row = dict[str, Array]
+"""Named scalars describing one point of a process (one table row)."""
+
+
+class Process(eqx.Module):
+    """Anything that advances a point step by step (see the module docstring)."""
+
+    compiled: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def init(self, objective: Objective, w0: Float[Array, " d"]) -> Any:
+        """The state at $w_0$ (a pytree of arrays)."""
+
+    @abc.abstractmethod
+    def point(self, state: Any) -> Float[Array, " d"]:
+        """The current point $w$."""
+
+    def step(self, objective: Objective, state: Any) -> tuple[Any, Row]:
+        """One step from ``state``; the row describes the point before it."""
+        raise NotImplementedError(f"{type(self).__name__} advances on the host (compiled=False)")
+
+    def measure(self, objective: Objective, state: Any) -> Row:
+        """The row of the current point, without stepping."""
+        return self.step(objective, state)[1]
+
+    def advance(self, objective: Objective, state: Any, n: int) -> Any:
+        """``n`` steps on the host (processes with ``compiled = False`` override this)."""
+        raise NotImplementedError(f"{type(self).__name__} is compiled: use eoslab.dynamics.advance")
+
+    def operator(self, objective: Objective, state: Any) -> Operator:
+        """The operator whose top eigenvalue is compared with the threshold (default: $H$)."""
+        return self.hessian(objective, state)
+
+    def hessian(self, objective: Objective, state: Any) -> HessianOperator:
+        r"""$\nabla^2 L$ of the base loss at the current point."""
+        return HessianOperator(objective.base(), self.point(state))
+
+    def describe(self) -> dict[str, Any]:
+        """The process's kind and hyperparameters, for records."""
+        out: dict[str, Any] = {"kind": type(self).__name__}
+        for name, val in vars(self).items():
+            if isinstance(val, (int, float, str, bool)) or val is None:
+                out[name] = val
+        return out
+
+
+def base_row(objective: Objective, w: Array) -> Row:
+    r"""``loss`` $L(w)$ and ``grad_norm`` $\|\nabla L(w)\|$ of the base loss."""
+    loss, g = jax.value_and_grad(objective.base())(w)
+    return {"loss": loss, "grad_norm": jnp.linalg.norm(g)}
+
+
+def _tree_where(pred: Array, a: Any, b: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+@eqx.filter_jit
+def advance(
+    process: Process, objective: Objective, state: Any, n: int
+) -> tuple[Any, Row, Array]:
+    """``n`` compiled steps in one ``lax.scan``; a step whose loss or new point is not finite is
+    not taken (the state freezes), and ``ok`` (per step) says which steps were.
+
+    Returns ``(state, rows, ok)``, rows stacked along a leading axis of length ``n``.
+    """
+
+    def body(carry, _):
+        state, alive = carry
+        new, row = process.step(objective, state)
+        finite_loss = jnp.isfinite(row["loss"])
+        ok = alive & finite_loss & jnp.all(jnp.isfinite(process.point(new)))
+        row = {**row, "finite_loss": alive & finite_loss}
+        return (_tree_where(ok, new, state), ok), (row, ok)
+
+    (state, _), (rows, ok) = jax.lax.scan(body, (state, jnp.asarray(True)), None, length=n)
+    return state, rows, ok
+
+
+@eqx.filter_jit
+def measure(process: Process, objective: Objective, state: Any) -> Row:
+    """The compiled row of the current point."""
+    return process.measure(objective, state)

@@ -1,0 +1,453 @@
+r"""`run`: the one loop. It advances a set of processes in lockstep, probes them, stores them.
+
+Between two probed steps each compiled process takes its steps in one ``lax.scan`` (a host
+process, such as an SDP-driven central flow, in its own host loop); at every ``probe_every``-th
+step every process is probed with the same probes (`Probes`), and with several processes the
+distances between them are measured. All rows go to one table with a ``process`` column; cheap
+per-step numbers (loss, gradient norm, effective LR, threshold) are kept every ``log_every``-th
+step of compiled processes, probe columns are missing (NaN) on rows where nothing was probed.
+All processes are checkpointed together and resume together, to the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jaxtyping import Array
+
+from ..dynamics.process import Process, advance, measure
+from ..errors import ConfigError, DivergenceError
+from ..objective import LossLike, Objective, as_objective
+from .probes import Probes, ProbeSet, distances
+from .progress import Progress
+from .store import RunStore, read_metrics
+
+__all__ = ["Stop", "Run", "run", "load_run", "STATUSES"]
+
+STATUSES = ("completed", "diverged", "loss_goal", "accuracy_goal", "running", "unknown")
+"""How a run can end (``Run.status``); ``running``: its process stopped before the end."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """When a run stops before its step budget (checked at each probed step, on the first process).
+
+    Attributes:
+        loss_below: stop once the loss is at or below this.
+        accuracy_above: stop once ``accuracy`` (from a probe) is at or above this.
+        raise_on_divergence: raise `DivergenceError` instead of returning a diverged `Run`.
+    """
+
+    loss_below: float | None = None
+    accuracy_above: float | None = None
+    raise_on_divergence: bool = False
+
+
+@dataclasses.dataclass
+class Run:
+    """The outcome of `run` / `train` (or `load_run`).
+
+    Attributes:
+        metrics: one row per logged step and process (probe columns filled on probed steps).
+        w: the first process's final point (the last finite one if the run diverged).
+        status: one of `STATUSES`.
+        message: a one-line account of how the run ended.
+        step: the number of steps taken.
+        path: the run directory, if any.
+        config: the recorded config (``config.json``), if any.
+        points: every process's final point, by name.
+    """
+
+    metrics: pd.DataFrame
+    w: Any
+    status: str
+    message: str
+    step: int
+    path: Path | None = None
+    config: dict | None = None
+    points: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+    def process(self, name: str) -> pd.DataFrame:
+        """The rows of one process."""
+        if "process" not in self.metrics or name not in set(self.metrics["process"]):
+            have = sorted(set(self.metrics.get("process", [])))
+            raise ConfigError("process", name, "one of " + ", ".join(map(str, have)))
+        df = self.metrics[self.metrics["process"] == name]
+        return df.reset_index(drop=True)
+
+
+_FRONT = [
+    "step",
+    "process",
+    "loss",
+    "grad_norm",
+    "lr_eff",
+    "threshold",
+    "sharpness",
+    "eff_sharpness",
+    "eigs",
+    "sharpness_matvecs",
+    "sharpness_error",
+    "grad_top_alignment",
+    "lr_sharpness",
+]
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows as the store's table: the standard columns first, NaN where nothing was measured."""
+    df = pd.DataFrame(rows)
+    if len(df) == 0:
+        return df
+    for col in ("lr_eff", "threshold", "sharpness", "eff_sharpness", "grad_top_alignment"):
+        if col not in df:
+            df[col] = np.nan
+    if "sharpness_error" not in df:
+        df["sharpness_error"] = np.nan
+    if "sharpness_matvecs" not in df:
+        df["sharpness_matvecs"] = pd.array([pd.NA] * len(df), dtype="Int64")
+    else:
+        df["sharpness_matvecs"] = df["sharpness_matvecs"].astype("Int64")
+    if "eigs" not in df:
+        df["eigs"] = None
+    curv = df["eff_sharpness"].where(df["eff_sharpness"].notna(), df["sharpness"])
+    df["lr_sharpness"] = df["lr_eff"] * curv
+    df["step"] = df["step"].astype("int64")
+    front = [c for c in _FRONT if c in df]
+    return df[front + [c for c in df.columns if c not in front]]
+
+
+def _floats(row: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(np.asarray(v)) for k, v in row.items() if k != "finite_loss"}
+
+
+def _check_int(field: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(field, value, f"an integer >= {low}")
+    return int(value)
+
+
+def _as_processes(processes: Mapping[str, Process] | Process) -> dict[str, Process]:
+    if isinstance(processes, Process):
+        processes = {"main": processes}
+    if not isinstance(processes, Mapping) or not processes:
+        raise ConfigError("processes", processes, "a Process or a non-empty {name: Process} dict")
+    for name, p in processes.items():
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError("processes", name, "names made of letters, digits, '-' and '_'")
+        if not isinstance(p, Process):
+            raise ConfigError(f"processes.{name}", p, "an eoslab.dynamics.Process")
+    return dict(processes)
+
+
+class _Lockstep:
+    """The processes, their states and probes; one checkpoint holds them all."""
+
+    def __init__(self, procs: dict[str, Process], obj: Objective, w0: Array, cfg: Probes, seed):
+        self.procs, self.obj = procs, obj
+        self.states = {n: p.init(obj, w0) for n, p in procs.items()}
+        self.probes = {n: ProbeSet(obj, cfg, seed + 2 * i) for i, n in enumerate(procs)}
+        self.distances = cfg.distances and len(procs) > 1
+
+    def point(self, name: str) -> Array:
+        return self.procs[name].point(self.states[name])
+
+    def measure(self, t: int) -> dict[str, dict]:
+        """The probed rows of every process at step ``t`` (probes skipped on non-finite points)."""
+        rows = {}
+        for n, p in self.procs.items():
+            st = self.states[n]
+            mrow = measure(p, self.obj, st) if p.compiled else p.measure(self.obj, st)
+            row = {"step": t, "process": n, **_floats(mrow)}
+            if math.isfinite(row["loss"]) and bool(jnp.all(jnp.isfinite(p.point(st)))):
+                row.update(self.probes[n](n, t, p, self.obj, st, row))
+            rows[n] = row
+        if self.distances:
+            pts = {n: np.asarray(self.point(n)) for n in self.procs}
+            for n, extra in distances(pts).items():
+                rows[n].update(extra)
+        return rows
+
+    def advance(self, t0: int, n: int, log_every: int) -> tuple[list[dict], int | None, str]:
+        """``n`` steps of every process; rows of steps ``t0+1 .. t0+n-1`` (the probe has row
+        ``t0``), and where the first process to diverge did so (None if none did)."""
+        rows: list[dict] = []
+        diverged_at, reason = None, ""
+        for name, p in self.procs.items():
+            if not p.compiled:
+                new = p.advance(self.obj, self.states[name], n)
+                if not bool(jnp.all(jnp.isfinite(p.point(new)))):
+                    if diverged_at is None or t0 + n < diverged_at:
+                        diverged_at, reason = t0 + n, f"{name}: the point became non-finite"
+                    continue
+                self.states[name] = new
+                continue
+            self.states[name], out, ok = advance(p, self.obj, self.states[name], n)
+            arrs = {k: np.asarray(v) for k, v in out.items()}
+            ok = np.asarray(ok)
+            bad = np.flatnonzero(~ok)
+            last = n - 1
+            if bad.size:
+                i = int(bad[0])
+                if not arrs["finite_loss"][i]:
+                    last, at = i - 1, t0 + i
+                    why = f"{name}: the loss became {arrs['loss'][i]:.4g}"
+                else:
+                    last, at = i, t0 + i + 1
+                    why = f"{name}: the parameters became non-finite"
+                if diverged_at is None or at < diverged_at:
+                    diverged_at, reason = at, why
+            for i in range(1, last + 1):
+                if (t0 + i) % log_every == 0:
+                    rows.append(
+                        {"step": t0 + i, "process": name, **_floats({k: v[i] for k, v in arrs.items()})}
+                    )
+        return rows, diverged_at, reason
+
+    # -- checkpoints: plain arrays, one key per leaf
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for n in self.procs:
+            for i, leaf in enumerate(jax.tree_util.tree_leaves(self.states[n])):
+                out[f"{n}__state_{i}"] = np.asarray(leaf)
+            out[f"{n}__point"] = np.asarray(self.point(n))
+            out.update({f"{n}__probe_{k}": v for k, v in self.probes[n].state().items()})
+        return out
+
+    def load(self, arrays: dict[str, np.ndarray], where: str) -> None:
+        for n in self.procs:
+            leaves, treedef = jax.tree_util.tree_flatten(self.states[n])
+            saved = [arrays.get(f"{n}__state_{i}") for i in range(len(leaves))]
+            extra = f"{n}__state_{len(leaves)}" in arrays
+            if any(s is None for s in saved) or extra or any(
+                np.shape(s) != np.shape(b) for s, b in zip(saved, leaves, strict=True)
+            ):
+                raise ConfigError(
+                    "resume", where, f"a checkpoint made by the same processes ({n!r} differs)"
+                )
+            self.states[n] = jax.tree_util.tree_unflatten(
+                treedef,
+                [jnp.asarray(a, jnp.asarray(b).dtype) for a, b in zip(saved, leaves, strict=True)],
+            )
+            prefix = f"{n}__probe_"
+            self.probes[n].load({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+
+
+def _goal(stop: Stop, row: dict, t: int) -> tuple[str, str] | None:
+    loss = row.get("loss", math.nan)
+    if stop.loss_below is not None and loss <= stop.loss_below:
+        return "loss_goal", f"the loss reached {loss:.4g} <= {stop.loss_below:g} at step {t}"
+    acc = row.get("accuracy")
+    if stop.accuracy_above is not None and acc is not None and acc >= stop.accuracy_above:
+        return "accuracy_goal", f"the accuracy reached {acc:.4g} >= {stop.accuracy_above:g} at step {t}"
+    return None
+
+
+def run(
+    processes: Mapping[str, Process] | Process,
+    objective: LossLike,
+    steps: int,
+    *,
+    w0: Array | None = None,
+    probe_every: int = 10,
+    probes: Probes | None = None,
+    out: str | Path | None = None,
+    stop: Stop | None = None,
+    seed: int = 0,
+    log_every: int = 1,
+    flush_seconds: float = 10.0,
+    resume: bool = False,
+    config: dict | None = None,
+    progress: bool | None = False,
+) -> Run:
+    r"""Advance ``processes`` in lockstep from one start for ``steps`` steps, probing on the way.
+
+    Args:
+        processes: ``{name: Process}`` (a single `Process` is named ``"main"``), e.g.
+            ``{"gd": Optimizer(rules.gd(0.1)), "flow": GradientFlow(lr=0.1)}``.
+        objective: an `Objective` (or a plain ``loss(w)`` with ``w0``).
+        steps: the step budget.
+        w0: the common start (default ``objective.w0``).
+        probe_every: probe every this many steps (and at the last step).
+        probes: what to measure (`Probes`; default: top eigenvalue, alignment, distances).
+        out: a run directory to write (new, or existing with ``resume=True``); None keeps
+            everything in memory.
+        stop: early stopping (`Stop`), judged on the first process.
+        seed: seed of the eigen-solvers' random starts.
+        log_every: keep the per-step rows of compiled processes every this many steps.
+        flush_seconds: write a metrics part and a checkpoint at least this often.
+        resume: continue the run in ``out`` from its last checkpoint.
+        config: the config to record in ``config.json`` (default: the processes and arguments).
+        progress: show a progress bar (None: on a terminal only).
+
+    Returns:
+        A `Run`. Divergence (a non-finite loss or point in any process) stops the run with
+        ``status = "diverged"`` and a message, keeping every metric measured before it.
+    """
+    procs = _as_processes(processes)
+    obj = as_objective(objective, w0)
+    steps = _check_int("steps", steps, 0)
+    probe_every = _check_int("probe_every", probe_every, 1)
+    log_every = _check_int("log_every", log_every, 1)
+    probes = Probes() if probes is None else probes
+    stop = Stop() if stop is None else stop
+    w = jnp.asarray(obj.w0 if w0 is None else w0, obj.dtype)
+    lock = _Lockstep(procs, obj, w, probes, seed)
+
+    store = RunStore(out) if out is not None else None
+    t = 0
+    if store is not None:
+        if resume:
+            if not store.exists():
+                raise ConfigError("resume", str(out), "a run directory with config.json")
+            if store.read_manifest().get("status") not in ("running", "unknown"):
+                return load_run(out)
+            ck = store.latest_checkpoint()
+            if ck is not None:
+                t, path = ck
+                lock.load(store.read_checkpoint(path), str(out))
+            store.truncate_metrics(t)
+        else:
+            store.create(config if config is not None else _default_config(procs, steps, obj, seed,
+                                                                           probe_every, log_every))
+
+    first = next(iter(procs))
+    bar = Progress(steps, initial=t, enabled=progress)
+    pending: list[dict] = []
+    kept = 0
+    last_flush = time.monotonic()
+    status, message = "completed", f"completed {steps} steps"
+
+    def flush(step: int, manifest_status: str = "running", msg: str = "") -> None:
+        nonlocal pending, last_flush, kept
+        kept += len(pending)
+        order = list(procs)
+        pending.sort(key=lambda r: (r["step"], order.index(r["process"])))
+        if store is not None:
+            store.write_part(frame(pending))
+            ckpt = store.write_checkpoint(step, {"step": np.asarray(step), **lock.arrays()})
+            store.write_manifest(
+                {
+                    "status": manifest_status,
+                    "step": step,
+                    "steps": steps,
+                    "checkpoint": str(ckpt.relative_to(store.path)),
+                    "checkpoint_step": step,
+                    "message": msg,
+                }
+            )
+            store.prune_checkpoints(ckpt)
+        else:
+            all_rows.extend(pending)
+        pending = []
+        last_flush = time.monotonic()
+
+    all_rows: list[dict] = []
+    try:
+        while True:
+            if t % probe_every == 0 or t == steps:
+                rows = lock.measure(t)
+                head = rows[first]
+                bar.update(
+                    t, head["loss"], head.get("eff_sharpness", head.get("sharpness")),
+                    head.get("threshold"),
+                )
+                bad = [n for n, r in rows.items() if not math.isfinite(r["loss"])]
+                if bad:
+                    status = "diverged"
+                    message = f"diverged at step {t}: {bad[0]}: the loss became {rows[bad[0]]['loss']:.4g}"
+                    pending.extend(r for n, r in rows.items() if n not in bad)
+                    break
+                pending.extend(rows.values())
+                goal = _goal(stop, head, t)
+                if t == steps or goal is not None:
+                    if goal is not None:
+                        status, message = goal
+                    break
+            n = min(probe_every - t % probe_every, steps - t)
+            rows, diverged_at, reason = lock.advance(t, n, log_every)
+            pending.extend(rows)
+            if diverged_at is not None:
+                status = "diverged"
+                t = diverged_at
+                message = f"diverged at step {diverged_at}: {reason}"
+                break
+            t += n
+            if t < steps and time.monotonic() - last_flush >= flush_seconds:
+                flush(t)
+        if status == "diverged":
+            message += f"; {kept + len(pending)} rows of metrics kept"
+        flush(t, status, message)
+    finally:
+        bar.close()
+
+    if status == "diverged":
+        if stop.raise_on_divergence:
+            raise DivergenceError(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    if store is not None:
+        metrics, cfg = store.metrics(), store.read_config()
+    else:
+        metrics, cfg = frame(all_rows), None
+    points = {n: lock.point(n) for n in procs}
+    return Run(
+        metrics=metrics,
+        w=points[first],
+        status=status,
+        message=message,
+        step=t,
+        path=store.path if store else None,
+        config=cfg,
+        points=points,
+    )
+
+
+def _default_config(procs, steps, obj, seed, probe_every, log_every) -> dict:
+    return {
+        "processes": {n: p.describe() for n, p in procs.items()},
+        "steps": steps,
+        "probe_every": probe_every,
+        "log_every": log_every,
+        "seed": seed,
+        "dim": obj.dim,
+        "dtype": str(obj.dtype),
+        "transform": obj.transform,
+    }
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory back: metrics (all parts), final points, status and config."""
+    store = RunStore(path)
+    cfg = store.read_config()
+    man = store.read_manifest()
+    ck = store.latest_checkpoint()
+    metrics = read_metrics(store.path)
+    names = list(dict.fromkeys(metrics["process"])) if "process" in metrics else []
+    points: dict[str, Any] = {}
+    if ck is not None:  # numpy, so a float64 run stays float64 without jax_enable_x64
+        arrays = store.read_checkpoint(ck[1])
+        points = {n: arrays[f"{n}__point"] for n in names if f"{n}__point" in arrays}
+    return Run(
+        metrics=metrics,
+        w=next(iter(points.values()), None),
+        status=man.get("status", "unknown"),
+        message=man.get("message", ""),
+        step=int(man.get("step", 0)),
+        path=store.path,
+        config=cfg,
+        points=points,
+    )

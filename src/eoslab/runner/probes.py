@@ -1,0 +1,173 @@
+r"""Probes: what the runner measures at a process's point every ``probe_every`` steps.
+
+Every process is probed the same way: the certified top-$k$ eigenvalues of $H=\nabla^2L$ at its
+point (``sharpness``, ``eigs``, ``sharpness_error``, ``sharpness_matvecs``), for adaptive rules
+the top eigenvalue of its operator $P^{-1/2}HP^{-1/2}$ (``eff_sharpness``), the gradient's
+alignment with the top eigenvector $g^\top Hg/(\|g\|^2\lambda_1)$, the stableness
+$S_L(w,\eta_t)$, and any custom probe ``probe(w, objective, cache) -> {name: value}``.
+The trackers' warm starts are part of the checkpoint, so a resumed run measures the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from ..curvature import EigenTracker, stableness
+from ..curvature.operator import HessianOperator, PreconditionedOperator
+from ..dynamics.process import Process
+from ..errors import ConfigError, check_positive
+from ..objective import Objective
+
+__all__ = ["Probes", "ProbeFn", "ProbeSet", "distances"]
+
+ProbeFn = Callable[[Array, Objective, dict], dict]
+"""A custom probe: ``probe(w, objective, cache) -> {name: scalar or 1-D array}``.
+
+``cache`` holds what the runner already measured at ``w``: ``loss``, ``grad`` (of the base loss),
+``eig`` (the `EigResult`, if sharpness is probed), ``step``, ``process`` (its name).
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Probes:
+    """What is measured at each probed step (every ``probe_every`` steps).
+
+    Attributes:
+        sharpness: track the top-``k`` Hessian eigenvalues of the base loss $L$.
+        k: how many top eigenvalues (the ``eigs`` column).
+        tol: relative tolerance of the eigenvalues.
+        grow_above: grow ``k`` while the next eigenvalue exceeds this (None: fixed ``k``).
+        effective: for adaptive rules, also track $\\lambda_1(P^{-1}H)$ (``eff_sharpness``).
+        alignment: $g^\\top H g / (\\|g\\|^2 \\lambda_1)$ (``grad_top_alignment``, one more HVP).
+        max_matvecs: budget of HVPs per eigen-solve (None: the solver's default).
+        stableness: $S_L(w, \\eta_t)$, the top eigenvalue's sup along the step's segment times
+            $\\eta_t$ (``stableness`` column; ``stableness_points`` eigen-solves per probe).
+        distances: with several processes, $\\|w_p - w_q\\|$ to every other process
+            (``dist_<name>`` columns).
+        custom: extra probes ``probe(w, objective, cache) -> dict`` (e.g. accuracy).
+    """
+
+    sharpness: bool = True
+    k: int = 1
+    tol: float = 1e-3
+    grow_above: float | None = None
+    effective: bool = True
+    alignment: bool = True
+    max_matvecs: int | None = None
+    stableness: bool = False
+    stableness_points: int = 5
+    distances: bool = True
+    custom: tuple[ProbeFn, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError("probes.k", self.k, "an integer >= 1")
+        check_positive("probes.tol", self.tol)
+
+
+@eqx.filter_jit
+def _alignment(op: HessianOperator, lam: Array) -> Array:
+    g, hg = op.gradient_and_mv(op.gradient())
+    return jnp.vdot(g, hg) / (jnp.vdot(g, g) * lam)
+
+
+@eqx.filter_jit
+def _operators(process: Process, objective: Objective, state: Any):
+    return process.hessian(objective, state), process.operator(objective, state)
+
+
+class ProbeSet:
+    """The probes of one process, with their warm-started trackers (checkpointed with the run)."""
+
+    def __init__(self, objective: Objective, probes: Probes, seed: int) -> None:
+        self.cfg = probes
+        base = objective.base()
+        self.tracker = None
+        self.eff_tracker = None
+        if probes.sharpness:
+            self.tracker = EigenTracker(
+                base,
+                k=min(probes.k, base.dim),
+                tol=probes.tol,
+                grow_above=probes.grow_above,
+                max_k=max(20, probes.k),
+                max_matvecs=probes.max_matvecs,
+                seed=seed,
+            )
+            self.eff_tracker = EigenTracker(
+                base, k=1, tol=probes.tol, max_matvecs=probes.max_matvecs, seed=seed + 1
+            )
+
+    def __call__(
+        self, name: str, step: int, process: Process, objective: Objective, state: Any, row: dict
+    ) -> dict:
+        out: dict[str, Any] = {}
+        w = process.point(state)
+        H, op = _operators(process, objective, state)
+        cache: dict[str, Any] = {"step": step, "loss": row.get("loss"), "process": name}
+        cache["grad"] = H.gradient() if self.cfg.custom else None
+        if self.tracker is not None:
+            res = self.tracker.update(H)
+            vals = np.asarray(res.values, np.float64)
+            out["sharpness"] = float(vals[0])
+            out["eigs"] = vals.tolist()
+            out["sharpness_matvecs"] = int(res.matvecs)
+            out["sharpness_error"] = float(res.error_bound[0])
+            cache["eig"] = res
+            if self.cfg.alignment:
+                gn = float(row.get("grad_norm", math.nan))
+                out["grad_top_alignment"] = (
+                    float(_alignment(H, res.values[0])) if gn > 0 else math.nan
+                )
+            if self.cfg.effective and isinstance(op, PreconditionedOperator):
+                eres = self.eff_tracker.update(op)
+                out["eff_sharpness"] = float(eres.values[0])
+                out["sharpness_matvecs"] += int(eres.matvecs)
+                cache["eff_eig"] = eres
+        lr_eff = float(row.get("lr_eff", math.nan))
+        if self.cfg.stableness and lr_eff > 0 and math.isfinite(lr_eff):
+            st = stableness(
+                objective.base(), w, lr_eff, n_points=self.cfg.stableness_points, tol=self.cfg.tol
+            )
+            out["stableness"] = float(st.value)
+        for probe in self.cfg.custom:
+            for key, val in dict(probe(w, objective.base(), cache)).items():
+                arr = np.asarray(val)
+                out[key] = arr.item() if arr.ndim == 0 else arr.tolist()
+        return out
+
+    # -- checkpoint support (the trackers' warm starts and keys make probes reproducible)
+    def state(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, tr in (("tracker", self.tracker), ("eff_tracker", self.eff_tracker)):
+            if tr is not None:
+                out.update({f"{name}_{k}": v for k, v in tr.state().items()})
+        return out
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, tr in (("tracker", self.tracker), ("eff_tracker", self.eff_tracker)):
+            if tr is None or f"{name}_key" not in arrays:
+                continue
+            prefix = f"{name}_"
+            tr.load_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+
+
+def distances(points: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    r"""$\|w_p - w_q\|$ for every pair of processes: ``{p: {"dist_q": value}}``."""
+    out: dict[str, dict[str, float]] = {p: {} for p in points}
+    names = list(points)
+    for i, p in enumerate(names):
+        for q in names[i + 1 :]:
+            d = float(np.linalg.norm(np.asarray(points[p], np.float64) - points[q]))
+            out[p][f"dist_{q}"] = d
+            out[q][f"dist_{p}"] = d
+    return out
+
