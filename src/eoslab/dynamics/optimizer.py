@@ -25,6 +25,7 @@ __all__ = ["Optimizer", "OptimizerState"]
 class OptimizerState(NamedTuple):
     w: Float[Array, " d"]  # the parameters
     inner: Any  # the rule's own state (momentum, second moments, ...)
+    gf_time: Float[Array, ""]  # sum of the effective LRs so far: the gradient-flow time used
 
 
 class Optimizer(Process):
@@ -37,7 +38,7 @@ class Optimizer(Process):
             raise ConfigError("rule", self.rule, "an update rule from eoslab.rules (rules.gd(0.1))")
 
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> OptimizerState:
-        return OptimizerState(w0, self.rule.init(w0))
+        return OptimizerState(w0, self.rule.init(w0), jnp.zeros((), w0.dtype))
 
     def point(self, state: OptimizerState) -> Array:
         return state.w
@@ -53,8 +54,14 @@ class Optimizer(Process):
             g = g * s2
             lr_eff = jnp.where(s2 > 0, lr_eff / jnp.where(s2 > 0, s2, 1.0), 0.0)
             thr = thr * s2
-        row = {"loss": loss, "grad_norm": jnp.linalg.norm(g), "lr_eff": lr_eff, "threshold": thr}
-        return OptimizerState(w_new, inner), row
+        row = {
+            "loss": loss,
+            "grad_norm": jnp.linalg.norm(g),
+            "lr_eff": lr_eff,
+            "threshold": thr,
+            "gf_time": state.gf_time,
+        }
+        return OptimizerState(w_new, inner, state.gf_time + lr_eff), row
 
     def step(self, objective: Objective, state: OptimizerState) -> tuple[OptimizerState, Row]:
         return self._step(objective, state)

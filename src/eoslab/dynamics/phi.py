@@ -19,7 +19,16 @@ from ..curvature._checks import check_w
 from ..errors import ConfigError, NotConvergedError, check_choice, check_positive
 from ..objective import LossLike, Objective, as_objective
 
-__all__ = ["PhiResult", "phi", "phi_result", "gradient_flow", "SOLVERS"]
+__all__ = [
+    "PhiResult",
+    "phi",
+    "phi_result",
+    "gradient_flow",
+    "gradient_field",
+    "ode_solver",
+    "solve_at",
+    "SOLVERS",
+]
 
 SOLVERS = ("auto", "kvaerno5", "tsit5")
 _IMPLICIT_MAX_DIM = 256
@@ -33,7 +42,8 @@ class PhiResult(NamedTuple):
     converged: Array  # bool
 
 
-def _solver(name: str, d: int, rtol: float, atol: float):
+def ode_solver(name: str, d: int, rtol: float, atol: float) -> diffrax.AbstractSolver:
+    """Kvaerno5 (L-stable, implicit) for small problems under ``"auto"``, else Tsit5."""
     if name == "auto":
         name = "kvaerno5" if d <= _IMPLICIT_MAX_DIM else "tsit5"
     if name == "kvaerno5":
@@ -41,7 +51,8 @@ def _solver(name: str, d: int, rtol: float, atol: float):
     return diffrax.Tsit5()
 
 
-def _field(obj: Objective):
+def gradient_field(obj: Objective) -> diffrax.ODETerm:
+    r"""The vector field $-\nabla L$ of gradient flow."""
     g = jax.grad(obj)
     return diffrax.ODETerm(lambda t, y, args: -g(y))
 
@@ -51,8 +62,8 @@ def _phi(obj, w, *, gtol, t_max, solver, rtol, atol, max_steps):
     g = jax.grad(obj)
     event = diffrax.Event(lambda t, y, args, **kw: jnp.linalg.norm(g(y)) < gtol)
     sol = diffrax.diffeqsolve(
-        _field(obj),
-        _solver(solver, w.shape[0], rtol, atol),
+        gradient_field(obj),
+        ode_solver(solver, w.shape[0], rtol, atol),
         t0=0.0,
         t1=t_max,
         dt0=None,
@@ -155,8 +166,8 @@ def solve_at(term, solver, y0, ts, *, rtol, atol, max_steps):
 @eqx.filter_jit
 def _flow(obj, w, ts, *, solver, rtol, atol, max_steps):
     return solve_at(
-        _field(obj),
-        _solver(solver, w.shape[0], rtol, atol),
+        gradient_field(obj),
+        ode_solver(solver, w.shape[0], rtol, atol),
         w,
         ts,
         rtol=rtol,

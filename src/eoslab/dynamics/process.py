@@ -90,17 +90,20 @@ def _tree_where(pred: Array, a: Any, b: Any) -> Any:
 
 @eqx.filter_jit
 def advance(
-    process: Process, objective: Objective, state: Any, n: int
+    process: Process, objective: Objective, state: Any, n: int, keep_points: bool = False
 ) -> tuple[Any, Row, Array]:
     """``n`` compiled steps in one ``lax.scan``; a step whose loss or new point is not finite is
     not taken (the state freezes), and ``ok`` (per step) says which steps were.
 
-    Returns ``(state, rows, ok)``, rows stacked along a leading axis of length ``n``.
+    Returns ``(state, rows, ok)``, rows stacked along a leading axis of length ``n``; with
+    ``keep_points`` each row also holds the point ``w`` it describes.
     """
 
     def body(carry, _):
         state, alive = carry
         new, row = process.step(objective, state)
+        if keep_points:
+            row = {**row, "w": process.point(state)}
         finite_loss = jnp.isfinite(row["loss"])
         ok = alive & finite_loss & jnp.all(jnp.isfinite(process.point(new)))
         row = {**row, "finite_loss": alive & finite_loss}
@@ -111,6 +114,7 @@ def advance(
 
 
 @eqx.filter_jit
-def measure(process: Process, objective: Objective, state: Any) -> Row:
-    """The compiled row of the current point."""
-    return process.measure(objective, state)
+def measure(process: Process, objective: Objective, state: Any, keep_points: bool = False) -> Row:
+    """The compiled row of the current point (with the point ``w`` if ``keep_points``)."""
+    row = process.measure(objective, state)
+    return {**row, "w": process.point(state)} if keep_points else row

@@ -130,8 +130,14 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     return df[front + [c for c in df.columns if c not in front]]
 
 
-def _floats(row: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(np.asarray(v)) for k, v in row.items() if k != "finite_loss"}
+def _values(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if k == "finite_loss":
+            continue
+        arr = np.asarray(v)
+        out[k] = float(arr) if arr.ndim == 0 else arr.tolist()
+    return out
 
 
 def _check_int(field: str, value: Any, low: int) -> int:
@@ -156,8 +162,16 @@ def _as_processes(processes: Mapping[str, Process] | Process) -> dict[str, Proce
 class _Lockstep:
     """The processes, their states and probes; one checkpoint holds them all."""
 
-    def __init__(self, procs: dict[str, Process], obj: Objective, w0: Array, cfg: Probes, seed):
-        self.procs, self.obj = procs, obj
+    def __init__(
+        self,
+        procs: dict[str, Process],
+        obj: Objective,
+        w0: Array,
+        cfg: Probes,
+        seed: int,
+        keep_points: bool,
+    ):
+        self.procs, self.obj, self.keep_points = procs, obj, keep_points
         self.states = {n: p.init(obj, w0) for n, p in procs.items()}
         self.probes = {n: ProbeSet(obj, cfg, seed + 2 * i) for i, n in enumerate(procs)}
         self.distances = cfg.distances and len(procs) > 1
@@ -170,8 +184,13 @@ class _Lockstep:
         rows = {}
         for n, p in self.procs.items():
             st = self.states[n]
-            mrow = measure(p, self.obj, st) if p.compiled else p.measure(self.obj, st)
-            row = {"step": t, "process": n, **_floats(mrow)}
+            if p.compiled:
+                mrow = measure(p, self.obj, st, self.keep_points)
+            else:
+                mrow = p.measure(self.obj, st)
+                if self.keep_points:
+                    mrow = {**mrow, "w": p.point(st)}
+            row = {"step": t, "process": n, **_values(mrow)}
             if math.isfinite(row["loss"]) and bool(jnp.all(jnp.isfinite(p.point(st)))):
                 row.update(self.probes[n](n, t, p, self.obj, st, row))
             rows[n] = row
@@ -195,7 +214,9 @@ class _Lockstep:
                     continue
                 self.states[name] = new
                 continue
-            self.states[name], out, ok = advance(p, self.obj, self.states[name], n)
+            self.states[name], out, ok = advance(
+                p, self.obj, self.states[name], n, self.keep_points
+            )
             arrs = {k: np.asarray(v) for k, v in out.items()}
             ok = np.asarray(ok)
             bad = np.flatnonzero(~ok)
@@ -213,7 +234,11 @@ class _Lockstep:
             for i in range(1, last + 1):
                 if (t0 + i) % log_every == 0:
                     rows.append(
-                        {"step": t0 + i, "process": name, **_floats({k: v[i] for k, v in arrs.items()})}
+                        {
+                            "step": t0 + i,
+                            "process": name,
+                            **_values({k: v[i] for k, v in arrs.items()}),
+                        }
                     )
         return rows, diverged_at, reason
 
@@ -232,8 +257,10 @@ class _Lockstep:
             leaves, treedef = jax.tree_util.tree_flatten(self.states[n])
             saved = [arrays.get(f"{n}__state_{i}") for i in range(len(leaves))]
             extra = f"{n}__state_{len(leaves)}" in arrays
-            if any(s is None for s in saved) or extra or any(
-                np.shape(s) != np.shape(b) for s, b in zip(saved, leaves, strict=True)
+            if (
+                any(s is None for s in saved)
+                or extra
+                or any(np.shape(s) != np.shape(b) for s, b in zip(saved, leaves, strict=True))
             ):
                 raise ConfigError(
                     "resume", where, f"a checkpoint made by the same processes ({n!r} differs)"
@@ -243,7 +270,9 @@ class _Lockstep:
                 [jnp.asarray(a, jnp.asarray(b).dtype) for a, b in zip(saved, leaves, strict=True)],
             )
             prefix = f"{n}__probe_"
-            self.probes[n].load({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+            self.probes[n].load(
+                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            )
 
 
 def _goal(stop: Stop, row: dict, t: int) -> tuple[str, str] | None:
@@ -252,7 +281,10 @@ def _goal(stop: Stop, row: dict, t: int) -> tuple[str, str] | None:
         return "loss_goal", f"the loss reached {loss:.4g} <= {stop.loss_below:g} at step {t}"
     acc = row.get("accuracy")
     if stop.accuracy_above is not None and acc is not None and acc >= stop.accuracy_above:
-        return "accuracy_goal", f"the accuracy reached {acc:.4g} >= {stop.accuracy_above:g} at step {t}"
+        return (
+            "accuracy_goal",
+            f"the accuracy reached {acc:.4g} >= {stop.accuracy_above:g} at step {t}",
+        )
     return None
 
 
@@ -272,6 +304,7 @@ def run(
     resume: bool = False,
     config: dict | None = None,
     progress: bool | None = False,
+    keep_points: bool = False,
 ) -> Run:
     r"""Advance ``processes`` in lockstep from one start for ``steps`` steps, probing on the way.
 
@@ -292,6 +325,7 @@ def run(
         resume: continue the run in ``out`` from its last checkpoint.
         config: the config to record in ``config.json`` (default: the processes and arguments).
         progress: show a progress bar (None: on a terminal only).
+        keep_points: add each logged row's point as a ``w`` column (small problems).
 
     Returns:
         A `Run`. Divergence (a non-finite loss or point in any process) stops the run with
@@ -305,7 +339,7 @@ def run(
     probes = Probes() if probes is None else probes
     stop = Stop() if stop is None else stop
     w = jnp.asarray(obj.w0 if w0 is None else w0, obj.dtype)
-    lock = _Lockstep(procs, obj, w, probes, seed)
+    lock = _Lockstep(procs, obj, w, probes, seed, keep_points)
 
     store = RunStore(out) if out is not None else None
     t = 0
@@ -321,8 +355,11 @@ def run(
                 lock.load(store.read_checkpoint(path), str(out))
             store.truncate_metrics(t)
         else:
-            store.create(config if config is not None else _default_config(procs, steps, obj, seed,
-                                                                           probe_every, log_every))
+            store.create(
+                config
+                if config is not None
+                else _default_config(procs, steps, obj, seed, probe_every, log_every)
+            )
 
     first = next(iter(procs))
     bar = Progress(steps, initial=t, enabled=progress)
@@ -362,7 +399,9 @@ def run(
                 rows = lock.measure(t)
                 head = rows[first]
                 bar.update(
-                    t, head["loss"], head.get("eff_sharpness", head.get("sharpness")),
+                    t,
+                    head["loss"],
+                    head.get("eff_sharpness", head.get("sharpness")),
                     head.get("threshold"),
                 )
                 bad = [n for n, r in rows.items() if not math.isfinite(r["loss"])]

@@ -170,4 +170,3 @@ def distances(points: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
             out[p][f"dist_{q}"] = d
             out[q][f"dist_{p}"] = d
     return out
-

@@ -1,18 +1,19 @@
-"""Iterates of an update rule, kept every ``save_every`` steps, in one compiled ``lax.scan``."""
+"""`iterate`: the iterates of an update rule, every ``save_every`` steps (a front door to the loop)."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ..curvature._checks import check_w
+from ..dynamics.optimizer import Optimizer
 from ..dynamics.rules import Rule
 from ..errors import ConfigError
 from ..objective import LossLike, as_objective
+from ..runner import Probes, run
 
 __all__ = ["Iterates", "iterate"]
 
@@ -21,43 +22,9 @@ class Iterates(NamedTuple):
     steps: Array  # step index of each saved row (0 = the start)
     w: Float[Array, "n d"]
     loss: Float[Array, " n"]  # L(w_t) of the loss the rule is applied to
-    lr_eff: Float[Array, " n"]  # effective LR of the step taken *from* w_t (NaN at the end)
+    lr_eff: Float[Array, " n"]  # effective LR of the step taken *from* w_t
     gf_time: Float[Array, " n"]  # sum of effective LRs before t: the gradient-flow time used
-    threshold: Float[Array, " n"]  # the rule's stability threshold at that step (NaN at the end)
-    precond: Float[Array, "n d"] | None  # diagonal P of the step from w_t (adaptive rules only)
-
-
-@eqx.filter_jit
-def _scan(obj, rule, w0, *, steps, save_every):
-    vg = jax.value_and_grad(obj)
-    has_p = rule.preconditioner is not None
-
-    def one(carry, _):
-        w, state, T = carry
-        loss, g = vg(w)
-        w2, state2, info = rule.step(w, state, g, loss)
-        P = rule.preconditioner(state2) if has_p else None
-        return (w2, state2, T + info.lr_eff), (w, loss, T, info.lr_eff, info.threshold, P)
-
-    def block(carry, _):
-        carry, recs = jax.lax.scan(one, carry, None, length=save_every)
-        return carry, jax.tree_util.tree_map(lambda r: r[0], recs)
-
-    init = (w0, rule.init(w0), jnp.zeros((), w0.dtype))
-    (wN, _, TN), (ws, ls, Ts, lrs, thr, Ps) = jax.lax.scan(
-        block, init, None, length=steps // save_every
-    )
-    nan = jnp.full((1,), jnp.nan, w0.dtype)
-    if has_p:
-        Ps = jnp.concatenate([Ps, jnp.full((1, w0.shape[0]), jnp.nan, w0.dtype)])
-    return (
-        jnp.concatenate([ws, wN[None]]),
-        jnp.concatenate([ls, obj(wN)[None]]),
-        jnp.concatenate([lrs, nan]),
-        jnp.concatenate([Ts, TN[None]]),
-        jnp.concatenate([thr, nan]),
-        Ps,
-    )
+    threshold: Float[Array, " n"]  # the rule's stability threshold at that step
 
 
 def iterate(
@@ -65,10 +32,9 @@ def iterate(
 ) -> Iterates:
     r"""Run ``rule`` for ``steps`` steps from $w_0$ on $L$, saving every ``save_every``-th iterate.
 
-    Each row also keeps the effective LR, stability threshold and (adaptive rules) diagonal
-    preconditioner of the step taken from it. ``gf_time`` accumulates $\sum_{s<t}\eta_s$ (the
-    effective LRs), the gradient-flow time the iterates have used, so they can be compared with
-    $\phi(w_0, \cdot)$ on one time axis.
+    Each row also keeps the effective LR and stability threshold of the step taken from it;
+    ``gf_time`` accumulates $\sum_{s<t}\eta_s$, the gradient-flow time the iterates have used.
+    Runs `Optimizer(rule)` through `eoslab.runner.run` with no curvature probes.
     """
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
@@ -77,5 +43,23 @@ def iterate(
             raise ConfigError(name, val, "an integer >= 1")
     if steps % save_every:
         raise ConfigError("save_every", save_every, f"a divisor of steps (= {steps})")
-    ws, ls, lrs, Ts, thr, Ps = _scan(obj, rule, w0, steps=steps, save_every=save_every)
-    return Iterates(jnp.arange(ws.shape[0]) * save_every, ws, ls, lrs, Ts, thr, Ps)
+    res = run(
+        {"opt": Optimizer(rule)},
+        obj,
+        steps,
+        w0=w0,
+        probe_every=steps,
+        log_every=save_every,
+        probes=Probes(sharpness=False, alignment=False),
+        keep_points=True,
+    )
+    m = res.metrics
+    col = lambda name: jnp.asarray(m[name].to_numpy(), w0.dtype)  # noqa: E731
+    return Iterates(
+        jnp.asarray(m["step"].to_numpy()),
+        jnp.asarray(np.stack(m["w"].to_list()), w0.dtype),
+        col("loss"),
+        col("lr_eff"),
+        col("gf_time"),
+        col("threshold"),
+    )

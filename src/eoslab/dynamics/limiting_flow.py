@@ -1,0 +1,204 @@
+r"""The limiting flows on the manifold of minimizers $\Gamma$ (Arora, Li, Panigrahi 2022), as processes.
+
+Normalized GD tracks $\frac{dX}{d\tau}=-\frac14 P^\perp_{X,\Gamma}\nabla\log\lambda_1(X)$ and GD on
+$\sqrt{L-\min L}$ tracks $\frac{dX}{d\tau}=-\frac18 P^\perp_{X,\Gamma}\nabla\lambda_1(X)$, with
+$X(0)=\Phi(x_{\rm init})$ and $\tau=\eta^2 t$: step $t$ of the process advances $\tau$ by $\eta^2$
+(``lr**2``), so it sits beside the optimizer's step $t$. Two integrators:
+
+- `ProjectedLimitingFlow` solves $\dot X=-c\,P^\perp(X)\nabla f(X)$ with diffrax, $P^\perp$ and
+  $\lambda_1$ from the dense Hessian (accurate; small problems; compiled).
+- `RetractedLimitingFlow` takes Riemannian Euler steps $X\leftarrow\Phi(X-h\,c\,\nabla f(X))$ with
+  matrix-free $\lambda_1, v_1$ and $\nabla\lambda_1=\nabla^3L[v_1,v_1]$ (first order in $h$;
+  scales to networks; the paper's "sharpness minimizer"; a host loop).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ..curvature import top_eigenpairs
+from ..curvature.operator import HessianOperator
+from ..errors import ConfigError, check_choice, check_positive
+from ..objective import Objective
+from .phi import gradient_flow, phi
+from .process import Process, Row, base_row
+
+__all__ = [
+    "ALGORITHMS",
+    "LimitingFlowState",
+    "ProjectedLimitingFlow",
+    "RetractedLimitingFlow",
+    "flow_constant",
+    "flow_field",
+]
+
+ALGORITHMS = ("normalized_gd", "sqrt_loss_gd")
+
+
+def flow_constant(algorithm: str) -> tuple[float, bool]:
+    r"""$(c, \log)$: the flow is $-c\,P^\perp\nabla\log\lambda_1$ or $-c\,P^\perp\nabla\lambda_1$."""
+    check_choice("algorithm", algorithm, ALGORITHMS)
+    return (0.25, True) if algorithm == "normalized_gd" else (0.125, False)
+
+
+def flow_field(
+    obj: Objective, X: Float[Array, " d"], c: float, log: bool, rank_tol: float
+) -> tuple[Array, Array]:
+    r"""$(-c\,P^\perp\nabla f(X), \lambda_1(X))$ with $P^\perp=I-UU^\top$, $U$ the eigenvectors of
+    the dense Hessian above ``rank_tol`` $\cdot\lambda_1$, $f=\log\lambda_1$ or $\lambda_1$."""
+    H = HessianOperator(obj, X)
+    evals, evecs = jnp.linalg.eigh(H.as_matrix())
+    lam1, v1 = evals[-1], evecs[:, -1]
+    U = evecs * (evals > rank_tol * lam1).astype(X.dtype)[None, :]
+    _, g = H.grad_quadratic_form(v1)
+    g = g / lam1 if log else g
+    return -c * (g - U @ (U.T @ g)), lam1
+
+
+class LimitingFlowState(NamedTuple):
+    X: Float[Array, " d"]  # X(tau), on Gamma
+    tau: Float[Array, ""]  # flow time so far
+    t: Array  # steps taken (int)
+    v: Float[Array, " d"]  # the last top eigenvector (warm start; retraction only)
+
+
+def _check(algorithm: str, lr: float, schedule: tuple[float, ...] | None) -> None:
+    flow_constant(algorithm)
+    check_positive("lr", lr)
+    if schedule is not None and (
+        len(schedule) == 0 or not all(np.isfinite(schedule)) or min(schedule) <= 0
+    ):
+        raise ConfigError("schedule", "<tuple>", "positive flow-time increments, one per step")
+
+
+class _LimitingFlowBase(Process):
+    algorithm: Literal["normalized_gd", "sqrt_loss_gd"]
+    lr: float
+    schedule: tuple[float, ...] | None = None
+    phi_gtol: float = 1e-8
+    project_start: bool = True
+
+    def point(self, state: LimitingFlowState) -> Array:
+        return state.X
+
+    def _start(self, objective: Objective, w0: Array) -> LimitingFlowState:
+        base = objective.base()
+        X0 = phi(base, w0, gtol=self.phi_gtol) if self.project_start else w0
+        zero = jnp.zeros((), w0.dtype)
+        return LimitingFlowState(X0, zero, jnp.zeros((), jnp.int32), jnp.zeros_like(w0))
+
+    def dtau(self, t: int | Array) -> Array | float:
+        r"""Flow time of step $t$: $\eta^2$, or ``schedule[t]``."""
+        if self.schedule is None:
+            return self.lr**2
+        return jnp.asarray(self.schedule)[jnp.minimum(t, len(self.schedule) - 1)]
+
+    def _row(self, objective: Objective, state: LimitingFlowState) -> Row:
+        nan = jnp.full((), jnp.nan, state.X.dtype)
+        return {
+            **base_row(objective, state.X),
+            "lr_eff": nan,
+            "threshold": nan,
+            "tau": state.tau,
+        }
+
+
+class ProjectedLimitingFlow(_LimitingFlowBase):
+    r"""The limiting flow by diffrax on $\dot X=-c\,P^\perp(X)\nabla f(X)$ (dense; compiled)."""
+
+    rank_tol: float = 1e-6
+    rtol: float = 1e-10
+    atol: float = 1e-12
+    max_steps: int = 100_000
+
+    def __check_init__(self) -> None:
+        _check(self.algorithm, self.lr, self.schedule)
+        check_positive("rank_tol", self.rank_tol)
+
+    def init(self, objective: Objective, w0: Float[Array, " d"]) -> LimitingFlowState:
+        return self._start(objective, w0)
+
+    def step(self, objective: Objective, state: LimitingFlowState):
+        base = objective.base()
+        c, log = flow_constant(self.algorithm)
+        term = diffrax.ODETerm(lambda t, y, args: flow_field(base, y, c, log, self.rank_tol)[0])
+        dt = self.dtau(state.t)
+        sol = diffrax.diffeqsolve(
+            term,
+            diffrax.Tsit5(),
+            t0=0.0,
+            t1=dt,
+            dt0=None,
+            y0=state.X,
+            stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),
+            max_steps=self.max_steps,
+            throw=False,
+        )
+        X = jnp.where(sol.result == diffrax.RESULTS.successful, sol.ys[-1], jnp.nan)
+        row = {**self._row(objective, state), "lambda1": flow_field(base, state.X, c, log, 1.0)[1]}
+        return LimitingFlowState(X, state.tau + dt, state.t + 1, state.v), row
+
+
+@eqx.filter_jit
+def _euler_step(base: Objective, X: Array, v: Array, step: Array, c: float, log: bool) -> Array:
+    lam, g = HessianOperator(base, X).grad_quadratic_form(v)
+    return X - step * c * (g / lam if log else g)
+
+
+class RetractedLimitingFlow(_LimitingFlowBase):
+    r"""Riemannian Euler with $\Phi$ as retraction: $X\leftarrow\Phi(X-h\,c\,\nabla f(X))$.
+
+    ``h`` is the largest Euler step in flow time (a step never crosses a probed step). Each
+    retraction runs gradient flow until $\|\nabla L\|<$ ``phi_gtol``, or for a fixed flow time
+    ``projection_time`` if given (cheaper, but the points may leave $\Gamma$).
+    """
+
+    compiled = False
+    h: float = 0.01
+    projection_time: float | None = None
+    eig_tol: float = 1e-6
+
+    def __check_init__(self) -> None:
+        _check(self.algorithm, self.lr, self.schedule)
+        check_positive("h", self.h)
+        check_positive("eig_tol", self.eig_tol)
+        if self.projection_time is not None:
+            check_positive("projection_time", self.projection_time)
+
+    def init(self, objective: Objective, w0: Float[Array, " d"]) -> LimitingFlowState:
+        st = self._start(objective, w0)
+        v = top_eigenpairs(objective.base(), st.X, 1, tol=self.eig_tol).vectors[:, 0]
+        return st._replace(v=v)
+
+    def _project(self, base: Objective, x: Array) -> Array:
+        if self.projection_time is None:
+            return phi(base, x, gtol=self.phi_gtol)
+        ts = jnp.asarray([self.projection_time], x.dtype)
+        return gradient_flow(base, x, ts)[-1]
+
+    def advance(self, objective: Objective, state: LimitingFlowState, n: int):
+        base = objective.base()
+        c, log = flow_constant(self.algorithm)
+        X, v, tau, t = state.X, state.v, float(state.tau), int(state.t)
+        target = tau + sum(float(self.dtau(t + i)) for i in range(n))
+        while target - tau > 1e-12 * max(1.0, target):
+            v = top_eigenpairs(base, X, 1, tol=self.eig_tol, v0=v).vectors[:, 0]
+            dt = min(self.h, target - tau)
+            X = self._project(base, _euler_step(base, X, v, jnp.asarray(dt, X.dtype), c, log))
+            tau += dt
+        v = top_eigenpairs(base, X, 1, tol=self.eig_tol, v0=v).vectors[:, 0]
+        return LimitingFlowState(X, jnp.asarray(tau, X.dtype), jnp.asarray(t + n, jnp.int32), v)
+
+    def measure(self, objective: Objective, state: LimitingFlowState) -> Row:
+        return _row_jit(self, objective, state)
+
+
+@eqx.filter_jit
+def _row_jit(process: _LimitingFlowBase, objective: Objective, state: LimitingFlowState) -> Row:
+    return process._row(objective, state)
