@@ -20,7 +20,6 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .errors import ConfigError
-from .objective import safe_sqrt
 
 __all__ = [
     "LOSSES",
@@ -30,10 +29,21 @@ __all__ = [
     "get",
     "mse_half",
     "mse_sum",
+    "safe_sqrt",
     "sqrt",
 ]
 
 Loss = Callable[[Array, Array], Array]
+
+
+def safe_sqrt(u: Array) -> Array:
+    r"""$\sqrt{\max(u, 0)}$ with derivative $1/(2\sqrt u)$ for $u>0$ and $0$ for $u \le 0$.
+
+    At the minimum ($u=0$) the value is 0 and the gradient is the zero subgradient, never NaN;
+    higher derivatives are finite as well (the double-`where` keeps NaN out of the backward pass).
+    """
+    pos = u > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, u, 1.0)), 0.0)
 
 
 def _targets(outputs: Array, labels: Array) -> Array:

@@ -19,18 +19,10 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
 from .errors import ConfigError
+from .losses import get as get_loss
+from .losses import safe_sqrt
 
-__all__ = ["Objective", "safe_sqrt", "as_objective"]
-
-
-def safe_sqrt(u: Array) -> Array:
-    r"""$\sqrt{\max(u, 0)}$ with derivative $1/(2\sqrt u)$ for $u>0$ and $0$ for $u \le 0$.
-
-    At the minimum ($u=0$) the value is 0 and the gradient is the zero subgradient, never NaN;
-    higher derivatives are finite as well (the double-`where` keeps NaN out of the backward pass).
-    """
-    pos = u > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, u, 1.0)), 0.0)
+__all__ = ["ModelLoss", "Objective", "as_objective", "safe_sqrt"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,9 +199,7 @@ class Objective(eqx.Module):
         examples along axis 0 of ``x`` and ``y``.
         """
         if isinstance(loss, str):
-            from .losses import get as _get_loss
-
-            loss = _get_loss(loss)
+            loss = get_loss(loss)
         if not callable(apply):
             raise ConfigError("apply", apply, "a pure function apply(params, x)")
         if hasattr(dataset, "x_train") and hasattr(dataset, "y_train"):
@@ -258,7 +248,7 @@ class Objective(eqx.Module):
             "y": y if jnp.issubdtype(y.dtype, jnp.integer) else y.astype(target),
             "frozen": fixed,
         }
-        fn = _ModelLoss(apply, loss, unravel)
+        fn = ModelLoss(apply, loss, unravel)
         return cls._build(fn, data, flat, loss_min, dtype, _FullUnravel(unravel, fixed))
 
     @classmethod
@@ -367,8 +357,10 @@ def _path_name(key: Any) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _ModelLoss:
-    """``loss(apply(theta(w), x), y)`` with the frozen groups taken from ``data["frozen"]``.
+class ModelLoss:
+    """``loss(apply(theta(w), x), y)`` with the frozen groups taken from ``data["frozen"]``: the
+    ``fn`` of an objective built by `Objective.from_model` (its ``apply``, ``loss`` and
+    ``unravel`` of the trainable parameters are public, e.g. for `eoslab.parallel`).
 
     Equal for equal (apply, loss, parameter layout): objectives of the same model on other data
     or other initial values share compiled code (``ravel_pytree``'s unravel compares by value)."""

@@ -1,6 +1,6 @@
 r"""Micro-batching: the full-batch loss, gradient and HVP accumulated over blocks of examples.
 
-For a mean objective (see `eoslab.parallel._examples`: ``from_model`` with a per-example-mean
+For a mean objective (see `eoslab.parallel.weighted`: ``from_model`` with a per-example-mean
 loss on a model without full-batch BatchNorm)
 
 $$L(w) = \frac1N\sum_{i=1}^N \ell_i(w) = \sum_{b=1}^{\lceil N/B\rceil} \frac{n_b}{N}\,\bar\ell_b(w),
@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..objective import Objective
-from ._examples import _chunk_sum, mean_parts, num_examples, weighted_objective
 from .sharding import is_sharded, shard_objective
+from .weighted import chunk_sum, mean_parts, num_examples, weighted_objective
 
 __all__ = ["MicrobatchPlan", "microbatched", "plan_microbatch"]
 
@@ -58,7 +58,7 @@ def _block_hvp_temp_bytes(obj: Objective, b: int) -> float:
     w = jax.ShapeDtypeStruct(obj.w0.shape, obj.dtype)
 
     def f(w, v, frozen, xb, yb, mb):
-        loss = lambda u: _chunk_sum(
+        loss = lambda u: chunk_sum(
             parts.apply, parts.loss, eqx.combine(parts.unravel(u), frozen), xb, yb, mb
         )
         return jax.jvp(jax.grad(loss), (w,), (v,))[1]

@@ -16,7 +16,7 @@ Which arrays are per-example:
     length $N$. Scalars are replicated.
 
 Example counts not divisible by the number of devices $n$: a mean objective (``from_model`` with
-a per-example-mean loss, see `eoslab.parallel._examples`) is padded with
+a per-example-mean loss, see `eoslab.parallel.weighted`) is padded with
 $\lceil N/n\rceil n - N$ zero-weight examples and evaluated as $\sum_i m_i\ell_i$,
 $m_i = 1/N$ on real examples, $0$ on padding: the same function of $w$. Any other objective is
 refused with `ConfigError` (XLA shardings must divide the axis evenly, and a general
@@ -34,13 +34,14 @@ import dataclasses
 import re
 from typing import Any
 
+import equinox as eqx
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..errors import ConfigError
 from ..objective import Objective
-from ._examples import batch_size_of, mean_parts, weighted_objective
+from .weighted import batch_size_of, mean_parts, weighted_objective
 
 __all__ = ["compiled_collectives", "data_mesh", "shard_objective", "is_sharded"]
 
@@ -165,8 +166,6 @@ def compiled_collectives(fn: Any, *args: Any) -> dict[str, int]:
 
     >>> # compiled_collectives(lambda o, w: jax.grad(o)(w), sharded_obj, w)["all-reduce"] >= 1
     """
-    import equinox as eqx
-
     dyn, static = eqx.partition(args, eqx.is_array)
     jitted = jax.jit(lambda d: fn(*eqx.combine(d, static)))
     text = jitted.lower(dyn).compile().as_text()

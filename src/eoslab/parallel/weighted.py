@@ -28,11 +28,22 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from .. import losses as _losses
 from ..errors import ConfigError
-from ..objective import Objective, _ModelLoss, _Sqrt, safe_sqrt
+from ..losses import SqrtLoss, cross_entropy, mse_half, mse_sum, safe_sqrt
+from ..objective import ModelLoss, Objective
 
-MEAN_LOSSES: tuple[Callable, ...] = (_losses.mse_half, _losses.mse_sum, _losses.cross_entropy)
+__all__ = [
+    "MEAN_LOSSES",
+    "MeanParts",
+    "batch_size_of",
+    "chunk_sum",
+    "mean_parts",
+    "num_examples",
+    "pad_rows",
+    "weighted_objective",
+]
+
+MEAN_LOSSES: tuple[Callable, ...] = (mse_half, mse_sum, cross_entropy)
 
 _QUALIFY = (
     "an objective from Objective.from_model whose loss is a mean over examples (mse_half, "
@@ -61,14 +72,15 @@ def mean_parts(obj: Objective, field: str = "objective") -> MeanParts:
     if not isinstance(obj, Objective):
         raise ConfigError(field, type(obj).__name__, "an eoslab.Objective")
     fn, outer = obj.fn, None
-    if obj.transform == "sqrt" and isinstance(fn, _Sqrt):
-        fn, outer = fn.fn, fn.loss_min
+    if obj.transform == "sqrt":
+        base = obj.base()
+        fn, outer = base.fn, base.loss_min
     if isinstance(fn, _WeightedModelLoss):
         return MeanParts(fn.apply, fn.loss, fn.unravel, fn.sqrt_min, outer)
-    if not isinstance(fn, _ModelLoss):
+    if not isinstance(fn, ModelLoss):
         raise ConfigError(field, f"<objective with fn {type(fn).__name__}>", _QUALIFY)
     loss, inner = fn.loss, None
-    if isinstance(loss, _losses.SqrtLoss):
+    if isinstance(loss, SqrtLoss):
         loss, inner = loss.base, loss.loss_min
     if not _is_mean_loss(loss):
         raise ConfigError(f"{field} loss", getattr(fn.loss, "__name__", fn.loss), _QUALIFY)
@@ -83,7 +95,7 @@ def mean_parts(obj: Objective, field: str = "objective") -> MeanParts:
     return MeanParts(fn.apply, loss, fn.unravel, inner, outer)
 
 
-def _chunk_sum(apply, loss, params, x, y, m) -> Array:
+def chunk_sum(apply, loss, params, x, y, m) -> Array:
     r"""$\sum_i m_i\,\ell(f(\theta, x_i), y_i)$ over one block of examples."""
     out = apply(params, x)
     per = jax.vmap(lambda o, t: loss(o[None], t[None]))(out, y)
@@ -109,7 +121,7 @@ class _WeightedModelLoss:
     def __call__(self, w: Array, data: Any) -> Array:
         params = eqx.combine(self.unravel(w), data["frozen"])
         x, y, m = data["x"], data["y"], data["weight"]
-        chunk = lambda p, xb, yb, mb: _chunk_sum(self.apply, self.loss, p, xb, yb, mb)
+        chunk = lambda p, xb, yb, mb: chunk_sum(self.apply, self.loss, p, xb, yb, mb)
         if self.batch_size is None or self.batch_size >= x.shape[0]:
             total = chunk(params, x, y, m)
         else:
@@ -151,7 +163,7 @@ def weighted_objective(
     Equal to ``obj`` in value and in every derivative (up to floating-point summation order).
     """
     parts = mean_parts(obj, field)
-    fn = obj.fn.fn if isinstance(obj.fn, _Sqrt) else obj.fn
+    fn = obj.base().fn
     if batch_size is None and isinstance(fn, _WeightedModelLoss):
         batch_size = fn.batch_size  # keep an existing micro-batching
     if batch_size is not None:
@@ -174,10 +186,8 @@ def weighted_objective(
     base = _WeightedModelLoss(
         parts.apply, parts.loss, parts.unravel, parts.inner_sqrt_min, batch_size
     )
-    if parts.outer_sqrt_min is not None:
-        return dataclasses.replace(
-            obj, fn=_Sqrt(base, parts.outer_sqrt_min), base_fn=base, data=new_data
-        )
+    if parts.outer_sqrt_min is not None:  # sqrt(L - L_min) of the rewritten L
+        return dataclasses.replace(obj.base(), fn=base, data=new_data).sqrt()
     return dataclasses.replace(obj, fn=base, data=new_data)
 
 
@@ -191,5 +201,5 @@ def num_examples(obj: Objective) -> int:
 
 def batch_size_of(obj: Objective) -> int | None:
     """The micro-batch size of an objective made by `microbatched` (None for any other)."""
-    fn = obj.fn.fn if isinstance(obj.fn, _Sqrt) else obj.fn
+    fn = obj.base().fn
     return fn.batch_size if isinstance(fn, _WeightedModelLoss) else None
