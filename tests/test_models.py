@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from eoslab import models
 from eoslab.errors import ConfigError
-from eoslab.models._layers import _conv_im2col, avg_pool, max_pool
+from eoslab.models.layers import _conv_im2col, avg_pool, max_pool
 
 CIFAR = (32, 32, 3)
 

@@ -7,10 +7,10 @@
 (5, 10)
 """
 
-from ._layers import ACTIVATIONS as ACTIVATIONS
-from ._layers import num_params as num_params
 from .cnn import CNN as CNN
 from .cnn import cnn as cnn
+from .layers import ACTIVATIONS as ACTIVATIONS
+from .layers import num_params as num_params
 from .linear import DeepLinear as DeepLinear
 from .linear import deep_linear as deep_linear
 from .mlp import MLP as MLP

@@ -7,10 +7,9 @@ import dataclasses
 from jaxtyping import Array
 
 from ..errors import ConfigError
-from ._image import image_shape
-from ._layers import POOLS, conv, conv_init, dense, dense_init, rng_from_key
-from ._layers import activation as _activation
-from .mlp import _check_widths
+from .layers import POOLS, conv, conv_init, dense, dense_init, rng_from_key
+from .layers import activation as _activation
+from .shapes import check_widths, image_shape
 
 __all__ = ["CNN", "cnn"]
 
@@ -52,7 +51,7 @@ def cnn(
     Parameter count: $\sum_l (9 c_{l-1} + 1) c_l + (c_L \lfloor H/2^L \rfloor \lfloor W/2^L
     \rfloor + 1) k$.
     """
-    ws = _check_widths(widths)
+    ws = check_widths(widths)
     _activation(activation)
     if pool not in POOLS:
         raise ConfigError("pool", pool, "one of " + ", ".join(map(repr, POOLS)))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ..errors import ConfigError
-from ._layers import normal, rng_from_key
+from .layers import normal, rng_from_key
 
 __all__ = ["DeepLinear", "deep_linear"]
 

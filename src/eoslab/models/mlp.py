@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array
 
-from ..errors import ConfigError
-from ._layers import activation as _activation
-from ._layers import dense, dense_init, normal, rng_from_key
+from .layers import activation as _activation
+from .layers import dense, dense_init, head_init, rng_from_key
+from .shapes import check_widths
 
 __all__ = ["MLP", "mlp"]
 
@@ -36,16 +34,6 @@ class MLP:
         return dense(params["head"], h)
 
 
-def _check_widths(widths, field: str = "widths") -> tuple[int, ...]:
-    try:
-        ws = tuple(int(w) for w in widths)
-    except TypeError as exc:
-        raise ConfigError(field, widths, "a sequence of positive ints") from exc
-    if any(w <= 0 for w in ws) or any(int(w) != w for w in widths):
-        raise ConfigError(field, widths, "a sequence of positive ints")
-    return ws
-
-
 def mlp(
     key: Array,
     input_shape: tuple[int, ...],
@@ -62,7 +50,7 @@ def mlp(
     ``head_init_std`` the head is $N(0, \text{std}^2)$ with zero bias.
     Parameter count: $\sum_l (n_{l-1} + 1) n_l$ with $n_0 = \prod$ ``input_shape``.
     """
-    ws = _check_widths(widths)
+    ws = check_widths(widths)
     _activation(activation)
     d_in = math.prod(input_shape)
     dims = (d_in, *ws, num_classes)
@@ -70,16 +58,5 @@ def mlp(
     params = {}
     for i in range(len(ws)):
         params[f"dense{i}"] = dense_init(rng, dims[i], dims[i + 1], bias=bias)
-    params["head"] = _head(rng, dims[-2], num_classes, bias, head_init_std)
+    params["head"] = head_init(rng, dims[-2], num_classes, bias, head_init_std)
     return MLP(len(ws), activation), params
-
-
-def _head(
-    rng: np.random.Generator, fan_in: int, num_classes: int, bias: bool, std: float | None
-) -> dict:
-    if std is None:
-        return dense_init(rng, fan_in, num_classes, bias=bias)
-    p = {"w": normal(rng, (fan_in, num_classes), std)}
-    if bias:
-        p["b"] = jnp.zeros((num_classes,), jnp.float32)
-    return p

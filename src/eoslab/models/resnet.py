@@ -9,8 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ..errors import ConfigError
-from ._image import image_shape
-from ._layers import (
+from .layers import (
     batch_norm_full,
     conv,
     conv_init,
@@ -20,6 +19,7 @@ from ._layers import (
     norm_init,
     rng_from_key,
 )
+from .shapes import image_shape
 
 __all__ = ["ResNet", "resnet"]
 

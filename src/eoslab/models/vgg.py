@@ -7,10 +7,18 @@ import dataclasses
 from jaxtyping import Array
 
 from ..errors import ConfigError
-from ._image import image_shape
-from ._layers import POOLS, batch_norm_full, conv, conv_init, dense, norm_init, rng_from_key
-from ._layers import activation as _activation
-from .mlp import _head
+from .layers import (
+    POOLS,
+    batch_norm_full,
+    conv,
+    conv_init,
+    dense,
+    head_init,
+    norm_init,
+    rng_from_key,
+)
+from .layers import activation as _activation
+from .shapes import image_shape
 
 __all__ = ["VGG", "VGG11", "vgg"]
 
@@ -89,5 +97,5 @@ def vgg(
         i += 1
     if h < 1 or w < 1:
         raise ConfigError("input_shape", input_shape, "images large enough for every pool")
-    params["head"] = _head(rng, c * h * w, num_classes, True, head_init_std)
+    params["head"] = head_init(rng, c * h * w, num_classes, True, head_init_std)
     return VGG(image_shape(input_shape), tuple(config), activation, pool, norm), params

@@ -72,6 +72,19 @@ def dense_init(
     return p
 
 
+def head_init(
+    rng: np.random.Generator, fan_in: int, num_classes: int, bias: bool, std: float | None
+) -> dict[str, Array]:
+    r"""The linear head: `dense_init` if ``std`` is None, else $W \sim N(0, \text{std}^2)$ and
+    a zero bias."""
+    if std is None:
+        return dense_init(rng, fan_in, num_classes, bias=bias)
+    p = {"w": normal(rng, (fan_in, num_classes), std)}
+    if bias:
+        p["b"] = jnp.zeros((num_classes,), jnp.float32)
+    return p
+
+
 def dense(p: dict[str, Array], x: Array) -> Array:
     """$x W + b$ for ``x`` of shape ``(N, n_in)``."""
     y = x @ p["w"]
