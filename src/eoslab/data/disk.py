@@ -13,10 +13,11 @@ import numpy as np
 
 from ..errors import CorruptFileError, DatasetNotFoundError
 from . import safe_pickle
-from .registry import DatasetSpec, RawData, data_dirs, register
+from .specs import DatasetSpec, RawData, data_dirs
 
 __all__ = [
     "CIFAR_BIN",
+    "SPECS",
     "CIFAR_PY",
     "SYSTEM_FASHION_MNIST",
     "find_cifar10",
@@ -205,7 +206,8 @@ def _locate_idx(name: str):
     return locate
 
 
-register(
+#: The on-disk datasets, registered by `eoslab.data.registry`.
+SPECS: tuple[DatasetSpec, ...] = (
     DatasetSpec(
         "cifar10",
         "disk (python or binary batches); fetchable",
@@ -217,9 +219,7 @@ register(
         _locate_cifar,
         fetchable=True,
         description="CIFAR-10",
-    )
-)
-register(
+    ),
     DatasetSpec(
         "mnist",
         "disk (IDX, .gz or raw); fetchable",
@@ -231,9 +231,7 @@ register(
         _locate_idx("mnist"),
         fetchable=True,
         description="MNIST",
-    )
-)
-register(
+    ),
     DatasetSpec(
         "fashion-mnist",
         "disk (IDX) or Debian dataset-fashion-mnist; fetchable",
@@ -245,5 +243,5 @@ register(
         _locate_idx("fashion-mnist"),
         fetchable=True,
         description="Fashion-MNIST",
-    )
+    ),
 )

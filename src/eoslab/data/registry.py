@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import builtins
-import dataclasses
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
 
 from ..errors import ConfigError
+from . import builtin, disk
+from .specs import Dataset as Dataset
+from .specs import DatasetSpec as DatasetSpec
+from .specs import RawData as RawData
+from .specs import data_dirs as data_dirs
+from .specs import default_data_dir as default_data_dir
 
 __all__ = [
     "DATASETS",
@@ -27,58 +30,7 @@ __all__ = [
     "register",
 ]
 
-#: ``(x_train, y_train, x_test, y_test)`` as numpy arrays, x with the example axis first.
-RawData = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
 SUBSETS = ("first", "balanced")
-ENV_VAR = "EOSLAB_DATA"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-    """A dataset on the device: inputs ``x_*`` of shape ``(N, *input_shape)`` (float32) and
-    labels ``y_*``: int32 classes ``(N,)`` for classification, float32 targets
-    ``(N, num_classes)`` for regression (``num_classes`` is then the output dimension)."""
-
-    name: str
-    x_train: Array
-    y_train: Array
-    x_test: Array
-    y_test: Array
-    num_classes: int
-    input_shape: tuple[int, ...]
-    task: Literal["classification", "regression"] = "classification"
-
-    @property
-    def n_train(self) -> int:
-        return int(self.x_train.shape[0])
-
-    @property
-    def n_test(self) -> int:
-        return int(self.x_test.shape[0])
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """What a dataset is, where it comes from and how to read it.
-
-    ``loader(data_dir)`` returns `RawData`; ``locate(data_dir)`` says where the files are (or
-    ``"built in"``) and returns None when the dataset is not available now.
-    """
-
-    name: str
-    source: str
-    train_size: int
-    test_size: int
-    input_shape: tuple[int, ...]
-    num_classes: int
-    loader: Callable[[Path | None], RawData]
-    locate: Callable[[Path | None], str | None]
-    task: Literal["classification", "regression"] = "classification"
-    standardize: bool = True
-    fetchable: bool = False
-    description: str = ""
-
 
 DATASETS: dict[str, DatasetSpec] = {}
 
@@ -91,31 +43,17 @@ def register(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
+for shipped in (*builtin.SPECS, *disk.SPECS):  # the datasets eoslab knows out of the box
+    register(shipped)
+del shipped
+
+
 def list() -> builtins.list[str]:  # noqa: A001 - part of the public interface
     """The names `load` accepts, sorted."""
-    _ensure_registered()
     return sorted(DATASETS)
 
 
-def default_data_dir() -> Path:
-    """``$EOSLAB_DATA`` if set, else ``~/.cache/eoslab/data``: where fetched data go."""
-    env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "eoslab" / "data"
-
-
-def data_dirs(data_dir: str | os.PathLike | None) -> builtins.list[Path]:
-    """Directories searched for on-disk datasets: ``data_dir`` if given, else the default."""
-    return [Path(data_dir).expanduser()] if data_dir is not None else [default_data_dir()]
-
-
-def _ensure_registered() -> None:
-    from . import builtin, disk  # noqa: F401 - registering side effect, once
-
-    del builtin, disk
-
-
 def _spec(name: str) -> DatasetSpec:
-    _ensure_registered()
     if name not in DATASETS:
         raise ConfigError("dataset", name, "one of " + ", ".join(map(repr, sorted(DATASETS))))
     return DATASETS[name]
