@@ -1,6 +1,8 @@
 """``python -m eoslab``: the eoslab command line."""
 
-from .cli import _entry
+import sys
+
+from .cli import main
 
 if __name__ == "__main__":
-    _entry()
+    sys.exit(main())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class EoslabError(Exception):
     """Base class of every error eoslab raises on purpose."""
@@ -55,8 +57,6 @@ def check_choice(field: str, value: object, choices: tuple | list) -> None:
 
 def check_positive(field: str, value: float, *, allow_zero: bool = False) -> None:
     """Raise `ConfigError` unless `value` is a finite number > 0 (or >= 0)."""
-    import math
-
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
