@@ -1,6 +1,8 @@
-"""Curvature of a loss at a point: HVPs, eigenpairs, trackers, traces, densities, stableness.
+"""Curvature at a point: HVPs, eigenpairs, trackers, traces, densities, stableness.
 
-Every function takes either a callable ``loss(w)`` or an `eoslab.Objective`.
+Every solver takes an `Operator` (`HessianOperator` $\\nabla^2L(w)$ or a
+`PreconditionedOperator` $P^{-1/2}HP^{-1/2}$), or a loss (a callable ``loss(w)`` or an
+`eoslab.Objective`) and a point ``w``; an `Objective` alone means its ``w0``.
 """
 
 from .density import SpectralDensity as SpectralDensity
@@ -13,6 +15,11 @@ from .hvp import grad_top_eigenvalue as grad_top_eigenvalue
 from .hvp import hessian_dense as hessian_dense
 from .hvp import hvp as hvp
 from .hvp import hvp_block as hvp_block
+from .lanczos import krylov_top as krylov_top
+from .operator import HessianOperator as HessianOperator
+from .operator import Operator as Operator
+from .operator import PreconditionedOperator as PreconditionedOperator
+from .operator import as_operator as as_operator
 from .stableness import Stableness as Stableness
 from .stableness import stableness as stableness
 from .trace import TraceEstimate as TraceEstimate
@@ -24,16 +31,21 @@ __all__ = [
     "METHODS",
     "EigResult",
     "EigenTracker",
+    "HessianOperator",
+    "Operator",
+    "PreconditionedOperator",
     "SpectralDensity",
     "Stableness",
     "TraceEstimate",
     "align_vectors",
+    "as_operator",
     "bottom_eigenpairs",
     "grad_top_eigenvalue",
     "hessian_dense",
     "hutchinson_trace",
     "hvp",
     "hvp_block",
+    "krylov_top",
     "spectral_density",
     "stableness",
     "top_eigenpairs",

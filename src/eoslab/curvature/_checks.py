@@ -11,7 +11,8 @@ from ..errors import ConfigError
 from ..objective import Objective
 
 
-def _concrete(x) -> bool:
+def concrete(x) -> bool:
+    """Whether ``x`` holds values (not a tracer), so it can be checked before tracing."""
     return not isinstance(x, jax.core.Tracer)
 
 
@@ -24,7 +25,7 @@ def check_w(w, obj: Objective) -> Array:
         raise ConfigError("w.shape", w.shape, "a 1-D flat parameter vector")
     if w.shape != obj.w0.shape:
         raise ConfigError("w.shape", w.shape, f"{obj.w0.shape} (the objective's dimension)")
-    if _concrete(w) and not bool(jnp.all(jnp.isfinite(w))):
+    if concrete(w) and not bool(jnp.all(jnp.isfinite(w))):
         raise ConfigError("w", "<contains NaN or inf>", "finite values only")
     return w
 
@@ -33,7 +34,7 @@ def check_vector(name: str, v, w: Array) -> Array:
     v = jnp.asarray(v, w.dtype)
     if v.shape != w.shape:
         raise ConfigError(f"{name}.shape", v.shape, f"{w.shape} (same as w)")
-    if _concrete(v) and not bool(jnp.all(jnp.isfinite(v))):
+    if concrete(v) and not bool(jnp.all(jnp.isfinite(v))):
         raise ConfigError(name, "<contains NaN or inf>", "finite values only")
     return v
 

@@ -17,10 +17,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..errors import ConfigError
-from ..objective import LossLike, as_objective
-from ._checks import check_w
-from .hvp import _hvp
+from ..objective import LossLike
 from .lanczos import lanczos_top
+from .operator import Operator, as_operator
 
 __all__ = ["SpectralDensity", "spectral_density"]
 
@@ -42,11 +41,11 @@ class SpectralDensity(NamedTuple):
 
 
 @eqx.filter_jit
-def _slq(obj, w, probes, m):
+def _slq(op, probes, m):
     def one(v):
         # m Lanczos steps, no early stop (k = m): T's eigenpairs give the Gauss quadrature.
         st = lanczos_top(
-            lambda x: _hvp(obj, w, x),
+            op.mv,
             v,
             m,
             tol=1e-30,
@@ -61,25 +60,27 @@ def _slq(obj, w, probes, m):
 
 
 def spectral_density(
-    loss: LossLike,
-    w: Float[Array, " d"],
-    key: Array,
+    loss: LossLike | Operator,
+    w: Float[Array, " d"] | None = None,
+    key: Array | None = None,
     *,
     n_probes: int = 10,
     lanczos_steps: int = 80,
 ) -> SpectralDensity:
-    r"""Stochastic Lanczos quadrature estimate of the spectral measure of $\nabla^2 L(w)$.
+    r"""Stochastic Lanczos quadrature estimate of the spectral measure of $H = \nabla^2 L(w)$.
+
+    ``loss`` is an operator (pass the rest by keyword), an `Objective` (``w`` defaults to its
+    ``w0``) or a callable; ``key`` defaults to ``PRNGKey(0)``.
 
     Spends ``n_probes * lanczos_steps`` HVPs (``lanczos_steps`` is capped at $D$). Moments up to
     degree $2m-1$ are exact per probe; the probe average is unbiased for $\mathrm{tr}(H^p)/D$.
     """
-    obj = as_objective(loss, w)
-    w = check_w(w, obj)
+    op = as_operator(loss, w)
     for name, val in (("n_probes", n_probes), ("lanczos_steps", lanczos_steps)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ConfigError(name, val, "an integer >= 1")
-    d = w.shape[0]
-    m = min(lanczos_steps, d)
-    probes = jax.random.rademacher(key, (n_probes, d), w.dtype)
-    nodes, weights = _slq(obj, w, probes, m)
+    key = jax.random.PRNGKey(0) if key is None else key
+    m = min(lanczos_steps, op.dim)
+    probes = jax.random.rademacher(key, (n_probes, op.dim), op.dtype)
+    nodes, weights = _slq(op, probes, m)
     return SpectralDensity(nodes, weights, n_probes * m)

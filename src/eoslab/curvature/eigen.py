@@ -11,10 +11,10 @@ from jax.experimental.sparse.linalg import lobpcg_standard
 from jaxtyping import Array, Float, Int
 
 from ..errors import ConfigError, check_choice, check_positive
-from ..objective import LossLike, as_objective
-from ._checks import check_k, check_w
-from .hvp import _hvp, _hvp_block
-from .lanczos import lanczos_top, ritz_vectors
+from ..objective import LossLike
+from ._checks import check_k
+from .lanczos import default_m_max, lanczos_top, ritz_vectors
+from .operator import Operator, as_operator
 
 __all__ = ["EigResult", "top_eigenpairs", "bottom_eigenpairs", "METHODS"]
 
@@ -22,7 +22,7 @@ METHODS = ("lanczos", "lobpcg", "power")
 
 
 class EigResult(eqx.Module):
-    r"""Eigenpairs of $\nabla^2 L(w)$, largest algebraic first, with their certificates.
+    r"""Eigenpairs of an operator $H$ (e.g. $\nabla^2 L(w)$), largest first, with certificates.
 
     Attributes:
         values: $\lambda_1 \ge \dots \ge \lambda_k$, shape ``(k,)``.
@@ -49,10 +49,6 @@ class EigResult(eqx.Module):
         return self.error_bound / jnp.abs(self.values)
 
 
-def _default_m_max(k: int, d: int) -> int:
-    return int(min(d, max(3 * k + 20, 40)))
-
-
 def _initial_vector(v0, d, dtype, key) -> Array:
     if v0 is None:
         return jax.random.normal(key, (d,), dtype)
@@ -76,8 +72,8 @@ def _check_v0(v0, d: int, k: int) -> None:
 
 
 @eqx.filter_jit
-def _lanczos_jit(obj, w, v0, key, sign, *, k, tol, m_max, max_matvecs, keep):
-    mv = lambda x: sign * _hvp(obj, w, x)
+def _lanczos_jit(op, v0, key, sign, *, k, tol, m_max, max_matvecs, keep):
+    mv = lambda x: sign * op.mv(x)
     st = lanczos_top(
         mv, v0, k, tol=tol, m_max=m_max, max_matvecs=max_matvecs, key=key, restart_keep=keep
     )
@@ -100,13 +96,13 @@ def _lanczos_jit(obj, w, v0, key, sign, *, k, tol, m_max, max_matvecs, keep):
     )
 
 
-def _certify_block(obj, w, X, sign, tol, extra_mv):
+def _certify_block(op, X, sign, tol, extra_mv):
     """Rayleigh-Ritz on a block X, then exact residuals (one HVP per column).
 
     A block of k vectors says nothing about the gap to the rest of the spectrum, so the bound is
     the residual itself: some eigenvalue lies within $r_i$ of $\theta_i$.
     """
-    HX = sign * _hvp_block(obj, w, X)
+    HX = sign * op.mm(X)
     theta, Q = jnp.linalg.eigh(X.T @ HX)
     order = jnp.argsort(-theta)
     theta, Q = theta[order], Q[:, order]
@@ -129,19 +125,19 @@ def _certify_block(obj, w, X, sign, tol, extra_mv):
 
 
 @eqx.filter_jit
-def _lobpcg_jit(obj, w, X0, sign, *, tol, max_iters):
+def _lobpcg_jit(op, X0, sign, *, tol, max_iters):
     d, k = X0.shape
-    A = lambda X: sign * _hvp_block(obj, w, X)
+    A = lambda X: sign * op.mm(X)
     # lobpcg_standard stops at r < tol' * 10 d (|theta| + |Av|) ~ 20 d tol' |theta|.
     _, X, iters = lobpcg_standard(A, X0, m=max_iters, tol=tol / (20.0 * d))
-    return _certify_block(obj, w, X, sign, tol, k + 4 * k * iters)
+    return _certify_block(op, X, sign, tol, k + 4 * k * iters)
 
 
 @eqx.filter_jit
-def _power_jit(obj, w, X0, sign, *, tol, max_iters):
+def _power_jit(op, X0, sign, *, tol, max_iters):
     # Subspace (block power) iteration with the classic stopping rule on successive estimates.
     # It finds the eigenvalues largest in *magnitude*: a baseline, not a correct top-k solver.
-    A = lambda X: sign * _hvp_block(obj, w, X)
+    A = lambda X: sign * op.mm(X)
     k = X0.shape[1]
 
     def cond(s):
@@ -158,13 +154,12 @@ def _power_jit(obj, w, X0, sign, *, tol, max_iters):
     X, _ = jnp.linalg.qr(X0)
     init = (jnp.array(0), X, jnp.zeros((k,), X.dtype), jnp.zeros((k,), X.dtype))
     i, X, _, _ = jax.lax.while_loop(cond, body, init)
-    return _certify_block(obj, w, X, sign, tol, k * i)
+    return _certify_block(op, X, sign, tol, k * i)
 
 
 def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
-    obj = as_objective(loss, w)
-    w = check_w(w, obj)
-    d = int(w.shape[0])
+    op = as_operator(loss, w)
+    d = op.dim
     k = check_k(k, d)
     check_choice("method", method, METHODS)
     check_positive("tol", tol)
@@ -172,15 +167,14 @@ def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
         raise ConfigError("max_matvecs", max_matvecs, f"None or an integer >= k (= {k})")
     _check_v0(v0, d, k)
     key = jax.random.PRNGKey(0) if key is None else key
-    dtype = w.dtype
+    dtype = op.dtype
     if method == "lanczos":
-        m_max = _default_m_max(k, d)
+        m_max = default_m_max(k, d)
         budget = max_matvecs if max_matvecs is not None else max(1000, 2 * d)
         keep = int(min(m_max - 1, max(k + 5, 2 * k)))
         start = _initial_vector(v0, d, dtype, key)
         return _lanczos_jit(
-            obj,
-            w,
+            op,
             start,
             key,
             sign,
@@ -206,14 +200,14 @@ def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
                 "Use method='lanczos' for small problems.",
             )
         iters = max(1, (budget - 2 * k) // (4 * k))
-        return _lobpcg_jit(obj, w, X0, sign, tol=float(tol), max_iters=int(iters))
+        return _lobpcg_jit(op, X0, sign, tol=float(tol), max_iters=int(iters))
     iters = max(1, (budget - k) // k)
-    return _power_jit(obj, w, X0, sign, tol=float(tol), max_iters=int(iters))
+    return _power_jit(op, X0, sign, tol=float(tol), max_iters=int(iters))
 
 
 def top_eigenpairs(
-    loss: LossLike,
-    w: Float[Array, " d"],
+    loss: LossLike | Operator,
+    w: Float[Array, " d"] | None = None,
     k: int = 1,
     *,
     v0: Float[Array, " d"] | Float[Array, "d j"] | None = None,
@@ -228,8 +222,9 @@ def top_eigenpairs(
     precision) or when ``max_matvecs`` HVPs are spent (then ``converged`` is False).
 
     Args:
-        loss: a callable ``loss(w)`` or an `Objective`.
-        w: the point, shape ``(D,)``.
+        loss: an `Operator` ($H$ itself, e.g. a `PreconditionedOperator`), an `Objective` or a
+            callable ``loss(w)``.
+        w: the point, shape ``(D,)``; omitted for an operator, an `Objective`'s ``w0`` if omitted.
         k: how many eigenpairs, ``1 <= k <= D``.
         v0: warm start: a vector or a block of columns (e.g. the previous eigenvectors).
         tol: relative tolerance on the certified error of each eigenvalue.
@@ -254,8 +249,8 @@ def top_eigenpairs(
 
 
 def bottom_eigenpairs(
-    loss: LossLike,
-    w: Float[Array, " d"],
+    loss: LossLike | Operator,
+    w: Float[Array, " d"] | None = None,
     k: int = 1,
     *,
     v0: Float[Array, " d"] | Float[Array, "d j"] | None = None,
@@ -264,7 +259,7 @@ def bottom_eigenpairs(
     max_matvecs: int | None = None,
     key: Array | None = None,
 ) -> EigResult:
-    r"""The $k$ smallest (most negative) eigenpairs of $\nabla^2 L(w)$, smallest first.
+    r"""The $k$ smallest (most negative) eigenpairs of $H$ (e.g. $\nabla^2 L(w)$), smallest first.
 
     Same arguments and certificates as `top_eigenpairs` (it runs on $-H$).
     """

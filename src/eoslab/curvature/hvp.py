@@ -1,93 +1,110 @@
-"""Hessian-vector products and third derivatives, by forward-over-reverse autodiff."""
+r"""Hessian-vector products, dense Hessians and $\nabla\lambda_1$: compiled calls of the operator.
+
+Each function takes an `Operator`, or a loss (callable or `Objective`) and a point ``w`` (an
+`Objective` alone means its ``w0``). With an operator the point is omitted: ``hvp(op, v)``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..objective import LossLike, Objective, as_objective
-from ._checks import check_vector, check_w
+from ..errors import ConfigError
+from ..objective import LossLike, Objective
+from ._checks import check_vector
+from .operator import HessianOperator, Operator, PreconditionedOperator, as_operator
 
 __all__ = ["hvp", "hvp_block", "grad_top_eigenvalue", "hessian_dense"]
 
 
-def _hvp(obj: Objective, w: Array, v: Array) -> Array:
-    return jax.jvp(jax.grad(obj), (w,), (v,))[1]
-
-
-def _hvp_block(obj: Objective, w: Array, V: Array) -> Array:
-    # Linearise grad once, then push every column through the linear map.
-    _, lin = jax.linearize(jax.grad(obj), w)
-    return jax.vmap(lin, in_axes=1, out_axes=1)(V)
+def _operator_and_arg(loss, w, arg) -> tuple[Operator, Array | None]:
+    # With an operator the point is implicit, so a second positional argument is the vector.
+    if isinstance(loss, (HessianOperator, PreconditionedOperator)) and arg is None:
+        w, arg = None, w
+    return as_operator(loss, w), arg
 
 
 @eqx.filter_jit
-def _hvp_jit(obj, w, v):
-    return _hvp(obj, w, v)
+def _mv(op: Operator, v: Array) -> Array:
+    return op.mv(v)
 
 
 @eqx.filter_jit
-def _hvp_block_jit(obj, w, V):
-    return _hvp_block(obj, w, V)
+def _mm(op: Operator, V: Array) -> Array:
+    return op.mm(V)
 
 
-def hvp(loss: LossLike, w: Float[Array, " d"], v: Float[Array, " d"]) -> Float[Array, " d"]:
-    r"""$\nabla^2 L(w)\,v$ by forward-over-reverse (``jax.jvp`` of ``jax.grad``)."""
-    obj = as_objective(loss, w)
-    w = check_w(w, obj)
-    v = check_vector("v", v, w)
-    return _hvp_jit(obj, w, v)
+@eqx.filter_jit
+def _dense(op: Operator) -> Array:
+    return op.as_matrix()
 
 
-def hvp_block(loss: LossLike, w: Float[Array, " d"], V: Float[Array, "d k"]) -> Float[Array, "d k"]:
-    r"""$\nabla^2 L(w)\,V$ for a block of column vectors $V \in \mathbb{R}^{D\times k}$."""
-    obj = as_objective(loss, w)
-    w = check_w(w, obj)
-    V = jnp.asarray(V, w.dtype)
-    if V.ndim != 2 or V.shape[0] != w.shape[0]:
-        from ..errors import ConfigError
-
-        raise ConfigError("V.shape", V.shape, f"({w.shape[0]}, k): one column per vector")
-    return _hvp_block_jit(obj, w, V)
+@eqx.filter_jit
+def _grad_rayleigh(op: Operator, v: Array, log: bool) -> Array:
+    lam, g = op.grad_quadratic_form(v)
+    return g / lam if log else g
 
 
-def _grad_top_eigenvalue(obj: Objective, w: Array, v: Array, log: bool) -> tuple[Array, Array]:
-    def rayleigh(x):
-        return jnp.vdot(v, _hvp(obj, x, v))
+def hvp(
+    loss: LossLike | Operator,
+    w: Float[Array, " d"] | None = None,
+    v: Float[Array, " d"] | None = None,
+) -> Float[Array, " d"]:
+    r"""$Hv$, $H = \nabla^2 L(w)$ or an operator: ``hvp(loss, w, v)`` or ``hvp(op, v)``."""
+    op, v = _operator_and_arg(loss, w, v)
+    if v is None:
+        raise ConfigError("v", None, f"a vector of shape ({op.dim},)")
+    return _mv(op, check_vector("v", v, op.w))
 
-    lam, g = jax.value_and_grad(rayleigh)(w)
-    return lam, jnp.where(log, g / lam, g)
 
-
-_grad_top_eigenvalue_jit = eqx.filter_jit(_grad_top_eigenvalue)
+def hvp_block(
+    loss: LossLike | Operator,
+    w: Float[Array, " d"] | None = None,
+    V: Float[Array, "d k"] | None = None,
+) -> Float[Array, "d k"]:
+    r"""$HV$ for a block of columns $V \in \mathbb{R}^{D\times k}$ (one linearization, vmapped)."""
+    op, V = _operator_and_arg(loss, w, V)
+    V = jnp.asarray(V, op.dtype) if V is not None else None
+    if V is None or V.ndim != 2 or V.shape[0] != op.dim:
+        shape = None if V is None else V.shape
+        raise ConfigError("V.shape", shape, f"({op.dim}, k): one column per vector")
+    return _mm(op, V)
 
 
 def grad_top_eigenvalue(
-    loss: LossLike, w: Float[Array, " d"], v: Float[Array, " d"], *, log: bool = False
+    loss: LossLike | Operator,
+    w: Float[Array, " d"] | None = None,
+    v: Float[Array, " d"] | None = None,
+    *,
+    log: bool = False,
 ) -> Float[Array, " d"]:
     r"""$\nabla\lambda_1(w) = \nabla^3 L(w)[v_1, v_1]$ for the unit top eigenvector $v_1$ at $w$.
 
-    With ``log=True``, $\nabla \log\lambda_1 = \nabla\lambda_1/\lambda_1$. Valid where $\lambda_1$
-    is simple; $v$ is normalised here.
+    Called as ``grad_top_eigenvalue(loss, w, v)`` or ``grad_top_eigenvalue(op, v)`` (then the
+    gradient of the operator's $\lambda_1$ in $w$, a preconditioner held fixed). With
+    ``log=True``, $\nabla \log\lambda_1 = \nabla\lambda_1/\lambda_1$. Valid where $\lambda_1$ is
+    simple; $v$ is normalised here.
     """
-    obj = as_objective(loss, w)
-    w = check_w(w, obj)
-    v = check_vector("v", v, w)
-    v = v / jnp.linalg.norm(v)
-    return _grad_top_eigenvalue_jit(obj, w, v, log)[1]
+    op, v = _operator_and_arg(loss, w, v)
+    if v is None:
+        raise ConfigError("v", None, f"the top eigenvector, shape ({op.dim},)")
+    v = check_vector("v", v, op.w)
+    return _grad_rayleigh(op, v / jnp.linalg.norm(v), bool(log))
 
 
-def hessian_dense(loss: LossLike, w: Float[Array, " d"]) -> Float[Array, "d d"]:
-    """The dense Hessian $\\nabla^2 L(w)$ via ``jax.hessian`` (small problems and tests only)."""
-    obj = as_objective(loss, w)
-    w = check_w(w, obj)
-    return _hessian_jit(obj, w)
+def hessian_dense(
+    loss: LossLike | Operator, w: Float[Array, " d"] | None = None
+) -> Float[Array, "d d"]:
+    """The dense matrix: $\\nabla^2 L(w)$ by ``jax.hessian`` (small problems and tests only)."""
+    return _dense(as_operator(loss, w))
 
 
-@eqx.filter_jit
-def _hessian_jit(obj: Any, w: Array) -> Array:
-    return jax.hessian(obj)(w)
+# Kept only until eoslab.theory calls the operator (then deleted): not part of the API.
+def _hvp(obj: Objective, w: Array, v: Array) -> Array:
+    return HessianOperator(obj, w).mv(v)
+
+
+def _grad_top_eigenvalue(obj: Objective, w: Array, v: Array, log: bool) -> tuple[Array, Array]:
+    lam, g = HessianOperator(obj, w).grad_quadratic_form(v)
+    return lam, jnp.where(log, g / lam, g)

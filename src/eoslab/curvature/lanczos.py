@@ -9,17 +9,35 @@ coupling to the pending rows), which gives residuals with no extra Hessian-vecto
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from numbers import Integral
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-__all__ = ["LanczosState", "lanczos_top", "ritz_error_bounds", "ritz_vectors", "GUARD_RESOLUTION"]
+from ..errors import ConfigError
+from .operator import HessianOperator, Operator, PreconditionedOperator
+
+__all__ = [
+    "LanczosState",
+    "lanczos_top",
+    "krylov_top",
+    "default_m_max",
+    "ritz_error_bounds",
+    "ritz_vectors",
+    "GUARD_RESOLUTION",
+]
 
 #: A guard Ritz value counts in the gap once its residual is at most this fraction of its
 #: distance to the wanted value (its eigenvalue is then separated from the wanted one).
 GUARD_RESOLUTION = 0.1
+
+
+def default_m_max(k: int, d: int) -> int:
+    """The basis size before a thick restart, for $k$ wanted eigenpairs of a $D$-dim operator."""
+    return int(min(d, max(3 * k + 20, 40)))
 
 
 class LanczosState(NamedTuple):
@@ -225,3 +243,40 @@ def lanczos_top(
         return (~s.converged) & (s.matvecs < max_matvecs)
 
     return jax.lax.while_loop(cond, body, state)
+
+
+def krylov_top(
+    mv: Callable[[Array], Array] | Operator,
+    v0: Float[Array, " d"],
+    m: int,
+    k: int,
+    key: Array,
+) -> tuple[Float[Array, " k"], Float[Array, "d k"], Float[Array, " k"]]:
+    r"""Top-$k$ Ritz pairs of a symmetric operator from an $m$-dim Krylov space started at $v_0$.
+
+    At most $m$ matvecs ($m$ is capped at $D$), so it runs inside ``lax.scan``; returns (values,
+    unit vectors ``(d, k)``, residuals $\|Av-\theta v\|$). ``mv`` is an operator or ``x -> Ax``.
+    """
+    d = v0.shape[0]
+    if isinstance(m, bool) or not isinstance(m, Integral) or m < 1:
+        raise ConfigError("m", m, "an integer >= 1 (the Krylov dimension)")
+    m = min(int(m), d)
+    if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= m:
+        raise ConfigError("k", k, f"an integer in [1, {m}] (at most min(m, D) Ritz pairs)")
+    if isinstance(mv, (HessianOperator, PreconditionedOperator)):
+        if mv.dim != d:
+            raise ConfigError("v0.shape", v0.shape, f"({mv.dim},): the operator's dimension")
+        mv = mv.mv
+    k = int(k)
+    st = lanczos_top(
+        mv,
+        v0,
+        k,
+        tol=1e-12,
+        m_max=m,
+        max_matvecs=m,
+        key=key,
+        restart_keep=max(1, min(m - 1, k + 1)),
+    )
+    V = ritz_vectors(st, k)
+    return st.theta[:k], V / jnp.linalg.norm(V, axis=0, keepdims=True), st.res[:k]

@@ -23,8 +23,15 @@ from jaxtyping import Array, Float
 
 from ..errors import ConfigError
 from ..objective import LossLike, Objective, as_objective
+from ._checks import check_w, concrete
 
-__all__ = ["HessianOperator", "PreconditionedOperator", "Operator", "as_operator"]
+__all__ = [
+    "HessianOperator",
+    "PreconditionedOperator",
+    "Operator",
+    "as_operator",
+    "check_operator",
+]
 
 
 class HessianOperator(eqx.Module):
@@ -50,6 +57,10 @@ class HessianOperator(eqx.Module):
     def gradient(self) -> Float[Array, " d"]:
         r"""$\nabla L(w)$."""
         return jax.grad(self.objective)(self.w)
+
+    def step_direction(self) -> Float[Array, " d"]:
+        r"""$\nabla L(w)$: gradient descent steps along $-\nabla L$, whose stability $H$ governs."""
+        return self.gradient()
 
     def mv(self, v: Float[Array, " d"]) -> Float[Array, " d"]:
         r"""$Hv$ by forward-over-reverse (``jax.jvp`` of ``jax.grad``)."""
@@ -100,7 +111,7 @@ class PreconditionedOperator(eqx.Module):
     """
 
     hessian: HessianOperator
-    p: Float[Array, " d"]
+    p: Float[Array, " d"] = eqx.field(converter=jnp.asarray)  # an array, so jit traces it
     symmetric: ClassVar[bool] = True
 
     @property
@@ -122,6 +133,10 @@ class PreconditionedOperator(eqx.Module):
     def _s(self) -> Array:
         return 1.0 / jnp.sqrt(jnp.asarray(self.p, self.dtype))
 
+    def step_direction(self) -> Float[Array, " d"]:
+        r"""$P^{-1}\nabla L(w)$: the preconditioned step, whose stability this operator governs."""
+        return self.hessian.gradient() / jnp.asarray(self.p, self.dtype)
+
     def mv(self, v: Float[Array, " d"]) -> Float[Array, " d"]:
         s = self._s()
         return s * self.hessian.mv(s * v)
@@ -141,19 +156,49 @@ class PreconditionedOperator(eqx.Module):
         s = self._s() * jnp.ones(self.dim, self.dtype)
         return s[:, None] * self.hessian.as_matrix() * s[None, :]
 
+    def at(self, w: Float[Array, " d"]) -> PreconditionedOperator:
+        """The same objective and preconditioner at another point."""
+        return PreconditionedOperator(self.hessian.at(w), self.p)
+
 
 Operator = HessianOperator | PreconditionedOperator
 
 
 def as_operator(loss: LossLike | Operator, w: Array | None = None) -> Operator:
-    """An operator from an operator, an `Objective` (at ``w``, default its ``w0``) or ``loss(w)``."""
+    """An operator from an operator, an `Objective` (at ``w``, default its ``w0``) or ``loss(w)``.
+
+    Checks the point (and a preconditioner) before any work: `ConfigError` on bad input.
+    """
     if isinstance(loss, (HessianOperator, PreconditionedOperator)):
         if w is not None:
-            raise ConfigError("w", "<array>", "no point: an operator already has its point")
+            raise ConfigError(
+                "w",
+                _describe(w),
+                "no point: an operator already has its point",
+                "Pass the arguments after the operator by keyword (e.g. k=2).",
+            )
+        check_operator(loss)
         return loss
     if w is None:
         if not isinstance(loss, Objective):
             raise ConfigError("w", None, "a point (a plain loss(w) has no w0)")
         w = loss.w0
     obj = as_objective(loss, w)
+    w = check_w(w, obj)
     return HessianOperator(obj, jnp.asarray(w, obj.dtype))
+
+
+def check_operator(op: Operator) -> None:
+    """Raise `ConfigError` unless the point is a finite vector of the objective's dimension and a
+    preconditioner's diagonal is positive, of shape ``()`` or ``(D,)``."""
+    check_w(op.w, op.objective)
+    if isinstance(op, PreconditionedOperator):
+        p = jnp.asarray(op.p)
+        if p.shape not in ((), (op.dim,)):
+            raise ConfigError("p.shape", p.shape, f"() or ({op.dim},): the diagonal of P")
+        if concrete(p) and not bool(jnp.all(jnp.isfinite(p) & (p > 0))):
+            raise ConfigError("p", "<has entries <= 0 or not finite>", "a positive diagonal")
+
+
+def _describe(x: Any) -> Any:
+    return f"<array of shape {jnp.shape(x)}>" if jnp.ndim(x) > 0 else x

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..errors import ConfigError, check_positive
-from ..objective import LossLike, as_objective
-from ._checks import check_w
-from .eigen import _default_m_max
-from .lanczos import lanczos_top, ritz_vectors
+from ..objective import LossLike
+from .lanczos import default_m_max, lanczos_top, ritz_vectors
+from .operator import Operator, as_operator
 
 __all__ = ["Stableness", "stableness"]
 
@@ -26,17 +25,16 @@ class Stableness(NamedTuple):
 
 
 @eqx.filter_jit
-def _stableness(obj, w, eta, key, *, n_points, tol, m_max, budget):
-    g = jax.grad(obj)(w)
+def _stableness(op, eta, key, *, n_points, tol, m_max, budget):
+    w, g = op.w, op.step_direction()
     s = eta * jnp.linspace(0.0, 1.0, n_points, dtype=w.dtype)
     d = w.shape[0]
 
     def body(carry, si):
         v, key, mv = carry
         key, sub = jax.random.split(key)
-        x = w - si * g
         st = lanczos_top(
-            lambda u: jax.jvp(jax.grad(obj), (x,), (u,))[1],
+            op.at(w - si * g).mv,
             v,
             1,
             tol=tol,
@@ -54,9 +52,9 @@ def _stableness(obj, w, eta, key, *, n_points, tol, m_max, budget):
 
 
 def stableness(
-    loss: LossLike,
-    w: Float[Array, " d"],
-    eta: float,
+    loss: LossLike | Operator,
+    w: Float[Array, " d"] | None = None,
+    eta: float | None = None,
     *,
     n_points: int = 21,
     tol: float = 1e-4,
@@ -67,19 +65,20 @@ def stableness(
     The sup is taken over ``n_points`` equally spaced points of the GD step's segment (endpoints
     included), each top eigenvalue by Lanczos warm-started from the previous point. $S_L \le 2$
     means $L$ is stable at $(w,\eta)$.
+
+    ``loss`` may be an operator (pass ``eta`` by keyword): for a `PreconditionedOperator` the step
+    is $w - s P^{-1}\nabla L(w)$ and $\lambda_1$ that of $P^{-1/2}\nabla^2 L P^{-1/2}$ ($P$ fixed).
     """
-    obj = as_objective(loss, w)
-    w = check_w(w, obj)
+    op = as_operator(loss, w)
     check_positive("eta", eta)
     if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
         raise ConfigError("n_points", n_points, "an integer >= 2 (the segment's endpoints)")
     key = jax.random.PRNGKey(0) if key is None else key
-    d = w.shape[0]
-    m_max = _default_m_max(1, d)
+    d = op.dim
+    m_max = default_m_max(1, d)
     val, lam, s, mv = _stableness(
-        obj,
-        w,
-        jnp.asarray(eta, w.dtype),
+        op,
+        jnp.asarray(eta, op.dtype),
         key,
         n_points=n_points,
         tol=float(tol),

@@ -10,10 +10,13 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..errors import ConfigError, check_positive
-from ..objective import LossLike, as_objective
+from ..objective import LossLike
 from .eigen import EigResult, top_eigenpairs
+from .operator import HessianOperator, Operator, PreconditionedOperator, as_operator
 
 __all__ = ["EigenTracker", "align_vectors"]
+
+_OPERATORS = (HessianOperator, PreconditionedOperator)
 
 
 def align_vectors(
@@ -46,7 +49,11 @@ def align_vectors(
 
 
 class EigenTracker:
-    r"""Tracks the top-$k$ eigenpairs of $\nabla^2 L(w_t)$ as $w_t$ moves.
+    r"""Tracks the top-$k$ eigenpairs of $\nabla^2 L(w_t)$ (or of operators $H_t$) as $t$ moves.
+
+    ``update(w)`` solves at the point ``w`` of ``loss`` (an operator's ``at(w)`` if ``loss`` is
+    one); ``update(op)`` solves for the operator ``op`` itself, e.g. a
+    `PreconditionedOperator` whose preconditioner changes from step to step (no ``loss`` needed).
 
     Each `update` warm-starts block Lanczos from the previous eigenvectors and the guard Ritz vector
     below them, extrapolated linearly from the two previous updates ($2v_t - v_{t-1}$; the start
@@ -64,7 +71,7 @@ class EigenTracker:
 
     def __init__(
         self,
-        loss: LossLike,
+        loss: LossLike | Operator | None = None,
         k: int = 1,
         tol: float = 1e-3,
         *,
@@ -75,6 +82,8 @@ class EigenTracker:
         max_matvecs: int | None = None,
         seed: int = 0,
     ) -> None:
+        if loss is not None and not (callable(loss) or isinstance(loss, _OPERATORS)):
+            raise ConfigError("loss", loss, "None, an operator, an Objective or a callable loss(w)")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError("k", k, "an integer >= 1")
         check_positive("tol", tol)
@@ -97,7 +106,21 @@ class EigenTracker:
         self.total_matvecs = 0
         self.updates = 0
 
-    def _solve(self, w: Array, k: int) -> EigResult:
+    def _operator(self, point: Array | Operator) -> Operator:
+        # top_eigenpairs checks the operator before any work.
+        if isinstance(point, _OPERATORS):
+            return point
+        if self.loss is None:
+            raise ConfigError(
+                "point",
+                "<a point>",
+                "an operator (this tracker has no loss: EigenTracker(loss) takes points)",
+            )
+        if isinstance(self.loss, _OPERATORS):
+            return self.loss.at(jnp.asarray(point, self.loss.dtype))
+        return as_operator(self.loss, point)
+
+    def _solve(self, op: Operator, k: int) -> EigResult:
         self._key, sub = jax.random.split(self._key)
         v0 = self.vectors
         if v0 is not None and self.previous is not None and self.previous.shape == v0.shape:
@@ -105,9 +128,8 @@ class EigenTracker:
         if v0 is not None and v0.shape[1] > k + 1:
             v0 = v0[:, : k + 1]
         return top_eigenpairs(
-            self.loss,
-            w,
-            k,
+            op,
+            k=k,
             v0=v0,
             tol=self.tol,
             method=self.method,
@@ -141,21 +163,22 @@ class EigenTracker:
             return jnp.concatenate([res.vectors, res.next_vector[:, None]], axis=1)
         return res.vectors
 
-    def update(self, w: Float[Array, " d"]) -> EigResult:
-        """Eigenpairs at ``w``, warm-started from the last update."""
-        obj = as_objective(self.loss, w)
-        k = min(self.k, obj.dim)
-        res = self._solve(w, k)
+    def update(self, point: Float[Array, " d"] | Operator) -> EigResult:
+        """Eigenpairs at the point ``w`` of ``loss``, or of an operator; warm-started."""
+        op = self._operator(point)
+        dim = op.dim
+        k = min(self.k, dim)
+        res = self._solve(op, k)
         spent = int(res.matvecs)
         while (
             self.grow_above is not None
-            and self.k < min(self.max_k, obj.dim)
+            and self.k < min(self.max_k, dim)
             and bool(jnp.isfinite(res.next_value))
             and float(res.next_value) > self.grow_above
         ):
             self.k += 1
             self.vectors, self.previous = self._with_guard(res), None
-            res = self._solve(w, self.k)
+            res = self._solve(op, self.k)
             spent += int(res.matvecs)
         if self.vectors is not None:
             vecs = align_vectors(
