@@ -7,7 +7,7 @@ import pytest
 
 from eoslab.dynamics.rules import adam, heavy_ball
 from eoslab.errors import ConfigError
-from eoslab.theory.central_flow import (
+from eoslab.theory import (
     adam_threshold,
     heavy_ball_threshold,
     preconditioned_sharpness,

@@ -6,7 +6,7 @@ import pytest
 
 from eoslab.dynamics.rules import gd
 from eoslab.errors import ConfigError
-from eoslab.theory.central_flow import (
+from eoslab.theory import (
     central_flow,
     central_flow_prediction,
     rmsprop_central_flow,

@@ -204,14 +204,15 @@ def test_lockstep_distances():
     )
     m = out.metrics
     assert list(m["step"]) == [0, 100, 200, 300, 400]
+    ws = iterate(valley, jnp.array([2.0, 0.3]), sqrt_loss_gd(lr), 400, save_every=100).w
     # Phi of the iterates follows the flow to O(lr); gradient flow is left behind at Phi(x0)
     assert np.all(m["phi_flow"] <= lr)
     assert m["opt_gf"].iloc[-1] > 10 * m["phi_flow"].iloc[-1]
     np.testing.assert_allclose(
         m["opt_phi"],
         np.hypot(
-            np.asarray(out.iterates.w[:, 0]) - [float(phi(valley, w)[0]) for w in out.iterates.w],
-            np.asarray(out.iterates.w[:, 1]),
+            np.asarray(ws[:, 0]) - [float(phi(valley, w)[0]) for w in ws],
+            np.asarray(ws[:, 1]),
         ),
         atol=1e-7,
     )

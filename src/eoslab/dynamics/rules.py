@@ -52,6 +52,8 @@ __all__ = [
     "adam",
     "RULES",
     "from_optax",
+    "adam_threshold",
+    "heavy_ball_threshold",
 ]
 
 
@@ -132,6 +134,20 @@ def _optax_rule(name, tx: optax.GradientTransformation, lr, threshold, precond, 
     )
 
 
+def heavy_ball_threshold(lr: float, beta: float = 0.9) -> float:
+    r"""Heavy ball's stability threshold for $\lambda_1(H)$: $(2+2\beta)/\eta$."""
+    check_positive("lr", lr)
+    _check_beta("beta", beta)
+    return (2.0 + 2.0 * beta) / lr
+
+
+def adam_threshold(lr: float, beta1: float = 0.9) -> float:
+    r"""Adam's stability threshold for $\lambda_1(P^{-1}H)$: $(2+2\beta_1)/((1-\beta_1)\eta)$."""
+    check_positive("lr", lr)
+    _check_beta("beta1", beta1)
+    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
+
+
 def gd(lr: float) -> Rule:
     r"""Gradient descent, $w_{t+1} = w_t - \eta\nabla L(w_t)$; threshold $2/\eta$.
 
@@ -154,7 +170,7 @@ def heavy_ball(lr: float, beta: float = 0.9) -> Rule:
     _check_beta("beta", beta)
     tx = optax.sgd(lr, momentum=beta) if beta > 0 else optax.sgd(lr)
     return _optax_rule(
-        "heavy_ball", tx, lr, (2.0 + 2.0 * beta) / lr, None, {"lr": lr, "beta": beta}
+        "heavy_ball", tx, lr, heavy_ball_threshold(lr, beta), None, {"lr": lr, "beta": beta}
     )
 
 
@@ -225,9 +241,13 @@ def adam(lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8)
         nu_hat = st.nu / (1.0 - beta2 ** st.count.astype(st.nu.dtype))
         return jnp.sqrt(nu_hat) + eps
 
-    thr = (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
     return _optax_rule(
-        "adam", tx, lr, thr, precond, {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps}
+        "adam",
+        tx,
+        lr,
+        adam_threshold(lr, beta1),
+        precond,
+        {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
     )
 
 

@@ -28,7 +28,7 @@ from jaxtyping import Array
 from ..dynamics.process import Process, advance, measure
 from ..errors import ConfigError, DivergenceError
 from ..objective import LossLike, Objective, as_objective
-from .probes import Probes, ProbeSet, distances
+from .probes import Probes, ProbeSet, distances, phi_probe
 from .progress import Progress
 from .store import RunStore, read_metrics
 
@@ -174,6 +174,7 @@ class _Lockstep:
         self.procs, self.obj, self.keep_points = procs, obj, keep_points
         self.states = {n: p.init(obj, w0) for n, p in procs.items()}
         self.probes = {n: ProbeSet(obj, cfg, seed + 2 * i) for i, n in enumerate(procs)}
+        self.cfg = cfg
         self.distances = cfg.distances and len(procs) > 1
 
     def point(self, name: str) -> Array:
@@ -194,10 +195,22 @@ class _Lockstep:
             if math.isfinite(row["loss"]) and bool(jnp.all(jnp.isfinite(p.point(st)))):
                 row.update(self.probes[n](n, t, p, self.obj, st, row))
             rows[n] = row
+        pts = {n: np.asarray(self.point(n)) for n in self.procs}
         if self.distances:
-            pts = {n: np.asarray(self.point(n)) for n in self.procs}
             for n, extra in distances(pts).items():
                 rows[n].update(extra)
+        if self.cfg.phi:
+            base = self.obj.base()
+            for n in self.procs:
+                if not np.all(np.isfinite(pts[n])):
+                    continue
+                x, extra = phi_probe(base, jnp.asarray(pts[n]), self.cfg.phi_gtol, self.cfg.tol)
+                rows[n].update(extra)
+                if self.distances:
+                    x = np.asarray(x, np.float64)
+                    for q in self.procs:
+                        if q != n:
+                            rows[n][f"phi_dist_{q}"] = float(np.linalg.norm(x - pts[q]))
         return rows
 
     def advance(self, t0: int, n: int, log_every: int) -> tuple[list[dict], int | None, str]:
@@ -407,7 +420,8 @@ def run(
                 bad = [n for n, r in rows.items() if not math.isfinite(r["loss"])]
                 if bad:
                     status = "diverged"
-                    message = f"diverged at step {t}: {bad[0]}: the loss became {rows[bad[0]]['loss']:.4g}"
+                    lost = rows[bad[0]]["loss"]
+                    message = f"diverged at step {t}: {bad[0]}: the loss became {lost:.4g}"
                     pending.extend(r for n, r in rows.items() if n not in bad)
                     break
                 pending.extend(rows.values())

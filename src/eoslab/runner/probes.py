@@ -20,13 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ..curvature import EigenTracker, stableness
+from ..curvature import EigenTracker, stableness, top_eigenpairs
 from ..curvature.operator import HessianOperator, PreconditionedOperator
+from ..dynamics.phi import phi_result
 from ..dynamics.process import Process
 from ..errors import ConfigError, check_positive
 from ..objective import Objective
 
-__all__ = ["Probes", "ProbeFn", "ProbeSet", "distances"]
+__all__ = ["Probes", "ProbeFn", "ProbeSet", "distances", "phi_probe"]
 
 ProbeFn = Callable[[Array, Objective, dict], dict]
 """A custom probe: ``probe(w, objective, cache) -> {name: scalar or 1-D array}``.
@@ -52,6 +53,10 @@ class Probes:
             $\\eta_t$ (``stableness`` column; ``stableness_points`` eigen-solves per probe).
         distances: with several processes, $\\|w_p - w_q\\|$ to every other process
             (``dist_<name>`` columns).
+        phi: $\\Phi(w)$, the limit of gradient flow from $w$ (run until
+            $\\|\\nabla L\\| <$ ``phi_gtol``): ``phi_dist`` $=\\|w-\\Phi(w)\\|$, ``phi_loss``,
+            ``phi_sharpness`` $=\\lambda_1(\\nabla^2L(\\Phi(w)))$, and with several processes
+            ``phi_dist_<name>`` $=\\|\\Phi(w)-w_{name}\\|$.
         custom: extra probes ``probe(w, objective, cache) -> dict`` (e.g. accuracy).
     """
 
@@ -65,6 +70,8 @@ class Probes:
     stableness: bool = False
     stableness_points: int = 5
     distances: bool = True
+    phi: bool = False
+    phi_gtol: float = 1e-8
     custom: tuple[ProbeFn, ...] = ()
 
     def __post_init__(self) -> None:
@@ -158,6 +165,19 @@ class ProbeSet:
                 continue
             prefix = f"{name}_"
             tr.load_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+
+
+def phi_probe(base: Objective, w: Array, gtol: float, tol: float) -> tuple[Array, dict]:
+    r"""$\Phi(w)$ and ``phi_dist``, ``phi_loss``, ``phi_grad_norm``, ``phi_sharpness`` there."""
+    res = phi_result(base, w, gtol=gtol)
+    x = res.x
+    lam = top_eigenpairs(base, x, 1, tol=tol).values[0]
+    return x, {
+        "phi_dist": float(jnp.linalg.norm(w - x)),
+        "phi_loss": float(base(x)),
+        "phi_grad_norm": float(res.grad_norm),
+        "phi_sharpness": float(lam),
+    }
 
 
 def distances(points: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

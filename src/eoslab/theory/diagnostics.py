@@ -21,11 +21,11 @@ import pandas as pd
 from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
+from ..dynamics.manifold import DENSE_MAX_DIM
+from ..dynamics.phi import phi
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike, as_objective
 from .flows import LimitingFlow, flow_constant, limiting_flow
-from ..dynamics.manifold import DENSE_MAX_DIM
-from ..dynamics.phi import phi
 
 __all__ = ["eos_diagnostics"]
 

@@ -1,0 +1,209 @@
+r"""Self-stabilization (Damian, Nichani, Lee; ICLR 2023) as processes.
+
+GD at the Edge of Stability follows projected GD onto $\mathcal M=\{S\le2/\eta,\ \nabla L\cdot u=0\}$.
+With $S=\lambda_1(\nabla^2L)$, $u$ its eigenvector, $\nabla S=\nabla^3L[u,u]$,
+$\nabla S_\perp=\nabla S-u(u\cdot\nabla S)$: $\alpha=-\nabla L\cdot\nabla S_\perp$,
+$\beta=\|\nabla S_\perp\|^2$, $\delta=\sqrt{2\alpha/\beta}$ (``docs/theory.md``,
+"Self-stabilization").
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ..curvature import krylov_top, top_eigenpairs
+from ..curvature.operator import HessianOperator
+from ..errors import ConfigError, check_positive
+from ..objective import Objective
+from .process import Process, Row
+
+__all__ = [
+    "ProjectedGD",
+    "ProjectedGDState",
+    "SelfStabilization",
+    "SelfStabilizationState",
+    "StabilityQuantities",
+    "project_to_stable_set",
+    "stability_quantities_at",
+]
+
+
+class StabilityQuantities(NamedTuple):
+    """Damian et al.'s quantities at one point (scalars and ``(d,)`` vectors)."""
+
+    S: Array  # sharpness lambda_1
+    u: Array  # its unit eigenvector
+    grad_L: Array
+    grad_S: Array  # grad^3 L[u, u]
+    grad_S_perp: Array  # grad S - u (u . grad S)
+    alpha: Array  # -grad L . grad S_perp (progressive-sharpening rate)
+    beta: Array  # |grad S_perp|^2 (self-stabilization strength)
+    delta: Array  # sqrt(2 alpha / beta) (0 when alpha <= 0)
+
+
+def stability_quantities_at(obj: Objective, w: Array, u: Array) -> StabilityQuantities:
+    r"""$S, \nabla S_\perp, \alpha, \beta, \delta$ at $w$ for the unit top eigenvector $u$."""
+    g = jax.grad(obj)(w)
+    S, gS = HessianOperator(obj, w).grad_quadratic_form(u)
+    gSp = gS - u * jnp.vdot(u, gS)
+    alpha = -jnp.vdot(g, gSp)
+    beta = jnp.vdot(gSp, gSp)
+    delta = jnp.sqrt(2.0 * jnp.maximum(alpha, 0.0) / jnp.where(beta > 0, beta, 1.0))
+    return StabilityQuantities(S, u, g, gS, gSp, alpha, beta, delta)
+
+
+def _top(obj, w, v, key, m):
+    _, V, _ = krylov_top(HessianOperator(obj, w), v, m, 1, key)
+    u = V[:, 0]
+    return jnp.where(jnp.vdot(u, v) < 0, -u, u)
+
+
+def project_to_stable_set(obj: Objective, w: Array, u: Array, key: Array, *, lr, m, iters):
+    r"""$\mathrm{proj}_{\mathcal M}(w)$ by the linearised step repeated ``iters`` times:
+    $w\leftarrow w-\max(0,S-2/\eta)\nabla S_\perp/\beta-u(u\cdot\nabla L)/S$; returns $(w, u)$."""
+    for _ in range(iters):
+        key, k1 = jax.random.split(key)
+        u = _top(obj, w, u, k1, m)
+        q = stability_quantities_at(obj, w, u)
+        step = jnp.maximum(0.0, q.S - 2.0 / lr) * q.grad_S_perp / jnp.where(q.beta > 0, q.beta, 1.0)
+        w = w - step - u * jnp.vdot(u, q.grad_L) / q.S
+    return w, u
+
+
+def _check(lr, iters, krylov_dim) -> None:
+    check_positive("lr", lr)
+    for name, val, low in (("iters", iters, 1), ("krylov_dim", krylov_dim, 2)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+            raise ConfigError(name, val, f"an integer >= {low}")
+
+
+class ProjectedGDState(NamedTuple):
+    w: Float[Array, " d"]  # theta^dagger_t
+    u: Float[Array, " d"]  # top eigenvector (warm start)
+    key: Array
+
+
+class ProjectedGD(Process):
+    r"""Self-stabilized projected GD, $\theta^\dagger_{t+1}=\mathrm{proj}_{\mathcal M}
+    (\theta^\dagger_t-\eta\nabla L(\theta^\dagger_t))$ from $\theta^\dagger_0=\mathrm{proj}(w_0)$:
+    the constrained trajectory GD follows at the Edge of Stability. Rows add ``alpha``, ``beta``,
+    ``delta`` and ``S`` (the eigen-solve's sharpness) at $\theta^\dagger_t$."""
+
+    lr: float
+    iters: int = 3
+    krylov_dim: int = 20
+    seed: int = 0
+
+    def __check_init__(self) -> None:
+        _check(self.lr, self.iters, self.krylov_dim)
+
+    def _m(self, d: int) -> int:
+        return min(self.krylov_dim, d)
+
+    def init(self, objective: Objective, w0: Float[Array, " d"]) -> ProjectedGDState:
+        base = objective.base()
+        key = jax.random.PRNGKey(self.seed)
+        u0 = top_eigenpairs(base, w0, 1, tol=1e-8).vectors[:, 0]
+        w, u = project_to_stable_set(
+            base, w0, u0, key, lr=self.lr, m=self._m(w0.shape[0]), iters=self.iters
+        )
+        return ProjectedGDState(w, u, key)
+
+    def point(self, state: ProjectedGDState) -> Array:
+        return state.w
+
+    def step(self, objective: Objective, state: ProjectedGDState):
+        base, lr, m = objective.base(), self.lr, self._m(state.w.shape[0])
+        key, k1, k2 = jax.random.split(state.key, 3)
+        u = _top(base, state.w, state.u, k1, m)
+        q = stability_quantities_at(base, state.w, u)
+        dag, u = project_to_stable_set(
+            base, state.w - lr * q.grad_L, u, k2, lr=lr, m=m, iters=self.iters
+        )
+        row = {
+            "loss": base(state.w),
+            "grad_norm": jnp.linalg.norm(q.grad_L),
+            "lr_eff": jnp.asarray(lr, state.w.dtype),
+            "threshold": jnp.asarray(2.0 / lr, state.w.dtype),
+            "S": q.S,
+            "alpha": q.alpha,
+            "beta": q.beta,
+            "delta": q.delta,
+        }
+        return ProjectedGDState(dag, u, key), row
+
+
+class SelfStabilizationState(NamedTuple):
+    theta: Float[Array, " d"]  # GD's iterate theta_t
+    dagger: Float[Array, " d"]  # projected GD's theta^dagger_t
+    v_pred: Float[Array, " d"]  # the predicted displacement theta_t - theta^dagger_t
+    u: Float[Array, " d"]
+    key: Array
+
+
+class SelfStabilization(Process):
+    r"""GD $\theta_t$ together with its constrained trajectory $\theta^\dagger_t$ and the predicted
+    displacement $v_{t+1}=v_t-\eta[Hv_t+\tfrac12(x_t^2-\delta_t^2)\nabla S_\perp+u\,x_ty_t]$,
+    $x=u\cdot v$, $y=\nabla S_\perp\cdot v$ (all at $\theta^\dagger_t$). The point is GD's.
+
+    Row columns: ``loss`` (GD), ``loss_dagger``, ``sharpness_gd``, ``sharpness_dagger``,
+    ``alpha``, ``beta``, ``delta``, ``x``, ``y``, ``x_pred``, ``y_pred``, ``dist``
+    $=\|\theta-\theta^\dagger\|$, ``pred_error`` $=\|v-v_{pred}\|$.
+    """
+
+    lr: float
+    iters: int = 3
+    krylov_dim: int = 20
+    seed: int = 0
+
+    def __check_init__(self) -> None:
+        _check(self.lr, self.iters, self.krylov_dim)
+
+    def init(self, objective: Objective, w0: Float[Array, " d"]) -> SelfStabilizationState:
+        pg = ProjectedGD(self.lr, self.iters, self.krylov_dim, self.seed).init(objective, w0)
+        return SelfStabilizationState(w0, pg.w, w0 - pg.w, pg.u, pg.key)
+
+    def point(self, state: SelfStabilizationState) -> Array:
+        return state.theta
+
+    def step(self, objective: Objective, state: SelfStabilizationState):
+        obj, lr = objective.base(), self.lr
+        m = min(self.krylov_dim, state.theta.shape[0])
+        theta, dag, vp, u, key = state
+        key, k1, k2, k3 = jax.random.split(key, 4)
+        u = _top(obj, dag, u, k1, m)
+        q = stability_quantities_at(obj, dag, u)
+        v = theta - dag
+        x, y = jnp.vdot(u, v), jnp.vdot(q.grad_S_perp, v)
+        xp, yp = jnp.vdot(u, vp), jnp.vdot(q.grad_S_perp, vp)
+        lt, gt = jax.value_and_grad(obj)(theta)
+        ug = _top(obj, theta, u, k3, m)
+        H_dag = HessianOperator(obj, dag)
+        row: Row = {
+            "loss": lt,
+            "grad_norm": jnp.linalg.norm(gt),
+            "lr_eff": jnp.asarray(lr, theta.dtype),
+            "threshold": jnp.asarray(2.0 / lr, theta.dtype),
+            "loss_dagger": obj(dag),
+            "sharpness_gd": HessianOperator(obj, theta).quadratic_form(ug),
+            "sharpness_dagger": q.S,
+            "alpha": q.alpha,
+            "beta": q.beta,
+            "delta": q.delta,
+            "x": x,
+            "y": y,
+            "x_pred": xp,
+            "y_pred": yp,
+            "dist": jnp.linalg.norm(v),
+            "pred_error": jnp.linalg.norm(v - vp),
+        }
+        vp = vp - lr * (H_dag.mv(vp) + 0.5 * (xp**2 - q.delta**2) * q.grad_S_perp + u * xp * yp)
+        theta = theta - lr * gt
+        dag, u = project_to_stable_set(
+            obj, dag - lr * q.grad_L, u, k2, lr=lr, m=m, iters=self.iters
+        )
+        return SelfStabilizationState(theta, dag, vp, u, key), row
