@@ -17,12 +17,20 @@ __all__ = ["plot_runs", "read_run_metrics", "run_label"]
 
 
 def read_run_metrics(path: str | Path) -> pd.DataFrame:
-    """All Parquet parts of a run directory, one row per step (plain pandas)."""
+    """All Parquet parts of a run directory, one row per step and process (plain pandas)."""
     parts = sorted((Path(path) / "metrics").glob("part-*.parquet"))
     if not parts:
         return pd.DataFrame({"step": []})
     df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-    return df.drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
+    keys = ["process", "step"] if "process" in df else ["step"]
+    df = df.drop_duplicates(keys, keep="last").sort_values("step", kind="stable")
+    return df.reset_index(drop=True)
+
+
+def _by_process(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    if "process" not in df or df["process"].nunique() <= 1:
+        return [(None, df)]
+    return [(str(n), df[df["process"] == n]) for n in dict.fromkeys(df["process"])]
 
 
 def run_label(path: str | Path) -> str:
@@ -51,7 +59,7 @@ def _probed(df: pd.DataFrame, col: str) -> pd.DataFrame:
 def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None) -> Path:
     """Write one PNG with four panels for the runs in ``dirs`` and return its path.
 
-    Panels: training loss (log scale); sharpness (the preconditioned one for adaptive rules) with
+    Each process of a multi-process run is its own series. Panels: training loss (log scale); sharpness (the preconditioned one for adaptive rules) with
     its stability threshold dashed; effective LR x sharpness with the threshold's level (2 for GD);
     Hessian-vector products per probe.
     """
@@ -65,10 +73,12 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
     ax_loss, ax_sharp, ax_prod, ax_mv = axes.ravel()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, d in enumerate(dirs):
-        df = read_run_metrics(d)
+    series = []
+    for d in dirs:
+        for proc, part in _by_process(read_run_metrics(d)):
+            series.append((run_label(d) if proc is None else f"{run_label(d)} [{proc}]", part))
+    for i, (label, df) in enumerate(series):
         c = colors[i % len(colors)]
-        label = run_label(d)
         if len(df) == 0:
             continue
         fin = df[np.isfinite(df["loss"]) & (df["loss"] > 0)]
