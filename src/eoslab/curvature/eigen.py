@@ -168,6 +168,7 @@ def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
     _check_v0(v0, d, k)
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = op.dtype
+    sign = jnp.asarray(sign, dtype)  # traced: top and bottom pairs share compiled code
     if method == "lanczos":
         m_max = default_m_max(k, d)
         budget = max_matvecs if max_matvecs is not None else max(1000, 2 * d)

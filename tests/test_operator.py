@@ -1,0 +1,149 @@
+"""HessianOperator / PreconditionedOperator against dense Hessians and finite differences."""
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eoslab import ConfigError, Objective
+from eoslab.curvature import (
+    HessianOperator,
+    PreconditionedOperator,
+    as_operator,
+    krylov_top,
+)
+from helpers import quadratic_with_spectrum, small_mlp_loss
+
+
+@functools.cache
+def problem():
+    """An MLP loss, a point, a positive diagonal P and the dense Hessian (compiled once)."""
+    f, w = small_mlp_loss("gelu", "ce", n=12, hidden=4)
+    p = jnp.asarray(np.random.default_rng(0).uniform(0.2, 5.0, size=w.size))
+    return f, w, p, jax.jit(jax.hessian(f))
+
+
+@eqx.filter_jit
+def products(op, V):
+    # every product of the operator in one compiled call (the tests stay fast)
+    return op.mv(V[:, 0]), op.mm(V), op.as_matrix(), op.quadratic_form(V[:, 2]), op.step_direction()
+
+
+def check_products(op, M, V):
+    mv, mm, dense, quad, _ = products(op, jnp.asarray(V))
+    np.testing.assert_allclose(mv, M @ V[:, 0], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mm, M @ V, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dense, M, rtol=1e-10, atol=1e-12)
+    assert float(quad) == pytest.approx(V[:, 2] @ M @ V[:, 2], rel=1e-10)
+
+
+def test_hessian_operator_products_match_dense():
+    f, w, _, hessian = problem()
+    H = np.asarray(hessian(w))
+    op = as_operator(f, w)
+    V = np.random.default_rng(1).normal(size=(w.size, 3))
+    check_products(op, H, V)
+    g, Hv = eqx.filter_jit(lambda o, v: o.gradient_and_mv(v))(op, jnp.asarray(V[:, 1]))
+    np.testing.assert_allclose(g, jax.jit(jax.grad(f))(w), rtol=1e-12)
+    np.testing.assert_allclose(Hv, H @ V[:, 1], rtol=1e-10, atol=1e-12)
+    w2 = w + 0.1
+    check_products(op.at(w2), np.asarray(hessian(w2)), V)
+
+
+def test_preconditioned_operator_matches_dense():
+    f, w, p, hessian = problem()
+    H = np.asarray(hessian(w))
+    s = 1 / np.sqrt(np.asarray(p))
+    op = PreconditionedOperator(as_operator(f, w), p)
+    V = np.random.default_rng(2).normal(size=(w.size, 3))
+    check_products(op, s[:, None] * H * s[None, :], V)
+    step = products(op, jnp.asarray(V))[4]
+    np.testing.assert_allclose(step, jax.jit(jax.grad(f))(w) / p, rtol=1e-12)
+    # a scalar preconditioner broadcasts (H / c) and is traced, not baked in
+    check_products(PreconditionedOperator(as_operator(f, w), 4.0), H / 4.0, V)
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_grad_quadratic_form_matches_finite_differences(preconditioned):
+    f, w, p, hessian = problem()
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=w.size)
+    scale = 1 / np.sqrt(np.asarray(p)) if preconditioned else np.ones(w.size)
+    op = as_operator(f, w)
+    op = PreconditionedOperator(op, p) if preconditioned else op
+
+    def rayleigh(x):  # u^T S H(x) S u from the dense Hessian
+        return (scale * u) @ np.asarray(hessian(x)) @ (scale * u)
+
+    val, g = op.grad_quadratic_form(jnp.asarray(u))
+    assert float(val) == pytest.approx(rayleigh(w), rel=1e-10)
+    eps = 1e-5
+    for _ in range(3):
+        e = rng.normal(size=w.size)
+        e /= np.linalg.norm(e)
+        fd = (rayleigh(w + eps * e) - rayleigh(w - eps * e)) / (2 * eps)
+        assert float(jnp.dot(g, e)) == pytest.approx(fd, rel=1e-6, abs=1e-9)
+
+
+def test_krylov_top_matches_dense_and_the_m_dim_krylov_space():
+    spectrum = np.concatenate([[6.0, 4.0, 3.5], np.linspace(-1.0, 2.0, 27)])
+    f, A = quadratic_with_spectrum(spectrum, seed=5)
+    A = np.asarray(A)
+    op = as_operator(f, jnp.zeros(30))
+    v0 = jnp.asarray(np.random.default_rng(0).normal(size=30))
+    key = jax.random.PRNGKey(0)
+    # m = D: the Krylov space is everything, so the Ritz pairs are the eigenpairs
+    vals, V, res = krylov_top(op, v0, 30, 3, key)
+    np.testing.assert_allclose(vals, [6.0, 4.0, 3.5], rtol=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(V, axis=0), 1.0, rtol=1e-12)
+    true_res = np.linalg.norm(A @ V - np.asarray(V) * np.asarray(vals), axis=0)
+    np.testing.assert_allclose(res, true_res, atol=1e-9)
+    # m < D: the Ritz values of span{v0, A v0, ..., A^{m-1} v0} (at most m products), inside scan
+    m = 6
+    K = np.stack([np.linalg.matrix_power(A, i) @ np.asarray(v0) for i in range(m)], axis=1)
+    Q, _ = np.linalg.qr(K)
+    ritz = np.sort(np.linalg.eigvalsh(Q.T @ A @ Q))[::-1][:2]
+
+    @jax.jit
+    def scaled(cs):
+        def body(carry, c):
+            return carry, krylov_top(lambda x: c * (jnp.asarray(A) @ x), v0, m, 2, key)
+
+        return jax.lax.scan(body, 0.0, cs)[1]
+
+    vals, V, res = scaled(jnp.array([1.0, 2.0]))
+    np.testing.assert_allclose(vals, [ritz, 2 * ritz], rtol=1e-8)
+    true_res = np.linalg.norm(A @ V[0] - np.asarray(V[0]) * np.asarray(vals[0]), axis=0)
+    np.testing.assert_allclose(res[0], true_res, rtol=1e-6, atol=1e-10)
+    np.testing.assert_allclose(res[1], 2 * true_res, rtol=1e-6, atol=1e-10)
+
+
+def test_bad_operators_and_arguments_raise_clear_errors():
+    f, w, p, _ = problem()
+    op = as_operator(f, w)
+    with pytest.raises(ConfigError) as info:
+        as_operator(op, w)
+    assert info.value.field == "w"
+    with pytest.raises(ConfigError, match="w="):
+        as_operator(f)  # a plain callable has no w0
+    with pytest.raises(ConfigError, match="finite"):
+        as_operator(f, jnp.full(w.size, jnp.nan))
+    with pytest.raises(ConfigError) as info:
+        as_operator(PreconditionedOperator(op, -p))
+    assert info.value.field == "p"
+    with pytest.raises(ConfigError) as info:
+        as_operator(PreconditionedOperator(op, p[:3]))
+    assert info.value.field == "p.shape"
+    with pytest.raises(ConfigError) as info:
+        as_operator(HessianOperator(Objective.from_fn(f, np.asarray(w)), w[:-1]))
+    assert info.value.field == "w.shape"
+    for m, k, field in [(0, 1, "m"), (5, 6, "k"), (5, 0, "k")]:
+        with pytest.raises(ConfigError) as info:
+            krylov_top(op, w, m, k, jax.random.PRNGKey(0))
+        assert info.value.field == field
+    with pytest.raises(ConfigError) as info:
+        krylov_top(op, w[:-1], 5, 1, jax.random.PRNGKey(0))
+    assert info.value.field == "v0.shape"
