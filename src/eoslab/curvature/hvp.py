@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..errors import ConfigError
-from ..objective import LossLike, Objective
+from ..objective import LossLike
 from ._checks import check_vector
 from .operator import HessianOperator, Operator, PreconditionedOperator, as_operator
 
@@ -98,13 +98,3 @@ def hessian_dense(
 ) -> Float[Array, "d d"]:
     """The dense matrix: $\\nabla^2 L(w)$ by ``jax.hessian`` (small problems and tests only)."""
     return _dense(as_operator(loss, w))
-
-
-# Kept only until eoslab.theory calls the operator (then deleted): not part of the API.
-def _hvp(obj: Objective, w: Array, v: Array) -> Array:
-    return HessianOperator(obj, w).mv(v)
-
-
-def _grad_top_eigenvalue(obj: Objective, w: Array, v: Array, log: bool) -> tuple[Array, Array]:
-    lam, g = HessianOperator(obj, w).grad_quadratic_form(v)
-    return lam, jnp.where(log, g / lam, g)
