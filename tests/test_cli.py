@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pandas as pd
@@ -47,10 +48,10 @@ def test_run_config_end_to_end(tmp_path, capsys):
     assert "never overwrites" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "metrics").iterdir()) == before
     # resume of a finished run: nothing to do
-    assert main(["run", "--resume", str(out), "--quiet"]) == 0
+    assert main(["resume", str(out), "--quiet"]) == 0
     # plot two runs overlaid
     out2 = tmp_path / "run2"
-    args = ["run", "--config", str(cfg), "--steps", "20", "--lr", "0.3", "--out", str(out2)]
+    args = ["run", "--config", str(cfg), "--steps", "20", "--rule.lr", "0.3", "--out", str(out2)]
     assert main([*args, "--quiet", "--no-plot"]) == 0
     assert json.loads((out2 / "config.json").read_text())["config"]["rule"]["lr"] == 0.3
     png = tmp_path / "both.png"
@@ -88,15 +89,17 @@ def test_missing_config_and_conflicting_arguments(tmp_path, capsys):
     assert main(["run", "--config", str(tmp_path / "nope.json")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["run", "toy", "--config", str(_write(tmp_path, TINY))]) == 2
-    assert "one of" in capsys.readouterr().err
-    assert main(["run", "toy", "--lr", "-1", "--out", str(tmp_path / "x")]) == 2
-    assert "lr" in capsys.readouterr().err and not (tmp_path / "x").exists()
-    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # refused by tyro while it builds the config
+        main(["run", "toy", "--rule.lr", "-1", "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "lr=-1.0 is not accepted" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["resume", str(tmp_path)]) == 2
 
 
 def test_bad_flag_value_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["run", "toy", "--lr", "abc"])
+        main(["run", "toy", "--rule.lr", "abc"])
     assert exc.value.code == 2
     with pytest.raises(SystemExit) as exc:
         main(["run", "no-such-preset"])
@@ -113,7 +116,7 @@ def test_divergence_exit_code_message_and_metrics(tmp_path, capsys):
     assert man["status"] == "diverged" and "diverged at step" in man["message"]
     df = pd.concat(pd.read_parquet(p) for p in (out / "metrics").glob("*.parquet"))
     assert len(df) > 50 and df["loss"].notna().all()
-    assert main(["run", "--resume", str(out)]) == 3
+    assert main(["resume", str(out)]) == 3
 
 
 def test_list_and_presets_round_trip(capsys):
@@ -140,8 +143,51 @@ def test_help_covers_every_run_flag():
     )
     assert proc.returncode == 0
     for f in fields(Run):
-        if f.name != "preset":
+        if f.name != "experiment":
             assert f"--{f.name.replace('_', '-')}" in proc.stdout
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_parses_and_its_help_covers_every_field(preset):
+    from dataclasses import fields
+
+    from eoslab.cli import _parse
+
+    args, name = _parse(["run", preset])
+    assert name == preset and args.experiment == PRESETS[preset]
+    proc = subprocess.run(
+        [sys.executable, "-m", "eoslab.cli", "run", preset, "--help"],
+        env=dict(os.environ, PYTHONPATH=SRC, COLUMNS="200"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0
+    assert "None|" not in proc.stdout and "{None}" not in proc.stdout
+    exp = PRESETS[preset]
+    for f in fields(exp):
+        if f.name in ("problem", "rule", "compare", "probes", "stop"):
+            for sub in fields(getattr(exp, f.name)) if f.name != "compare" else ():
+                if sub.init:
+                    assert f"--{f.name}.{sub.name.replace('_', '-')}" in proc.stdout
+            for key, proc_cfg in exp.compare.items() if f.name == "compare" else ():
+                hints = typing.get_type_hints(type(proc_cfg), include_extras=True)
+                for sub in fields(proc_cfg):
+                    if "Suppress" in str(hints[sub.name]):  # Python-only fields
+                        continue
+                    assert f"--compare.{key}.{sub.name.replace('_', '-')}" in proc.stdout
+        else:
+            assert f"--{f.name.replace('_', '-')}" in proc.stdout
+
+
+def test_version_and_top_level_help(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("eoslab ")
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "exit codes" in text and "eoslab run eos-gd" in text
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ def _run(tmp_path: Path, name: str, *extra: str) -> Path:
         "eoslab",
         "run",
         "eos-gd",
-        "--n",
+        "--problem.n",
         "64",
         "--steps",
         "20",

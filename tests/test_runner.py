@@ -147,7 +147,7 @@ def test_stop_on_loss_goal_and_custom_probe():
         rules.gd(0.1),
         1000,
         probe_every=5,
-        probes=Probes(custom=(probe,)),
+        custom_probes=(probe,),
         stop=Stop(loss_below=0.5),
     )
     assert run.status == "loss_goal"
@@ -159,7 +159,7 @@ def test_stop_on_loss_goal_and_custom_probe():
         rules.gd(0.1),
         1000,
         probe_every=5,
-        probes=Probes(custom=(probe,)),
+        custom_probes=(probe,),
         stop=Stop(accuracy_above=1.0),
     )
     assert run.status == "accuracy_goal"

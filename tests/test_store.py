@@ -89,7 +89,7 @@ def test_existing_directory_is_never_overwritten(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(RunExistsError, match="--resume"):
+    with pytest.raises(RunExistsError, match="eoslab resume"):
         train(_objective(), rules.gd(0.1), 5, out=out, probes=Probes(sharpness=False))
     assert (out / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
@@ -125,7 +125,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path):
             probe_every=10,
             out=tmp_path / "cut",
             flush_seconds=0,
-            probes=Probes(custom=(boom,)),
+            custom_probes=(boom,),
         )
     man = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     assert man["status"] == "running" and man["checkpoint_step"] == 130
@@ -193,7 +193,7 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     assert victim.returncode == -signal.SIGKILL
     man = json.loads(manifest.read_text())
     assert man["status"] == "running" and man["step"] < 1000
-    resumed = _cli("run", "--resume", str(tmp_path / "cut"), "--quiet", "--no-plot", cache=cache)
+    resumed = _cli("resume", str(tmp_path / "cut"), "--quiet", "--no-plot", cache=cache)
     ref = _cli("run", *common, "--out", str(tmp_path / "ref"), cache=cache)  # uninterrupted
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err

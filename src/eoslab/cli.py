@@ -1,15 +1,7 @@
-"""The ``eoslab`` command line, generated from typed dataclasses with tyro.
+"""The ``eoslab`` command line, generated with tyro from the typed configs themselves.
 
-    eoslab run PRESET [--steps N] [--lr X] [--out DIR]   run a preset, with overrides
-    eoslab run --config FILE [--out DIR]                 run a JSON/YAML config (validated first)
-    eoslab run --resume DIR                              continue a killed run to the same numbers
-    eoslab list                                          the presets
-    eoslab plot DIR [DIR ...] [--out PNG]                figures of one or several runs
-    eoslab data list | eoslab data fetch NAME            datasets
-    eoslab demo                                          the default preset, figures included
-    eoslab reproduce [NAME] [--quick] [--out DIR]        the papers' experiments (no NAME: list)
-
-Exit codes: 0 done, 2 bad usage or config (nothing was run), 3 the run diverged.
+Every preset is a subcommand of ``eoslab run`` and every field of its `Experiment` (the rule's,
+the compared processes', the probes', the stop rules') is a flag; a field's docstring is its help.
 """
 
 from __future__ import annotations
@@ -18,17 +10,44 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
 from .errors import EoslabError
-from .experiments.presets import DEFAULT_PRESET, PRESETS
+from .experiments import DEFAULT_PRESET, PRESETS, Experiment
 
 __all__ = ["main"]
 
-PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+EXIT_CODES = {
+    0: "done",
+    1: "a reproduction's prediction outside its tolerance",
+    2: "bad usage or config (nothing ran)",
+    3: "the run diverged (every metric measured before is kept)",
+    130: "interrupted (resumable with: eoslab resume DIR)",
+}
+
+DESCRIPTION = (
+    "eoslab: gradient descent at the Edge of Stability, measured exactly.\n\n"
+    "examples:\n"
+    "  eoslab list                                  the presets\n"
+    "  eoslab run eos-gd --rule.lr 0.2 --out runs/a  a preset, any field overridden\n"
+    "  eoslab run gd-central-flow --steps 500       GD, gradient flow and the central flow\n"
+    "  eoslab run --config exp.yaml --steps 100     a config file (checked before any work)\n"
+    "  eoslab resume runs/a                         continue a killed run to the same numbers\n"
+    "  eoslab plot runs/a runs/b                    overlaid figures\n"
+    "  eoslab report runs/a                         figures and a Markdown/HTML summary\n"
+    "  eoslab sharpness runs/a --k 3                certified top eigenvalues at the checkpoint\n"
+    "  eoslab reproduce flow-tracking --quick       a paper's experiment with its check table\n\n"
+    "exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
+)
+
+Preset = tyro.extras.subcommand_type_from_defaults(
+    dict(PRESETS), {name: exp.description for name, exp in PRESETS.items()}
+)
+Dir = Annotated[Path | None, tyro.conf.arg(metavar="DIR")]
 
 
 class _UsageError(Exception):
@@ -36,33 +55,32 @@ class _UsageError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-    """Run an experiment: a preset (with overrides), a config file, or resume a run directory."""
+class RunOptions:
+    """Options of ``eoslab run`` besides the experiment."""
 
-    preset: tyro.conf.Positional[PresetName | None] = None  # type: ignore[valid-type]
-    """A preset name (see `eoslab list`); the default is eos-gd."""
-    config: Path | None = None
-    """A JSON or YAML experiment config (checked before anything runs)."""
-    resume: Path | None = None
-    """Continue the run in this directory from its last checkpoint."""
-    out: Path | None = None
+    out: Dir = None
     """The run directory to create (default: runs/NAME-TIMESTAMP); never overwritten."""
-    steps: int | None = None
-    """Override the step budget."""
-    lr: float | None = None
-    """Override the learning rate."""
-    seed: int | None = None
-    """Override the seed."""
-    probe_every: int | None = None
-    """Override how often curvature is probed (steps)."""
-    n: int | None = None
-    """Override the number of training examples."""
-    eigs: int | None = None
-    """Override how many top Hessian eigenvalues are tracked."""
-    devices: int | None = None
-    """Shard the training examples over this many devices (same numbers as one device)."""
-    microbatch: int | None = None
-    """Accumulate loss, gradient and HVPs over micro-batches of this many examples."""
+    config: Annotated[Path | None, tyro.conf.arg(metavar="FILE")] = None
+    """A JSON or YAML experiment config (or a run's config.json); flags after it override it."""
+    plot: bool = True
+    """Write the run's figures when it ends."""
+    quiet: bool = False
+    """No progress bar."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run(RunOptions):
+    """Run a preset (default eos-gd) with any field overridden, or a --config file."""
+
+    experiment: Annotated[Preset, tyro.conf.arg(name="")] = PRESETS[DEFAULT_PRESET]  # type: ignore[valid-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Continue a run directory from its last checkpoint (same numbers as an uninterrupted run)."""
+
+    dir: tyro.conf.Positional[Path]
+    """The run directory."""
     plot: bool = True
     """Write the run's figures when it ends."""
     quiet: bool = False
@@ -76,12 +94,36 @@ class List:
 
 @dataclasses.dataclass(frozen=True)
 class Plot:
-    """Plot one run, or several overlaid."""
+    """Plot one run (one line per process), or several overlaid."""
 
     dirs: tyro.conf.Positional[tuple[Path, ...]]
     """Run directories."""
-    out: Path | None = None
+    out: Annotated[Path | None, tyro.conf.arg(metavar="PNG")] = None
     """The PNG to write (default: DIR/figures/overview.png, or DIR/figures/compare.png)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Write a run's figures and a Markdown + HTML summary (report.md, report.html)."""
+
+    dir: tyro.conf.Positional[Path]
+    """The run directory."""
+    out: Dir = None
+    """Where to write (default: the run directory)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sharpness:
+    """Certified top-k Hessian eigenvalues at a run's last checkpoint."""
+
+    dir: tyro.conf.Positional[Path]
+    """The run directory."""
+    process: Annotated[str | None, tyro.conf.arg(metavar="NAME")] = None
+    """Which process's point (default: the first)."""
+    k: int = 3
+    """How many top eigenvalues."""
+    tol: float = 1e-6
+    """Relative tolerance (each value is printed with its certified bound)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +132,9 @@ class Data:
 
     action: tyro.conf.Positional[Literal["list", "fetch"]]
     """list or fetch."""
-    name: tyro.conf.Positional[str | None] = None
+    name: tyro.conf.Positional[str] = ""
     """The dataset to fetch."""
-    data_dir: Path | None = None
+    data_dir: Dir = None
     """Where datasets live (default: $EOSLAB_DATA)."""
 
 
@@ -102,7 +144,7 @@ class Demo:
 
     out: Path = Path("runs/demo")
     """Run directory (a timestamp is added if it exists)."""
-    steps: int | None = None
+    steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
     """Override the step budget."""
 
 
@@ -110,11 +152,11 @@ class Demo:
 class Reproduce:
     """Reproduce a paper experiment: figures plus a table of predicted vs measured numbers."""
 
-    name: tyro.conf.Positional[str | None] = None
+    name: tyro.conf.Positional[str] = ""
     """The experiment (omit it to list them)."""
     quick: bool = False
     """The scaled-down variant (minutes on 2 CPU cores; no downloaded data needed)."""
-    out: Path | None = None
+    out: Dir = None
     """Output directory (default: runs/reproduce-NAME[-quick]-TIMESTAMP); never overwritten."""
 
 
@@ -123,7 +165,7 @@ def _err(msg: str) -> None:
     print(f"eoslab: error: {msg}", file=sys.stderr)
 
 
-def _load_config_file(path: Path):
+def _read_config_file(path: Path) -> Experiment:
     from .experiments import from_dict
 
     if not path.is_file():
@@ -138,35 +180,15 @@ def _load_config_file(path: Path):
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - any parse error is a usage error
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        kind = path.suffix[1:] or "JSON"
-        raise _UsageError(f"--config {path}: not valid {kind}: {first}") from None
+        raise _UsageError(
+            f"--config {path}: not valid {path.suffix[1:] or 'JSON'}: {first}"
+        ) from None
     if isinstance(data, dict) and "config" in data and "eoslab_version" in data:
         data = data["config"]  # a run's config.json
     try:
         return from_dict(data)
     except EoslabError as exc:
         raise _UsageError(f"--config {path}: {exc}") from None
-
-
-def _apply_overrides(exp, args: Run):
-    from .errors import ConfigError
-
-    changes = {}
-    for name in ("steps", "seed", "probe_every", "devices", "microbatch"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
-    try:
-        if args.lr is not None:
-            changes["rule"] = dataclasses.replace(exp.rule, lr=args.lr)
-        if args.n is not None:
-            if not any(f.name == "n" for f in dataclasses.fields(exp.problem)):
-                raise ConfigError("n", args.n, f"no --n for a {exp.problem.kind} problem")
-            changes["problem"] = dataclasses.replace(exp.problem, n=args.n)
-        if args.eigs is not None:
-            changes["probes"] = dataclasses.replace(exp.probes, k=args.eigs)
-        return dataclasses.replace(exp, **changes)
-    except ConfigError as exc:
-        raise _UsageError(f"--{exc.field.split('.')[-1].replace('_', '-')}: {exc}") from None
 
 
 def _fresh_dir(base: Path) -> Path:
@@ -181,60 +203,37 @@ def _fresh_dir(base: Path) -> Path:
     return cand
 
 
-def _execute(exp, out: Path, *, resume: bool, quiet: bool, plot: bool) -> int:
-    from .experiments import build, to_dict
-    from .runner import train
-
-    try:
-        built = build(exp)
-    except EoslabError as exc:
-        raise _UsageError(str(exc)) from None
-    import warnings
+def _execute(exp: Experiment, out: Path, *, resume: bool, quiet: bool, plot: bool) -> int:
+    from .experiments import execute
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        run = train(
-            built.objective,
-            built.rule,
-            exp.steps,
-            probe_every=exp.probe_every,
-            probes=built.probes,
-            out=out,
-            stop=built.stop,
-            seed=exp.seed,
-            log_every=exp.log_every,
-            flush_seconds=exp.flush_seconds,
-            resume=resume,
-            config=to_dict(exp),
-            progress=None if not quiet else False,
-            devices=exp.devices,
-            microbatch=exp.microbatch,
-        )
+        run = execute(exp, out, resume=resume, progress=None if not quiet else False)
     df = run.metrics
-    last = df.iloc[-1] if len(df) else None
-    probed = df[df["sharpness"].notna()] if "sharpness" in df else df.iloc[0:0]
-    summary = f"{run.status}: {run.message}"
-    if last is not None:
-        summary += f"\n  final loss {last['loss']:.6g} at step {int(last['step'])}"
-    if len(probed):
-        p = probed.iloc[-1]
-        curv = (
-            p["eff_sharpness"]
-            if "eff_sharpness" in p and p["eff_sharpness"] == p["eff_sharpness"]
-            else p["sharpness"]
+    print(f"{run.status}: {run.message}")
+    for name in dict.fromkeys(df["process"]) if "process" in df else []:
+        part = df[df["process"] == name]
+        line = (
+            f"  {name}: final loss {part['loss'].iloc[-1]:.6g} at step {int(part['step'].iloc[-1])}"
         )
-        summary += f"; sharpness {curv:.4g} (threshold {p['threshold']:.4g})"
-    print(summary)
+        probed = part[part["sharpness"].notna()] if "sharpness" in part else part.iloc[0:0]
+        if len(probed):
+            p = probed.iloc[-1]
+            eff = p.get("eff_sharpness")
+            curv = eff if eff is not None and eff == eff else p["sharpness"]
+            line += f"; sharpness {curv:.4g} (threshold {p['threshold']:.4g})"
+        print(line)
     print(f"  run directory: {run.path}")
     if plot:
-        fig = _plot([Path(run.path)], None)
-        print(f"  figure: {fig}")
+        print(f"  figure: {_plot([Path(run.path)], None)}")
     return 3 if run.diverged else 0
 
 
 def _plot(dirs: list[Path], out: Path | None) -> Path:
     from .report import plot_runs
 
+    if not dirs:
+        raise _UsageError("eoslab plot DIR [DIR ...]: give at least one run directory")
     for d in dirs:
         if not (d / "config.json").is_file():
             raise _UsageError(f"{d}: not a run directory (no config.json)")
@@ -243,50 +242,45 @@ def _plot(dirs: list[Path], out: Path | None) -> Path:
     return plot_runs(dirs, out)
 
 
-def _cmd_run(args: Run) -> int:
-    from .experiments import from_dict, get_preset
+def _recorded(path: Path) -> Experiment:
+    from .experiments import from_dict
     from .runner import RunStore
 
-    given = [x for x in (args.preset, args.config, args.resume) if x is not None]
-    if len(given) > 1:
-        raise _UsageError("give one of PRESET, --config FILE, --resume DIR")
-    if args.resume is not None:
-        store = RunStore(args.resume)
-        if not store.exists():
-            raise _UsageError(f"--resume {args.resume}: not a run directory (no config.json)")
-        others = [
-            n
-            for n in ("steps", "lr", "seed", "probe_every", "n", "eigs", "out")
-            if getattr(args, n) is not None
-        ]
-        if others:
-            raise _UsageError(f"--resume continues the recorded config; drop --{others[0]}")
-        man = store.read_manifest()
-        if man.get("status") == "diverged":
-            _err(f"{args.resume}: this run diverged ({man.get('message', '')}); nothing to resume")
-            return 3
-        try:
-            exp = from_dict(store.read_config()["config"])
-        except EoslabError as exc:
-            raise _UsageError(f"{args.resume}/config.json: {exc}") from None
-        if man.get("status") not in ("running", "unknown"):
-            print(f"{args.resume}: already {man.get('status')} ({man.get('message', '')})")
-            return 0
-        return _execute(exp, args.resume, resume=True, quiet=args.quiet, plot=args.plot)
-    if args.config is not None:
-        exp = _load_config_file(args.config)
-        name = args.config.stem
-    else:
-        name = args.preset or DEFAULT_PRESET
-        exp = get_preset(name)
-    exp = _apply_overrides(exp, args)
+    store = RunStore(path)
+    if not store.exists():
+        raise _UsageError(f"{path}: not a run directory (no config.json)")
+    try:
+        return from_dict(store.read_config()["config"])
+    except (EoslabError, KeyError) as exc:
+        raise _UsageError(
+            f"{path}/config.json does not hold an eoslab run config ({exc}); a run made from "
+            "Python with eoslab.runner.run resumes from Python: run(..., out=DIR, resume=True)"
+        ) from None
+
+
+# ------------------------------------------------------------------------------ commands
+def _cmd_run(args: Run, name: str) -> int:
     out = args.out if args.out is not None else _fresh_dir(Path("runs") / name)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise _UsageError(
             f"{out} already exists and is not empty; eoslab never overwrites a run. "
-            f"Choose another --out, or continue it with: eoslab run --resume {out}"
+            f"Choose another --out, or continue it with: eoslab resume {out}"
         )
-    return _execute(exp, out, resume=False, quiet=args.quiet, plot=args.plot)
+    return _execute(args.experiment, out, resume=False, quiet=args.quiet, plot=args.plot)
+
+
+def _cmd_resume(args: Resume) -> int:
+    from .runner import RunStore
+
+    exp = _recorded(args.dir)
+    man = RunStore(args.dir).read_manifest()
+    if man.get("status") == "diverged":
+        _err(f"{args.dir}: this run diverged ({man.get('message', '')}); nothing to resume")
+        return 3
+    if man.get("status") not in ("running", "unknown"):
+        print(f"{args.dir}: already {man.get('status')} ({man.get('message', '')})")
+        return 0
+    return _execute(exp, args.dir, resume=True, quiet=args.quiet, plot=args.plot)
 
 
 def _cmd_list() -> int:
@@ -297,20 +291,41 @@ def _cmd_list() -> int:
     return 0
 
 
+def _cmd_sharpness(args: Sharpness) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from .curvature import top_eigenpairs
+    from .experiments import build
+    from .runner import load_run
+
+    exp = _recorded(args.dir)
+    run = load_run(args.dir)
+    name = args.process or next(iter(run.points), None)
+    if name not in run.points:
+        have = ", ".join(run.points) or "none"
+        raise _UsageError(f"--process {name}: no checkpointed point (have: {have})")
+    with jax.enable_x64(exp.dtype == "float64"):
+        obj = build(exp).objective.base()
+        w = jnp.asarray(np.asarray(run.points[name]), obj.dtype)
+        res = top_eigenpairs(obj, w, min(args.k, obj.dim), tol=args.tol)
+    print(f"{args.dir} [{name}] at step {run.step}: {int(res.matvecs)} HVPs")
+    print(f"{'i':>3}  {'eigenvalue':>14}  {'certified bound':>16}  {'residual':>10}")
+    for i, (v, b, r) in enumerate(zip(res.values, res.error_bound, res.residuals, strict=True)):
+        print(f"{i + 1:>3}  {float(v):>14.8g}  {float(b):>16.3g}  {float(r):>10.3g}")
+    return 0
+
+
 def _cmd_data(args: Data) -> int:
-    try:
-        from .data import commands
-    except ImportError as exc:
-        raise _UsageError(f"the datasets module is not available ({exc})") from None
+    from .data import commands
+
     if args.action == "list":
         print(commands.list_datasets_table())
         return 0
     if not args.name:
         raise _UsageError("eoslab data fetch NAME: give the dataset's name")
-    try:
-        commands.fetch(args.name, args.data_dir)
-    except EoslabError as exc:
-        raise _UsageError(str(exc)) from None
+    commands.fetch(args.name, args.data_dir)
     return 0
 
 
@@ -327,7 +342,7 @@ def _cmd_demo(args: Demo) -> int:
 def _cmd_reproduce(args: Reproduce) -> int:
     from . import reproduce
 
-    if args.name is None:
+    if not args.name:
         for name in reproduce.names():
             exp = reproduce.get(name)
             needs = f" [needs {exp.needs}]" if exp.needs else ""
@@ -338,9 +353,9 @@ def _cmd_reproduce(args: Reproduce) -> int:
             f"reproduce: unknown experiment {args.name!r}; expected one of "
             + ", ".join(reproduce.names())
         )
-    suffix = "-quick" if args.quick else ""
     out = args.out
     if out is None:
+        suffix = "-quick" if args.quick else ""
         out = _fresh_dir(Path("runs") / f"reproduce-{args.name}{suffix}")
     elif out.exists() and any(out.iterdir()):
         raise _UsageError(f"--out {out} exists and is not empty; choose another directory")
@@ -356,48 +371,108 @@ def _cmd_reproduce(args: Reproduce) -> int:
 
 COMMANDS = {
     "run": Run,
+    "resume": Resume,
     "list": List,
     "plot": Plot,
+    "report": Report,
+    "sharpness": Sharpness,
     "data": Data,
     "demo": Demo,
     "reproduce": Reproduce,
 }
 
 
+_RUN_FLAGS = {"--out": 1, "--config": 1, "--plot": 0, "--no-plot": 0, "--quiet": 0, "--no-quiet": 0}
+
+
+def _split_run_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``eoslab run PRESET --rule.lr 0.2 --out DIR``: the run's own options may come anywhere;
+    returns (own options, the rest)."""
+    own, rest, i = [], [], 0
+    while i < len(argv):
+        flag = argv[i].split("=", 1)[0]
+        n = _RUN_FLAGS.get(flag)
+        if n is None:
+            rest.append(argv[i])
+            i += 1
+            continue
+        take = 1 if "=" in argv[i] else 1 + n
+        own += argv[i : i + take]
+        i += take
+    return own, rest
+
+
+def _parse(argv: list[str]) -> tuple[object, str]:
+    """The parsed command; for ``run``, also the run's name (preset or config file stem)."""
+    config = ()
+    if argv[:1] == ["run"]:
+        own, rest = _split_run_options(argv[1:])
+        argv = ["run", *own, *rest]
+    if argv[:1] == ["run"] and "--config" in own:
+        if any(a in PRESETS for a in rest):
+            raise _UsageError("give a PRESET or --config FILE, not both")
+        opts = tyro.cli(RunOptions, args=own, prog="eoslab run")
+        base = _read_config_file(opts.config)
+        exp = tyro.cli(
+            Experiment,
+            default=base,
+            args=rest,
+            prog=f"eoslab run --config {opts.config}",
+            config=(tyro.conf.AvoidSubcommands,),
+        )
+        return Run(**dataclasses.asdict(opts), experiment=exp), opts.config.stem
+    args = tyro.extras.subcommand_cli_from_dict(
+        COMMANDS, args=argv, prog="eoslab", description=DESCRIPTION, config=config
+    )
+    name = DEFAULT_PRESET
+    if isinstance(args, Run):
+        picked = [a for a in argv[1:] if a in PRESETS]
+        name = picked[0] if picked else DEFAULT_PRESET
+    return args, name
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``eoslab`` command; returns the exit code."""
-    args = tyro.extras.subcommand_cli_from_dict(
-        COMMANDS, args=argv, prog="eoslab", description=__doc__.splitlines()[0]
-    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        from . import __version__
+
+        print(f"eoslab {__version__}")
+        return 0
     try:
+        args, name = _parse(argv)
         if isinstance(args, Run):
-            return _cmd_run(args)
+            return _cmd_run(args, name)
+        if isinstance(args, Resume):
+            return _cmd_resume(args)
         if isinstance(args, List):
             return _cmd_list()
         if isinstance(args, Plot):
             print(_plot(list(args.dirs), args.out))
             return 0
+        if isinstance(args, Report):
+            from .report.summary import write_report
+
+            if not (args.dir / "config.json").is_file():
+                raise _UsageError(f"{args.dir}: not a run directory (no config.json)")
+            print(write_report(args.dir, args.out))
+            return 0
+        if isinstance(args, Sharpness):
+            return _cmd_sharpness(args)
         if isinstance(args, Data):
             return _cmd_data(args)
         if isinstance(args, Demo):
             return _cmd_demo(args)
         if isinstance(args, Reproduce):
             return _cmd_reproduce(args)
-    except _UsageError as exc:
-        _err(str(exc))
-        return 2
-    except EoslabError as exc:
+    except (_UsageError, EoslabError) as exc:
         _err(str(exc))
         return 2
     except KeyboardInterrupt:
-        _err("interrupted; continue with --resume (everything flushed so far is kept)")
+        _err("interrupted; continue with: eoslab resume DIR (everything flushed so far is kept)")
         return 130
     raise AssertionError(type(args))
 
 
-def _entry() -> None:
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    _entry()
+    sys.exit(main())

@@ -53,9 +53,13 @@ def _closed_form_x(lam, a, b, lr, dt):
 
 class _GDCentralFlowBase(Process):
     lr: float
+    """GD's learning rate eta (one process step is one GD step)."""
     substeps: int = 4
+    """Euler substeps per GD step."""
     krylov_dim: int = 30
+    """Krylov dimension of each eigen-solve (HVPs per substep)."""
     seed: int = 0
+    """Seed of the Krylov restarts."""
 
     def _check(self) -> None:
         check_positive("lr", self.lr)
@@ -83,6 +87,7 @@ class CentralFlow(_GDCentralFlowBase):
     """
 
     record_vectors: bool = False
+    """Add the oscillation direction u to every row (small problems)."""
 
     def __check_init__(self) -> None:
         self._check()
@@ -158,7 +163,9 @@ class SDPCentralFlow(_GDCentralFlowBase):
 
     compiled = False
     k: int = 2
+    """Most directions that may oscillate."""
     window: float = 0.1
+    """Eigenvalues with eta lambda > 2 - window may carry oscillation."""
 
     def __check_init__(self) -> None:
         self._check()

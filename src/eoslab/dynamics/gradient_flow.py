@@ -30,10 +30,15 @@ class GradientFlow(Process):
     r"""$\phi(w_0, \eta t)$: gradient flow with ``lr`` units of flow time per step."""
 
     lr: float
+    """Flow time per step (the optimizer's learning rate, for a step-by-step comparison)."""
     solver: Literal["auto", "kvaerno5", "tsit5"] = "tsit5"
+    """ODE solver (diffrax): explicit Tsit5, implicit Kvaerno5, or auto by size."""
     rtol: float = 1e-7
+    """Relative tolerance of the adaptive step."""
     atol: float = 1e-9
+    """Absolute tolerance of the adaptive step."""
     max_steps: int = 10_000
+    """Most solver steps per process step."""
 
     def __check_init__(self) -> None:
         check_positive("lr", self.lr)

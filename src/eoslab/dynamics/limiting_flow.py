@@ -14,12 +14,13 @@ $X(0)=\Phi(x_{\rm init})$ and $\tau=\eta^2 t$: step $t$ of the process advances 
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+import tyro
 from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
@@ -79,10 +80,15 @@ def _check(algorithm: str, lr: float, schedule: tuple[float, ...] | None) -> Non
 
 class _LimitingFlowBase(Process):
     algorithm: Literal["normalized_gd", "sqrt_loss_gd"]
+    """Whose flow: normalized GD (-1/4 P grad log lambda_1) or sqrt-loss GD (-1/8 P grad lambda_1)."""
     lr: float
-    schedule: tuple[float, ...] | None = None
+    """The optimizer's learning rate eta: each step advances tau by eta^2."""
+    schedule: Annotated[tuple[float, ...] | None, tyro.conf.Suppress] = None
+    """Flow time of each step instead of eta^2 (Python only)."""
     phi_gtol: float = 1e-8
+    """Projections onto Gamma run gradient flow until |grad L| < phi_gtol."""
     project_start: bool = True
+    """Start from Phi(w0) (else from w0 itself, assumed on Gamma)."""
 
     def point(self, state: LimitingFlowState) -> Array:
         return state.X
@@ -113,9 +119,13 @@ class ProjectedLimitingFlow(_LimitingFlowBase):
     r"""The limiting flow by diffrax on $\dot X=-c\,P^\perp(X)\nabla f(X)$ (dense; compiled)."""
 
     rank_tol: float = 1e-6
+    """Eigenvalues above rank_tol * lambda_1 span the normal space."""
     rtol: float = 1e-10
+    """Relative tolerance of the adaptive ODE step."""
     atol: float = 1e-12
+    """Absolute tolerance of the adaptive ODE step."""
     max_steps: int = 100_000
+    """Most solver steps per process step."""
 
     def __check_init__(self) -> None:
         _check(self.algorithm, self.lr, self.schedule)
@@ -161,8 +171,11 @@ class RetractedLimitingFlow(_LimitingFlowBase):
 
     compiled = False
     h: float = 0.01
-    projection_time: float | None = None
+    """Largest Euler step in flow time tau."""
+    projection_time: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
+    """Project by gradient flow for this time instead of to phi_gtol (default: to phi_gtol)."""
     eig_tol: float = 1e-6
+    """Relative tolerance of lambda_1 and v_1 at each Euler step."""
 
     def __check_init__(self) -> None:
         _check(self.algorithm, self.lr, self.schedule)

@@ -30,9 +30,10 @@ exactly the same update (GD, heavy ball, Nesterov, RMSProp, Adam), the rule runs
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Union
 
 import jax.numpy as jnp
 import optax
@@ -41,6 +42,14 @@ from jaxtyping import Array, Float
 from ..errors import ConfigError, check_positive
 
 __all__ = [
+    "GD",
+    "NormalizedGD",
+    "SqrtLossGD",
+    "HeavyBall",
+    "Nesterov",
+    "RMSProp",
+    "Adam",
+    "RuleConfig",
     "Rule",
     "StepInfo",
     "gd",
@@ -128,10 +137,8 @@ def from_optax(
     return Rule(name, init, step, preconditioner, dict(hyper or {}))
 
 
-def _optax_rule(name, tx: optax.GradientTransformation, lr, threshold, precond, hyper) -> Rule:
-    return from_optax(
-        tx, name=name, lr=lr, threshold=threshold, preconditioner=precond, hyper=hyper
-    )
+class _Empty(NamedTuple):
+    pass
 
 
 def heavy_ball_threshold(lr: float, beta: float = 0.9) -> float:
@@ -148,81 +155,207 @@ def adam_threshold(lr: float, beta1: float = 0.9) -> float:
     return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
 
 
-def gd(lr: float) -> Rule:
-    r"""Gradient descent, $w_{t+1} = w_t - \eta\nabla L(w_t)$; threshold $2/\eta$.
+@dataclasses.dataclass(frozen=True)
+class GD:
+    r"""Gradient descent, $w_{t+1} = w_t - \eta\nabla L(w_t)$; stable while $\lambda_1 < 2/\eta$."""
 
-    >>> import jax.numpy as jnp
-    >>> r = gd(0.5)
-    >>> float(r.step(jnp.array([2.0]), r.init(jnp.zeros(1)), jnp.array([1.0]), 0.0)[0][0])
-    1.5
+    lr: float = 0.1
+    """Learning rate eta."""
+
+    kind: ClassVar[str] = "gd"
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+
+    def build(self, loss_min: float = 0.0) -> Rule:
+        """The rule's ``init``/``step`` pair (runs ``optax.sgd``)."""
+        del loss_min
+        return from_optax(
+            optax.sgd(self.lr),
+            name=self.kind,
+            lr=self.lr,
+            threshold=2.0 / self.lr,
+            hyper=dataclasses.asdict(self),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class NormalizedGD:
+    r"""Normalized GD, $w_{t+1} = w_t - \eta\,\nabla L/\|\nabla L\|$: steps of length $\eta$.
+
+    Effective LR $\eta_t = \eta/\|\nabla L(w_t)\|$, threshold $2/\eta_t = 2\|\nabla L\|/\eta$.
+    At a zero gradient the step is zero.
     """
-    check_positive("lr", lr)
-    return _optax_rule("gd", optax.sgd(lr), lr, 2.0 / lr, None, {"lr": lr})
+
+    lr: float = 0.01
+    """Step length eta."""
+
+    kind: ClassVar[str] = "normalized_gd"
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+
+    def build(self, loss_min: float = 0.0) -> Rule:
+        """The rule's ``init``/``step`` pair."""
+        del loss_min
+        lr = self.lr
+
+        def step(w, state, g, loss):
+            del loss
+            norm = jnp.linalg.norm(g)
+            safe = jnp.where(norm > 0, norm, 1.0)
+            lr_eff = jnp.where(norm > 0, lr / safe, 0.0).astype(w.dtype)
+            thr = jnp.where(norm > 0, 2.0 * norm / lr, jnp.inf).astype(w.dtype)
+            return w - lr_eff * g, state, StepInfo(lr_eff, thr)
+
+        return Rule(self.kind, lambda w: _Empty(), step, None, dataclasses.asdict(self))
 
 
-def heavy_ball(lr: float, beta: float = 0.9) -> Rule:
-    r"""Polyak heavy ball, $m_{t} = \beta m_{t-1} + \nabla L(w_t)$, $w_{t+1} = w_t - \eta m_t$.
+@dataclasses.dataclass(frozen=True)
+class SqrtLossGD:
+    r"""GD on $\sqrt{L - L_{\min}}$: $w_{t+1} = w_t - \eta\,\nabla L / (2\sqrt{L - L_{\min}})$.
+
+    Effective LR $\eta_t = \eta / (2\sqrt{L(w_t) - L_{\min}})$ on $L$, threshold $2/\eta_t$ for
+    $\lambda_1(\nabla^2 L)$. At or below $L_{\min}$ the step is zero (the subgradient of the
+    safe square root). ``loss`` passed to ``step`` must be $L$, not its square root; $L_{\min}$ is
+    the objective's ``loss_min``.
+    """
+
+    lr: float = 0.1
+    """Learning rate eta on sqrt(L - L_min)."""
+
+    kind: ClassVar[str] = "sqrt_loss_gd"
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+
+    def build(self, loss_min: float = 0.0) -> Rule:
+        r"""The rule's ``init``/``step`` pair for the given $L_{\min}$."""
+        if not (isinstance(loss_min, (int, float)) and math.isfinite(loss_min)):
+            raise ConfigError("loss_min", loss_min, "a finite number")
+        lr = self.lr
+
+        def step(w, state, g, loss):
+            u = jnp.asarray(loss, w.dtype) - loss_min
+            pos = u > 0
+            root = jnp.sqrt(jnp.where(pos, u, 1.0))
+            lr_eff = jnp.where(pos, lr / (2.0 * root), 0.0).astype(w.dtype)
+            thr = jnp.where(pos, 4.0 * root / lr, jnp.inf).astype(w.dtype)
+            return w - lr_eff * g, state, StepInfo(lr_eff, thr)
+
+        hyper = {**dataclasses.asdict(self), "loss_min": loss_min}
+        return Rule(self.kind, lambda w: _Empty(), step, None, hyper)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeavyBall:
+    r"""Polyak heavy ball, $m_t = \beta m_{t-1} + \nabla L(w_t)$, $w_{t+1} = w_t - \eta m_t$.
 
     Equivalently $w_{t+1} = w_t - \eta\nabla L(w_t) + \beta(w_t - w_{t-1})$; threshold
     $(2 + 2\beta)/\eta$ (``optax.sgd(lr, momentum=beta)``).
     """
-    check_positive("lr", lr)
-    _check_beta("beta", beta)
-    tx = optax.sgd(lr, momentum=beta) if beta > 0 else optax.sgd(lr)
-    return _optax_rule(
-        "heavy_ball", tx, lr, heavy_ball_threshold(lr, beta), None, {"lr": lr, "beta": beta}
-    )
+
+    lr: float = 0.01
+    """Learning rate eta."""
+    beta: float = 0.9
+    """Momentum beta, in [0, 1)."""
+
+    kind: ClassVar[str] = "heavy_ball"
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+        _check_beta("beta", self.beta)
+
+    def build(self, loss_min: float = 0.0) -> Rule:
+        """The rule's ``init``/``step`` pair."""
+        del loss_min
+        tx = optax.sgd(self.lr, momentum=self.beta) if self.beta > 0 else optax.sgd(self.lr)
+        thr = heavy_ball_threshold(self.lr, self.beta)
+        return from_optax(
+            tx, name=self.kind, lr=self.lr, threshold=thr, hyper=dataclasses.asdict(self)
+        )
 
 
-def nesterov(lr: float, beta: float = 0.9) -> Rule:
+@dataclasses.dataclass(frozen=True)
+class Nesterov:
     r"""Nesterov momentum, $m_t = \beta m_{t-1} + g_t$, $w_{t+1} = w_t - \eta(g_t + \beta m_t)$.
 
     Threshold $(2 + 2\beta)/((1 + 2\beta)\eta)$ (``optax.sgd(lr, momentum=beta, nesterov=True)``).
     """
-    check_positive("lr", lr)
-    _check_beta("beta", beta)
-    tx = optax.sgd(lr, momentum=beta, nesterov=True) if beta > 0 else optax.sgd(lr)
-    thr = (2.0 + 2.0 * beta) / ((1.0 + 2.0 * beta) * lr)
-    return _optax_rule("nesterov", tx, lr, thr, None, {"lr": lr, "beta": beta})
+
+    lr: float = 0.01
+    """Learning rate eta."""
+    beta: float = 0.9
+    """Momentum beta, in [0, 1)."""
+
+    kind: ClassVar[str] = "nesterov"
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+        _check_beta("beta", self.beta)
+
+    def build(self, loss_min: float = 0.0) -> Rule:
+        """The rule's ``init``/``step`` pair."""
+        del loss_min
+        lr, beta = self.lr, self.beta
+        tx = optax.sgd(lr, momentum=beta, nesterov=True) if beta > 0 else optax.sgd(lr)
+        thr = (2.0 + 2.0 * beta) / ((1.0 + 2.0 * beta) * lr)
+        return from_optax(tx, name=self.kind, lr=lr, threshold=thr, hyper=dataclasses.asdict(self))
 
 
-def rmsprop(
-    lr: float, beta2: float = 0.99, eps: float = 1e-8, bias_correction: bool = True
-) -> Rule:
+@dataclasses.dataclass(frozen=True)
+class RMSProp:
     r"""RMSProp, $\nu_t = \beta_2\nu_{t-1} + (1-\beta_2) g_t^2$, $w_{t+1} = w_t - \eta g_t / P_t$.
 
     $P_t = \sqrt{\hat\nu_t} + \epsilon$ with $\hat\nu_t = \nu_t/(1-\beta_2^t)$ when
     ``bias_correction`` (else $\nu_t$). Threshold $2/\eta$ for $\lambda_1(P_t^{-1}H)$.
     (``optax.scale_by_rms(beta2, eps, eps_in_sqrt=False, bias_correction=...)``.)
     """
-    check_positive("lr", lr)
-    _check_beta("beta2", beta2)
-    check_positive("eps", eps, allow_zero=True)
-    tx = optax.chain(
-        optax.scale_by_rms(
-            decay=beta2, eps=eps, eps_in_sqrt=False, bias_correction=bool(bias_correction)
-        ),
-        optax.scale(-lr),
-    )
 
-    def precond(state):
-        rms = state[0]
-        nu = rms.nu
-        if bias_correction:
-            nu = nu / (1.0 - beta2 ** rms.count.astype(nu.dtype))
-        return jnp.sqrt(nu) + eps
+    lr: float = 1e-3
+    """Learning rate eta."""
+    beta2: float = 0.99
+    """Decay of the squared-gradient average, in [0, 1)."""
+    eps: float = 1e-8
+    """Added to the root of the average."""
+    bias_correction: bool = True
+    """Divide the average by 1 - beta2^t."""
 
-    return _optax_rule(
-        "rmsprop",
-        tx,
-        lr,
-        2.0 / lr,
-        precond,
-        {"lr": lr, "beta2": beta2, "eps": eps, "bias_correction": bool(bias_correction)},
-    )
+    kind: ClassVar[str] = "rmsprop"
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+        _check_beta("beta2", self.beta2)
+        check_positive("eps", self.eps, allow_zero=True)
+
+    def build(self, loss_min: float = 0.0) -> Rule:
+        """The rule's ``init``/``step`` pair and preconditioner."""
+        del loss_min
+        beta2, eps, bc = self.beta2, self.eps, bool(self.bias_correction)
+        tx = optax.chain(
+            optax.scale_by_rms(decay=beta2, eps=eps, eps_in_sqrt=False, bias_correction=bc),
+            optax.scale(-self.lr),
+        )
+
+        def precond(state):
+            rms = state[0]
+            nu = rms.nu
+            if bc:
+                nu = nu / (1.0 - beta2 ** rms.count.astype(nu.dtype))
+            return jnp.sqrt(nu) + eps
+
+        return from_optax(
+            tx,
+            name=self.kind,
+            lr=self.lr,
+            threshold=2.0 / self.lr,
+            preconditioner=precond,
+            hyper=dataclasses.asdict(self),
+        )
 
 
-def adam(lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> Rule:
+@dataclasses.dataclass(frozen=True)
+class Adam:
     r"""Adam: $m_t = \beta_1 m_{t-1} + (1-\beta_1)g_t$,
     $\nu_t = \beta_2\nu_{t-1} + (1-\beta_2)g_t^2$, $w_{t+1} = w_t - \eta\,\hat m_t / P_t$,
     $P_t = \sqrt{\hat\nu_t} + \epsilon$ (bias-corrected).
@@ -230,70 +363,88 @@ def adam(lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8)
     Threshold $(2 + 2\beta_1)/((1-\beta_1)\eta)$ for the preconditioned sharpness
     $\lambda_1(P_t^{-1}H)$ (Cohen et al., 2022). Runs ``optax.adam``.
     """
-    check_positive("lr", lr)
-    _check_beta("beta1", beta1)
-    _check_beta("beta2", beta2)
-    check_positive("eps", eps, allow_zero=True)
-    tx = optax.adam(lr, b1=beta1, b2=beta2, eps=eps)
 
-    def precond(state):
-        st = state[0]
-        nu_hat = st.nu / (1.0 - beta2 ** st.count.astype(st.nu.dtype))
-        return jnp.sqrt(nu_hat) + eps
+    lr: float = 1e-3
+    """Learning rate eta."""
+    beta1: float = 0.9
+    """First-moment decay, in [0, 1)."""
+    beta2: float = 0.999
+    """Second-moment decay, in [0, 1)."""
+    eps: float = 1e-8
+    """Added to the root of the second moment."""
 
-    return _optax_rule(
-        "adam",
-        tx,
-        lr,
-        adam_threshold(lr, beta1),
-        precond,
-        {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps},
-    )
+    kind: ClassVar[str] = "adam"
+
+    def __post_init__(self) -> None:
+        check_positive("lr", self.lr)
+        _check_beta("beta1", self.beta1)
+        _check_beta("beta2", self.beta2)
+        check_positive("eps", self.eps, allow_zero=True)
+
+    def build(self, loss_min: float = 0.0) -> Rule:
+        """The rule's ``init``/``step`` pair and preconditioner."""
+        del loss_min
+        beta2, eps = self.beta2, self.eps
+        tx = optax.adam(self.lr, b1=self.beta1, b2=beta2, eps=eps)
+
+        def precond(state):
+            st = state[0]
+            nu_hat = st.nu / (1.0 - beta2 ** st.count.astype(st.nu.dtype))
+            return jnp.sqrt(nu_hat) + eps
+
+        return from_optax(
+            tx,
+            name=self.kind,
+            lr=self.lr,
+            threshold=adam_threshold(self.lr, self.beta1),
+            preconditioner=precond,
+            hyper=dataclasses.asdict(self),
+        )
 
 
-class _Empty(NamedTuple):
-    pass
+RuleConfig = Union[GD, NormalizedGD, SqrtLossGD, HeavyBall, Nesterov, RMSProp, Adam]  # noqa: UP007
+"""The rules as typed configs: ``GD(lr=0.1).build()`` is the `Rule`."""
+
+
+def gd(lr: float) -> Rule:
+    r"""Gradient descent at learning rate ``lr`` (`GD`).
+
+    >>> import jax.numpy as jnp
+    >>> r = gd(0.5)
+    >>> float(r.step(jnp.array([2.0]), r.init(jnp.zeros(1)), jnp.array([1.0]), 0.0)[0][0])
+    1.5
+    """
+    return GD(lr=lr).build()
 
 
 def normalized_gd(lr: float) -> Rule:
-    r"""Normalized GD, $w_{t+1} = w_t - \eta\,\nabla L/\|\nabla L\|$: every step has length $\eta$.
-
-    Effective LR $\eta_t = \eta/\|\nabla L(w_t)\|$, threshold $2/\eta_t = 2\|\nabla L\|/\eta$.
-    At a zero gradient the step is zero.
-    """
-    check_positive("lr", lr)
-
-    def step(w, state, g, loss):
-        del loss
-        norm = jnp.linalg.norm(g)
-        safe = jnp.where(norm > 0, norm, 1.0)
-        lr_eff = jnp.where(norm > 0, lr / safe, 0.0).astype(w.dtype)
-        thr = jnp.where(norm > 0, 2.0 * norm / lr, jnp.inf).astype(w.dtype)
-        return w - lr_eff * g, state, StepInfo(lr_eff, thr)
-
-    return Rule("normalized_gd", lambda w: _Empty(), step, None, {"lr": lr})
+    """Normalized GD with step length ``lr`` (`NormalizedGD`)."""
+    return NormalizedGD(lr=lr).build()
 
 
 def sqrt_loss_gd(lr: float, loss_min: float = 0.0) -> Rule:
-    r"""GD on $\sqrt{L - L_{\min}}$: $w_{t+1} = w_t - \eta\,\nabla L / (2\sqrt{L - L_{\min}})$.
+    """GD on sqrt(L - loss_min) at learning rate ``lr`` (`SqrtLossGD`)."""
+    return SqrtLossGD(lr=lr).build(loss_min)
 
-    Effective LR $\eta_t = \eta / (2\sqrt{L(w_t) - L_{\min}})$ on $L$, threshold $2/\eta_t$ for
-    $\lambda_1(\nabla^2 L)$. At or below $L_{\min}$ the step is zero (the subgradient of the
-    safe square root). ``loss`` passed to ``step`` must be $L$, not its square root.
-    """
-    check_positive("lr", lr)
-    if not (isinstance(loss_min, (int, float)) and math.isfinite(loss_min)):
-        raise ConfigError("loss_min", loss_min, "a finite number")
 
-    def step(w, state, g, loss):
-        u = jnp.asarray(loss, w.dtype) - loss_min
-        pos = u > 0
-        root = jnp.sqrt(jnp.where(pos, u, 1.0))
-        lr_eff = jnp.where(pos, lr / (2.0 * root), 0.0).astype(w.dtype)
-        thr = jnp.where(pos, 4.0 * root / lr, jnp.inf).astype(w.dtype)
-        return w - lr_eff * g, state, StepInfo(lr_eff, thr)
+def heavy_ball(lr: float, *args: Any, **hyper: Any) -> Rule:
+    """Heavy ball at learning rate ``lr``; ``beta`` as in `HeavyBall`."""
+    return HeavyBall(lr, *args, **hyper).build()
 
-    return Rule("sqrt_loss_gd", lambda w: _Empty(), step, None, {"lr": lr, "loss_min": loss_min})
+
+def nesterov(lr: float, *args: Any, **hyper: Any) -> Rule:
+    """Nesterov momentum at learning rate ``lr``; ``beta`` as in `Nesterov`."""
+    return Nesterov(lr, *args, **hyper).build()
+
+
+def rmsprop(lr: float, *args: Any, **hyper: Any) -> Rule:
+    """RMSProp at learning rate ``lr``; ``beta2``, ``eps``, ``bias_correction`` as in `RMSProp`."""
+    return RMSProp(lr, *args, **hyper).build()
+
+
+def adam(lr: float, *args: Any, **hyper: Any) -> Rule:
+    """Adam at learning rate ``lr``; ``beta1``, ``beta2``, ``eps`` as in `Adam`."""
+    return Adam(lr, *args, **hyper).build()
 
 
 RULES: dict[str, Callable[..., Rule]] = {

@@ -94,9 +94,13 @@ class ProjectedGD(Process):
     ``delta`` and ``S`` (the eigen-solve's sharpness) at $\theta^\dagger_t$."""
 
     lr: float
+    """GD's learning rate eta (the stable set is S <= 2/eta)."""
     iters: int = 3
+    """Linearised projection steps per projection."""
     krylov_dim: int = 20
+    """Krylov dimension of each eigen-solve."""
     seed: int = 0
+    """Seed of the Krylov restarts."""
 
     def __check_init__(self) -> None:
         _check(self.lr, self.iters, self.krylov_dim)
@@ -156,9 +160,13 @@ class SelfStabilization(Process):
     """
 
     lr: float
+    """GD's learning rate eta (the stable set is S <= 2/eta)."""
     iters: int = 3
+    """Linearised projection steps per projection."""
     krylov_dim: int = 20
+    """Krylov dimension of each eigen-solve."""
     seed: int = 0
+    """Seed of the Krylov restarts."""
 
     def __check_init__(self) -> None:
         _check(self.lr, self.iters, self.krylov_dim)

@@ -1,52 +1,25 @@
-"""Typed experiment configs, named presets, and the builder that turns them into objects."""
+"""Typed experiment configs, named presets, the builder and `execute`."""
 
 from .build import Built as Built
 from .build import build as build
-from .config import (  # noqa: F401
-    GD as GD,
-)
-from .config import (
-    Adam as Adam,
-)
-from .config import (
-    Experiment as Experiment,
-)
-from .config import (
-    HeavyBall as HeavyBall,
-)
-from .config import (
-    ModelProblem as ModelProblem,
-)
-from .config import (
-    Nesterov as Nesterov,
-)
-from .config import (
-    NormalizedGD as NormalizedGD,
-)
-from .config import (
-    ProbeConfig as ProbeConfig,
-)
-from .config import (
-    QuadraticProblem as QuadraticProblem,
-)
-from .config import (
-    RMSProp as RMSProp,
-)
-from .config import (
-    SqrtLossGD as SqrtLossGD,
-)
-from .config import (
-    StopConfig as StopConfig,
-)
-from .config import (
-    ToyMLPProblem as ToyMLPProblem,
-)
-from .config import (
-    from_dict as from_dict,
-)
-from .config import (
-    to_dict as to_dict,
-)
+from .config import GD as GD
+from .config import Adam as Adam
+from .config import CompareProcess as CompareProcess
+from .config import Experiment as Experiment
+from .config import HeavyBall as HeavyBall
+from .config import ModelProblem as ModelProblem
+from .config import Nesterov as Nesterov
+from .config import NormalizedGD as NormalizedGD
+from .config import Problem as Problem
+from .config import QuadraticProblem as QuadraticProblem
+from .config import RMSProp as RMSProp
+from .config import RuleConfig as RuleConfig
+from .config import SqrtLossGD as SqrtLossGD
+from .config import ToyMLPProblem as ToyMLPProblem
+from .config import ValleyProblem as ValleyProblem
+from .config import from_dict as from_dict
+from .config import to_dict as to_dict
+from .execute import execute as execute
 from .presets import DEFAULT_PRESET as DEFAULT_PRESET
 from .presets import PRESETS as PRESETS
 from .presets import get_preset as get_preset
@@ -57,18 +30,21 @@ __all__ = [
     "PRESETS",
     "Adam",
     "Built",
+    "CompareProcess",
     "Experiment",
     "HeavyBall",
     "ModelProblem",
     "Nesterov",
     "NormalizedGD",
-    "ProbeConfig",
+    "Problem",
     "QuadraticProblem",
     "RMSProp",
+    "RuleConfig",
     "SqrtLossGD",
-    "StopConfig",
     "ToyMLPProblem",
+    "ValleyProblem",
     "build",
+    "execute",
     "from_dict",
     "get_preset",
     "to_dict",

@@ -1,31 +1,32 @@
-"""From an `Experiment` config to the objects `eoslab.train` runs: objective, rule, probes, stop."""
+"""From an `Experiment` config to what the one loop runs: objective, processes, probes, stop."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..dynamics.rules import Rule
+from .. import data, losses, models
+from ..dynamics.optimizer import Optimizer
+from ..dynamics.process import Process
 from ..errors import ConfigError
 from ..objective import Objective
-from .config import Experiment, ModelProblem, QuadraticProblem, ToyMLPProblem
+from ..parallel import microbatched, shard_objective
+from .config import Experiment, ModelProblem, QuadraticProblem, ToyMLPProblem, ValleyProblem
 
 __all__ = ["Built", "build"]
 
 
 @dataclasses.dataclass
 class Built:
-    """Everything `eoslab.train` needs for one experiment."""
+    """Everything `eoslab.runner.run` needs for one experiment."""
 
     objective: Objective
-    rule: Rule
-    probes: Any  # eoslab.runner.Probes
-    stop: Any  # eoslab.runner.Stop
+    processes: dict[str, Process]  # the optimizer (named after its rule) first, then compare
+    custom_probes: tuple  # e.g. the accuracy probe
     info: dict
 
 
@@ -112,22 +113,7 @@ class _AccuracyProbe:
         return self
 
 
-def _require(module: str):
-    try:
-        return importlib.import_module(f"eoslab.{module}")
-    except ImportError as exc:
-        raise ConfigError(
-            "problem.kind",
-            "model",
-            "'quadratic' or 'toy-mlp' (the model zoo is not installed)",
-            f"eoslab.{module} could not be imported: {exc}",
-        ) from None
-
-
 def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
-    models = _require("models")
-    data = _require("data")
-    losses = _require("losses")
     ds = data.load(p.dataset, n=p.n, subset=p.subset, seed=seed, data_dir=p.data_dir)
     apply, params = models.create(p.model, jax.random.PRNGKey(seed), ds.input_shape, ds.num_classes)
     if dtype == jnp.float64:
@@ -148,29 +134,39 @@ def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
     return obj, probe, info
 
 
-def build(exp: Experiment) -> Built:
-    """Objective, rule, probes and stopping rules for ``exp`` (raises `ConfigError` up front)."""
-    from ..runner.train import Probes, Stop
+def _valley_loss(w, data):
+    del data
+    return (1 + w[0] ** 2) * w[1] ** 2 + 0.3 * jnp.sum(w[2:] ** 2)
 
-    if exp.dtype == "float64" and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
+
+def _valley(p: ValleyProblem, dtype) -> tuple[Objective, None, dict]:
+    w0 = np.array([p.x0] + [p.y0] * (1 + p.extra))
+    obj = Objective.from_data_fn(_valley_loss, None, w0.astype(dtype), dtype=dtype)
+    return obj, None, {"dim": obj.dim}
+
+
+def build(exp: Experiment) -> Built:
+    """Objective, processes and custom probes for ``exp`` (raises `ConfigError` up front).
+
+    A float64 experiment must be built (and run) inside ``jax.enable_x64(True)``; see `execute`.
+    """
     dtype = jnp.float64 if exp.dtype == "float64" else jnp.float32
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ConfigError("dtype", "float64", "float32, or build inside jax.enable_x64(True)")
     p = exp.problem
     if isinstance(p, QuadraticProblem):
         obj, acc, info = _quadratic(p, dtype)
     elif isinstance(p, ToyMLPProblem):
         obj, acc, info = _toy_mlp(p, exp.seed, dtype)
+    elif isinstance(p, ValleyProblem):
+        obj, acc, info = _valley(p, dtype)
     else:
         obj, acc, info = _model(p, exp.seed, dtype)
-    rule = exp.rule.build(obj.loss_min)
-    custom = (acc,) if (acc is not None and exp.probes.accuracy) else ()
-    probes = Probes(
-        k=exp.probes.k,
-        tol=exp.probes.tol,
-        effective=exp.probes.effective,
-        alignment=exp.probes.alignment,
-        stableness=exp.probes.stableness,
-        custom=custom,
-    )
-    stop = Stop(loss_below=exp.stop.loss_below, accuracy_above=exp.stop.accuracy_above)
-    return Built(obj, rule, probes, stop, info)
+    if exp.microbatch is not None:
+        obj = microbatched(obj, batch_size=exp.microbatch)
+    if exp.devices != 1:
+        obj = shard_objective(obj, devices=exp.devices)
+    processes: dict[str, Process] = {exp.rule.kind: Optimizer(exp.rule.build(obj.loss_min))}
+    processes.update(exp.compare)
+    custom = (acc,) if (acc is not None and exp.accuracy) else ()
+    return Built(obj, processes, custom, info)

@@ -1,27 +1,46 @@
 """Typed experiment configs: frozen dataclasses, validated, saved with every run.
 
-An `Experiment` says what to train (a `problem`), how (a `rule`), for how long, and what to measure.
-It round-trips through plain JSON/YAML dicts (`to_dict` / `from_dict`); a union field (``problem``,
-``rule``) is a dict with a ``kind`` key. `from_dict` is strict: an unknown key, a missing ``kind``
-or a value of the wrong type or range raises `ConfigError` naming the field (``rule.lr``), before
-any work starts. No config text is ever evaluated.
+An `Experiment` says what to train (a `problem`), how (a `rule`, the rules' own typed configs from
+`eoslab.dynamics.rules`), what to run beside it in lockstep (``compare``: processes from
+`eoslab.dynamics`, keyed by name), for how long, and what to measure (`eoslab.runner.Probes`) and
+when to stop (`eoslab.runner.Stop`). Each of those classes is the one place its defaults and
+validation live; the CLI is generated from them (tyro). A config round-trips through plain
+JSON/YAML dicts (`to_dict` / `from_dict`); a union field is a dict with a ``kind`` key. `from_dict`
+is strict: an unknown key, a missing ``kind`` or a value of the wrong type or range raises
+`ConfigError` naming the field (``rule.lr``), before any work starts. No config text is evaluated.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
-from typing import Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from ..dynamics import rules as _rules
+import tyro
+
+from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
+from ..dynamics.gradient_flow import GradientFlow
+from ..dynamics.limiting_flow import ProjectedLimitingFlow, RetractedLimitingFlow
+from ..dynamics.rules import (
+    GD,
+    Adam,
+    HeavyBall,
+    Nesterov,
+    NormalizedGD,
+    RMSProp,
+    RuleConfig,
+    SqrtLossGD,
+)
+from ..dynamics.self_stabilization import ProjectedGD, SelfStabilization
 from ..errors import ConfigError, check_positive
+from ..runner import Probes, Stop
 
 __all__ = [
     "ModelProblem",
     "QuadraticProblem",
     "ToyMLPProblem",
+    "ValleyProblem",
     "Problem",
     "GD",
     "NormalizedGD",
@@ -31,8 +50,9 @@ __all__ = [
     "RMSProp",
     "Adam",
     "RuleConfig",
-    "ProbeConfig",
-    "StopConfig",
+    "CompareProcess",
+    "Probes",
+    "Stop",
     "Experiment",
     "to_dict",
     "from_dict",
@@ -53,13 +73,13 @@ class ModelProblem:
     """Model name (see `eoslab.models`)."""
     dataset: str = "mnist1d"
     """Dataset name (see ``eoslab data list``)."""
-    n: int | None = 4000
-    """Number of training examples (None: all)."""
+    n: Annotated[int | None, tyro.conf.arg(metavar="INT")] = 4000
+    """Number of training examples (default 4000; null in a config file: all)."""
     subset: Literal["first", "balanced"] = "first"
     """How the n examples are chosen: the first n (Cohen et al.) or class-balanced (seeded)."""
     loss: Literal["mse_half", "mse_sum", "cross_entropy"] = "mse_half"
     """Training loss; mse_half = mean over examples of 1/2 sum_c (f_c - y_c)^2."""
-    data_dir: str | None = None
+    data_dir: Annotated[str | None, tyro.conf.arg(metavar="DIR")] = None
     """Where on-disk datasets live (default: $EOSLAB_DATA)."""
 
     kind: ClassVar[str] = "model"
@@ -113,222 +133,76 @@ class ToyMLPProblem:
             _check_int(name, getattr(self, name), 1)
 
 
-Problem = Union[ModelProblem, QuadraticProblem, ToyMLPProblem]  # noqa: UP007
-
-
-# ------------------------------------------------------------------------------ rules
-def _check_lr(lr: float) -> None:
-    check_positive("lr", lr)
-
-
-def _check_beta(name: str, b: float) -> None:
-    ok = isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
-    if not (ok and 0 <= b < 1):
-        raise ConfigError(name, b, "a number in [0, 1)")
-
-
 @dataclasses.dataclass(frozen=True)
-class GD:
-    """Gradient descent; stable while sharpness < 2/lr."""
+class ValleyProblem:
+    """The paper's valley L = (1 + x^2) y^2 (+ extra normal directions 0.3 z_i^2): a manifold of
+    minimizers {y = z = 0} with lambda_1 = 2 (1 + x^2) on it; w0 = (x0, y0, y0, ...)."""
 
-    lr: float = 0.1
-    """Learning rate."""
-    kind: ClassVar[str] = "gd"
+    x0: float = 2.0
+    """Start: the coordinate along the manifold."""
+    y0: float = 0.3
+    """Start: the distance from the manifold in each normal direction."""
+    extra: int = 0
+    """Extra normal directions with curvature 0.6 (lambda_2 = 0.6 when extra >= 1)."""
+
+    kind: ClassVar[str] = "valley"
 
     def __post_init__(self) -> None:
-        _check_lr(self.lr)
-
-    def build(self, loss_min: float = 0.0) -> _rules.Rule:
-        return _rules.gd(self.lr)
+        _check_int("extra", self.extra, 0)
 
 
-@dataclasses.dataclass(frozen=True)
-class NormalizedGD:
-    """Normalized GD (steps of length exactly lr); effective LR lr/|g|."""
+Problem = Union[ModelProblem, QuadraticProblem, ToyMLPProblem, ValleyProblem]  # noqa: UP007
 
-    lr: float = 0.01
-    """Step length."""
-    kind: ClassVar[str] = "normalized_gd"
-
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
-
-    def build(self, loss_min: float = 0.0) -> _rules.Rule:
-        return _rules.normalized_gd(self.lr)
-
-
-@dataclasses.dataclass(frozen=True)
-class SqrtLossGD:
-    """GD on sqrt(L - loss_min); effective LR lr/(2 sqrt(L - loss_min))."""
-
-    lr: float = 0.1
-    """Learning rate on sqrt(L - loss_min)."""
-    kind: ClassVar[str] = "sqrt_loss_gd"
-
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
-
-    def build(self, loss_min: float = 0.0) -> _rules.Rule:
-        return _rules.sqrt_loss_gd(self.lr, loss_min=loss_min)
+CompareProcess = Union[  # noqa: UP007
+    GradientFlow,
+    CentralFlow,
+    SDPCentralFlow,
+    ProjectedLimitingFlow,
+    RetractedLimitingFlow,
+    ProjectedGD,
+    SelfStabilization,
+]
+"""Processes that run in lockstep beside the optimizer (`eoslab.dynamics`)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class HeavyBall:
-    """Polyak momentum; stable while sharpness < (2 + 2 beta)/lr."""
-
-    lr: float = 0.01
-    """Learning rate."""
-    beta: float = 0.9
-    """Momentum."""
-    kind: ClassVar[str] = "heavy_ball"
-
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
-        _check_beta("beta", self.beta)
-
-    def build(self, loss_min: float = 0.0) -> _rules.Rule:
-        return _rules.heavy_ball(self.lr, self.beta)
-
-
-@dataclasses.dataclass(frozen=True)
-class Nesterov:
-    """Nesterov momentum; stable while sharpness < (2 + 2 beta)/((1 + 2 beta) lr)."""
-
-    lr: float = 0.01
-    """Learning rate."""
-    beta: float = 0.9
-    """Momentum."""
-    kind: ClassVar[str] = "nesterov"
-
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
-        _check_beta("beta", self.beta)
-
-    def build(self, loss_min: float = 0.0) -> _rules.Rule:
-        return _rules.nesterov(self.lr, self.beta)
-
-
-@dataclasses.dataclass(frozen=True)
-class RMSProp:
-    """RMSProp; preconditioned sharpness stable below 2/lr."""
-
-    lr: float = 1e-3
-    """Learning rate."""
-    beta2: float = 0.99
-    """Decay of the squared-gradient average."""
-    eps: float = 1e-8
-    """Added to the root of the average."""
-    bias_correction: bool = True
-    """Divide the average by 1 - beta2^t."""
-    kind: ClassVar[str] = "rmsprop"
-
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
-        _check_beta("beta2", self.beta2)
-        check_positive("eps", self.eps, allow_zero=True)
-
-    def build(self, loss_min: float = 0.0) -> _rules.Rule:
-        return _rules.rmsprop(self.lr, self.beta2, self.eps, self.bias_correction)
-
-
-@dataclasses.dataclass(frozen=True)
-class Adam:
-    """Adam; preconditioned sharpness stable below (2 + 2 beta1)/((1 - beta1) lr)."""
-
-    lr: float = 1e-3
-    """Learning rate."""
-    beta1: float = 0.9
-    """First-moment decay."""
-    beta2: float = 0.999
-    """Second-moment decay."""
-    eps: float = 1e-8
-    """Added to the root of the second moment."""
-    kind: ClassVar[str] = "adam"
-
-    def __post_init__(self) -> None:
-        _check_lr(self.lr)
-        _check_beta("beta1", self.beta1)
-        _check_beta("beta2", self.beta2)
-        check_positive("eps", self.eps, allow_zero=True)
-
-    def build(self, loss_min: float = 0.0) -> _rules.Rule:
-        return _rules.adam(self.lr, self.beta1, self.beta2, self.eps)
-
-
-RuleConfig = Union[GD, NormalizedGD, SqrtLossGD, HeavyBall, Nesterov, RMSProp, Adam]  # noqa: UP007
-
-
-# ------------------------------------------------------------------------------ probes, stop
-@dataclasses.dataclass(frozen=True)
-class ProbeConfig:
-    """What is measured every `probe_every` steps."""
-
-    k: int = 1
-    """How many top Hessian eigenvalues to track (the `eigs` column)."""
-    tol: float = 1e-3
-    """Relative tolerance of the eigenvalues."""
-    effective: bool = True
-    """For adaptive rules, also track the preconditioned sharpness lambda_1(P^-1 H)."""
-    alignment: bool = True
-    """Measure g^T H g / (|g|^2 lambda_1)."""
-    stableness: bool = False
-    """Measure the stableness S_L(w, lr_eff) (5 eigen-solves per probe)."""
-    accuracy: bool = True
-    """Measure training accuracy (classification problems)."""
-
-    def __post_init__(self) -> None:
-        _check_int("k", self.k, 1)
-        check_positive("tol", self.tol)
-
-
-@dataclasses.dataclass(frozen=True)
-class StopConfig:
-    """Early stopping (checked at probed steps); divergence always stops a run."""
-
-    loss_below: float | None = None
-    """Stop once the loss is at or below this."""
-    accuracy_above: float | None = None
-    """Stop once the training accuracy is at or above this."""
-
-    def __post_init__(self) -> None:
-        if self.loss_below is not None:
-            check_positive("loss_below", self.loss_below, allow_zero=True)
-        if self.accuracy_above is not None and not (
-            isinstance(self.accuracy_above, (int, float)) and 0 <= self.accuracy_above <= 1
-        ):
-            raise ConfigError("accuracy_above", self.accuracy_above, "a number in [0, 1]")
-
-
+# ------------------------------------------------------------------------------ experiment
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """One full-batch training run: problem, update rule, budget, probes, stopping rules."""
+    """One run: a problem, an update rule, the processes beside it, budget, probes, stopping."""
 
-    problem: Problem = ModelProblem()
+    problem: Annotated[Problem, tyro.conf.AvoidSubcommands] = ModelProblem()
     """What to train."""
-    rule: RuleConfig = GD()
-    """The update rule and its hyperparameters."""
+    rule: Annotated[RuleConfig, tyro.conf.AvoidSubcommands] = GD()
+    """The update rule and its hyperparameters (its process is named after its kind)."""
+    compare: dict[str, Annotated[CompareProcess, tyro.conf.AvoidSubcommands]] = dataclasses.field(
+        default_factory=dict
+    )
+    """Processes run in lockstep beside the optimizer, from the same start, keyed by name; each
+    one's lr must equal the rule's (one step of each is one step of the optimizer)."""
     steps: int = 2000
     """Step budget."""
     probe_every: int = 10
-    """Measure curvature every this many steps."""
+    """Probe (curvature, distances, ...) every this many steps."""
     log_every: int = 1
     """Keep loss / gradient norm / effective LR every this many steps."""
-    probes: ProbeConfig = ProbeConfig()
-    """What to measure."""
-    stop: StopConfig = StopConfig()
-    """Early stopping."""
+    probes: Probes = Probes()
+    """What to measure at probed steps."""
+    stop: Stop = Stop()
+    """Early stopping (divergence always stops a run)."""
+    accuracy: bool = True
+    """Measure training accuracy at probed steps (classification problems)."""
     seed: int = 0
     """Seed of the initialization, data subset and eigen-solver starts."""
     dtype: Literal["float32", "float64"] = "float32"
-    """Parameter dtype (float64 turns on jax_enable_x64 for the run)."""
+    """Parameter dtype (float64 runs inside jax.enable_x64; nothing global changes)."""
     flush_seconds: float = 10.0
     """Write metrics and a checkpoint at least this often (seconds)."""
     description: str = ""
     """A note saved with the run."""
     devices: int = 1
-    """Shard the training examples over this many devices (`eoslab.parallel`)."""
-    microbatch: int | None = None
-    """Accumulate loss, gradient and HVPs over micro-batches of this many examples."""
+    """Shard the training examples over this many devices (eoslab.parallel)."""
+    microbatch: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
+    """Accumulate loss, gradient and HVPs over micro-batches of this many examples (default off)."""
 
     def __post_init__(self) -> None:
         _check_int("devices", self.devices, 1)
@@ -339,6 +213,24 @@ class Experiment:
         _check_int("log_every", self.log_every, 1)
         _check_int("seed", self.seed, 0)
         check_positive("flush_seconds", self.flush_seconds, allow_zero=True)
+        if self.stop.loss_below is not None:
+            check_positive("stop.loss_below", self.stop.loss_below, allow_zero=True)
+        acc = self.stop.accuracy_above
+        if acc is not None and not (isinstance(acc, (int, float)) and 0 <= acc <= 1):
+            raise ConfigError("stop.accuracy_above", acc, "a number in [0, 1]")
+        for name, proc in self.compare.items():
+            if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+                raise ConfigError("compare", name, "names of letters, digits, '-' and '_'")
+            if name == self.rule.kind:
+                raise ConfigError("compare", name, f"a name other than the rule's ({name!r})")
+            lr = getattr(proc, "lr", None)
+            if lr is not None and lr != self.rule.lr:
+                raise ConfigError(
+                    f"compare.{name}.lr",
+                    lr,
+                    f"the rule's lr ({self.rule.lr:g}): processes in lockstep share one step "
+                    f"(set --compare.{name}.lr too)",
+                )
 
 
 # ------------------------------------------------------------------------------ (de)serialize
@@ -346,14 +238,15 @@ def to_dict(cfg: Any) -> Any:
     """A JSON-ready dict; union members carry their ``kind``."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         out: dict[str, Any] = {}
-        kind = getattr(type(cfg), "kind", None)
-        if isinstance(kind, str) and _is_union_member(type(cfg)):
-            out["kind"] = kind
+        if _is_union_member(type(cfg)):
+            out["kind"] = _kind(type(cfg))
         for f in dataclasses.fields(cfg):
             out[f.name] = to_dict(getattr(cfg, f.name))
         return out
     if isinstance(cfg, tuple):
         return [to_dict(x) for x in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
     return cfg
 
 
@@ -363,8 +256,13 @@ def _union_args(tp: Any) -> tuple:
     return ()
 
 
+def _kind(cls: type) -> str:
+    kind = getattr(cls, "kind", None)
+    return kind if isinstance(kind, str) else cls.__name__
+
+
 def _is_union_member(cls: type) -> bool:
-    return cls in _union_args(Problem) or cls in _union_args(RuleConfig)
+    return any(cls in _union_args(u) for u in (Problem, RuleConfig, CompareProcess))
 
 
 def _describe(tp: Any) -> str:
@@ -394,7 +292,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if dcs:
             if not isinstance(value, dict):
                 raise ConfigError(path, value, "a mapping with a 'kind' key")
-            kinds = {m.kind: m for m in dcs}
+            kinds = {_kind(m): m for m in dcs}
             kind = value.get("kind")
             if kind not in kinds:
                 raise ConfigError(f"{path}.kind", kind, "one of " + ", ".join(map(repr, kinds)))
@@ -407,6 +305,18 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             except ConfigError as e:
                 errors.append(e.accepted)
         raise ConfigError(path, value, " or ".join(errors))
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(path, value, "a mapping of names to entries")
+        return {str(k): _convert(val_tp, v, f"{path}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(path, value, "a list")
+        item = args[0]
+        return tuple(_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
     if tp is type(None):
         if value is None:
             return None
@@ -438,7 +348,8 @@ def _from_dict_cls(cls: type, value: Any, path: str) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(path or "config", value, f"a mapping of {cls.__name__} fields")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = {k: v for k, v in hints.items() if typing.get_origin(v) is not ClassVar}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{path}." if path else ""
     for key in value:
         if key not in fields:

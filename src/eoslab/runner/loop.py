@@ -17,18 +17,19 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+import tyro
 from jaxtyping import Array
 
 from ..dynamics.process import Process, advance, measure
 from ..errors import ConfigError, DivergenceError
 from ..objective import LossLike, Objective, as_objective
-from .probes import Probes, ProbeSet, distances, phi_probe
+from .probes import ProbeFn, Probes, ProbeSet, distances, phi_probe
 from .progress import Progress
 from .store import RunStore, read_metrics
 
@@ -42,15 +43,15 @@ STATUSES = ("completed", "diverged", "loss_goal", "accuracy_goal", "running", "u
 class Stop:
     """When a run stops before its step budget (checked at each probed step, on the first process).
 
-    Attributes:
-        loss_below: stop once the loss is at or below this.
-        accuracy_above: stop once ``accuracy`` (from a probe) is at or above this.
-        raise_on_divergence: raise `DivergenceError` instead of returning a diverged `Run`.
+    Divergence (a non-finite loss or point) always stops a run.
     """
 
-    loss_below: float | None = None
-    accuracy_above: float | None = None
+    loss_below: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
+    """Stop once the loss is at or below this (default: never)."""
+    accuracy_above: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
+    """Stop once the accuracy (from a probe) is at or above this (default: never)."""
     raise_on_divergence: bool = False
+    """Raise DivergenceError instead of returning a diverged Run."""
 
 
 @dataclasses.dataclass
@@ -170,10 +171,11 @@ class _Lockstep:
         cfg: Probes,
         seed: int,
         keep_points: bool,
+        custom: tuple = (),
     ):
         self.procs, self.obj, self.keep_points = procs, obj, keep_points
         self.states = {n: p.init(obj, w0) for n, p in procs.items()}
-        self.probes = {n: ProbeSet(obj, cfg, seed + 2 * i) for i, n in enumerate(procs)}
+        self.probes = {n: ProbeSet(obj, cfg, seed + 2 * i, custom) for i, n in enumerate(procs)}
         self.cfg = cfg
         self.distances = cfg.distances and len(procs) > 1
 
@@ -318,6 +320,7 @@ def run(
     config: dict | None = None,
     progress: bool | None = False,
     keep_points: bool = False,
+    custom_probes: tuple[ProbeFn, ...] = (),
 ) -> Run:
     r"""Advance ``processes`` in lockstep from one start for ``steps`` steps, probing on the way.
 
@@ -339,6 +342,8 @@ def run(
         config: the config to record in ``config.json`` (default: the processes and arguments).
         progress: show a progress bar (None: on a terminal only).
         keep_points: add each logged row's point as a ``w`` column (small problems).
+        custom_probes: extra probes ``probe(w, objective, cache) -> {name: value}`` run at every
+            probed step of every process (e.g. accuracy).
 
     Returns:
         A `Run`. Divergence (a non-finite loss or point in any process) stops the run with
@@ -352,7 +357,7 @@ def run(
     probes = Probes() if probes is None else probes
     stop = Stop() if stop is None else stop
     w = jnp.asarray(obj.w0 if w0 is None else w0, obj.dtype)
-    lock = _Lockstep(procs, obj, w, probes, seed, keep_points)
+    lock = _Lockstep(procs, obj, w, probes, seed, keep_points, tuple(custom_probes))
 
     store = RunStore(out) if out is not None else None
     t = 0

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+import tyro
 from jaxtyping import Array
 
 from ..curvature import EigenTracker, stableness, top_eigenpairs
@@ -39,45 +40,44 @@ ProbeFn = Callable[[Array, Objective, dict], dict]
 
 @dataclasses.dataclass(frozen=True)
 class Probes:
-    """What is measured at each probed step (every ``probe_every`` steps).
+    """What is measured at each probed step (every ``probe_every`` steps), on every process.
 
-    Attributes:
-        sharpness: track the top-``k`` Hessian eigenvalues of the base loss $L$.
-        k: how many top eigenvalues (the ``eigs`` column).
-        tol: relative tolerance of the eigenvalues.
-        grow_above: grow ``k`` while the next eigenvalue exceeds this (None: fixed ``k``).
-        effective: for adaptive rules, also track $\\lambda_1(P^{-1}H)$ (``eff_sharpness``).
-        alignment: $g^\\top H g / (\\|g\\|^2 \\lambda_1)$ (``grad_top_alignment``, one more HVP).
-        max_matvecs: budget of HVPs per eigen-solve (None: the solver's default).
-        stableness: $S_L(w, \\eta_t)$, the top eigenvalue's sup along the step's segment times
-            $\\eta_t$ (``stableness`` column; ``stableness_points`` eigen-solves per probe).
-        distances: with several processes, $\\|w_p - w_q\\|$ to every other process
-            (``dist_<name>`` columns).
-        phi: $\\Phi(w)$, the limit of gradient flow from $w$ (run until
-            $\\|\\nabla L\\| <$ ``phi_gtol``): ``phi_dist`` $=\\|w-\\Phi(w)\\|$, ``phi_loss``,
-            ``phi_sharpness`` $=\\lambda_1(\\nabla^2L(\\Phi(w)))$, and with several processes
-            ``phi_dist_<name>`` $=\\|\\Phi(w)-w_{name}\\|$.
-        custom: extra probes ``probe(w, objective, cache) -> dict`` (e.g. accuracy).
+    Custom probes (``probe(w, objective, cache) -> dict``, e.g. accuracy) are passed to
+    `eoslab.runner.run` as ``custom_probes``.
     """
 
     sharpness: bool = True
+    """Track the certified top-k Hessian eigenvalues (sharpness, eigs, sharpness_error)."""
     k: int = 1
+    """How many top eigenvalues (the eigs column)."""
     tol: float = 1e-3
-    grow_above: float | None = None
+    """Relative tolerance of the eigenvalues (each comes with a certified bound)."""
+    grow_above: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
+    """Grow k while the next eigenvalue exceeds this (default: fixed k)."""
     effective: bool = True
+    """Adaptive rules: also track lambda_1(P^-1 H) (eff_sharpness)."""
     alignment: bool = True
-    max_matvecs: int | None = None
+    """g^T H g / (|g|^2 lambda_1) (grad_top_alignment; one more HVP)."""
+    max_matvecs: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
+    """Budget of HVPs per eigen-solve (default: the solver's)."""
     stableness: bool = False
+    """The stableness S_L(w, lr_eff) (stableness_points eigen-solves per probe)."""
     stableness_points: int = 5
+    """Points on the step's segment for the stableness."""
     distances: bool = True
+    """With several processes, |w_p - w_q| to every other process (dist_NAME)."""
     phi: bool = False
+    """Phi(w), the limit of gradient flow: phi_dist, phi_loss, phi_grad_norm, phi_sharpness."""
     phi_gtol: float = 1e-8
-    custom: tuple[ProbeFn, ...] = ()
+    """Gradient-norm tolerance at which Phi's gradient flow stops."""
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ConfigError("probes.k", self.k, "an integer >= 1")
         check_positive("probes.tol", self.tol)
+        check_positive("probes.phi_gtol", self.phi_gtol)
+        if self.stableness_points < 2:
+            raise ConfigError("probes.stableness_points", self.stableness_points, "an integer >= 2")
 
 
 @eqx.filter_jit
@@ -94,8 +94,10 @@ def _operators(process: Process, objective: Objective, state: Any):
 class ProbeSet:
     """The probes of one process, with their warm-started trackers (checkpointed with the run)."""
 
-    def __init__(self, objective: Objective, probes: Probes, seed: int) -> None:
-        self.cfg = probes
+    def __init__(
+        self, objective: Objective, probes: Probes, seed: int, custom: tuple[ProbeFn, ...] = ()
+    ) -> None:
+        self.cfg, self.custom = probes, tuple(custom)
         base = objective.base()
         self.tracker = None
         self.eff_tracker = None
@@ -120,7 +122,7 @@ class ProbeSet:
         w = process.point(state)
         H, op = _operators(process, objective, state)
         cache: dict[str, Any] = {"step": step, "loss": row.get("loss"), "process": name}
-        cache["grad"] = H.gradient() if self.cfg.custom else None
+        cache["grad"] = H.gradient() if self.custom else None
         if self.tracker is not None:
             res = self.tracker.update(H)
             vals = np.asarray(res.values, np.float64)
@@ -145,7 +147,7 @@ class ProbeSet:
                 objective.base(), w, lr_eff, n_points=self.cfg.stableness_points, tol=self.cfg.tol
             )
             out["stableness"] = float(st.value)
-        for probe in self.cfg.custom:
+        for probe in self.custom:
             for key, val in dict(probe(w, objective.base(), cache)).items():
                 arr = np.asarray(val)
                 out[key] = arr.item() if arr.ndim == 0 else arr.tolist()

@@ -42,7 +42,7 @@ _CKPT = re.compile(r"^step-(\d+)\.npz$")
 class RunExistsError(EoslabError, FileExistsError):
     """The output directory already holds files; eoslab never overwrites a run silently.
 
-    Fix: choose another ``--out``, or continue the run with ``--resume DIR``.
+    Fix: choose another ``--out``, or continue the run with ``eoslab resume DIR``.
     """
 
 
@@ -135,7 +135,7 @@ class RunStore:
         if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
             raise RunExistsError(
                 f"{self.path} already exists and is not empty; eoslab never overwrites a run. "
-                f"Choose another --out, or continue it with: eoslab run --resume {self.path}"
+                f"Choose another --out, or continue it with: eoslab resume {self.path}"
             )
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_dir.mkdir()

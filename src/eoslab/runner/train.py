@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..objective import Objective, as_objective
 from ..parallel import microbatched, shard_objective
 from .loop import Run, Stop, run
-from .probes import Probes
+from .probes import ProbeFn, Probes
 
 __all__ = ["train"]
 
@@ -41,6 +41,7 @@ def train(
     devices: int | None = None,
     microbatch: int | None = None,
     memory_budget_bytes: int | None = None,
+    custom_probes: tuple[ProbeFn, ...] = (),
 ) -> Run:
     r"""Run ``rule`` on ``objective`` for ``steps`` full-batch steps, probing curvature on the way.
 
@@ -50,7 +51,7 @@ def train(
             ``threshold`` and ``sharpness`` describe the base loss $L$.
         rule: an update rule from `eoslab.rules`.
         steps, probe_every, probes, out, stop, seed, log_every, flush_seconds, resume, config,
-            progress: as in `eoslab.runner.run`.
+            progress, custom_probes: as in `eoslab.runner.run`.
         w0: start here instead of ``objective.w0``.
         devices: shard the examples over this many devices (`eoslab.parallel.shard_objective`;
             same numbers as one device, to float tolerance).
@@ -82,4 +83,5 @@ def train(
         resume=resume,
         config=config,
         progress=progress,
+        custom_probes=custom_probes,
     )
