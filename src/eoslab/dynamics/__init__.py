@@ -1,7 +1,38 @@
-"""Update rules (and, later, flows) as pure step functions on flat parameter vectors."""
+"""Processes: update rules and the theories' flows, each advancing a point step by step.
+
+`Process` is the interface; `Optimizer(rule)` runs any update rule of `eoslab.rules`; the flows
+are `GradientFlow`, `ProjectedLimitingFlow`, `RetractedLimitingFlow`, `CentralFlow`,
+`SDPCentralFlow`, `RMSPropCentralFlow`, `ProjectedGD` and `SelfStabilization`.
+"""
 
 from . import rules as rules
+from .central_flow import CentralFlow as CentralFlow
+from .central_flow import RMSPropCentralFlow as RMSPropCentralFlow
+from .central_flow import SDPCentralFlow as SDPCentralFlow
+from .gradient_flow import GradientFlow as GradientFlow
+from .limiting_flow import ProjectedLimitingFlow as ProjectedLimitingFlow
+from .limiting_flow import RetractedLimitingFlow as RetractedLimitingFlow
+from .optimizer import Optimizer as Optimizer
+from .process import Process as Process
+from .process import Row as Row
 from .rules import Rule as Rule
 from .rules import StepInfo as StepInfo
+from .self_stabilization import ProjectedGD as ProjectedGD
+from .self_stabilization import SelfStabilization as SelfStabilization
 
-__all__ = ["Rule", "StepInfo", "rules"]
+__all__ = [
+    "CentralFlow",
+    "GradientFlow",
+    "Optimizer",
+    "Process",
+    "ProjectedGD",
+    "ProjectedLimitingFlow",
+    "RMSPropCentralFlow",
+    "RetractedLimitingFlow",
+    "Row",
+    "Rule",
+    "SDPCentralFlow",
+    "SelfStabilization",
+    "StepInfo",
+    "rules",
+]

@@ -38,6 +38,8 @@ def run_label(path: str | Path) -> str:
     path = Path(path)
     try:
         cfg = json.loads((path / "config.json").read_text()).get("config", {})
+        if "rule" not in cfg:  # a run made in Python: its processes label themselves
+            return path.name
         rule = dict(cfg.get("rule", {}))
         name = rule.pop("kind", rule.pop("name", "?"))
         hyper = ", ".join(
