@@ -1,0 +1,199 @@
+"""Figures of the Arora, Li, Panigrahi (ICML 2022) reproductions (`eoslab reproduce`).
+
+Each function draws from the arrays it is given (computed by ``eoslab.reproduce.paper``) and
+saves one PNG; settings and checks: ``docs/theory.md``, "Reproductions and their checks".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .output import pyplot, save_figure
+
+__all__ = [
+    "cifar_vgg_figure",
+    "flow_tracking_figure",
+    "mnist_flow_figure",
+    "quadratic_figure",
+    "valley_figure",
+]
+
+
+def valley_figure(path: Path, sq: np.ndarray, ng: np.ndarray) -> Path:
+    r"""Figure 1: the iterates ``sq`` of GD on $\sqrt L$ ($\eta=0.5$) and ``ng`` of normalized GD
+    ($\eta=5$) over $\sqrt L$ of $L=(1+x^2)y^2$, the manifold $\Gamma=\{y=0\}$ drawn."""
+    from matplotlib.colors import LogNorm
+
+    plt = pyplot()
+    xs, ys = np.linspace(-6, 16, 400), np.linspace(-6, 6, 300)
+    X, Y = np.meshgrid(xs, ys)
+    Z = np.sqrt(1 + X**2) * np.abs(Y) + 1e-3
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    for ax, pts, title in (
+        (axes[0], sq, r"(a) GD on $\sqrt{L}$, $\eta=0.5$"),
+        (axes[1], ng, r"(b) normalized GD on $L$, $\eta=5$"),
+    ):
+        cs = ax.contourf(X, Y, Z, levels=np.logspace(-3, 2, 30), norm=LogNorm(), cmap="viridis")
+        ax.axhline(0, color="purple", lw=3, label=r"$\Gamma=\{y=0\}$ (minimizers)")
+        ax.plot(pts[:, 0], pts[:, 1], "o-", color="orange", ms=4, label="iterates")
+        ax.annotate("start", pts[0], color="white")
+        ax.annotate(
+            "", xy=(0, 0.3), xytext=(4, 0.3), arrowprops={"arrowstyle": "->", "color": "white"}
+        )
+        ax.text(0.2, 0.6, "flatter", color="white")
+        ax.set_title(title)
+        ax.set_xlabel("x")
+        ax.legend(loc="lower left", fontsize=8)
+    axes[0].set_ylabel("y")
+    fig.colorbar(cs, ax=axes, label=r"$\sqrt{L}$ (log scale)")
+    return save_figure(fig, path)
+
+
+def quadratic_figure(
+    path: Path,
+    norms: np.ndarray,
+    paper: Sequence[float],
+    long: np.ndarray,
+    xt: np.ndarray,
+    lam1: float,
+    lam2: float,
+) -> Path:
+    r"""Figure 2: $\|\tilde x_t\|$ (``norms``, against the ``paper``'s), the alignment of the long
+    run ``long`` with $v_1$, and the iterates ``xt`` in the invariant sets of
+    $\operatorname{diag}(\lambda_1,\lambda_2)$."""
+    plt = pyplot()
+    ln = np.linalg.norm(long, axis=1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    t = np.arange(norms.size)
+    above = norms > lam1 / 2
+    axes[0].plot(t, norms, "k-", lw=0.8)
+    axes[0].scatter(t[above], norms[above], c="red", zorder=3, label=r"$> \lambda_1/2$")
+    axes[0].scatter(t[~above], norms[~above], c="blue", zorder=3, label=r"$\leq \lambda_1/2$")
+    axes[0].plot(t, paper, "x", c="gray", label="paper")
+    axes[0].axhline(lam1 / 2, ls="--", c="k")
+    axes[0].set(xlabel="step t", ylabel=r"$\|\tilde x_t\|$", title="norm: 2-cycle")
+    axes[0].legend(fontsize=8)
+    axes[1].semilogy(
+        np.arange(ln.size), np.abs(long[:, 0]), label=r"$|\langle v_1,\tilde x\rangle|$"
+    )
+    axes[1].semilogy(
+        np.arange(ln.size), np.abs(long[:, 1]) + 1e-300, label=r"$|\langle v_2,\tilde x\rangle|$"
+    )
+    axes[1].set(xlabel="step t", title="alignment with $v_1$")
+    axes[1].legend(fontsize=8)
+    th = np.linspace(0, 2 * np.pi, 200)
+    ax = axes[2]
+    ax.fill_between(
+        [-lam2, lam2],
+        -1.1,
+        1.1,
+        color="tab:blue",
+        alpha=0.15,
+        label=r"$\mathcal{I}_2: |v_2| \leq \lambda_2$",
+    )
+    ax.plot(
+        lam1 * np.cos(th),
+        lam1 * np.sin(th),
+        c="tab:red",
+        label=r"$\mathcal{I}_1$: $\|\tilde x\| \leq \lambda_1$",
+    )
+    ax.plot(xt[:, 1], xt[:, 0], "o-", c="k", ms=4, label="iterates")
+    ax.set(xlabel=r"$v_2$", ylabel=r"$v_1$", title="invariant sets", aspect="equal")
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
+
+
+def flow_tracking_figure(
+    path: Path,
+    lrs: Sequence[float],
+    taus: np.ndarray,
+    predicted: Mapping[str, np.ndarray],
+    curves: Mapping[tuple[str, float], tuple[np.ndarray, np.ndarray]],
+    errors: Mapping[str, Sequence[float]],
+    phase1: Mapping[str, Sequence[int]],
+    T: float,
+) -> Path:
+    r"""$\Phi$(iterates) against the limiting flow ``predicted[alg]`` at times ``taus``
+    (``curves[(alg, lr)] = (tau, x)``), the tracking ``errors`` against the LR, and the phase-I
+    step counts against $1/\eta$ and phase II's $T/\eta^2$; one line style per algorithm
+    (``normalized_gd`` solid, ``sqrt_loss_gd`` dashed)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+    for alg, ls in (("normalized_gd", "-"), ("sqrt_loss_gd", "--")):
+        axes[0].plot(taus, predicted[alg], "k" + ls, lw=2, label=f"flow X(tau), {alg}")
+        for lr in lrs:
+            tt, px = curves[(alg, lr)]
+            axes[0].plot(tt, px, ls, alpha=0.7, label=f"Phi(x_t), lr={lr}")
+        axes[1].loglog(lrs, errors[alg], "o" + ls, label=alg)
+        axes[2].loglog(lrs, phase1[alg], "o" + ls, label=f"{alg}: phase I steps")
+    axes[1].loglog(lrs, 0.1 * np.array(lrs), "k:", label="0.1 lr (bound)")
+    axes[2].loglog(lrs, 1 / np.array(lrs), "k:", label="1/lr")
+    axes[2].loglog(lrs, T / np.array(lrs) ** 2, "k-.", label="phase II: T/lr^2")
+    axes[0].set(
+        xlabel=r"$\tau = \eta^2 t$",
+        ylabel="x on the manifold",
+        title="Phi(iterates) against the limiting flow",
+    )
+    axes[1].set(xlabel="lr", ylabel="|Phi(x_T) - X(T)|", title="tracking error, T = 1")
+    axes[2].set(xlabel="lr", ylabel="steps", title="time scales")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def mnist_flow_figure(
+    path: Path,
+    tau_opt: np.ndarray,
+    lam_opt: np.ndarray,
+    tau_flow: np.ndarray,
+    lam_flow: np.ndarray,
+    steps: np.ndarray,
+    loss: np.ndarray,
+    *,
+    lr: float,
+    h: float,
+) -> Path:
+    r"""$\lambda_1$ of normalized GD (at flow times ``tau_opt``) against the sharpness-minimizer
+    flow (``tau_flow``, retraction step ``h``), and normalized GD's sampled loss."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    axes[0].plot(tau_opt, lam_opt, "o-", label=f"normalized GD, lr={lr}")
+    axes[0].plot(tau_flow, lam_flow, "s--", label=f"sharpness-minimizer flow (h={h})")
+    axes[0].set(
+        xlabel=r"$\tau = \eta^2 t$",
+        ylabel=r"$\lambda_1$ (MSE without 1/2)",
+        title="sharpness: optimizer vs limiting flow",
+    )
+    axes[0].legend()
+    axes[1].semilogy(steps, loss, label="NGD loss")
+    axes[1].set(xlabel="step", ylabel="training loss", title="loss (sampled)")
+    axes[1].legend()
+    return save_figure(fig, path)
+
+
+def cifar_vgg_figure(
+    path: Path,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    source: str,
+    n: int,
+) -> Path:
+    r"""Loss, $\lambda_1$ against the rule's threshold $2/\eta_{\rm eff}$, and the eigengap
+    $\lambda_1-\lambda_2$, for each algorithm: ``curves[alg] = (steps, loss, eigs (n, 2),
+    threshold)``."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for (alg, (s, loss, eig, thr)), color in zip(curves.items(), ("C0", "C1"), strict=True):
+        axes[0].semilogy(s, loss, color=color, label=alg)
+        axes[1].plot(s, eig[:, 0], "o-", ms=3, color=color, label=f"{alg}: $\\lambda_1$ measured")
+        axes[1].plot(s, thr, "--", color=color, label=f"{alg}: 2/lr_eff (EoS prediction)")
+        axes[2].plot(s, eig[:, 0] - eig[:, 1], "o-", ms=3, color=color, label=f"{alg}: gap")
+    axes[0].set(xlabel="step", ylabel="MSE (no 1/2)", title=f"loss ({source}, n={n})")
+    axes[1].set(xlabel="step", ylabel=r"$\lambda_1$ of MSE", title="sharpness", yscale="log")
+    axes[2].set(xlabel="step", ylabel=r"$\lambda_1-\lambda_2$", title="eigengap")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
