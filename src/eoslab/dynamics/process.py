@@ -102,6 +102,8 @@ def advance(
     def body(carry, _):
         state, alive = carry
         new, row = process.step(objective, state)
+        # a step keeps its state's dtypes (a float64 constant must not promote a float32 run)
+        new = jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, jnp.result_type(b)), new, state)
         if keep_points:
             row = {**row, "w": process.point(state)}
         finite_loss = jnp.isfinite(row["loss"])
