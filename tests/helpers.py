@@ -52,3 +52,120 @@ def dense_eigh(loss, w):
     H = np.asarray(jax.hessian(loss)(w))
     vals, vecs = np.linalg.eigh(H)
     return vals[::-1], vecs[:, ::-1], H
+
+
+# -- runs in a fresh interpreter, killed with SIGKILL, and metrics compared bit for bit
+#    (test_extending, test_lockstep_runs)
+
+_SCRIPT = """
+import time
+
+import eoslab.runner.store as _store
+
+_write = _store.RunStore.write_checkpoint
+
+
+def _slow_write(self, step, arrays):  # leaves the killer time to strike mid-run
+    out = _write(self, step, arrays)
+    time.sleep({pause!r})
+    return out
+
+
+_store.RunStore.write_checkpoint = _slow_write
+import {module} as _m
+
+{code}
+"""
+
+
+def run_python(tmp_path, module, code, *, kill_at_checkpoint_of=None, cache=None, pause=0.0):
+    """Run ``code`` (statements using ``_m``, the test module ``module``) in a fresh interpreter:
+    float64, CPU, ``tests/`` importable, every checkpoint write followed by a ``pause``, and JAX's
+    persistent compilation cache in ``cache`` if given (so a second interpreter loads the first
+    one's executables instead of compiling them again).
+
+    With ``kill_at_checkpoint_of`` (a run directory), SIGKILL the interpreter as soon as that
+    directory holds a checkpoint and return the manifest read after the kill; otherwise wait for
+    it to succeed and return None.
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    tests_dir = Path(__file__).resolve().parent
+    name = f"{module}_{len(list(Path(tmp_path).glob(f'{module}_*.py')))}"
+    script, log = Path(tmp_path) / f"{name}.py", Path(tmp_path) / f"{name}.log"
+    script.write_text(_SCRIPT.format(pause=pause, module=module, code=code))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_ENABLE_X64="1",
+        PYTHONPATH=os.pathsep.join([str(tests_dir.parent / "src"), str(tests_dir)]),
+    )
+    if cache is not None:
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(cache),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
+        try:
+            if kill_at_checkpoint_of is None:
+                assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+                return None
+            ckpts = Path(kill_at_checkpoint_of) / "checkpoints"
+            deadline = time.monotonic() + 300
+            while not (ckpts.is_dir() and any(ckpts.glob("step-*.npz"))):
+                if proc.poll() is not None:
+                    raise AssertionError(
+                        f"the run ended (rc {proc.returncode}) before its first checkpoint:\n"
+                        + log.read_text()[-3000:]
+                    )
+                assert time.monotonic() < deadline, "no checkpoint within 300 s"
+                time.sleep(0.002)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    return json.loads((Path(kill_at_checkpoint_of) / "manifest.json").read_text())
+
+
+def assert_same_metrics(a, b):
+    """Two metrics tables are the same: rows, columns, dtypes, and every value bit for bit
+    (float columns compared as their 64-bit patterns, so NaN = NaN and 0.0 != -0.0)."""
+    import numpy as np
+    import pandas as pd
+
+    assert list(a.columns) == list(b.columns)
+    assert len(a) == len(b)
+    for col in a.columns:
+        x, y = a[col], b[col]
+        assert x.dtype == y.dtype, col
+        if x.dtype == object:
+            for i, (u, v) in enumerate(zip(x, y, strict=True)):
+                if u is None or v is None:
+                    assert u is None and v is None, (col, i)
+                    continue
+                u, v = np.asarray(u), np.asarray(v)
+                assert u.dtype == v.dtype and u.shape == v.shape, (col, i)
+                if u.dtype.kind == "f":
+                    u, v = (z.astype(np.float64).view(np.uint64) for z in (u, v))
+                assert np.array_equal(u, v), (col, i)
+        elif isinstance(x.dtype, pd.api.extensions.ExtensionDtype):
+            pd.testing.assert_series_equal(x, y, check_exact=True)
+        elif x.dtype.kind == "f":
+            xa, ya = x.to_numpy(np.float64), y.to_numpy(np.float64)
+            bad = np.flatnonzero(xa.view(np.uint64) != ya.view(np.uint64))
+            assert bad.size == 0, (col, bad[:5], xa[bad[:5]], ya[bad[:5]])
+        else:
+            np.testing.assert_array_equal(x.to_numpy(), y.to_numpy(), err_msg=col)
