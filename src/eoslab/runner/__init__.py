@@ -1,12 +1,12 @@
 """The one loop: processes in lockstep, probes, stopping, the run store, progress."""
 
-from .loop import STATUSES as STATUSES
-from .loop import Run as Run
-from .loop import Stop as Stop
-from .loop import load_run as load_run
 from .loop import run as run
 from .probes import ProbeFn as ProbeFn
 from .probes import Probes as Probes
+from .records import STATUSES as STATUSES
+from .records import Run as Run
+from .records import Stop as Stop
+from .records import load_run as load_run
 from .store import RunExistsError as RunExistsError
 from .store import RunStore as RunStore
 from .train import train as train

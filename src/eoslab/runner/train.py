@@ -16,8 +16,9 @@ from ..dynamics.rules import Rule
 from ..errors import ConfigError
 from ..objective import Objective, as_objective
 from ..parallel import microbatched, shard_objective
-from .loop import Run, Stop, run
+from .loop import run
 from .probes import ProbeFn, Probes
+from .records import Run, Stop
 
 __all__ = ["train"]
 

@@ -1,0 +1,135 @@
+"""What a run leaves: its `Run` record, the table's layout, stopping rules, and `load_run`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import tyro
+
+from ..errors import ConfigError
+from .store import RunStore, read_metrics
+
+__all__ = ["STATUSES", "Run", "Stop", "frame", "load_run"]
+
+STATUSES = ("completed", "diverged", "loss_goal", "accuracy_goal", "running", "unknown")
+"""How a run can end (``Run.status``); ``running``: its process stopped before the end."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """When a run stops before its step budget (checked at each probed step, on the first process).
+
+    Divergence (a non-finite loss or point) always stops a run.
+    """
+
+    loss_below: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
+    """Stop once the loss is at or below this (default: never)."""
+    accuracy_above: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
+    """Stop once the accuracy (from a probe) is at or above this (default: never)."""
+    raise_on_divergence: bool = False
+    """Raise DivergenceError instead of returning a diverged Run."""
+
+
+@dataclasses.dataclass
+class Run:
+    """The outcome of `run` / `train` (or `load_run`).
+
+    Attributes:
+        metrics: one row per logged step and process (probe columns filled on probed steps).
+        w: the first process's final point (the last finite one if the run diverged).
+        status: one of `STATUSES`.
+        message: a one-line account of how the run ended.
+        step: the number of steps taken.
+        path: the run directory, if any.
+        config: the recorded config (``config.json``), if any.
+        points: every process's final point, by name.
+    """
+
+    metrics: pd.DataFrame
+    w: Any
+    status: str
+    message: str
+    step: int
+    path: Path | None = None
+    config: dict | None = None
+    points: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+    def process(self, name: str) -> pd.DataFrame:
+        """The rows of one process."""
+        if "process" not in self.metrics or name not in set(self.metrics["process"]):
+            have = sorted(set(self.metrics.get("process", [])))
+            raise ConfigError("process", name, "one of " + ", ".join(map(str, have)))
+        df = self.metrics[self.metrics["process"] == name]
+        return df.reset_index(drop=True)
+
+
+_FRONT = [
+    "step",
+    "process",
+    "loss",
+    "grad_norm",
+    "lr_eff",
+    "threshold",
+    "sharpness",
+    "eff_sharpness",
+    "eigs",
+    "sharpness_matvecs",
+    "sharpness_error",
+    "grad_top_alignment",
+    "lr_sharpness",
+]
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """Rows as the store's table: the standard columns first, NaN where nothing was measured."""
+    df = pd.DataFrame(rows)
+    if len(df) == 0:
+        return df
+    for col in ("lr_eff", "threshold", "sharpness", "eff_sharpness", "grad_top_alignment"):
+        if col not in df:
+            df[col] = np.nan
+    if "sharpness_error" not in df:
+        df["sharpness_error"] = np.nan
+    if "sharpness_matvecs" not in df:
+        df["sharpness_matvecs"] = pd.array([pd.NA] * len(df), dtype="Int64")
+    else:
+        df["sharpness_matvecs"] = df["sharpness_matvecs"].astype("Int64")
+    if "eigs" not in df:
+        df["eigs"] = None
+    curv = df["eff_sharpness"].where(df["eff_sharpness"].notna(), df["sharpness"])
+    df["lr_sharpness"] = df["lr_eff"] * curv
+    df["step"] = df["step"].astype("int64")
+    front = [c for c in _FRONT if c in df]
+    return df[front + [c for c in df.columns if c not in front]]
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory back: metrics (all parts), final points, status and config."""
+    store = RunStore(path)
+    cfg = store.read_config()
+    man = store.read_manifest()
+    ck = store.latest_checkpoint()
+    metrics = read_metrics(store.path)
+    names = list(dict.fromkeys(metrics["process"])) if "process" in metrics else []
+    points: dict[str, Any] = {}
+    if ck is not None:  # numpy, so a float64 run stays float64 without jax_enable_x64
+        arrays = store.read_checkpoint(ck[1])
+        points = {n: arrays[f"{n}__point"] for n in names if f"{n}__point" in arrays}
+    return Run(
+        metrics=metrics,
+        w=next(iter(points.values()), None),
+        status=man.get("status", "unknown"),
+        message=man.get("message", ""),
+        step=int(man.get("step", 0)),
+        path=store.path,
+        config=cfg,
+        points=points,
+    )
