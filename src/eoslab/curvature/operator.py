@@ -30,7 +30,6 @@ __all__ = [
     "PreconditionedOperator",
     "Operator",
     "as_operator",
-    "check_operator",
 ]
 
 
@@ -177,7 +176,7 @@ def as_operator(loss: LossLike | Operator, w: Array | None = None) -> Operator:
                 "no point: an operator already has its point",
                 "Pass the arguments after the operator by keyword (e.g. k=2).",
             )
-        check_operator(loss)
+        _check_operator(loss)
         return loss
     if w is None:
         if not isinstance(loss, Objective):
@@ -188,7 +187,7 @@ def as_operator(loss: LossLike | Operator, w: Array | None = None) -> Operator:
     return HessianOperator(obj, jnp.asarray(w, obj.dtype))
 
 
-def check_operator(op: Operator) -> None:
+def _check_operator(op: Operator) -> None:
     """Raise `ConfigError` unless the point is a finite vector of the objective's dimension and a
     preconditioner's diagonal is positive, of shape ``()`` or ``(D,)``."""
     check_w(op.w, op.objective)
