@@ -269,11 +269,6 @@ def test_divergence_of_one_process_stops_the_run_and_keeps_every_row(tmp_path, p
     assert_same_metrics(again.metrics, res.metrics)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner.loop._Lockstep.advance advances the other processes to the end of the probe "
-    "interval when one diverges between probes: rows and points past the step the run stopped",
-)
 def test_divergence_between_probes_leaves_every_process_at_the_stopping_step(tmp_path):
     res = _diverging_run(None, 10)
     assert res.metrics["step"].max() <= res.step

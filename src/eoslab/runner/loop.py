@@ -120,7 +120,19 @@ class _Lockstep:
 
     def advance(self, t0: int, n: int, log_every: int) -> tuple[list[dict], int | None, str]:
         """``n`` steps of every process; rows of steps ``t0+1 .. t0+n-1`` (the probe has row
-        ``t0``), and where the first process to diverge did so (None if none did)."""
+        ``t0``), and where the first process to diverge did so (None if none did). After a
+        divergence at step ``s`` every process is left at step ``s`` (re-run from ``t0``), so the
+        final checkpoint holds one consistent step."""
+        before = dict(self.states)
+        rows, diverged_at, reason = self._advance(t0, n, log_every)
+        if diverged_at is not None and diverged_at < t0 + n:
+            self.states = before
+            if diverged_at > t0:
+                self._advance(t0, diverged_at - t0, log_every)
+            rows = [r for r in rows if r["step"] < diverged_at]
+        return rows, diverged_at, reason
+
+    def _advance(self, t0: int, n: int, log_every: int) -> tuple[list[dict], int | None, str]:
         rows: list[dict] = []
         diverged_at, reason = None, ""
         for name, p in self.procs.items():

@@ -182,13 +182,21 @@ def phi_probe(base: Objective, w: Array, gtol: float, tol: float) -> tuple[Array
     }
 
 
+def _norm(x: np.ndarray) -> float:
+    """The Euclidean norm without overflow in the squares (scaled by the largest entry)."""
+    m = float(np.max(np.abs(x))) if x.size else 0.0
+    if m == 0.0 or not np.isfinite(m):
+        return m
+    return m * float(np.linalg.norm(x / m))
+
+
 def distances(points: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     r"""$\|w_p - w_q\|$ for every pair of processes: ``{p: {"dist_q": value}}``."""
     out: dict[str, dict[str, float]] = {p: {} for p in points}
     names = list(points)
     for i, p in enumerate(names):
         for q in names[i + 1 :]:
-            d = float(np.linalg.norm(np.asarray(points[p], np.float64) - points[q]))
+            d = _norm(np.asarray(points[p], np.float64) - np.asarray(points[q], np.float64))
             out[p][f"dist_{q}"] = d
             out[q][f"dist_{p}"] = d
     return out
