@@ -200,3 +200,45 @@ def test_demo_writes_figures_into_a_fresh_directory(tmp_path, capsys):
     dirs = sorted(p.name for p in base.parent.iterdir())
     assert len(dirs) == 2 and dirs[0] == "demo" and dirs[1].startswith("demo-")
     assert "figure:" in text
+
+
+def test_sharpness_and_report_commands(tmp_path, capsys):
+    import jax
+    import numpy as np
+
+    from eoslab import load_run
+    from eoslab.experiments import build
+
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(_write(tmp_path, TINY)),
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-plot",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["sharpness", str(out), "--k", "2", "--tol", "1e-8"]) == 0
+    text = capsys.readouterr().out
+    rows = [ln.split() for ln in text.splitlines() if ln.strip()[:1].isdigit()]
+    values = np.array([float(r[1]) for r in rows])
+    # independent: the dense Hessian of the same objective at the checkpointed point
+    obj = build(from_dict(TINY)).objective
+    w = np.asarray(load_run(out).w)
+    H = np.asarray(jax.hessian(obj)(jax.numpy.asarray(w, obj.dtype)), np.float64)
+    top = np.sort(np.linalg.eigvalsh(H))[::-1][:2]
+    np.testing.assert_allclose(values, top, rtol=1e-4)
+    assert main(["sharpness", str(out), "--process", "nope"]) == 2
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "| gd |" in md and "figures/overview.png" in md
+    assert (out / "report.html").stat().st_size > 500
+    assert (out / "figures" / "overview.png").stat().st_size > 10_000
+    assert main(["report", str(tmp_path)]) == 2
