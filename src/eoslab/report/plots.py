@@ -33,14 +33,16 @@ def _by_process(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
     return [(str(n), df[df["process"] == n]) for n in dict.fromkeys(df["process"])]
 
 
-def run_label(path: str | Path) -> str:
-    """A short label: the rule and its hyperparameters (and the directory name)."""
+def run_label(path: str | Path, process: str | None = None) -> str:
+    """A short label: the directory, and the rule with its hyperparameters (or the process)."""
     path = Path(path)
     try:
         cfg = json.loads((path / "config.json").read_text()).get("config", {})
-        if "rule" not in cfg:  # a run made in Python: its processes label themselves
-            return path.name
         rule = dict(cfg.get("rule", {}))
+        if process is not None and process != rule.get("kind"):
+            return f"{path.name}: {process}"
+        if "rule" not in cfg:  # a run made in Python names its processes
+            return path.name
         name = rule.pop("kind", rule.pop("name", "?"))
         hyper = ", ".join(
             f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
@@ -78,7 +80,7 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
     series = []
     for d in dirs:
         for proc, part in _by_process(read_run_metrics(d)):
-            series.append((run_label(d) if proc is None else f"{run_label(d)} [{proc}]", part))
+            series.append((run_label(d, proc), part))
     for i, (label, df) in enumerate(series):
         c = colors[i % len(colors)]
         if len(df) == 0:
