@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-from .errors import EoslabError
+from .errors import DamagedRunError, DamagedRunWarning, EoslabError
 from .experiments import DEFAULT_PRESET, PRESETS, Experiment
 
 __all__ = ["main"]
@@ -26,6 +26,7 @@ EXIT_CODES = {
     1: "a reproduction's prediction outside its tolerance",
     2: "bad usage or config (nothing ran)",
     3: "the run diverged (every metric measured before is kept)",
+    4: "a damaged run directory or an I/O error (nothing whole was changed)",
     130: "interrupted (resumable with: eoslab resume DIR)",
 }
 
@@ -249,9 +250,10 @@ def _recorded(path: Path) -> Experiment:
     store = RunStore(path)
     if not store.exists():
         raise _UsageError(f"{path}: not a run directory (no config.json)")
+    record = store.read_config()  # a damaged config.json raises DamagedRunError (exit 4)
     try:
-        return from_dict(store.read_config()["config"])
-    except (EoslabError, KeyError) as exc:
+        return from_dict(record["config"])
+    except (EoslabError, KeyError, TypeError) as exc:
         raise _UsageError(
             f"{path}/config.json does not hold an eoslab run config ({exc}); a run made from "
             "Python with eoslab.runner.run resumes from Python: run(..., out=DIR, resume=True)"
@@ -273,7 +275,10 @@ def _cmd_resume(args: Resume) -> int:
     from .runner import RunStore
 
     exp = _recorded(args.dir)
-    man = RunStore(args.dir).read_manifest()
+    store = RunStore(args.dir)
+    man = store.read_manifest()
+    if store.verify().files:  # repaired by the resume: damaged files aside, lost rows recomputed
+        return _execute(exp, args.dir, resume=True, quiet=args.quiet, plot=args.plot)
     if man.get("status") == "diverged":
         _err(f"{args.dir}: this run diverged ({man.get('message', '')}); nothing to resume")
         return 3
@@ -431,9 +436,26 @@ def _parse(argv: list[str]) -> tuple[object, str]:
     return args, name
 
 
+def _show_damage(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, DamagedRunWarning):
+        print(f"eoslab: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``eoslab`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", DamagedRunWarning)
+        warnings.showwarning = _show_damage
+        return _dispatch(argv)
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv[:1] in (["--version"], ["-V"]):
         from . import __version__
 
@@ -465,9 +487,16 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_demo(args)
         if isinstance(args, Reproduce):
             return _cmd_reproduce(args)
+    except DamagedRunError as exc:
+        _err(str(exc))
+        return 4
     except (_UsageError, EoslabError) as exc:
         _err(str(exc))
         return 2
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        _err(f"I/O error{where}: {exc.strerror or exc}")
+        return 4
     except KeyboardInterrupt:
         _err("interrupted; continue with: eoslab resume DIR (everything flushed so far is kept)")
         return 130

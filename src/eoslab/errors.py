@@ -61,3 +61,17 @@ def check_positive(field: str, value: float, *, allow_zero: bool = False) -> Non
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
         raise ConfigError(field, value, "a finite number " + (">= 0" if allow_zero else "> 0"))
+
+
+class DamagedRunError(EoslabError, OSError):
+    """A run directory's files cannot be used (unreadable config, manifest, checkpoint or part),
+    or the disk refused a write. Nothing that was whole has been changed.
+
+    Fix: the message names the file; a damaged metrics part or checkpoint is moved aside into
+    ``DIR/damaged/`` by ``eoslab resume``, which then recomputes the lost rows.
+    """
+
+
+class DamagedRunWarning(UserWarning):
+    """A file of a run directory was damaged and has been left out or moved aside (the message
+    names it and says what eoslab does instead)."""

@@ -1,4 +1,4 @@
-r"""The limiting flows on the manifold of minimizers $\Gamma$ (Arora, Li, Panigrahi 2022), as processes.
+r"""The limiting flows on the manifold of minimizers $\Gamma$ (Arora, Li, Panigrahi 2022).
 
 Normalized GD tracks $\frac{dX}{d\tau}=-\frac14 P^\perp_{X,\Gamma}\nabla\log\lambda_1(X)$ and GD on
 $\sqrt{L-\min L}$ tracks $\frac{dX}{d\tau}=-\frac18 P^\perp_{X,\Gamma}\nabla\lambda_1(X)$, with
@@ -43,7 +43,10 @@ ALGORITHMS = ("normalized_gd", "sqrt_loss_gd")
 
 
 def flow_constant(algorithm: str) -> tuple[float, bool]:
-    r"""$(c, \log)$: the flow is $-c\,P^\perp\nabla\log\lambda_1$ or $-c\,P^\perp\nabla\lambda_1$."""
+    r"""$(c, \log)$: the flow is $-c\,P^\perp\nabla\log\lambda_1$ or $-c\,P^\perp\nabla\lambda_1$.
+
+    ``(0.25, True)`` for normalized GD, ``(0.125, False)`` for sqrt-loss GD.
+    """
     check_choice("algorithm", algorithm, ALGORITHMS)
     return (0.25, True) if algorithm == "normalized_gd" else (0.125, False)
 
@@ -80,7 +83,7 @@ def _check(algorithm: str, lr: float, schedule: tuple[float, ...] | None) -> Non
 
 class _LimitingFlowBase(Process):
     algorithm: Literal["normalized_gd", "sqrt_loss_gd"]
-    """Whose flow: normalized GD (-1/4 P grad log lambda_1) or sqrt-loss GD (-1/8 P grad lambda_1)."""
+    """Whose flow: normalized GD (-1/4 P grad log lambda_1), sqrt-loss GD (-1/8 P grad lambda_1)."""
     lr: float
     """The optimizer's learning rate eta: each step advances tau by eta^2."""
     schedule: Annotated[tuple[float, ...] | None, tyro.conf.Suppress] = None

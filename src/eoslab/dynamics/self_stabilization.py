@@ -1,6 +1,7 @@
 r"""Self-stabilization (Damian, Nichani, Lee; ICLR 2023) as processes.
 
-GD at the Edge of Stability follows projected GD onto $\mathcal M=\{S\le2/\eta,\ \nabla L\cdot u=0\}$.
+GD at the Edge of Stability follows projected GD onto
+$\mathcal M=\{S\le2/\eta,\ \nabla L\cdot u=0\}$.
 With $S=\lambda_1(\nabla^2L)$, $u$ its eigenvector, $\nabla S=\nabla^3L[u,u]$,
 $\nabla S_\perp=\nabla S-u(u\cdot\nabla S)$: $\alpha=-\nabla L\cdot\nabla S_\perp$,
 $\beta=\|\nabla S_\perp\|^2$, $\delta=\sqrt{2\alpha/\beta}$ (``docs/theory.md``,

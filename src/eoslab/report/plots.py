@@ -7,11 +7,14 @@ Several directories are overlaid, one colour per run.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..errors import DamagedRunWarning
 
 __all__ = ["plot_runs", "read_run_metrics", "run_label"]
 
@@ -21,7 +24,19 @@ def read_run_metrics(path: str | Path) -> pd.DataFrame:
     parts = sorted((Path(path) / "metrics").glob("part-*.parquet"))
     if not parts:
         return pd.DataFrame({"step": []})
-    df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    frames = []
+    for p in parts:
+        try:
+            frames.append(pd.read_parquet(p))
+        except Exception as exc:  # noqa: BLE001 - a damaged part is left out, and said so
+            warnings.warn(
+                f"{p} is damaged ({type(exc).__name__}); plotted without its rows",
+                DamagedRunWarning,
+                stacklevel=2,
+            )
+    if not frames:
+        return pd.DataFrame({"step": []})
+    df = pd.concat(frames, ignore_index=True)
     keys = ["process", "step"] if "process" in df else ["step"]
     df = df.drop_duplicates(keys, keep="last").sort_values("step", kind="stable")
     return df.reset_index(drop=True)
@@ -63,8 +78,9 @@ def _probed(df: pd.DataFrame, col: str) -> pd.DataFrame:
 def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None) -> Path:
     """Write one PNG with four panels for the runs in ``dirs`` and return its path.
 
-    Each process of a multi-process run is its own series. Panels: training loss (log scale); sharpness (the preconditioned one for adaptive rules) with
-    its stability threshold dashed; effective LR x sharpness with the threshold's level (2 for GD);
+    Each process of a multi-process run is its own series. Panels: training loss (log scale);
+    sharpness (the preconditioned one for adaptive rules) with its stability threshold dashed;
+    effective LR x sharpness with the threshold's level (2 for GD);
     Hessian-vector products per probe.
     """
     import matplotlib

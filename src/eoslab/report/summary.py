@@ -5,10 +5,12 @@ from __future__ import annotations
 import html
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
+from ..errors import DamagedRunError, DamagedRunWarning
 from .plots import plot_runs, read_run_metrics
 
 __all__ = ["final_rows", "write_report"]
@@ -46,9 +48,19 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     out = run_dir if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    record = json.loads((run_dir / "config.json").read_text())
-    manifest_file = run_dir / "manifest.json"
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    try:
+        record = json.loads((run_dir / "config.json").read_bytes())
+    except (ValueError, OSError) as exc:
+        raise DamagedRunError(f"{run_dir}/config.json is damaged ({type(exc).__name__})") from None
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_bytes())
+    except (ValueError, OSError):
+        warnings.warn(
+            f"{run_dir}/manifest.json is damaged; the status is unknown",
+            DamagedRunWarning,
+            stacklevel=2,
+        )
+        manifest = {"status": "unknown"}
     metrics = read_run_metrics(run_dir)
     fig = plot_runs([run_dir], out / "figures" / "overview.png")
     table = final_rows(metrics) if len(metrics) else pd.DataFrame()

@@ -24,12 +24,12 @@ import numpy as np
 from jaxtyping import Array
 
 from ..dynamics.process import Process, advance, measure
-from ..errors import ConfigError, DivergenceError
+from ..errors import ConfigError, DamagedRunWarning, DivergenceError
 from ..objective import LossLike, Objective, as_objective
 from .probes import ProbeFn, Probes, ProbeSet, distances, phi_probe
 from .progress import Progress
 from .records import Run, Stop, frame, load_run
-from .store import RunStore
+from .store import Damage, RunStore
 
 __all__ = ["run"]
 
@@ -80,6 +80,7 @@ class _Lockstep:
         self.states = {n: p.init(obj, w0) for n, p in procs.items()}
         self.probes = {n: ProbeSet(obj, cfg, seed + 2 * i, custom) for i, n in enumerate(procs)}
         self.cfg = cfg
+        self.probes_before: tuple[int | None, dict] = (None, {})
         self.distances = cfg.distances and len(procs) > 1
 
     def point(self, name: str) -> Array:
@@ -87,6 +88,9 @@ class _Lockstep:
 
     def measure(self, t: int) -> dict[str, dict]:
         """The probed rows of every process at step ``t`` (probes skipped on non-finite points)."""
+        # a checkpoint at step t holds the probes' warm starts from *before* probing t, so a run
+        # resumed there measures t exactly as the uninterrupted run did
+        self.probes_before = (t, {n: ps.state() for n, ps in self.probes.items()})
         rows = {}
         for n, p in self.procs.items():
             st = self.states[n]
@@ -173,13 +177,15 @@ class _Lockstep:
         return rows, diverged_at, reason
 
     # -- checkpoints: plain arrays, one key per leaf
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self, step: int) -> dict[str, np.ndarray]:
         out = {}
+        t, before = self.probes_before
         for n in self.procs:
             for i, leaf in enumerate(jax.tree_util.tree_leaves(self.states[n])):
                 out[f"{n}__state_{i}"] = np.asarray(leaf)
             out[f"{n}__point"] = np.asarray(self.point(n))
-            out.update({f"{n}__probe_{k}": v for k, v in self.probes[n].state().items()})
+            probe = before[n] if t == step else self.probes[n].state()
+            out.update({f"{n}__probe_{k}": v for k, v in probe.items()})
         return out
 
     def load(self, arrays: dict[str, np.ndarray], where: str) -> None:
@@ -203,6 +209,28 @@ class _Lockstep:
             self.probes[n].load(
                 {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             )
+
+
+def _recover(store: RunStore, dmg: Damage) -> int:
+    """Move damaged files aside and say so; the step to resume from (0: start over)."""
+    start = dmg.resume_step
+    if dmg.lost_rows or (start == 0 and dmg.files):
+        start = 0
+    for rel, why in dmg.files:
+        if rel == "manifest.json":
+            what = "it is rebuilt from the checkpoints and parts on disk"
+        else:
+            what = f"moved to {store.move_aside(rel).relative_to(store.path)}"
+        warnings.warn(f"{store.path}/{rel} is {why}: {what}", DamagedRunWarning, stacklevel=3)
+    if dmg.files:
+        if start == 0:
+            for f in sorted(store.metrics_dir.glob("part-*.parquet")):
+                store.move_aside(f"metrics/{f.name}")
+            how = "no whole checkpoint covers the lost rows: resuming from step 0 recomputes them"
+        else:
+            how = f"resuming from the checkpoint at step {start}; later rows are recomputed"
+        warnings.warn(f"{store.path}: {how}", DamagedRunWarning, stacklevel=3)
+    return start
 
 
 def _goal(stop: Stop, row: dict, t: int) -> tuple[str, str] | None:
@@ -280,12 +308,12 @@ def run(
         if resume:
             if not store.exists():
                 raise ConfigError("resume", str(out), "a run directory with config.json")
-            if store.read_manifest().get("status") not in ("running", "unknown"):
+            dmg = store.verify()
+            if not dmg.files and store.read_manifest().get("status") not in ("running", "unknown"):
                 return load_run(out)
-            ck = store.latest_checkpoint()
-            if ck is not None:
-                t, path = ck
-                lock.load(store.read_checkpoint(path), str(out))
+            t = _recover(store, dmg)
+            if t > 0:
+                lock.load(store.read_checkpoint(dmg.checkpoint), str(out))
             store.truncate_metrics(t)
         else:
             store.create(
@@ -308,7 +336,7 @@ def run(
         pending.sort(key=lambda r: (r["step"], order.index(r["process"])))
         if store is not None:
             store.write_part(frame(pending))
-            ckpt = store.write_checkpoint(step, {"step": np.asarray(step), **lock.arrays()})
+            ckpt = store.write_checkpoint(step, {"step": np.asarray(step), **lock.arrays(step)})
             store.write_manifest(
                 {
                     "status": manifest_status,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import tyro
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DamagedRunError, DamagedRunWarning
 from .store import RunStore, read_metrics
 
 __all__ = ["STATUSES", "Run", "Stop", "frame", "load_run"]
@@ -112,16 +113,25 @@ def frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a run directory back: metrics (all parts), final points, status and config."""
+    """Read a run directory back: metrics (all whole parts), final points, status and config.
+
+    Damaged parts or checkpoints are left out with a `DamagedRunWarning` naming them; nothing is
+    changed on disk (``eoslab resume`` repairs).
+    """
     store = RunStore(path)
+    if not store.path.is_dir():
+        raise DamagedRunError(f"{store.path}: no such run directory")
     cfg = store.read_config()
     man = store.read_manifest()
-    ck = store.latest_checkpoint()
+    dmg = store.verify()
+    for rel, why in dmg.files:
+        if rel.startswith("checkpoints/") or rel == "manifest.json":
+            warnings.warn(f"{store.path}/{rel} is {why}", DamagedRunWarning, stacklevel=2)
     metrics = read_metrics(store.path)
     names = list(dict.fromkeys(metrics["process"])) if "process" in metrics else []
     points: dict[str, Any] = {}
-    if ck is not None:  # numpy, so a float64 run stays float64 without jax_enable_x64
-        arrays = store.read_checkpoint(ck[1])
+    if dmg.checkpoint is not None:  # numpy, so a float64 run stays float64 without x64
+        arrays = store.read_checkpoint(dmg.checkpoint)
         points = {n: arrays[f"{n}__point"] for n in names if f"{n}__point" in arrays}
     return Run(
         metrics=metrics,

@@ -18,6 +18,7 @@ dropped on resume, then measured again.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -25,15 +26,22 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, EoslabError, UnsafeFileError
+from ..errors import (
+    ConfigError,
+    DamagedRunError,
+    DamagedRunWarning,
+    EoslabError,
+    UnsafeFileError,
+)
 
-__all__ = ["RunStore", "RunExistsError", "atomic_write_bytes", "read_metrics"]
+__all__ = ["RunStore", "RunExistsError", "Damage", "atomic_write_bytes", "read_metrics"]
 
 _PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 _CKPT = re.compile(r"^step-(\d+)\.npz$")
@@ -96,7 +104,15 @@ def read_metrics(path: Path, *, up_to: int | None = None) -> pd.DataFrame:
     frames = []
     for f in sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []:
         if _PART.match(f.name):
-            frames.append(pd.read_parquet(f))
+            try:
+                frames.append(pd.read_parquet(f))
+            except Exception as exc:  # noqa: BLE001 - a damaged part is skipped, and said so
+                warnings.warn(
+                    f"{f} is damaged ({type(exc).__name__}); its rows are left out "
+                    "(eoslab resume moves it aside and recomputes them)",
+                    DamagedRunWarning,
+                    stacklevel=2,
+                )
     if not frames:
         return pd.DataFrame({"step": pd.Series([], dtype="int64")})
     df = pd.concat(frames, ignore_index=True)
@@ -108,11 +124,29 @@ def read_metrics(path: Path, *, up_to: int | None = None) -> pd.DataFrame:
     return df
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Damage(NamedTuple):
+    """What `RunStore.verify` found: damaged files (with why) and the step a resume starts from."""
+
+    files: list[tuple[str, str]]  # (path relative to the run, what is wrong)
+    resume_step: int  # the last whole checkpoint's step (0: start over)
+    checkpoint: Path | None  # that checkpoint
+    lost_rows: bool  # damaged parts held rows before resume_step (so resume must start over)
+
+
 class RunStore:
-    """Reads and writes one run directory (see the module docstring for the layout)."""
+    """Reads and writes one run directory (see the module docstring for the layout).
+
+    Every part and checkpoint is recorded in the manifest with its size and SHA-256 when it is
+    written, so `verify` can tell a whole file from a truncated or overwritten one.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self._sums: dict[str, dict[str, Any]] = {}
 
     # ---------------------------------------------------------------- creating / opening
     @property
@@ -163,17 +197,30 @@ class RunStore:
                 str(self.path),
                 "a run directory with a config.json (made by eoslab run)",
             )
-        return json.loads(f.read_text())
+        try:
+            return json.loads(f.read_text())
+        except (ValueError, OSError) as exc:
+            raise DamagedRunError(
+                f"{f} is damaged ({type(exc).__name__}); the run's config is lost, so it cannot "
+                "be resumed. Its metrics/ and checkpoints/ are untouched."
+            ) from None
 
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any]:
+        """The manifest (``status`` "unknown" when it is missing or damaged)."""
         f = self.path / "manifest.json"
-        if not f.is_file():
-            return {"status": "unknown", "step": 0, "checkpoint": None}
-        return json.loads(f.read_text())
+        try:
+            man = json.loads(f.read_text())
+            if not isinstance(man, dict):
+                raise ValueError("not a mapping")
+        except (ValueError, OSError):
+            return {"status": "unknown", "step": 0, "checkpoint": None, "damaged": f.is_file()}
+        self._sums.update(man.get("files", {}))
+        return man
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         manifest = dict(manifest, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        manifest["files"] = dict(self._sums)
         atomic_write_bytes(
             self.path / "manifest.json",
             json.dumps(manifest, indent=2, default=_json_default).encode(),
@@ -188,7 +235,9 @@ class RunStore:
         buf = io.BytesIO()
         rows.reset_index(drop=True).to_parquet(buf, index=False)
         path = self.metrics_dir / f"part-{first:09d}-{last:09d}.parquet"
-        atomic_write_bytes(path, buf.getvalue())
+        data = buf.getvalue()
+        atomic_write_bytes(path, data)
+        self._sums[f"metrics/{path.name}"] = {"bytes": len(data), "sha256": _digest(data)}
         return path
 
     def metrics(self, *, up_to: int | None = None) -> pd.DataFrame:
@@ -218,7 +267,9 @@ class RunStore:
         buf = io.BytesIO()
         np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
         path = self.checkpoint_dir / f"step-{step:09d}.npz"
-        atomic_write_bytes(path, buf.getvalue())
+        data = buf.getvalue()
+        atomic_write_bytes(path, data)
+        self._sums[f"checkpoints/{path.name}"] = {"bytes": len(data), "sha256": _digest(data)}
         return path
 
     def latest_checkpoint(self) -> tuple[int, Path] | None:
@@ -247,3 +298,73 @@ class RunStore:
             if f != keep:
                 with contextlib.suppress(OSError):
                     f.unlink()
+                self._sums.pop(f"checkpoints/{f.name}", None)
+
+    # ---------------------------------------------------------------- verification
+    def _whole(self, f: Path) -> str:
+        """'' if ``f`` is whole and readable, else what is wrong with it."""
+        rel = str(f.relative_to(self.path))
+        try:
+            data = f.read_bytes()
+        except OSError as exc:
+            return f"unreadable ({exc.strerror or exc})"
+        want = self._sums.get(rel)
+        if want is not None and (len(data) != want["bytes"] or _digest(data) != want["sha256"]):
+            return f"{len(data)} bytes whose checksum differs from the one written"
+        try:
+            if f.suffix == ".parquet":
+                pd.read_parquet(io.BytesIO(data))
+            else:
+                with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                    [z[k] for k in z.files]
+        except Exception as exc:  # noqa: BLE001 - any reader failure means damaged
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return f"not readable as {f.suffix[1:]} ({first[:80]})"
+        return ""
+
+    def verify(self) -> Damage:
+        """Check every part, checkpoint and the manifest before any work; changes nothing."""
+        self.read_config()
+        man = self.read_manifest()
+        damaged: list[tuple[str, str]] = []
+        if man.get("damaged"):
+            damaged.append(("manifest.json", "not valid JSON (rebuilt from the files on disk)"))
+        ckpts = []
+        for f in sorted(self.checkpoint_dir.glob("step-*.npz")):
+            m = _CKPT.match(f.name)
+            if not m:
+                continue
+            why = self._whole(f)
+            if why:
+                damaged.append((f"checkpoints/{f.name}", why))
+            else:
+                ckpts.append((int(m.group(1)), f))
+        named = man.get("checkpoint")
+        if named and not (self.path / named).is_file():
+            damaged.append((named, "missing (the manifest names it)"))
+        step, ckpt = max(ckpts) if ckpts else (0, None)
+        lost = False
+        for f in sorted(self.metrics_dir.glob("part-*.parquet")):
+            m = _PART.match(f.name)
+            if not m:
+                continue
+            why = self._whole(f)
+            if why:
+                damaged.append((f"metrics/{f.name}", why))
+                lost = lost or int(m.group(1)) < step
+        for rel in sorted(self._sums):  # recorded when written, gone now
+            m = _PART.match(Path(rel).name)
+            if rel.startswith("metrics/") and m and not (self.path / rel).exists():
+                damaged.append((rel, "missing (the manifest records it)"))
+                lost = lost or int(m.group(1)) < step
+        return Damage(damaged, step, ckpt, lost)
+
+    def move_aside(self, rel: str) -> Path:
+        """Move a damaged file into ``damaged/`` (never deleted) and forget its checksum."""
+        src = self.path / rel
+        dst = self.path / "damaged" / rel.replace("/", "__")
+        dst.parent.mkdir(exist_ok=True)
+        if src.exists():
+            os.replace(src, dst)
+        self._sums.pop(rel, None)
+        return dst

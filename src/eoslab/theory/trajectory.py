@@ -1,4 +1,4 @@
-"""`iterate`: the iterates of an update rule, every ``save_every`` steps (a front door to the loop)."""
+"""`iterate`: an update rule's iterates every ``save_every`` steps (a front door to the loop)."""
 
 from __future__ import annotations
 
