@@ -9,7 +9,6 @@ from . import curvature as curvature
 from . import data as data
 from . import losses as losses
 from . import models as models
-from . import reproduce as reproduce
 from . import theory as theory
 from .dynamics import rules as rules
 from .errors import ConfigError as ConfigError
@@ -24,6 +23,17 @@ from .theory import eos_diagnostics as eos_diagnostics
 from .theory import limiting_flow as limiting_flow
 from .theory import phi as phi
 from .theory import tangent_projector as tangent_projector
+
+
+
+def __getattr__(name: str):
+    # The reproductions pull in matplotlib and the datasets: imported on first use only.
+    if name == "reproduce":
+        import importlib
+
+        return importlib.import_module(".reproduce", __name__)
+    raise AttributeError(f"module 'eoslab' has no attribute {name!r}")
+
 
 try:
     __version__ = version("eoslab")
