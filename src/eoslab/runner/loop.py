@@ -324,6 +324,7 @@ def run(
 
     first = next(iter(procs))
     bar = Progress(steps, initial=t, enabled=progress)
+    bar.notice(f"eoslab: compiling {', '.join(procs)} (the first steps and probes take longer)")
     pending: list[dict] = []
     kept = 0
     last_flush = time.monotonic()

@@ -1,4 +1,8 @@
-"""A progress bar for runs: step, loss, sharpness against its threshold, time left (rich)."""
+"""Progress of a run: step, loss, sharpness against its threshold, elapsed and remaining time.
+
+On a terminal a rich bar; elsewhere (a pipe, ``make demo | tee``, CI) one plain line every few
+seconds. Before the first steps a notice says that compiling takes a while.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +19,22 @@ def _fmt(x: float | None, spec: str = ".4g") -> str:
     return format(x, spec)
 
 
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class Progress:
-    """Shows a rich progress bar on a terminal; prints a line every ~10 s otherwise (or nothing).
+    """Shows progress on stderr: a rich bar on a terminal, a plain line every ``every`` seconds
+    otherwise.
 
     Args:
         total: the step budget.
-        enabled: ``True`` always shows, ``False`` never, ``None`` only on a terminal (stderr).
+        initial: the step a resumed run starts from.
+        enabled: ``True`` always shows, ``False`` never, ``None`` shows unless stderr is closed.
+        every: seconds between plain lines.
     """
 
     def __init__(
@@ -30,38 +44,43 @@ class Progress:
         initial: int = 0,
         enabled: bool | None = None,
         description: str = "training",
+        every: float = 5.0,
     ) -> None:
-        self.total = total
-        self.enabled = enabled
+        self.total, self.initial, self.every = total, initial, every
+        self.enabled = enabled if enabled is not None else not sys.stderr.closed
         self._bar = None
-        self._last_line = 0.0
+        self._start = time.monotonic()
+        self._last_line = -math.inf
         self._tty = sys.stderr.isatty()
-        if enabled is None:
-            self.enabled = self._tty
         if self.enabled and self._tty:
             from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
             from rich.progress import Progress as RichProgress
 
-            self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeElapsedColumn(),
-                TextColumn("left"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
+            console = Console(stderr=True)
+            wide = console.width >= 110
+            columns = [TextColumn("[bold]{task.description}")]
+            if wide:
+                columns.append(BarColumn(bar_width=None))
+            columns += [MofNCompleteColumn(), TextColumn("{task.fields[stats]}")]
+            self._bar = RichProgress(*columns, console=console, transient=False)
             self._task = self._bar.add_task(description, total=total, completed=initial, stats="")
             self._bar.start()
+
+    def notice(self, text: str) -> None:
+        """A one-off line (e.g. that the first steps compile)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def _times(self, step: int) -> str:
+        elapsed = time.monotonic() - self._start
+        done = step - self.initial
+        left = elapsed / done * (self.total - step) if done > 0 else math.nan
+        return f"elapsed {_clock(elapsed)}, left {_clock(left)}"
 
     def update(
         self, step: int, loss: float | None, sharpness: float | None, threshold: float | None
@@ -70,12 +89,13 @@ class Progress:
             return
         stats = f"loss {_fmt(loss)}  sharpness {_fmt(sharpness, '.3f')} / {_fmt(threshold, '.3f')}"
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, stats=stats)
-        else:
-            now = time.monotonic()
-            if now - self._last_line >= 10.0 or step >= self.total:
-                self._last_line = now
-                print(f"step {step}/{self.total}  {stats}", file=sys.stderr, flush=True)
+            self._bar.update(self._task, completed=step, stats=f"{stats}  {self._times(step)}")
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.every or step >= self.total:
+            self._last_line = now
+            line = f"step {step}/{self.total}  {stats}  {self._times(step)}"
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
