@@ -72,3 +72,30 @@ def test_bad_input_names_the_field(fn, w0, field):
 def test_bad_dtype_is_refused():
     with pytest.raises(ConfigError, match="dtype"):
         Objective.from_fn(lambda w: jnp.sum(w), np.ones(2), dtype="float16")
+
+
+def test_from_pytree_takes_an_equinox_module():
+    import equinox as eqx
+    import jax
+
+    from eoslab.curvature import top_eigenpairs
+
+    key = jax.random.PRNGKey(0)
+    mlp = eqx.nn.MLP(3, 1, 8, 2, activation=jnp.tanh, key=key)  # holds a function leaf
+    x = jax.random.normal(key, (20, 3), jnp.float64)
+    y = jnp.sin(x[:, :1])
+
+    def loss(m):
+        return jnp.mean((jax.vmap(m)(x) - y) ** 2)
+
+    obj = Objective.from_pytree(loss, mlp, dtype="float64")
+    params = eqx.filter(mlp, eqx.is_inexact_array)
+    assert obj.dim == sum(a.size for a in jax.tree_util.tree_leaves(params))
+    as64 = jax.tree_util.tree_map(
+        lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, mlp
+    )
+    assert float(obj(obj.w0)) == pytest.approx(float(loss(as64)), rel=1e-12)
+    assert obj.unravel(obj.w0).activation is jnp.tanh
+    H = np.asarray(jax.hessian(obj)(obj.w0))
+    lam = float(top_eigenpairs(obj, k=1, tol=1e-10).values[0])
+    assert lam == pytest.approx(float(np.linalg.eigvalsh(H)[-1]), rel=1e-8)

@@ -153,17 +153,20 @@ class Objective(eqx.Module):
     ) -> Objective:
         """Objective of ``fn(params)`` for pytree parameters, flattened once with ``ravel_pytree``.
 
+        ``params`` may be any pytree, an equinox Module included: its floating-point arrays are
+        the parameters, everything else (activations, integer buffers, ...) is kept as it is.
         ``objective.unravel(w)`` gives the pytree back.
         """
-        leaves = jax.tree_util.tree_leaves(params)
+        arrays, static = eqx.partition(params, eqx.is_inexact_array_like)
+        leaves = jax.tree_util.tree_leaves(arrays)
         if not leaves:
-            raise ConfigError("params", params, "a pytree with at least one array leaf")
-        for leaf in leaves:
-            if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
-                raise ConfigError("params leaf dtype", str(jnp.asarray(leaf).dtype), "floating")
+            raise ConfigError(
+                "params", type(params).__name__, "a pytree with a floating array leaf"
+            )
         target = _resolve_dtype(dtype, None)
-        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, target), params)
-        flat, unravel = ravel_pytree(params)
+        arrays = jax.tree_util.tree_map(lambda x: jnp.asarray(x, target), arrays)
+        flat, unravel_arrays = ravel_pytree(arrays)
+        unravel = _Combine(unravel_arrays, static)
         return cls._build(_Unravelled(fn, unravel), None, flat, loss_min, dtype, unravel)
 
     @classmethod
@@ -329,6 +332,17 @@ class Objective(eqx.Module):
 
 def _identity(w: Array) -> Array:
     return w
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Combine:
+    """``w -> eqx.combine(unravel(w), static)``: the pytree back from the flat vector."""
+
+    unravel: Callable[[Array], Any]
+    static: Any
+
+    def __call__(self, w: Array) -> Any:
+        return eqx.combine(self.unravel(w), self.static)
 
 
 @dataclasses.dataclass(frozen=True)
