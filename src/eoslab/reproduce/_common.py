@@ -1,30 +1,27 @@
-"""Shared pieces of the reproductions: tables of predicted vs measured numbers, figure output."""
+"""Shared pieces of the reproductions: the `Experiment` record and the rows of a
+predicted-vs-measured table (written by `eoslab.report.tables`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
+from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
+__all__ = ["Experiment", "row"]
 
 
-def pyplot():
-    """matplotlib's pyplot on the non-interactive Agg backend (figures are only saved)."""
-    import matplotlib
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One paper experiment: ``run(out, quick)`` writes figures and a predicted-vs-measured table
+    under ``out`` and returns the table's rows (dicts with ``quantity``, ``predicted``,
+    ``measured``, ``tolerance``, ``ok``)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def enable_x64() -> None:
-    """The theory checks run in float64 (JAX's 64-bit mode, switched on for this process)."""
-    import jax
-
-    if not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
+    name: str
+    source: str  # which paper / figure
+    description: str
+    run: Callable[[Path, bool], list[dict]]
+    needs: str = ""  # data that must be present for the full variant, if any
 
 
 def row(
@@ -62,39 +59,3 @@ def row(
         "kind": kind,
         "ok": ok,
     }
-
-
-def write_table(out: Path, rows: list[dict], title: str) -> Path:
-    """Writes ``table.md`` and ``table.csv`` atomically; returns the Markdown path."""
-    out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    lines = [
-        f"# {title}",
-        "",
-        "| quantity | predicted | measured | error | tolerance | ok |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['quantity']} | {r['predicted']:.6g} | {r['measured']:.6g} | "
-            f"{r['error']:.2e} ({r['kind']}) | {r['tolerance']:.1e} | "
-            f"{'yes' if r['ok'] else 'NO'} |"
-        )
-    md = out / "table.md"
-    for path, text in ((md, "\n".join(lines) + "\n"), (out / "table.csv", df.to_csv(index=False))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return md
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path

@@ -1,4 +1,10 @@
-"""Beyond the paper: central flows, self-stabilization and Adam at the Edge of Stability."""
+"""Beyond the paper: central flows, self-stabilization and Adam at the Edge of Stability.
+
+Each experiment runs in float64 (a scoped ``jax.enable_x64`` around its computation), through the
+one loop (`eoslab.runner.run`) or the theory's front doors to it, and draws with
+`eoslab.report.beyond_figures`. Settings and checks: ``docs/theory.md``, "Reproductions and
+their checks" (the theory: "Self-stabilization", "Central flows").
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,36 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pandas as pd
 
-from ._common import enable_x64, pyplot, row, save_figure, write_table
-from .registry import register
+from .. import data, models
+from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
+from ..dynamics.gradient_flow import GradientFlow
+from ..dynamics.optimizer import Optimizer
+from ..dynamics.rules import adam, gd, heavy_ball
+from ..objective import Objective
+from ..report.beyond_figures import (
+    adam_eos_figures,
+    central_flow_figures,
+    self_stabilization_figures,
+)
+from ..report.tables import write_frame, write_table
+from ..runner import Probes, Stop, run
+from ..theory import moving_average, self_stabilization, track_preconditioned_sharpness
+from ._common import Experiment, row
+
+__all__ = [
+    "EXPERIMENTS",
+    "adam_eos_experiment",
+    "central_flow_experiment",
+    "gd_beside_flows",
+    "self_stabilization_experiment",
+]
 
 
-def _net(n: int, width: int, seed: int = 0):
-    """A fully-connected tanh net on MNIST-1D (first ``n`` examples), MSE, float64."""
-    from .. import data, models
-    from ..objective import Objective
-
-    enable_x64()
+def _net(n: int, width: int, seed: int = 0) -> Objective:
+    """A fully-connected tanh net on MNIST-1D (first ``n`` examples), MSE, float64 (call it
+    inside ``jax.enable_x64(True)``)."""
     ds = data.load("mnist1d", n=n)
     apply, params = models.create(
         "mlp",
@@ -29,7 +54,57 @@ def _net(n: int, width: int, seed: int = 0):
     return Objective.from_model(apply, params, ds, "mse_half", dtype="float64")
 
 
-def _eos_rows(df, lr: float, window: int):
+def gd_beside_flows(
+    obj: Objective, *, lr: float, steps: int, every: int, k: int, window: int, substeps: int = 4
+) -> tuple[pd.DataFrame, np.ndarray]:
+    r"""GD, gradient flow $\phi(w_0,\eta t)$ and GD's central flow (closed form for ``k = 1``,
+    the SDP with ``k`` directions otherwise) from ``obj.w0``, in lockstep through the one loop.
+
+    Returns the wide frame of `eoslab.theory.gd_lockstep` (one row every ``every`` steps:
+    ``loss_gd``, ``loss_gd_avg``, ``loss_gf``, ``loss_cf``, ``pred_loss_cf``, ``trace_sigma``,
+    ``sharpness_{gd,gf,cf}``, ``gd_gf``, ``gd_cf``, ``cf_gf``) and GD's loss at every step
+    ``0 .. steps-1``.
+    """
+    cf = (
+        CentralFlow(lr=lr, substeps=substeps)
+        if k == 1
+        else SDPCentralFlow(lr=lr, substeps=substeps, k=k)
+    )
+    procs = {"gd": Optimizer(gd(lr)), "gf": GradientFlow(lr=lr), "cf": cf}
+    res = run(
+        procs,
+        obj,
+        steps,
+        probe_every=every,
+        probes=Probes(tol=1e-6, alignment=False),
+        stop=Stop(raise_on_divergence=True),
+    )
+    per = {n: res.process(n).set_index("step") for n in procs}
+    gd_loss = per["gd"]["loss"].to_numpy()[:steps]
+    avg = moving_average(gd_loss, window)
+    idx = np.arange(0, steps, every)
+    gd_, gf_, cf_ = (per[n].loc[idx] for n in ("gd", "gf", "cf"))
+    wide = pd.DataFrame(
+        {
+            "step": idx,
+            "loss_gd": gd_["loss"].to_numpy(),
+            "loss_gd_avg": avg[idx],
+            "loss_gf": gf_["loss"].to_numpy(),
+            "loss_cf": cf_["loss"].to_numpy(),
+            "pred_loss_cf": cf_["pred_loss"].to_numpy(),
+            "trace_sigma": cf_["trace_sigma"].to_numpy(),
+            "sharpness_gd": gd_["sharpness"].to_numpy(),
+            "sharpness_gf": gf_["sharpness"].to_numpy(),
+            "sharpness_cf": cf_["cf_sharpness"].to_numpy(),
+            "gd_gf": gd_["dist_gf"].to_numpy(),
+            "gd_cf": gd_["dist_cf"].to_numpy(),
+            "cf_gf": cf_["dist_gf"].to_numpy(),
+        }
+    )
+    return wide, gd_loss
+
+
+def _eos_rows(df: pd.DataFrame, window: int) -> pd.DataFrame:
     """Rows of the lockstep frame in the EoS phase: after the first active Sigma plus a window."""
     on = np.nonzero(df["trace_sigma"].to_numpy() > 0)[0]
     if on.size == 0:
@@ -39,23 +114,14 @@ def _eos_rows(df, lr: float, window: int):
     return df[(df["step"] >= start) & (df["step"] <= end)]
 
 
-@register(
-    "central-flow",
-    "Cohen, Damian, Talwalkar, Kolter, Lee (ICLR 2025), central flows",
-    "GD on an fc-tanh net (MNIST-1D, MSE): central flow vs GD's averaged loss and 2/lr",
-)
 def central_flow_experiment(out: Path, quick: bool) -> list[dict]:
-    plt = pyplot()
-
-    from ..theory.self_stabilization import gd_lockstep
-
     n, width, lr = (300, 24, 0.5) if quick else (1000, 48, 0.5)
     steps, k, window = (600, 1, 25) if quick else (1500, 2, 25)
-    obj = _net(n, width)
-    df, arr = gd_lockstep(obj, obj.w0, lr=lr, steps=steps, every=5, k=k, window=window)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "lockstep.csv", index=False)
-    eos = _eos_rows(df, lr, window)
+    with jax.enable_x64(True):
+        obj = _net(n, width)
+        df, gd_loss = gd_beside_flows(obj, lr=lr, steps=steps, every=5, k=k, window=window)
+    write_frame(df, out / "lockstep.csv")
+    eos = _eos_rows(df, window)
     rel = (eos["pred_loss_cf"] / eos["loss_gd_avg"] - 1.0).abs()
     thr = 2.0 / lr
     last = df.iloc[-1]
@@ -97,66 +163,40 @@ def central_flow_experiment(out: Path, quick: bool) -> list[dict]:
             np.inf,
         ),
     ]
-    s = df["step"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(np.arange(len(arr["gd_loss"])), arr["gd_loss"], lw=0.4, alpha=0.5, label="GD")
-    ax.plot(
-        np.arange(len(arr["gd_loss"])), arr["gd_loss_avg"], label=f"GD, {2 * window + 1}-step avg"
-    )
-    ax.plot(s, df["pred_loss_cf"], "--", label="central flow: predicted time-avg loss")
-    ax.plot(s, df["loss_cf"], ":", label="central flow: L(w(t))")
-    ax.plot(s, df["loss_gf"], label="gradient flow")
-    ax.set(xlabel="step", ylabel="train loss", yscale="log")
-    ax.legend(fontsize=7)
-    save_figure(fig, out / "loss.png")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(s, df["sharpness_gd"], label="GD")
-    ax.plot(s, df["sharpness_cf"], "--", label="central flow")
-    ax.plot(s, df["sharpness_gf"], label="gradient flow")
-    ax.axhline(thr, color="k", ls=":", label="2/lr")
-    ax.set(xlabel="step", ylabel="sharpness")
-    ax.legend(fontsize=7)
-    save_figure(fig, out / "sharpness.png")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(s, df["gd_gf"], label="|GD - gradient flow|")
-    ax.plot(s, df["gd_cf"], label="|GD - central flow|")
-    ax.set(xlabel="step", ylabel="distance")
-    ax.legend(fontsize=7)
-    save_figure(fig, out / "distance.png")
+    central_flow_figures(out, df, gd_loss, moving_average(gd_loss, window), window=window, lr=lr)
     write_table(out, rows, "Central flow of GD vs GD (fc-tanh, MNIST-1D, MSE)")
     return rows
 
 
-@register(
-    "self-stabilization",
-    "Damian, Nichani, Lee (ICLR 2023), self-stabilization",
-    "GD from the EoS onset vs projected GD onto {S <= 2/lr}; x_t^2 vs delta^2",
-)
+def _eos_onset(obj: Objective, lr: float, *, check_every: int = 10, max_steps: int = 3000):
+    """GD's first iterate (checked every ``check_every`` steps) whose sharpness reaches ``2/lr``
+    (the one at ``max_steps`` if none does) and its step."""
+    res = run(
+        {"gd": Optimizer(gd(lr))},
+        obj,
+        max_steps,
+        probe_every=check_every,
+        log_every=check_every,
+        probes=Probes(tol=1e-6, alignment=False),
+        keep_points=True,
+        stop=Stop(raise_on_divergence=True),
+    )
+    m = res.metrics
+    hit = np.flatnonzero(m["sharpness"].to_numpy() >= 2.0 / lr)
+    i = int(hit[0]) if hit.size else len(m) - 1
+    return m["w"].iloc[i], int(m["step"].iloc[i])
+
+
 def self_stabilization_experiment(out: Path, quick: bool) -> list[dict]:
-    plt = pyplot()
-
-    from ..curvature import top_eigenpairs
-    from ..dynamics.rules import gd
-    from ..theory.self_stabilization import moving_average, self_stabilization
-    from ..theory.trajectory import iterate
-
     n, width, lr = (300, 24, 0.5) if quick else (1000, 48, 0.5)
     steps = 300 if quick else 1000
-    obj = _net(n, width)
-    # start-up: run GD until its sharpness reaches 2/lr (checked every 10 steps)
-    w, v, t0 = obj.w0, None, 0
-    for _ in range(300):
-        e = top_eigenpairs(obj, w, 1, tol=1e-6, v0=v)
-        v = e.vectors[:, 0]
-        if float(e.values[0]) >= 2.0 / lr:
-            break
-        w = iterate(obj, w, gd(lr), 10).w[-1]
-        t0 += 10
-    ss = self_stabilization(obj, w, lr=lr, steps=steps)
-    df = ss.metrics
+    with jax.enable_x64(True):
+        obj = _net(n, width)
+        # start-up: run GD until its sharpness reaches 2/lr (checked every 10 steps)
+        w, t0 = _eos_onset(obj, lr)
+        df = self_stabilization(obj, np.asarray(w), lr=lr, steps=steps).metrics
     df.insert(1, "gd_step", df["step"] + t0)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "self_stabilization.csv", index=False)
+    write_frame(df, out / "self_stabilization.csv")
     h = 25
     tail = df.iloc[steps // 3 :]
     x2 = moving_average(df["x"].to_numpy() ** 2, h)
@@ -186,51 +226,21 @@ def self_stabilization_experiment(out: Path, quick: bool) -> list[dict]:
         ),
         row("max |GD - constrained trajectory|", 0.0, float(df["dist"].max()), 1.0),
     ]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(df["gd_step"], df["x"] ** 2, lw=0.4, alpha=0.5, label="x_t^2 (GD)")
-    ax.plot(df["gd_step"], x2, label="x_t^2, averaged")
-    ax.plot(df["gd_step"], df["delta"] ** 2, "--", label="delta^2 = 2 alpha / beta")
-    ax.set(xlabel="step", ylabel="oscillation", yscale="log")
-    ax.legend(fontsize=7)
-    save_figure(fig, out / "oscillation.png")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(df["gd_step"], df["loss_gd"], lw=0.4, alpha=0.5, label="GD")
-    ax.plot(df["gd_step"], lavg, label="GD, averaged")
-    ax.plot(df["gd_step"], df["loss_dagger"], "--", label="constrained trajectory")
-    ax.set(xlabel="step", ylabel="train loss")
-    ax.legend(fontsize=7)
-    save_figure(fig, out / "loss.png")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(df["gd_step"], df["sharpness_gd"], label="GD")
-    ax.plot(df["gd_step"], df["sharpness_dagger"], "--", label="constrained trajectory")
-    ax.axhline(2.0 / lr, color="k", ls=":", label="2/lr")
-    ax.set(xlabel="step", ylabel="sharpness")
-    ax.legend(fontsize=7)
-    save_figure(fig, out / "sharpness.png")
+    self_stabilization_figures(out, df, x2, lavg, lr=lr)
     write_table(out, rows, "Self-stabilization: GD vs projected GD (fc-tanh, MNIST-1D, MSE)")
     return rows
 
 
-@register(
-    "adam-eos",
-    "Cohen et al. (2022), adaptive gradient methods at the Edge of Stability",
-    "Adam's preconditioned sharpness settles at (2+2 beta1)/((1-beta1) lr)",
-)
 def adam_eos_experiment(out: Path, quick: bool) -> list[dict]:
-    plt = pyplot()
-
-    from ..dynamics.rules import adam, heavy_ball
-    from ..theory.central_flow import track_preconditioned_sharpness
-
     n, width = (300, 24) if quick else (1000, 48)
     steps = 1500 if quick else 5000
-    obj = _net(n, width)
     lr, b1 = 2e-3, 0.9
-    df = track_preconditioned_sharpness(obj, obj.w0, adam(lr, b1, 0.999, 1e-7), steps, every=25)
-    hb = track_preconditioned_sharpness(obj, obj.w0, heavy_ball(0.5, 0.9), steps // 2, every=25)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "adam.csv", index=False)
-    hb.to_csv(out / "heavy_ball.csv", index=False)
+    with jax.enable_x64(True):
+        obj = _net(n, width)
+        df = track_preconditioned_sharpness(obj, obj.w0, adam(lr, b1, 0.999, 1e-7), steps, every=25)
+        hb = track_preconditioned_sharpness(obj, obj.w0, heavy_ball(0.5, 0.9), steps // 2, every=25)
+    write_frame(df, out / "adam.csv")
+    write_frame(hb, out / "heavy_ball.csv")
     late = df.iloc[len(df) // 2 :]
     late_hb = hb.iloc[len(hb) // 2 :]
     rows = [
@@ -248,16 +258,29 @@ def adam_eos_experiment(out: Path, quick: bool) -> list[dict]:
             0.15,
         ),
     ]
-    for name, d in (("adam", df), ("heavy_ball", hb)):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(
-            d["step"],
-            d["sharpness"],
-            label="preconditioned sharpness" if name == "adam" else "sharpness",
-        )
-        ax.plot(d["step"], d["threshold"], "k:", label="threshold")
-        ax.set(xlabel="step", ylabel="sharpness")
-        ax.legend(fontsize=7)
-        save_figure(fig, out / f"{name}_sharpness.png")
+    adam_eos_figures(out, {"adam": df, "heavy_ball": hb})
     write_table(out, rows, "Adam and heavy ball at the Edge of Stability (fc-tanh, MNIST-1D)")
     return rows
+
+
+EXPERIMENTS = (
+    Experiment(
+        "central-flow",
+        "Cohen, Damian, Talwalkar, Kolter, Lee (ICLR 2025), central flows",
+        "GD on an fc-tanh net (MNIST-1D, MSE): central flow vs GD's averaged loss and 2/lr",
+        central_flow_experiment,
+    ),
+    Experiment(
+        "self-stabilization",
+        "Damian, Nichani, Lee (ICLR 2023), self-stabilization",
+        "GD from the EoS onset vs projected GD onto {S <= 2/lr}; x_t^2 vs delta^2",
+        self_stabilization_experiment,
+    ),
+    Experiment(
+        "adam-eos",
+        "Cohen et al. (2022), adaptive gradient methods at the Edge of Stability",
+        "Adam's preconditioned sharpness settles at (2+2 beta1)/((1-beta1) lr)",
+        adam_eos_experiment,
+    ),
+)
+"""Central flows, self-stabilization, Adam and heavy ball at the Edge of Stability."""

@@ -1,5 +1,10 @@
 """The experiments of Arora, Li, Panigrahi (ICML 2022), reproduced: figures plus tables of
-predicted vs measured numbers. Settings follow ``shared/docs/theory.md`` sections 5 and 8."""
+predicted vs measured numbers. Settings and checks: ``docs/theory.md``, "Reproductions and their
+checks" (the theory: "Quadratic warm-up" and "Limiting flows").
+
+Each experiment computes here (the toy problems in float64, in a scoped ``jax.enable_x64``; the
+networks in float32, their objectives' dtype) and draws with `eoslab.report.paper_figures`.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,36 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.optimize import brentq
 
-from ..dynamics.rules import normalized_gd, sqrt_loss_gd
-from ..theory import iterate, limiting_flow, phi
-from ._common import enable_x64, pyplot, row, save_figure, write_table
-from .registry import register
+from .. import data, models
+from ..data import Dataset
+from ..dynamics.optimizer import Optimizer
+from ..dynamics.phi import gradient_flow, phi
+from ..dynamics.rules import gd, normalized_gd, sqrt_loss_gd
+from ..errors import DatasetNotFoundError
+from ..objective import Objective
+from ..report.paper_figures import (
+    cifar_vgg_figure,
+    flow_tracking_figure,
+    mnist_flow_figure,
+    quadratic_figure,
+    valley_figure,
+)
+from ..report.tables import write_table
+from ..runner import Probes, run
+from ..theory import iterate, limiting_flow
+from ._common import Experiment, row
+
+__all__ = [
+    "EXPERIMENTS",
+    "run_cifar_vgg",
+    "run_flow_tracking",
+    "run_mnist_flow",
+    "run_quadratic",
+    "run_valley",
+    "valley",
+]
 
 
 def valley(w):
@@ -22,31 +52,21 @@ def valley(w):
 
 def _valley_phi_x(x: float, y: float) -> float:
     """Closed form: ln|x| + x^2/2 - y^2/2 is conserved by gradient flow on the valley."""
-    from scipy.optimize import brentq
-
     c = np.log(abs(x)) + x * x / 2 - y * y / 2
     return float(np.sign(x) * brentq(lambda s: np.log(s) + s * s / 2 - c, 1e-8, 100.0))
 
 
 def _ngd_flow_x(x0: float, tau: float) -> float:
-    from scipy.optimize import brentq
-
     c = np.log(x0) + x0 * x0 / 2 - tau / 2
     return float(brentq(lambda s: np.log(s) + s * s / 2 - c, 1e-8, 100.0))
 
 
 # --------------------------------------------------------------------------------- Figure 1
-@register(
-    "valley",
-    "Arora et al. 2022, Figure 1",
-    "GD on sqrt L and normalized GD on L = (1+x^2) y^2 over the landscape, manifold drawn",
-)
 def run_valley(out: Path, quick: bool) -> list[dict]:
-    enable_x64()
-    plt = pyplot()
-    sq = np.asarray(iterate(valley, jnp.array([14.7, 3.0]), sqrt_loss_gd(0.5), 11).w)
-    ng = np.asarray(iterate(valley, jnp.array([14.7, -3.0]), normalized_gd(5.0), 9).w)
-    # reference iterates read off the paper's Figure 1 notebook (theory.md 5.1)
+    with jax.enable_x64(True):
+        sq = np.asarray(iterate(valley, jnp.array([14.7, 3.0]), sqrt_loss_gd(0.5), 11).w)
+        ng = np.asarray(iterate(valley, jnp.array([14.7, -3.0]), normalized_gd(5.0), 9).w)
+    # reference iterates read off the paper's Figure 1 notebook
     ref_sq = [14.7, 13.2, 11.0, 9.9, 8.3, 7.4, 6.2, 5.6, 4.7, 4.2, 3.5, 3.1]
     ref_ng = [14.7, 13.7, 13.0, 11.9, 11.1, 9.8, 9.0, 7.3, 6.3, 3.95]
     rows = [row(f"sqrt-GD x_{t} (eta=0.5)", ref_sq[t], sq[t, 0], 0.051) for t in (3, 7, 11)]
@@ -55,50 +75,19 @@ def run_valley(out: Path, quick: bool) -> list[dict]:
     # the zig-zag: the sign of y alternates every step
     flips = float(np.mean(np.sign(sq[1:, 1]) != np.sign(sq[:-1, 1])))
     rows.append(row("sqrt-GD fraction of steps crossing Gamma", 1.0, flips, 0.0))
-
-    xs, ys = np.linspace(-6, 16, 400), np.linspace(-6, 6, 300)
-    X, Y = np.meshgrid(xs, ys)
-    Z = np.sqrt(1 + X**2) * np.abs(Y) + 1e-3
-    from matplotlib.colors import LogNorm
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
-    for ax, pts, title in (
-        (axes[0], sq, r"(a) GD on $\sqrt{L}$, $\eta=0.5$"),
-        (axes[1], ng, r"(b) normalized GD on $L$, $\eta=5$"),
-    ):
-        cs = ax.contourf(X, Y, Z, levels=np.logspace(-3, 2, 30), norm=LogNorm(), cmap="viridis")
-        ax.axhline(0, color="purple", lw=3, label=r"$\Gamma=\{y=0\}$ (minimizers)")
-        ax.plot(pts[:, 0], pts[:, 1], "o-", color="orange", ms=4, label="iterates")
-        ax.annotate("start", pts[0], color="white")
-        ax.annotate(
-            "", xy=(0, 0.3), xytext=(4, 0.3), arrowprops={"arrowstyle": "->", "color": "white"}
-        )
-        ax.text(0.2, 0.6, "flatter", color="white")
-        ax.set_title(title)
-        ax.set_xlabel("x")
-        ax.legend(loc="lower left", fontsize=8)
-    axes[0].set_ylabel("y")
-    fig.colorbar(cs, ax=axes, label=r"$\sqrt{L}$ (log scale)")
-    save_figure(fig, out / "valley.png")
+    valley_figure(out / "valley.png", sq, ng)
     write_table(out, rows, "valley (Figure 1): iterates against the paper's")
     return rows
 
 
 # --------------------------------------------------------------------------------- Figure 2
-@register(
-    "quadratic",
-    "Arora et al. 2022, Figure 2",
-    "normalized GD on the quadratic diag(1, 0.4): the 2-cycle and the invariant sets",
-)
 def run_quadratic(out: Path, quick: bool) -> list[dict]:
-    enable_x64()
-    plt = pyplot()
     A = np.diag([1.0, 0.4])
     lam1, lam2 = 1.0, 0.4
     paper = [1.2e-4, 0.400, 0.001, 0.992, 0.031, 0.430, 0.316, 0.681, 0.3186, 0.6814, 0.3186]
 
     def traj(x0, n):
-        quad = lambda w: 0.5 * w @ jnp.asarray(A) @ w
+        quad = lambda w: 0.5 * w @ jnp.asarray(A) @ w  # noqa: E731
         ws = np.asarray(iterate(quad, jnp.asarray(x0), normalized_gd(1.0), n).w)
         return ws @ A  # x~ = A x / eta with eta = 1
 
@@ -117,179 +106,106 @@ def run_quadratic(out: Path, quick: bool) -> list[dict]:
     errs = [np.sum((np.log(norms_of(a)[0]) - np.log(paper)) ** 2) for a in angles]
     a = angles[int(np.argmin(errs))]
     xt0 = norms_of(a)[1][0]
-    xt = traj(np.linalg.solve(A, xt0), 10)
+    with jax.enable_x64(True):
+        xt = traj(np.linalg.solve(A, xt0), 10)
+        long = traj(np.linalg.solve(A, xt0), 80)
     norms = np.linalg.norm(xt, axis=1)
     rows = [row(f"|x~_{t}|", paper[t], norms[t], 0.01) for t in (1, 3, 7, 8, 9, 10)]
-    long = traj(np.linalg.solve(A, xt0), 80)
     ln = np.linalg.norm(long, axis=1)
     rows.append(row("|x~_t| + |x~_t+1| at t = 79 (= lambda_1)", lam1, ln[-2] + ln[-1], 1e-9))
     rows.append(row("|<v2, x~_80>|", 0.0, abs(long[-1, 1]), 1e-8))
     C = min(ln[-1], ln[-2]) / lam1
     rows.append(row("2-cycle split C (paper: 0.3186)", 0.3186, C, 0.005))
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    t = np.arange(norms.size)
-    above = norms > lam1 / 2
-    axes[0].plot(t, norms, "k-", lw=0.8)
-    axes[0].scatter(t[above], norms[above], c="red", zorder=3, label=r"$> \lambda_1/2$")
-    axes[0].scatter(t[~above], norms[~above], c="blue", zorder=3, label=r"$\leq \lambda_1/2$")
-    axes[0].plot(t, paper, "x", c="gray", label="paper")
-    axes[0].axhline(lam1 / 2, ls="--", c="k")
-    axes[0].set(xlabel="step t", ylabel=r"$\|\tilde x_t\|$", title="norm: 2-cycle")
-    axes[0].legend(fontsize=8)
-    axes[1].semilogy(
-        np.arange(ln.size), np.abs(long[:, 0]), label=r"$|\langle v_1,\tilde x\rangle|$"
-    )
-    axes[1].semilogy(
-        np.arange(ln.size), np.abs(long[:, 1]) + 1e-300, label=r"$|\langle v_2,\tilde x\rangle|$"
-    )
-    axes[1].set(xlabel="step t", title="alignment with $v_1$")
-    axes[1].legend(fontsize=8)
-    th = np.linspace(0, 2 * np.pi, 200)
-    ax = axes[2]
-    ax.fill_between(
-        [-lam2, lam2],
-        -1.1,
-        1.1,
-        color="tab:blue",
-        alpha=0.15,
-        label=r"$\mathcal{I}_2: |v_2| \leq \lambda_2$",
-    )
-    ax.plot(
-        lam1 * np.cos(th),
-        lam1 * np.sin(th),
-        c="tab:red",
-        label=r"$\mathcal{I}_1$: $\|\tilde x\| \leq \lambda_1$",
-    )
-    ax.plot(xt[:, 1], xt[:, 0], "o-", c="k", ms=4, label="iterates")
-    ax.set(xlabel=r"$v_2$", ylabel=r"$v_1$", title="invariant sets", aspect="equal")
-    ax.legend(fontsize=7, loc="lower right")
-    save_figure(fig, out / "quadratic.png")
+    quadratic_figure(out / "quadratic.png", norms, paper, long, xt, lam1, lam2)
     write_table(out, rows, "quadratic (Figure 2): normalized GD on diag(1, 0.4), eta = 1")
     return rows
 
 
 # ----------------------------------------------------------------------------- flow tracking
-@register(
-    "flow-tracking",
-    "Arora et al. 2022, Theorems 4.3-4.6",
-    "both algorithms on the valley at several LRs: tracking error O(lr), time scales",
-)
 def run_flow_tracking(out: Path, quick: bool) -> list[dict]:
-    enable_x64()
-    plt = pyplot()
     lrs = [0.04, 0.02, 0.01] if quick else [0.04, 0.02, 0.01, 0.005]
-    x0 = jnp.array([2.0, 0.3])
     X0 = _valley_phi_x(2.0, 0.3)
     T = 1.0
     targets = {"normalized_gd": _ngd_flow_x(X0, T), "sqrt_loss_gd": X0 * np.exp(-T / 2)}
     rules = {"normalized_gd": normalized_gd, "sqrt_loss_gd": sqrt_loss_gd}
     rows, errs, phase1 = [], {k: [] for k in rules}, {k: [] for k in rules}
     curves = {}
-    for alg, rule in rules.items():
-        for lr in lrs:
-            steps = int(round(T / lr**2))
-            it = iterate(valley, x0, rule(lr), steps)
-            ws = np.asarray(it.w)
-            px = np.array([_valley_phi_x(x, y) for x, y in ws[:: max(1, steps // 400)]])
-            err = abs(float(phi(valley, it.w[-1])[0]) - targets[alg])
-            errs[alg].append(err)
-            rows.append(row(f"{alg} |Phi(x_T) - X(1)|, lr={lr}", 0.0, err, 0.1 * lr))
-            # Phase I ends when the iterate is within its oscillation size of Gamma
-            amp = lr if alg == "normalized_gd" else lr * np.sqrt(2 * (1 + X0**2) / 2)
-            dist = np.abs(ws[:, 1])
-            t1 = int(np.argmax(dist <= 1.01 * amp))
-            phase1[alg].append(t1)
-            curves[(alg, lr)] = (np.arange(0, steps + 1, max(1, steps // 400)) * lr**2, px)
-        slope = np.polyfit(np.log(lrs), np.log(errs[alg]), 1)[0]
-        rows.append(
-            row(
-                f"{alg} error order in lr (slope of log error, at least 1)",
-                1.0,
-                slope,
-                0.0,
-                at_least=True,
+    with jax.enable_x64(True):
+        x0 = jnp.array([2.0, 0.3])
+        for alg, rule in rules.items():
+            for lr in lrs:
+                steps = int(round(T / lr**2))
+                it = iterate(valley, x0, rule(lr), steps)
+                ws = np.asarray(it.w)
+                px = np.array([_valley_phi_x(x, y) for x, y in ws[:: max(1, steps // 400)]])
+                err = abs(float(phi(valley, it.w[-1])[0]) - targets[alg])
+                errs[alg].append(err)
+                rows.append(row(f"{alg} |Phi(x_T) - X(1)|, lr={lr}", 0.0, err, 0.1 * lr))
+                # Phase I ends when the iterate is within its oscillation size of Gamma
+                amp = lr if alg == "normalized_gd" else lr * np.sqrt(2 * (1 + X0**2) / 2)
+                dist = np.abs(ws[:, 1])
+                t1 = int(np.argmax(dist <= 1.01 * amp))
+                phase1[alg].append(t1)
+                curves[(alg, lr)] = (np.arange(0, steps + 1, max(1, steps // 400)) * lr**2, px)
+            slope = np.polyfit(np.log(lrs), np.log(errs[alg]), 1)[0]
+            rows.append(
+                row(
+                    f"{alg} error order in lr (slope of log error, at least 1)",
+                    1.0,
+                    slope,
+                    0.0,
+                    at_least=True,
+                )
             )
-        )
-        scaled = np.array(phase1[alg]) * np.array(lrs)
-        rows.append(
-            row(
-                f"{alg} phase-I steps x lr spread (max/min, ~1)",
-                1.0,
-                scaled.max() / max(scaled.min(), 1e-12),
-                1.0,
-                relative=True,
+            scaled = np.array(phase1[alg]) * np.array(lrs)
+            rows.append(
+                row(
+                    f"{alg} phase-I steps x lr spread (max/min, ~1)",
+                    1.0,
+                    scaled.max() / max(scaled.min(), 1e-12),
+                    1.0,
+                    relative=True,
+                )
             )
-        )
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
     taus = np.linspace(0, T, 200)
-    for alg, ls in (("normalized_gd", "-"), ("sqrt_loss_gd", "--")):
-        pred = (
-            [_ngd_flow_x(X0, t) for t in taus] if alg == "normalized_gd" else X0 * np.exp(-taus / 2)
-        )
-        axes[0].plot(taus, pred, "k" + ls, lw=2, label=f"flow X(tau), {alg}")
-        for lr in lrs:
-            tt, px = curves[(alg, lr)]
-            axes[0].plot(tt, px, ls, alpha=0.7, label=f"Phi(x_t), lr={lr}")
-        axes[1].loglog(lrs, errs[alg], "o" + ls, label=alg)
-        axes[2].loglog(lrs, phase1[alg], "o" + ls, label=f"{alg}: phase I steps")
-    axes[1].loglog(lrs, 0.1 * np.array(lrs), "k:", label="0.1 lr (bound)")
-    axes[2].loglog(lrs, 1 / np.array(lrs), "k:", label="1/lr")
-    axes[2].loglog(lrs, T / np.array(lrs) ** 2, "k-.", label="phase II: T/lr^2")
-    axes[0].set(
-        xlabel=r"$\tau = \eta^2 t$",
-        ylabel="x on the manifold",
-        title="Phi(iterates) against the limiting flow",
-    )
-    axes[1].set(xlabel="lr", ylabel="|Phi(x_T) - X(T)|", title="tracking error, T = 1")
-    axes[2].set(xlabel="lr", ylabel="steps", title="time scales")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    save_figure(fig, out / "flow_tracking.png")
+    predicted = {
+        "normalized_gd": np.array([_ngd_flow_x(X0, t) for t in taus]),
+        "sqrt_loss_gd": X0 * np.exp(-taus / 2),
+    }
+    flow_tracking_figure(out / "flow_tracking.png", lrs, taus, predicted, curves, errs, phase1, T)
     write_table(out, rows, "flow-tracking: the iterates follow the limiting flow to O(lr)")
     return rows
 
 
 # ------------------------------------------------------------------------------ MNIST flow
-def _sharpness_along(obj, ws, tol=1e-4):
-    from ..curvature import EigenTracker
-
-    tr = EigenTracker(obj, k=1, tol=tol)
-    return np.array([float(tr.update(w).values[0]) for w in ws])
-
-
-@register(
-    "mnist-flow",
-    "Arora et al. 2022, MNIST experiment (section 5.4 of theory.md)",
-    "784-128-10 GELU net on 1,000 MNIST digits: normalized GD against the sharpness-"
-    "minimizer flow, lambda_1 against tau",
-)
 def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
-    import eoslab
-
-    from ..dynamics.rules import gd
-    from ..objective import Objective
-
-    plt = pyplot()
     if quick:
         gd_lr, gd_steps, lr, steps, every, h = 0.05, 3000, 0.05, 2000, 100, 0.25
     else:  # the paper's settings
         gd_lr, gd_steps, lr, steps, every, h = 0.01, 9001, 0.01, 120_000, 4000, 0.04
-    ds = eoslab.data.load("mnist-5k", n=1000)
-    apply, params = eoslab.models.create(
+    ds = data.load("mnist-5k", n=1000)
+    apply, params = models.create(
         "mnist-mlp", jax.random.PRNGKey(0), ds.input_shape, ds.num_classes
     )
-    obj = Objective.from_model(apply, params, ds, "mse_sum")
+    obj = Objective.from_model(apply, params, ds, "mse_sum", dtype="float32")
     start = iterate(obj, obj.w0, gd(gd_lr), gd_steps, save_every=gd_steps).w[-1]
-    it = iterate(obj, start, normalized_gd(lr), steps, save_every=every)
-    tau_opt = lr**2 * np.asarray(it.steps, dtype=float)
-    lam_opt = _sharpness_along(obj, it.w)
+    # normalized GD, lambda_1 probed (warm-started tracker) at every saved step
+    ngd = run(
+        {"ngd": Optimizer(normalized_gd(lr))},
+        obj,
+        steps,
+        w0=start,
+        probe_every=every,
+        log_every=every,
+        probes=Probes(tol=1e-4, alignment=False),
+    )
+    m = ngd.metrics
+    tau_opt = lr**2 * m["step"].to_numpy(dtype=float)
+    lam_opt = m["sharpness"].to_numpy(np.float64)
     # X(0) = Phi(start), approximated by gradient flow for a long time (GF approaches the
-    # manifold of a network only slowly); later retractions project for flow time 1 as the
+    # manifold of a network only slowly), and the flow starts there (no further Phi, which
+    # would run to its gradient tolerance); later retractions project for flow time 1 as the
     # paper's code does (1,000 GD steps at lr 1e-3).
-    from ..theory import gradient_flow
-
     X0 = gradient_flow(obj, start, jnp.asarray([50.0], start.dtype))[-1]
     fl = limiting_flow(
         obj,
@@ -300,10 +216,11 @@ def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
         integrator="retraction",
         h=h,
         projection_time=1.0,
+        project_start=False,
     )
     tau_fl, lam_fl = np.asarray(fl.tau, dtype=float), np.asarray(fl.sharpness, dtype=float)
     # the EoS identity at the end of the run: sqrt L_T + sqrt L_T+1 = lr sqrt(lambda_1 / 2)
-    last = iterate(obj, it.w[-1], normalized_gd(lr), 1).loss
+    last = iterate(obj, ngd.w, normalized_gd(lr), 1).loss
     pair = float(np.sqrt(last[0]) + np.sqrt(last[1]))
     rows = []
     for frac in (0.5, 1.0):
@@ -335,19 +252,17 @@ def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
             relative=True,
         )
     )
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    axes[0].plot(tau_opt, lam_opt, "o-", label=f"normalized GD, lr={lr}")
-    axes[0].plot(tau_fl, lam_fl, "s--", label=f"sharpness-minimizer flow (h={h})")
-    axes[0].set(
-        xlabel=r"$\tau = \eta^2 t$",
-        ylabel=r"$\lambda_1$ (MSE without 1/2)",
-        title="sharpness: optimizer vs limiting flow",
+    mnist_flow_figure(
+        out / "mnist_flow.png",
+        tau_opt,
+        lam_opt,
+        tau_fl,
+        lam_fl,
+        m["step"].to_numpy(),
+        m["loss"].to_numpy(),
+        lr=lr,
+        h=h,
     )
-    axes[0].legend()
-    axes[1].semilogy(np.asarray(it.steps), np.asarray(it.loss), label="NGD loss")
-    axes[1].set(xlabel="step", ylabel="training loss", title="loss (sampled)")
-    axes[1].legend()
-    save_figure(fig, out / "mnist_flow.png")
     write_table(out, rows, f"mnist-flow{' (quick)' if quick else ''}: NGD against the flow")
     return rows
 
@@ -359,12 +274,8 @@ _SMOKE_VGG = (8, "P", 16, "P", 16, 16, "P", 32, 32, "P", 32, 32, "P")
 def _cifar_or_synthetic(n: int, quick: bool):
     """CIFAR-10 (first n, ImageNet-style standardisation by the loader) if present; else, for the
     smoke variant only, synthetic CIFAR-shaped inputs with labels from a random linear teacher."""
-    import eoslab
-    from eoslab.data import Dataset
-    from eoslab.errors import DatasetNotFoundError
-
     try:
-        return eoslab.data.load("cifar10", n=n), "cifar10"
+        return data.load("cifar10", n=n), "cifar10"
     except DatasetNotFoundError:
         if not quick:
             raise
@@ -383,45 +294,40 @@ def _cifar_or_synthetic(n: int, quick: bool):
     return ds, "synthetic (CIFAR-10 not found)"
 
 
-@register(
-    "cifar-vgg",
-    "Arora et al. 2022, CIFAR-10 experiment (section 5.3 of theory.md)",
-    "VGG-11-AV (avg-pool, GELU, frozen N(0, 0.01^2) head) on 5,000 CIFAR-10 images: "
-    "normalized GD and GD on sqrt-MSE at lr 0.25",
-    needs="cifar10 (full variant)",
-)
 def run_cifar_vgg(out: Path, quick: bool) -> list[dict]:
-    import eoslab
-
-    from ..curvature import EigenTracker
-    from ..objective import Objective
-
-    plt = pyplot()
     if quick:  # smoke: narrow VGG-11-AV, few images and steps
         n, steps, every, options = 16, 40, 20, {"config": _SMOKE_VGG}
     else:
         n, steps, every, options = 5000, 20_000, 500, {}
     ds, source = _cifar_or_synthetic(n, quick)
-    apply, params = eoslab.models.create(
+    apply, params = models.create(
         "vgg11-av", jax.random.PRNGKey(0), ds.input_shape, ds.num_classes, **options
     )
-    obj = Objective.from_model(apply, params, ds, "mse_sum", frozen=("head",))
+    obj = Objective.from_model(apply, params, ds, "mse_sum", frozen=("head",), dtype="float32")
     lr = 0.25
     rows, curves = [], {}
     for alg, rule in (("normalized_gd", normalized_gd(lr)), ("sqrt_loss_gd", sqrt_loss_gd(lr))):
-        it = iterate(obj, obj.w0, rule, steps, save_every=every)
-        tr = EigenTracker(obj, k=2, tol=1e-3)
-        eig = np.array([np.asarray(tr.update(w).values) for w in it.w])
+        # the rule, with lambda_1 and lambda_2 probed (warm-started tracker) at every saved step
+        res = run(
+            {alg: Optimizer(rule)},
+            obj,
+            steps,
+            probe_every=every,
+            log_every=every,
+            probes=Probes(k=2, tol=1e-3, alignment=False),
+        )
+        m = res.metrics
+        eig = np.stack(m["eigs"].to_list())
         # one exact step from the last iterate checks the rule's definition on the network
-        w, l0 = it.w[-1], float(it.loss[-1])
+        w, l0 = res.w, float(m["loss"].iloc[-1])
         nxt = iterate(obj, w, rule, 1).w[-1]
         g = jax.grad(obj)(w)
         lr_eff = lr / float(jnp.linalg.norm(g)) if alg == "normalized_gd" else lr / (2 * l0**0.5)
-        # the rule's stability threshold 2 / lr_eff at each probe: the theory's lambda_1; the
-        # last iterate's step is not in `it`, its threshold is the one just computed
-        thr = np.asarray(it.threshold).copy()
+        # the rule's stability threshold 2 / lr_eff at each probe: the theory's lambda_1; at the
+        # last iterate, the one just computed
+        thr = m["threshold"].to_numpy(np.float64).copy()
         thr[-1] = 2 / lr_eff
-        curves[alg] = (np.asarray(it.steps), np.asarray(it.loss), eig, thr)
+        curves[alg] = (m["step"].to_numpy(), m["loss"].to_numpy(), eig, thr)
         rows.append(
             row(
                 f"{alg}: step = lr_eff * grad (lr_eff = {lr_eff:.3g})",
@@ -433,8 +339,8 @@ def run_cifar_vgg(out: Path, quick: bool) -> list[dict]:
         rows.append(
             row(
                 f"{alg}: loss at the end below the start",
-                float(it.loss[0]),
-                float(it.loss[-1]),
+                float(m["loss"].iloc[0]),
+                float(m["loss"].iloc[-1]),
                 0.0,
                 at_most=True,
             )
@@ -451,17 +357,44 @@ def run_cifar_vgg(out: Path, quick: bool) -> list[dict]:
                     5 * lr,
                 )
             )
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    for (alg, (s, loss, eig, thr)), color in zip(curves.items(), ("C0", "C1"), strict=True):
-        axes[0].semilogy(s, loss, color=color, label=alg)
-        axes[1].plot(s, eig[:, 0], "o-", ms=3, color=color, label=f"{alg}: $\\lambda_1$ measured")
-        axes[1].plot(s, thr, "--", color=color, label=f"{alg}: 2/lr_eff (EoS prediction)")
-        axes[2].plot(s, eig[:, 0] - eig[:, 1], "o-", ms=3, color=color, label=f"{alg}: gap")
-    axes[0].set(xlabel="step", ylabel="MSE (no 1/2)", title=f"loss ({source}, n={n})")
-    axes[1].set(xlabel="step", ylabel=r"$\lambda_1$ of MSE", title="sharpness", yscale="log")
-    axes[2].set(xlabel="step", ylabel=r"$\lambda_1-\lambda_2$", title="eigengap")
-    for ax in axes:
-        ax.legend(fontsize=8)
-    save_figure(fig, out / "cifar_vgg.png")
+    cifar_vgg_figure(out / "cifar_vgg.png", curves, source=source, n=n)
     write_table(out, rows, f"cifar-vgg{' (smoke)' if quick else ''} on {source}")
     return rows
+
+
+EXPERIMENTS = (
+    Experiment(
+        "valley",
+        "Arora et al. 2022, Figure 1",
+        "GD on sqrt L and normalized GD on L = (1+x^2) y^2 over the landscape, manifold drawn",
+        run_valley,
+    ),
+    Experiment(
+        "quadratic",
+        "Arora et al. 2022, Figure 2",
+        "normalized GD on the quadratic diag(1, 0.4): the 2-cycle and the invariant sets",
+        run_quadratic,
+    ),
+    Experiment(
+        "flow-tracking",
+        "Arora et al. 2022, Theorems 4.3-4.6",
+        "both algorithms on the valley at several LRs: tracking error O(lr), time scales",
+        run_flow_tracking,
+    ),
+    Experiment(
+        "mnist-flow",
+        "Arora et al. 2022, MNIST experiment",
+        "784-128-10 GELU net on 1,000 MNIST digits: normalized GD against the sharpness-"
+        "minimizer flow, lambda_1 against tau",
+        run_mnist_flow,
+    ),
+    Experiment(
+        "cifar-vgg",
+        "Arora et al. 2022, CIFAR-10 experiment",
+        "VGG-11-AV (avg-pool, GELU, frozen N(0, 0.01^2) head) on 5,000 CIFAR-10 images: "
+        "normalized GD and GD on sqrt-MSE at lr 0.25",
+        run_cifar_vgg,
+        needs="cifar10 (full variant)",
+    ),
+)
+"""Arora, Li, Panigrahi (ICML 2022): Figures 1 and 2, flow tracking, MNIST, CIFAR-10."""
