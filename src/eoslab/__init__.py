@@ -25,7 +25,6 @@ from .theory import phi as phi
 from .theory import tangent_projector as tangent_projector
 
 
-
 def __getattr__(name: str):
     # The reproductions pull in matplotlib and the datasets: imported on first use only.
     if name == "reproduce":
