@@ -54,7 +54,7 @@ def limiting_flow(
     rtol: float = 1e-10,
     atol: float = 1e-12,
     phi_gtol: float = 1e-8,
-    project_start: bool = True,
+    project_start: bool | None = None,
     projection_time: float | None = None,
     phi_kwargs: dict | None = None,
 ) -> LimitingFlow:
@@ -65,10 +65,13 @@ def limiting_flow(
     $\dot X = -c P^\perp(X)\nabla f(X)$ with diffrax, $P^\perp$ and $\lambda_1$ from the dense
     Hessian; ``"retraction"`` (`RetractedLimitingFlow`) takes Euler steps of at most ``h``
     retracted by $\Phi$ (or by gradient flow for ``projection_time``). ``phi_kwargs`` are passed
-    to `eoslab.phi` for $X(0)$. Runs through `eoslab.runner.run`, one step per saved time.
+    to `eoslab.phi` for $X(0)$; ``project_start=False`` starts from ``x0`` as given (the default
+    with ``projection_time``). Runs through `eoslab.runner.run`, one step per saved time.
     """
     obj = as_objective(loss, x0)
     x0 = check_w(x0, obj)
+    if project_start is None:  # a fixed-time retraction starts from x0 as given, as it always did
+        project_start = not (integrator == "retraction" and projection_time is not None)
     if phi_kwargs and project_start:
         x0, project_start = phi(obj, x0, **phi_kwargs), False
         phi_gtol = phi_kwargs.get("gtol", phi_gtol)
