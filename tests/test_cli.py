@@ -14,6 +14,7 @@ import pytest
 
 from eoslab.cli import main
 from eoslab.experiments import PRESETS, Experiment, from_dict, to_dict
+from eoslab.runner import load_run
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = {
@@ -242,3 +243,16 @@ def test_sharpness_and_report_commands(tmp_path, capsys):
     assert (out / "report.html").stat().st_size > 500
     assert (out / "figures" / "overview.png").stat().st_size > 10_000
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_resume_extends_a_finished_run_to_the_numbers_of_a_longer_one(tmp_path, capsys):
+    cfg = _write(tmp_path, TINY)
+    short, full = tmp_path / "short", tmp_path / "full"
+    flags = ["--quiet", "--no-plot"]
+    assert main(["run", "--config", str(cfg), "--steps", "20", "--out", str(short), *flags]) == 0
+    assert main(["resume", str(short), "--steps", "10", *flags]) == 2  # never shortened
+    assert main(["resume", str(short), "--steps", "40", *flags]) == 0
+    assert main(["run", "--config", str(cfg), "--out", str(full), *flags]) == 0
+    a, b = load_run(short), load_run(full)
+    pd.testing.assert_frame_equal(a.metrics, b.metrics, check_exact=True)
+    assert a.config["config"]["steps"] == 40 and a.config["extended"][0]["from_steps"] == 20

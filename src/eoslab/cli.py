@@ -82,6 +82,8 @@ class Resume:
 
     dir: tyro.conf.Positional[Path]
     """The run directory."""
+    steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
+    """Extend the step budget to this many steps (a finished run continues; default: recorded)."""
     plot: bool = True
     """Write the run's figures when it ends."""
     quiet: bool = False
@@ -272,11 +274,23 @@ def _cmd_run(args: Run, name: str) -> int:
 
 
 def _cmd_resume(args: Resume) -> int:
+    from .experiments import to_dict
     from .runner import RunStore
 
     exp = _recorded(args.dir)
     store = RunStore(args.dir)
     man = store.read_manifest()
+    if args.steps is not None and args.steps != exp.steps:
+        if args.steps < exp.steps:
+            raise _UsageError(
+                f"--steps {args.steps}: a run is extended, never shortened "
+                f"(it has {exp.steps} steps)"
+            )
+        if man.get("status") not in ("running", "unknown", "completed"):
+            raise _UsageError(f"--steps: a {man.get('status')} run cannot be extended")
+        exp = dataclasses.replace(exp, steps=args.steps)
+        store.extend(to_dict(exp), args.steps)
+        return _execute(exp, args.dir, resume=True, quiet=args.quiet, plot=args.plot)
     if store.verify().files:  # repaired by the resume: damaged files aside, lost rows recomputed
         return _execute(exp, args.dir, resume=True, quiet=args.quiet, plot=args.plot)
     if man.get("status") == "diverged":

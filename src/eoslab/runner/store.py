@@ -189,6 +189,21 @@ class RunStore:
         )
         self.write_manifest({"status": "running", "step": 0, "checkpoint": None})
 
+    def extend(self, config: dict[str, Any], steps: int) -> None:
+        """Record a longer budget: the config is updated (its extensions listed) and the run is
+        marked running again, so a resume continues from the last checkpoint to ``steps``."""
+        record = self.read_config()
+        old = record.get("config", {}).get("steps")
+        record.setdefault("extended", []).append(
+            {"from_steps": old, "to_steps": steps, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        )
+        record["config"] = config
+        atomic_write_bytes(
+            self.path / "config.json", json.dumps(record, indent=2, default=_json_default).encode()
+        )
+        man = self.read_manifest()
+        self.write_manifest({**man, "status": "running", "steps": steps})
+
     def read_config(self) -> dict[str, Any]:
         f = self.path / "config.json"
         if not f.is_file():
