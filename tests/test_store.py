@@ -208,3 +208,32 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     # (bit-equal in every run we made but one, made under heavy CPU load)
     pd.testing.assert_series_equal(a.metrics["sharpness"], b.metrics["sharpness"], rtol=2e-3)
     assert list(b.metrics["step"]) == list(range(1001))
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
+    cfg = {
+        "problem": {"kind": "toy-mlp"},
+        "rule": {"kind": "gd", "lr": 0.2},
+        "steps": 3000,
+        "probe_every": 20,
+        "flush_seconds": 0,
+    }
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps(cfg))
+    out = tmp_path / "cut"
+    victim = _cli("run", "--config", str(path), "--out", str(out), "--quiet", "--no-plot")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not list((out / "checkpoints").glob("*.npz")):
+        if victim.poll() is not None:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGINT)
+    _, err = victim.communicate(timeout=60)
+    assert victim.returncode == 130, err
+    assert f"eoslab resume {out}" in err and "Traceback" not in err
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "interrupted" and str(out) in man["message"]
+    resumed = _cli("resume", str(out), "--quiet", "--no-plot")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert json.loads((out / "manifest.json").read_text())["status"] == "completed"

@@ -211,7 +211,11 @@ def _execute(exp: Experiment, out: Path, *, resume: bool, quiet: bool, plot: boo
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        run = execute(exp, out, resume=resume, progress=None if not quiet else False)
+        try:
+            run = execute(exp, out, resume=resume, progress=None if not quiet else False)
+        except KeyboardInterrupt:
+            _err(f"interrupted; everything flushed is kept; continue with: eoslab resume {out}")
+            return 130
     df = run.metrics
     print(f"{run.status}: {run.message}")
     for name in dict.fromkeys(df["process"]) if "process" in df else []:
@@ -275,7 +279,7 @@ def _cmd_run(args: Run, name: str) -> int:
 
 def _cmd_resume(args: Resume) -> int:
     from .experiments import to_dict
-    from .runner import RunStore
+    from .runner import RESUMABLE, RunStore
 
     exp = _recorded(args.dir)
     store = RunStore(args.dir)
@@ -286,7 +290,7 @@ def _cmd_resume(args: Resume) -> int:
                 f"--steps {args.steps}: a run is extended, never shortened "
                 f"(it has {exp.steps} steps)"
             )
-        if man.get("status") not in ("running", "unknown", "completed"):
+        if man.get("status") not in (*RESUMABLE, "completed"):
             raise _UsageError(f"--steps: a {man.get('status')} run cannot be extended")
         exp = dataclasses.replace(exp, steps=args.steps)
         store.extend(to_dict(exp), args.steps)
@@ -296,7 +300,7 @@ def _cmd_resume(args: Resume) -> int:
     if man.get("status") == "diverged":
         _err(f"{args.dir}: this run diverged ({man.get('message', '')}); nothing to resume")
         return 3
-    if man.get("status") not in ("running", "unknown"):
+    if man.get("status") not in RESUMABLE:
         print(f"{args.dir}: already {man.get('status')} ({man.get('message', '')})")
         return 0
     return _execute(exp, args.dir, resume=True, quiet=args.quiet, plot=args.plot)

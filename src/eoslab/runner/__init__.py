@@ -3,6 +3,7 @@
 from .loop import run as run
 from .probes import ProbeFn as ProbeFn
 from .probes import Probes as Probes
+from .records import RESUMABLE as RESUMABLE
 from .records import STATUSES as STATUSES
 from .records import Run as Run
 from .records import Stop as Stop
@@ -12,6 +13,7 @@ from .store import RunStore as RunStore
 from .train import train as train
 
 __all__ = [
+    "RESUMABLE",
     "STATUSES",
     "ProbeFn",
     "Probes",

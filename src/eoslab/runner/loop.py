@@ -28,7 +28,7 @@ from ..errors import ConfigError, DamagedRunWarning, DivergenceError
 from ..objective import LossLike, Objective, as_objective
 from .probes import ProbeFn, Probes, ProbeSet, distances, phi_probe
 from .progress import Progress
-from .records import Run, Stop, frame, load_run
+from .records import RESUMABLE, Run, Stop, frame, load_run
 from .store import Damage, RunStore
 
 __all__ = ["run"]
@@ -309,7 +309,7 @@ def run(
             if not store.exists():
                 raise ConfigError("resume", str(out), "a run directory with config.json")
             dmg = store.verify()
-            if not dmg.files and store.read_manifest().get("status") not in ("running", "unknown"):
+            if not dmg.files and store.read_manifest().get("status") not in RESUMABLE:
                 return load_run(out)
             t = _recover(store, dmg)
             if t > 0:
@@ -393,6 +393,12 @@ def run(
         if status == "diverged":
             message += f"; {kept + len(pending)} rows of metrics kept"
         flush(t, status, message)
+    except KeyboardInterrupt:
+        if store is not None:  # the last checkpoint stays; the manifest says how to continue
+            man = store.read_manifest()
+            msg = f"interrupted near step {t}; continue with: eoslab resume {store.path}"
+            store.write_manifest({**man, "status": "interrupted", "message": msg})
+        raise
     finally:
         bar.close()
 

@@ -14,10 +14,22 @@ import tyro
 from ..errors import ConfigError, DamagedRunError, DamagedRunWarning
 from .store import RunStore, read_metrics
 
-__all__ = ["STATUSES", "Run", "Stop", "frame", "load_run"]
+__all__ = ["RESUMABLE", "STATUSES", "Run", "Stop", "frame", "load_run"]
 
-STATUSES = ("completed", "diverged", "loss_goal", "accuracy_goal", "running", "unknown")
+STATUSES = (
+    "completed",
+    "diverged",
+    "loss_goal",
+    "accuracy_goal",
+    "running",
+    "interrupted",
+    "unknown",
+)
 """How a run can end (``Run.status``); ``running``: its process stopped before the end."""
+
+
+RESUMABLE = ("running", "interrupted", "unknown")
+"""Statuses a resume continues from (``running``: killed; ``interrupted``: Ctrl-C)."""
 
 
 @dataclasses.dataclass(frozen=True)
