@@ -16,7 +16,6 @@ import pandas as pd
 
 from .. import data, models
 from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
-from ..dynamics.gradient_flow import GradientFlow
 from ..dynamics.optimizer import Optimizer
 from ..dynamics.rules import adam, gd, heavy_ball
 from ..objective import Objective
@@ -27,7 +26,12 @@ from ..report.beyond_figures import (
 )
 from ..report.tables import write_frame, write_table
 from ..runner import Probes, Stop, run
-from ..theory import moving_average, self_stabilization, track_preconditioned_sharpness
+from ..theory import (
+    gd_lockstep,
+    moving_average,
+    self_stabilization,
+    track_preconditioned_sharpness,
+)
 from ._common import Experiment, row
 
 __all__ = [
@@ -70,37 +74,10 @@ def gd_beside_flows(
         if k == 1
         else SDPCentralFlow(lr=lr, substeps=substeps, k=k)
     )
-    procs = {"gd": Optimizer(gd(lr)), "gf": GradientFlow(lr=lr), "cf": cf}
-    res = run(
-        procs,
-        obj,
-        steps,
-        probe_every=every,
-        probes=Probes(tol=1e-6, alignment=False),
-        stop=Stop(raise_on_divergence=True),
+    wide, rows = gd_lockstep(
+        obj, obj.w0, lr=lr, steps=steps, every=every, window=window, central_flow=cf
     )
-    per = {n: res.process(n).set_index("step") for n in procs}
-    gd_loss = per["gd"]["loss"].to_numpy()[:steps]
-    avg = moving_average(gd_loss, window)
-    idx = np.arange(0, steps, every)
-    gd_, gf_, cf_ = (per[n].loc[idx] for n in ("gd", "gf", "cf"))
-    wide = pd.DataFrame(
-        {
-            "step": idx,
-            "loss_gd": gd_["loss"].to_numpy(),
-            "loss_gd_avg": avg[idx],
-            "loss_gf": gf_["loss"].to_numpy(),
-            "loss_cf": cf_["loss"].to_numpy(),
-            "pred_loss_cf": cf_["pred_loss"].to_numpy(),
-            "trace_sigma": cf_["trace_sigma"].to_numpy(),
-            "sharpness_gd": gd_["sharpness"].to_numpy(),
-            "sharpness_gf": gf_["sharpness"].to_numpy(),
-            "sharpness_cf": cf_["cf_sharpness"].to_numpy(),
-            "gd_gf": gd_["dist_gf"].to_numpy(),
-            "gd_cf": gd_["dist_cf"].to_numpy(),
-            "cf_gf": cf_["dist_gf"].to_numpy(),
-        }
-    )
+    gd_loss = rows[rows["process"] == "gd"]["loss"].to_numpy()[:steps]
     return wide, gd_loss
 
 

@@ -17,7 +17,7 @@ from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
 from ..curvature._checks import check_w
-from ..dynamics.central_flow import CentralFlow
+from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
 from ..dynamics.gradient_flow import GradientFlow
 from ..dynamics.optimizer import Optimizer
 from ..dynamics.rules import gd
@@ -185,6 +185,7 @@ def gd_lockstep(
     substeps: int = 4,
     window: int = 25,
     self_stabilized: bool = False,
+    central_flow: CentralFlow | SDPCentralFlow | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     r"""GD, gradient flow $\phi(w_0,\eta t)$, the central flow and (optionally) projected GD from
     one start, in lockstep through `eoslab.runner.run`.
@@ -193,6 +194,7 @@ def gd_lockstep(
     ``wide`` has one row every ``every`` steps with ``loss_gd``, ``loss_gd_avg`` (centred average
     over ``2*window+1`` steps), ``loss_gf``, ``loss_cf``, ``pred_loss_cf``, ``trace_sigma``,
     ``sharpness_{gd,gf,cf}``, ``gd_gf``, ``gd_cf``, ``cf_gf`` (and ``loss_dagger``, ``gd_dagger``).
+    ``central_flow`` replaces the default ``CentralFlow(lr, substeps)`` (e.g. an `SDPCentralFlow`).
     """
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
@@ -205,7 +207,9 @@ def gd_lockstep(
     procs = {
         "gd": Optimizer(gd(lr)),
         "gf": GradientFlow(lr=float(lr)),
-        "cf": CentralFlow(lr=float(lr), substeps=_check_int("substeps", substeps)),
+        "cf": central_flow
+        if central_flow is not None
+        else CentralFlow(lr=float(lr), substeps=_check_int("substeps", substeps)),
     }
     if self_stabilized:
         procs["dagger"] = ProjectedGD(float(lr))
@@ -214,7 +218,7 @@ def gd_lockstep(
         raise ConfigError("lr", lr, "a learning rate at which GD stays finite on this loss")
     rows = res.metrics
     per = {n: rows[rows["process"] == n].set_index("step") for n in procs}
-    avg = moving_average(per["gd"]["loss"].to_numpy(), window)
+    avg = moving_average(per["gd"]["loss"].to_numpy()[:steps], window)  # steps 0 .. steps-1
     idx = np.arange(0, steps, every)
     gd_, gf_, cf_ = (per[n].loc[idx] for n in ("gd", "gf", "cf"))
     wide = pd.DataFrame(
