@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 class EoslabError(Exception):
     """Base class of every error eoslab raises on purpose."""
@@ -61,6 +63,13 @@ def check_positive(field: str, value: float, *, allow_zero: bool = False) -> Non
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
         raise ConfigError(field, value, "a finite number " + (">= 0" if allow_zero else "> 0"))
+
+
+def check_int(field: str, value: object, low: int = 1) -> int:
+    """Raise `ConfigError` unless `value` is an integer (Python or NumPy, not bool) >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(field, value, f"an integer >= {low}")
+    return int(value)
 
 
 class DamagedRunError(EoslabError, OSError):

@@ -19,7 +19,7 @@ from jaxtyping import Array, Float
 
 from ..curvature import krylov_top, top_eigenpairs
 from ..curvature.operator import HessianOperator, PreconditionedOperator
-from ..errors import ConfigError, check_positive
+from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
 from .process import Process, Row
 from .sdcp import solve_sdcp
@@ -32,11 +32,6 @@ __all__ = [
     "SDPCentralFlow",
     "restricted_hessian",
 ]
-
-
-def _check_int(field: str, value: object, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(field, value, f"an integer >= {low}")
 
 
 class CentralFlowState(NamedTuple):
@@ -63,8 +58,8 @@ class _GDCentralFlowBase(Process):
 
     def _check(self) -> None:
         check_positive("lr", self.lr)
-        _check_int("substeps", self.substeps)
-        _check_int("krylov_dim", self.krylov_dim, 2)
+        check_int("substeps", self.substeps)
+        check_int("krylov_dim", self.krylov_dim, 2)
 
     def point(self, state: CentralFlowState) -> Array:
         return state.w
@@ -169,7 +164,7 @@ class SDPCentralFlow(_GDCentralFlowBase):
 
     def __check_init__(self) -> None:
         self._check()
-        _check_int("k", self.k)
+        check_int("k", self.k)
         check_positive("window", self.window)
 
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> CentralFlowState:
@@ -258,8 +253,8 @@ class RMSPropCentralFlow(Process):
         if not (isinstance(self.beta2, (int, float)) and 0.0 <= self.beta2 < 1.0):
             raise ConfigError("beta2", self.beta2, "a number in [0, 1)")
         check_positive("eps", self.eps, allow_zero=True)
-        _check_int("substeps", self.substeps)
-        _check_int("krylov_dim", self.krylov_dim, 2)
+        check_int("substeps", self.substeps)
+        check_int("krylov_dim", self.krylov_dim, 2)
 
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> RMSPropCentralFlowState:
         nu0 = jnp.asarray(self.nu0, w0.dtype)

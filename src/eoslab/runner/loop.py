@@ -24,7 +24,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ..dynamics.process import Process, advance, measure
-from ..errors import ConfigError, DamagedRunWarning, DivergenceError
+from ..errors import ConfigError, DamagedRunWarning, DivergenceError, check_int
 from ..objective import LossLike, Objective, as_objective
 from .probes import ProbeFn, Probes, ProbeSet, distances, phi_probe
 from .progress import Progress
@@ -42,12 +42,6 @@ def _values(row: Mapping[str, Any]) -> dict[str, Any]:
         arr = np.asarray(v)
         out[k] = float(arr) if arr.ndim == 0 else arr.tolist()
     return out
-
-
-def _check_int(field: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(field, value, f"an integer >= {low}")
-    return int(value)
 
 
 def _as_processes(processes: Mapping[str, Process] | Process) -> dict[str, Process]:
@@ -294,9 +288,9 @@ def run(
     """
     procs = _as_processes(processes)
     obj = as_objective(objective, w0)
-    steps = _check_int("steps", steps, 0)
-    probe_every = _check_int("probe_every", probe_every, 1)
-    log_every = _check_int("log_every", log_every, 1)
+    steps = check_int("steps", steps, 0)
+    probe_every = check_int("probe_every", probe_every, 1)
+    log_every = check_int("log_every", log_every, 1)
     probes = Probes() if probes is None else probes
     stop = Stop() if stop is None else stop
     w = jnp.asarray(obj.w0 if w0 is None else w0, obj.dtype)

@@ -20,7 +20,7 @@ from ..curvature._checks import check_w
 from ..curvature.operator import HessianOperator
 from ..dynamics.central_flow import CentralFlow, RMSPropCentralFlow, SDPCentralFlow
 from ..dynamics.sdcp import solve_sdcp
-from ..errors import ConfigError, check_choice, check_positive
+from ..errors import ConfigError, check_choice, check_int, check_positive
 from ..objective import LossLike, as_objective
 from ..runner import Probes, run
 
@@ -34,12 +34,6 @@ __all__ = [
 ]
 
 SOLVERS = ("auto", "closed_form", "sdp")
-
-
-def _check_int(field: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(field, value, f"an integer >= {low}")
-    return int(value)
 
 
 class CentralFlowResult(NamedTuple):
@@ -103,13 +97,13 @@ def central_flow(
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
     check_positive("lr", lr)
-    steps = _check_int("steps", steps)
-    substeps = _check_int("substeps", substeps)
-    save_every = _check_int("save_every", save_every)
+    steps = check_int("steps", steps)
+    substeps = check_int("substeps", substeps)
+    save_every = check_int("save_every", save_every)
     if steps % save_every:
         raise ConfigError("save_every", save_every, f"a divisor of steps (= {steps})")
     d = obj.dim
-    k = _check_int("k", k)
+    k = check_int("k", k)
     if k > d:
         raise ConfigError("k", k, f"an integer in [1, {d}]")
     check_choice("solver", solver, SOLVERS)
@@ -117,7 +111,7 @@ def central_flow(
         solver = "closed_form" if k == 1 else "sdp"
     if solver == "closed_form" and k != 1:
         raise ConfigError("k", k, "1 for solver='closed_form' (use solver='sdp' for k > 1)")
-    m = min(_check_int("krylov_dim", krylov_dim, 2), d)
+    m = min(check_int("krylov_dim", krylov_dim, 2), d)
     if m < k + 1 and d > k:
         raise ConfigError("krylov_dim", krylov_dim, f"an integer >= k + 1 (= {k + 1})")
     check_positive("window", window)
@@ -226,15 +220,15 @@ def rmsprop_central_flow(
     row per step; ``eff_sharpness`` is $\lambda_1(\eta P^{-1}H)$ (threshold 2)."""
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
-    steps = _check_int("steps", steps)
+    steps = check_int("steps", steps)
     proc = RMSPropCentralFlow(
         lr=float(lr),
         nu0=nu0 if isinstance(nu0, (int, float)) else jnp.asarray(nu0, w0.dtype),
         beta2=beta2,
         eps=eps,
-        substeps=_check_int("substeps", substeps),
+        substeps=check_int("substeps", substeps),
         scalar=bool(scalar),
-        krylov_dim=min(_check_int("krylov_dim", krylov_dim, 2), obj.dim),
+        krylov_dim=min(check_int("krylov_dim", krylov_dim, 2), obj.dim),
         seed=seed,
         record_vectors=True,
     )

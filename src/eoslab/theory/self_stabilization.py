@@ -28,7 +28,7 @@ from ..dynamics.self_stabilization import (
     project_to_stable_set,
     stability_quantities_at,
 )
-from ..errors import ConfigError, check_positive
+from ..errors import ConfigError, check_int, check_positive
 from ..objective import LossLike, as_objective
 from ..runner import Probes, run
 
@@ -42,12 +42,6 @@ __all__ = [
     "stability_quantities",
     "stable_projection",
 ]
-
-
-def _check_int(field: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(field, value, f"an integer >= {low}")
-    return int(value)
 
 
 def stability_quantities(
@@ -71,8 +65,8 @@ def stable_projection(
     obj = as_objective(loss, w)
     w = check_w(w, obj)
     check_positive("lr", lr)
-    iters = _check_int("iters", iters)
-    m = min(_check_int("krylov_dim", krylov_dim, 2), obj.dim)
+    iters = check_int("iters", iters)
+    m = min(check_int("krylov_dim", krylov_dim, 2), obj.dim)
     u = top_eigenpairs(obj, w, 1, tol=1e-8).vectors[:, 0]
     return _project_jit(obj, w, u, jax.random.PRNGKey(0), lr=float(lr), m=m, iters=iters)[0]
 
@@ -88,7 +82,7 @@ def predicted_xy(
     r"""The 2-D model $x_{t+1}=-(1+\eta y_t)x_t$, $y_{t+1}=y_t+\eta(\alpha-\tfrac\beta2x_t^2)$
     for ``steps`` steps (constant $\alpha,\beta$ or one value per step); returns $(x_t, y_t)$."""
     check_positive("lr", lr)
-    steps = _check_int("steps", steps)
+    steps = check_int("steps", steps)
     a = np.broadcast_to(np.asarray(alpha, np.float64), (steps,))
     b = np.broadcast_to(np.asarray(beta, np.float64), (steps,))
 
@@ -125,11 +119,11 @@ def self_stabilization(
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
     check_positive("lr", lr)
-    steps = _check_int("steps", steps)
+    steps = check_int("steps", steps)
     proc = SelfStabilization(
         float(lr),
-        _check_int("iters", iters),
-        min(_check_int("krylov_dim", krylov_dim, 2), obj.dim),
+        check_int("iters", iters),
+        min(check_int("krylov_dim", krylov_dim, 2), obj.dim),
         seed,
     )
     res = run(
@@ -199,17 +193,17 @@ def gd_lockstep(
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
     check_positive("lr", lr)
-    steps = _check_int("steps", steps)
-    every = _check_int("every", every)
+    steps = check_int("steps", steps)
+    every = check_int("every", every)
     if steps % every:
         raise ConfigError("every", every, f"a divisor of steps (= {steps})")
-    window = _check_int("window", window, 0)
+    window = check_int("window", window, 0)
     procs = {
         "gd": Optimizer(gd(lr)),
         "gf": GradientFlow(lr=float(lr)),
         "cf": central_flow
         if central_flow is not None
-        else CentralFlow(lr=float(lr), substeps=_check_int("substeps", substeps)),
+        else CentralFlow(lr=float(lr), substeps=check_int("substeps", substeps)),
     }
     if self_stabilized:
         procs["dagger"] = ProjectedGD(float(lr))
