@@ -80,11 +80,15 @@ class _Lockstep:
     def point(self, name: str) -> Array:
         return self.procs[name].point(self.states[name])
 
-    def measure(self, t: int) -> dict[str, dict]:
-        """The probed rows of every process at step ``t`` (probes skipped on non-finite points)."""
-        # a checkpoint at step t holds the probes' warm starts from *before* probing t, so a run
-        # resumed there measures t exactly as the uninterrupted run did
-        self.probes_before = (t, {n: ps.state() for n, ps in self.probes.items()})
+    def measure(self, t: int, *, may_end: bool) -> dict[str, dict]:
+        """The probed rows of every process at step ``t`` (probes skipped on non-finite points).
+
+        ``may_end``: the run may stop at ``t``, so its last checkpoint (at ``t``) must hold the
+        probes' warm starts from *before* probing ``t``, for a resume to measure ``t`` exactly as
+        the uninterrupted run did. Other checkpoints are written before their step is probed.
+        """
+        if may_end:
+            self.probes_before = (t, {n: ps.state() for n, ps in self.probes.items()})
         rows = {}
         for n, p in self.procs.items():
             st = self.states[n]
@@ -352,7 +356,8 @@ def run(
     try:
         while True:
             if t % probe_every == 0 or t == steps:
-                rows = lock.measure(t)
+                goals = stop.loss_below is not None or stop.accuracy_above is not None
+                rows = lock.measure(t, may_end=t == steps or goals)
                 head = rows[first]
                 bar.update(
                     t,

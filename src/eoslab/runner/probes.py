@@ -87,8 +87,13 @@ def _alignment(op: HessianOperator, lam: Array) -> Array:
 
 
 @eqx.filter_jit
-def _operators(process: Process, objective: Objective, state: Any):
-    return process.hessian(objective, state), process.operator(objective, state)
+def _operator(process: Process, objective: Objective, state: Any):
+    return process.operator(objective, state)
+
+
+@eqx.filter_jit
+def _gradient(op: HessianOperator) -> Array:
+    return op.gradient()
 
 
 class ProbeSet:
@@ -120,9 +125,9 @@ class ProbeSet:
     ) -> dict:
         out: dict[str, Any] = {}
         w = process.point(state)
-        H, op = _operators(process, objective, state)
+        H = process.hessian(objective, state)
         cache: dict[str, Any] = {"step": step, "loss": row.get("loss"), "process": name}
-        cache["grad"] = H.gradient() if self.custom else None
+        cache["grad"] = _gradient(H) if self.custom else None
         if self.tracker is not None:
             res = self.tracker.update(H)
             vals = np.asarray(res.values, np.float64)
@@ -136,7 +141,8 @@ class ProbeSet:
                 out["grad_top_alignment"] = (
                     float(_alignment(H, res.values[0])) if gn > 0 else math.nan
                 )
-            if self.cfg.effective and isinstance(op, PreconditionedOperator):
+            op = _operator(process, objective, state) if self.cfg.effective else None
+            if isinstance(op, PreconditionedOperator):
                 eres = self.eff_tracker.update(op)
                 out["eff_sharpness"] = float(eres.values[0])
                 out["sharpness_matvecs"] += int(eres.matvecs)
