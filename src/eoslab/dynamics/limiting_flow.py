@@ -154,7 +154,8 @@ class ProjectedLimitingFlow(_LimitingFlowBase):
             throw=False,
         )
         X = jnp.where(sol.result == diffrax.RESULTS.successful, sol.ys[-1], jnp.nan)
-        row = {**self._row(objective, state), "lambda1": flow_field(base, state.X, c, log, 1.0)[1]}
+        lam1 = jnp.linalg.eigvalsh(HessianOperator(base, state.X).as_matrix())[-1]
+        row = {**self._row(objective, state), "lambda1": lam1}
         return LimitingFlowState(X, state.tau + dt, state.t + 1, state.v), row
 
 
