@@ -337,8 +337,9 @@ class RunStore:
             return f"not readable as {f.suffix[1:]} ({first[:80]})"
         return ""
 
-    def verify(self) -> Damage:
-        """Check every part, checkpoint and the manifest before any work; changes nothing."""
+    def verify(self, *, parts: bool = True) -> Damage:
+        """Check every checkpoint, the manifest and (with ``parts``) every metrics part before any
+        work; changes nothing."""
         self.read_config()
         man = self.read_manifest()
         damaged: list[tuple[str, str]] = []
@@ -359,7 +360,7 @@ class RunStore:
             damaged.append((named, "missing (the manifest names it)"))
         step, ckpt = max(ckpts) if ckpts else (0, None)
         lost = False
-        for f in sorted(self.metrics_dir.glob("part-*.parquet")):
+        for f in sorted(self.metrics_dir.glob("part-*.parquet")) if parts else ():
             m = _PART.match(f.name)
             if not m:
                 continue
@@ -367,7 +368,7 @@ class RunStore:
             if why:
                 damaged.append((f"metrics/{f.name}", why))
                 lost = lost or int(m.group(1)) < step
-        for rel in sorted(self._sums):  # recorded when written, gone now
+        for rel in sorted(self._sums) if parts else ():  # recorded when written, gone now
             m = _PART.match(Path(rel).name)
             if rel.startswith("metrics/") and m and not (self.path / rel).exists():
                 damaged.append((rel, "missing (the manifest records it)"))
