@@ -7,7 +7,6 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.experimental.sparse.linalg import lobpcg_standard
 from jaxtyping import Array, Float, Int
 
 from ..errors import ConfigError, check_choice, check_positive
@@ -126,6 +125,8 @@ def _certify_block(op, X, sign, tol, extra_mv):
 
 @eqx.filter_jit
 def _lobpcg_jit(op, X0, sign, *, tol, max_iters):
+    from jax.experimental.sparse.linalg import lobpcg_standard
+
     d, k = X0.shape
     A = lambda X: sign * op.mm(X)
     # lobpcg_standard stops at r < tol' * 10 d (|theta| + |Av|) ~ 20 d tol' |theta|.

@@ -9,13 +9,10 @@ only through ``os.replace`` after the checksum matched, so it is never half-writ
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +143,10 @@ def download(
         DownloadError: the transfer ended early (``<dest>.part`` is kept for resuming).
         CorruptFileError: the checksum differs (``<dest>.part`` is deleted).
     """
+    import http.client  # the network stack is imported on first download only
+    import urllib.error
+    import urllib.request
+
     if not (md5 or sha256):
         raise ConfigError("checksum", None, "an md5 or sha256 hex digest to verify the download")
     dest = Path(dest)

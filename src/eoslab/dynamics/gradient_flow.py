@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-import diffrax
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -53,6 +52,8 @@ class GradientFlow(Process):
         return state.w
 
     def step(self, objective: Objective, state: GradientFlowState) -> tuple[GradientFlowState, Row]:
+        import diffrax
+
         base = objective.base()
         loss, g = jax.value_and_grad(base)(state.w)
         sol = diffrax.diffeqsolve(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, NamedTuple
 
-import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -138,6 +137,8 @@ class ProjectedLimitingFlow(_LimitingFlowBase):
         return self._start(objective, w0)
 
     def step(self, objective: Objective, state: LimitingFlowState):
+        import diffrax
+
         base = objective.base()
         c, log = flow_constant(self.algorithm)
         term = diffrax.ODETerm(lambda t, y, args: flow_field(base, y, c, log, self.rank_tol)[0])

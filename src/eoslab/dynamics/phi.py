@@ -7,9 +7,8 @@ explicit adaptive Tsit5 (no dense Jacobian).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -18,6 +17,9 @@ from jaxtyping import Array, Float
 from ..curvature._checks import check_w
 from ..errors import ConfigError, NotConvergedError, check_choice, check_positive
 from ..objective import LossLike, Objective, as_objective
+
+if TYPE_CHECKING:
+    import diffrax
 
 __all__ = [
     "PhiResult",
@@ -44,6 +46,8 @@ class PhiResult(NamedTuple):
 
 def ode_solver(name: str, d: int, rtol: float, atol: float) -> diffrax.AbstractSolver:
     """Kvaerno5 (L-stable, implicit) for small problems under ``"auto"``, else Tsit5."""
+    import diffrax
+
     if name == "auto":
         name = "kvaerno5" if d <= _IMPLICIT_MAX_DIM else "tsit5"
     if name == "kvaerno5":
@@ -53,12 +57,16 @@ def ode_solver(name: str, d: int, rtol: float, atol: float) -> diffrax.AbstractS
 
 def gradient_field(obj: Objective) -> diffrax.ODETerm:
     r"""The vector field $-\nabla L$ of gradient flow."""
+    import diffrax
+
     g = jax.grad(obj)
     return diffrax.ODETerm(lambda t, y, args: -g(y))
 
 
 @eqx.filter_jit
 def _phi(obj, w, *, gtol, t_max, solver, rtol, atol, max_steps):
+    import diffrax
+
     g = jax.grad(obj)
     event = diffrax.Event(lambda t, y, args, **kw: jnp.linalg.norm(g(y)) < gtol)
     sol = diffrax.diffeqsolve(
@@ -149,6 +157,8 @@ def phi(
 
 def solve_at(term, solver, y0, ts, *, rtol, atol, max_steps):
     """The ODE's solution at the increasing times ``ts`` from ``y0`` at time 0 (adaptive steps)."""
+    import diffrax
+
     sol = diffrax.diffeqsolve(
         term,
         solver,

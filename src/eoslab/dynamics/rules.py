@@ -33,13 +33,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Union
 
 import jax.numpy as jnp
-import optax
 from jaxtyping import Array, Float
 
 from ..errors import ConfigError, check_positive
+
+if TYPE_CHECKING:
+    import optax
 
 __all__ = [
     "GD",
@@ -169,6 +171,8 @@ class GD:
 
     def build(self, loss_min: float = 0.0) -> Rule:
         """The rule's ``init``/``step`` pair (runs ``optax.sgd``)."""
+        import optax
+
         del loss_min
         return from_optax(
             optax.sgd(self.lr),
@@ -268,6 +272,8 @@ class HeavyBall:
 
     def build(self, loss_min: float = 0.0) -> Rule:
         """The rule's ``init``/``step`` pair."""
+        import optax
+
         del loss_min
         tx = optax.sgd(self.lr, momentum=self.beta) if self.beta > 0 else optax.sgd(self.lr)
         thr = heavy_ball_threshold(self.lr, self.beta)
@@ -296,6 +302,8 @@ class Nesterov:
 
     def build(self, loss_min: float = 0.0) -> Rule:
         """The rule's ``init``/``step`` pair."""
+        import optax
+
         del loss_min
         lr, beta = self.lr, self.beta
         tx = optax.sgd(lr, momentum=beta, nesterov=True) if beta > 0 else optax.sgd(lr)
@@ -330,6 +338,8 @@ class RMSProp:
 
     def build(self, loss_min: float = 0.0) -> Rule:
         """The rule's ``init``/``step`` pair and preconditioner."""
+        import optax
+
         del loss_min
         beta2, eps, bc = self.beta2, self.eps, bool(self.bias_correction)
         tx = optax.chain(
@@ -383,6 +393,8 @@ class Adam:
 
     def build(self, loss_min: float = 0.0) -> Rule:
         """The rule's ``init``/``step`` pair and preconditioner."""
+        import optax
+
         del loss_min
         beta2, eps = self.beta2, self.eps
         tx = optax.adam(self.lr, b1=self.beta1, b2=beta2, eps=eps)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-import pandas as pd
 import tyro
 
 from ..errors import ConfigError, DamagedRunError, DamagedRunWarning
 from .store import RunStore, read_metrics
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["RESUMABLE", "STATUSES", "Run", "Stop", "frame", "load_run"]
 
@@ -103,6 +105,8 @@ _FRONT = [
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     """Rows as the store's table: the standard columns first, NaN where nothing was measured."""
+    import pandas as pd
+
     df = pd.DataFrame(rows)
     if len(df) == 0:
         return df

@@ -28,10 +28,9 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pandas as pd
 
 from ..errors import (
     ConfigError,
@@ -40,6 +39,9 @@ from ..errors import (
     EoslabError,
     UnsafeFileError,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["RunStore", "RunExistsError", "Damage", "atomic_write_bytes", "read_metrics"]
 
@@ -100,6 +102,8 @@ def _git_hash() -> str | None:
 
 def read_metrics(path: Path, *, up_to: int | None = None) -> pd.DataFrame:
     """All metric parts of a run, in step order (rows with ``step < up_to`` if given)."""
+    import pandas as pd
+
     folder = Path(path) / "metrics"
     frames = []
     for f in sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []:
@@ -260,6 +264,8 @@ class RunStore:
 
     def truncate_metrics(self, step: int) -> None:
         """Drop every row with ``step >= step`` (parts past a checkpoint, before a resume)."""
+        import pandas as pd
+
         for f in sorted(self.metrics_dir.glob("part-*.parquet")):
             m = _PART.match(f.name)
             if not m:
@@ -318,6 +324,8 @@ class RunStore:
     # ---------------------------------------------------------------- verification
     def _whole(self, f: Path) -> str:
         """'' if ``f`` is whole and readable, else what is wrong with it."""
+        import pandas as pd
+
         rel = str(f.relative_to(self.path))
         try:
             data = f.read_bytes()

@@ -6,11 +6,10 @@ $(2+2\beta_1)/((1-\beta_1)\eta)$, where $P$ preconditions the step.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from jaxtyping import Array, Float
 
 from ..curvature import EigResult, top_eigenpairs
@@ -21,6 +20,9 @@ from ..dynamics.rules import Rule, adam_threshold, heavy_ball_threshold
 from ..errors import ConfigError
 from ..objective import LossLike, as_objective
 from ..runner import Probes, run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "PreconditionedSharpness",
@@ -76,6 +78,8 @@ def track_preconditioned_sharpness(
     preconditions the step taken from $w_t$; $P=I$ for rules without one); columns ``step``,
     ``loss``, ``sharpness`` (of $P^{-1}H$), ``threshold`` (the rule's) and ``ratio``.
     A front door to `eoslab.runner.run` with the ``eff_sharpness`` probe."""
+    import pandas as pd
+
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
     if not isinstance(rule, Rule):

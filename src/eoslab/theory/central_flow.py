@@ -8,12 +8,11 @@ flow into the predicted time average of any smooth function (``docs/theory.md``,
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from jaxtyping import Array, Float
 
 from ..curvature._checks import check_w
@@ -23,6 +22,9 @@ from ..dynamics.sdcp import solve_sdcp
 from ..errors import ConfigError, check_choice, check_int, check_positive
 from ..objective import LossLike, as_objective
 from ..runner import Probes, run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "CentralFlowResult",
@@ -59,6 +61,8 @@ class CentralFlowResult(NamedTuple):
 
     def frame(self) -> pd.DataFrame:
         """The scalar series as a DataFrame."""
+        import pandas as pd
+
         return pd.DataFrame(
             {
                 "step": self.steps,

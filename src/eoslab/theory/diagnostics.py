@@ -14,10 +14,11 @@ For iterates $x_t$ with learning rate $\eta$ (Arora, Li, Panigrahi 2022, section
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
@@ -26,6 +27,9 @@ from ..dynamics.phi import phi
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike, as_objective
 from .flows import LimitingFlow, flow_constant, limiting_flow
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["eos_diagnostics"]
 
@@ -56,6 +60,8 @@ def eos_diagnostics(
     computed every ``phi_every`` rows (NaN elsewhere). ``flow`` defaults to the limiting flow from
     ``ws[0]`` at $\tau=\eta^2\cdot$``steps``.
     """
+    import pandas as pd
+
     ws = jnp.asarray(ws)
     if ws.ndim != 2 or ws.shape[0] < 2:
         raise ConfigError("ws.shape", ws.shape, "(n, D) with n >= 2 consecutive iterates")

@@ -6,10 +6,9 @@ $\eta t$ and with the limiting flow at $\tau=\eta^2 t$; the ``phi`` probe adds $
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import pandas as pd
 from jaxtyping import Array, Float
 
 from ..curvature._checks import check_w
@@ -21,6 +20,9 @@ from ..dynamics.rules import normalized_gd, sqrt_loss_gd
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike, as_objective
 from ..runner import Probes, Run, run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Lockstep", "lockstep"]
 
@@ -46,6 +48,8 @@ def lockstep(
     ``opt_flow`` $=\|x_t-X(\tau)\|$, ``phi_flow`` $=\|\Phi(x_t)-X(\tau)\|$ and
     ``opt_phi`` $=\|x_t-\Phi(x_t)\|$.
     """
+    import pandas as pd
+
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
     flow_constant(algorithm)

@@ -6,13 +6,12 @@ Formulas: ``docs/theory.md``, "Self-stabilization".
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
@@ -31,6 +30,9 @@ from ..dynamics.self_stabilization import (
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import LossLike, as_objective
 from ..runner import Probes, run
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "SelfStabilizationResult",
@@ -190,6 +192,8 @@ def gd_lockstep(
     ``sharpness_{gd,gf,cf}``, ``gd_gf``, ``gd_cf``, ``cf_gf`` (and ``loss_dagger``, ``gd_dagger``).
     ``central_flow`` replaces the default ``CentralFlow(lr, substeps)`` (e.g. an `SDPCentralFlow`).
     """
+    import pandas as pd
+
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
     check_positive("lr", lr)
