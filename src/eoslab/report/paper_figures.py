@@ -24,14 +24,17 @@ __all__ = [
 
 def valley_figure(path: Path, sq: np.ndarray, ng: np.ndarray) -> Path:
     r"""Figure 1: the iterates ``sq`` of GD on $\sqrt L$ ($\eta=0.5$) and ``ng`` of normalized GD
-    ($\eta=5$) over $\sqrt L$ of $L=(1+x^2)y^2$, the manifold $\Gamma=\{y=0\}$ drawn."""
+    ($\eta=5$) over $\sqrt L$ of $L=(1+x^2)y^2$, the manifold $\Gamma=\{y=0\}$ drawn.
+
+    The start is starred and labelled inside the axes; the colour bar has a tick per decade."""
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import LogFormatterSciNotation
 
     plt = pyplot()
     xs, ys = np.linspace(-6, 16, 400), np.linspace(-6, 6, 300)
     X, Y = np.meshgrid(xs, ys)
     Z = np.sqrt(1 + X**2) * np.abs(Y) + 1e-3
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True, layout="constrained")
     for ax, pts, title in (
         (axes[0], sq, r"(a) GD on $\sqrt{L}$, $\eta=0.5$"),
         (axes[1], ng, r"(b) normalized GD on $L$, $\eta=5$"),
@@ -39,16 +42,32 @@ def valley_figure(path: Path, sq: np.ndarray, ng: np.ndarray) -> Path:
         cs = ax.contourf(X, Y, Z, levels=np.logspace(-3, 2, 30), norm=LogNorm(), cmap="viridis")
         ax.axhline(0, color="purple", lw=3, label=r"$\Gamma=\{y=0\}$ (minimizers)")
         ax.plot(pts[:, 0], pts[:, 1], "o-", color="orange", ms=4, label="iterates")
-        ax.annotate("start", pts[0], color="white")
+        ax.plot(*pts[0], "*", color="white", mec="black", ms=14, zorder=4)
+        up = pts[0, 1] >= 0  # the label goes left of the start, on the side away from Gamma
+        ax.annotate(
+            "start",
+            pts[0],
+            xytext=(-10, 6 if up else -6),
+            textcoords="offset points",
+            ha="right",
+            va="bottom" if up else "top",
+            color="white",
+            fontweight="bold",
+        )
         ax.annotate(
             "", xy=(0, 0.3), xytext=(4, 0.3), arrowprops={"arrowstyle": "->", "color": "white"}
         )
         ax.text(0.2, 0.6, "flatter", color="white")
         ax.set_title(title)
-        ax.set_xlabel("x")
+        ax.set_xlabel("x (along $\\Gamma$)")
         ax.legend(loc="lower left", fontsize=8)
-    axes[0].set_ylabel("y")
-    fig.colorbar(cs, ax=axes, label=r"$\sqrt{L}$ (log scale)")
+    axes[0].set_ylabel("y (across $\\Gamma$)")
+    cb = fig.colorbar(cs, ax=axes, ticks=10.0 ** np.arange(-3, 3), format=LogFormatterSciNotation())
+    cb.ax.minorticks_off()
+    cb.set_label(r"$\sqrt{L}$ (log scale)")
+    fig.suptitle(
+        r"$L(x, y) = (1 + x^2)\,y^2$: both methods zig-zag across $\Gamma$ toward flatter $x$"
+    )
     return save_figure(fig, path)
 
 
@@ -60,36 +79,56 @@ def quadratic_figure(
     xt: np.ndarray,
     lam1: float,
     lam2: float,
+    *,
+    lr: float = 1.0,
 ) -> Path:
     r"""Figure 2: $\|\tilde x_t\|$ (``norms``, against the ``paper``'s), the alignment of the long
     run ``long`` with $v_1$, and the iterates ``xt`` in the invariant sets of
-    $\operatorname{diag}(\lambda_1,\lambda_2)$."""
+    $\operatorname{diag}(\lambda_1,\lambda_2)$ (normalized GD at ``lr``).
+
+    The paper's values are drawn over the measured ones; components below the arithmetic's
+    resolution $\epsilon\,\max_t\|\tilde x_t\|$ ($\epsilon$ of ``long``'s dtype) are not drawn
+    (they are zero to that precision); legends sit below the panels, off the data."""
     plt = pyplot()
     ln = np.linalg.norm(long, axis=1)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5), layout="constrained")
     t = np.arange(norms.size)
     above = norms > lam1 / 2
-    axes[0].plot(t, norms, "k-", lw=0.8)
-    axes[0].scatter(t[above], norms[above], c="red", zorder=3, label=r"$> \lambda_1/2$")
-    axes[0].scatter(t[~above], norms[~above], c="blue", zorder=3, label=r"$\leq \lambda_1/2$")
-    axes[0].plot(t, paper, "x", c="gray", label="paper")
-    axes[0].axhline(lam1 / 2, ls="--", c="k")
-    axes[0].set(xlabel="step t", ylabel=r"$\|\tilde x_t\|$", title="norm: 2-cycle")
-    axes[0].legend(fontsize=8)
-    axes[1].semilogy(
-        np.arange(ln.size), np.abs(long[:, 0]), label=r"$|\langle v_1,\tilde x\rangle|$"
+    ax = axes[0]
+    ax.plot(t, norms, "k-", lw=0.8, zorder=2)
+    ax.scatter(t[above], norms[above], s=22, c="red", zorder=3, label=r"measured, $> \lambda_1/2$")
+    ax.scatter(
+        t[~above], norms[~above], s=22, c="blue", zorder=3, label=r"measured, $\leq \lambda_1/2$"
     )
-    axes[1].semilogy(
-        np.arange(ln.size), np.abs(long[:, 1]) + 1e-300, label=r"$|\langle v_2,\tilde x\rangle|$"
+    ax.plot(t, paper, "o", ms=11, mfc="none", mec="black", mew=1.3, zorder=4, label="paper (ring)")
+    ax.axhline(lam1 / 2, ls="--", c="k", lw=1, label=r"$\lambda_1/2$")
+    ax.set(
+        xlabel="step t", ylabel=r"$\|\tilde x_t\|$", title=r"norm: a 2-cycle around $\lambda_1/2$"
     )
-    axes[1].set(xlabel="step t", title="alignment with $v_1$")
-    axes[1].legend(fontsize=8)
+    dtype = np.asarray(long).dtype
+    eps = np.finfo(dtype if dtype.kind == "f" else np.float64).eps
+    floor = eps * float(np.max(ln))
+    steps = np.arange(ln.size)
+    for j, name in ((0, "v_1"), (1, "v_2")):
+        comp = np.abs(long[:, j])
+        keep = comp > floor
+        axes[1].semilogy(
+            steps[keep], comp[keep], "o-", ms=2.5, label=rf"$|\langle {name},\tilde x_t\rangle|$"
+        )
+    axes[1].axhline(
+        floor, ls=":", c="gray", label=rf"resolution $\epsilon\,\max\|\tilde x\|$ = {floor:.1e}"
+    )
+    axes[1].set(
+        xlabel="step t",
+        ylabel=r"component of $\tilde x_t$ (absolute value)",
+        title="alignment with $v_1$: the $v_2$ component vanishes",
+    )
     th = np.linspace(0, 2 * np.pi, 200)
     ax = axes[2]
     ax.fill_between(
         [-lam2, lam2],
-        -1.1,
-        1.1,
+        -1.1 * lam1,
+        1.1 * lam1,
         color="tab:blue",
         alpha=0.15,
         label=r"$\mathcal{I}_2: |v_2| \leq \lambda_2$",
@@ -101,8 +140,19 @@ def quadratic_figure(
         label=r"$\mathcal{I}_1$: $\|\tilde x\| \leq \lambda_1$",
     )
     ax.plot(xt[:, 1], xt[:, 0], "o-", c="k", ms=4, label="iterates")
-    ax.set(xlabel=r"$v_2$", ylabel=r"$v_1$", title="invariant sets", aspect="equal")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set(
+        xlabel=r"$\langle v_2, \tilde x\rangle$",
+        ylabel=r"$\langle v_1, \tilde x\rangle$",
+        title="invariant sets",
+        aspect="equal",
+    )
+    for ax in axes:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    fig.suptitle(
+        rf"normalized GD ($\eta = {lr:g}$) on $\frac{{1}}{{2}}\, x^\top \mathrm{{diag}}(\lambda_1, "
+        rf"\lambda_2)\,x$, $\lambda_1 = {lam1:g}$, $\lambda_2 = {lam2:g}$; "
+        r"$\tilde x_t = \mathrm{diag}(\lambda_1, \lambda_2)\,x_t/\eta$"
+    )
     return save_figure(fig, path)
 
 

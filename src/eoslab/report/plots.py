@@ -1,12 +1,15 @@
-"""Figures of runs (matplotlib, PNG): loss, sharpness against its threshold, lr x sharpness, cost.
+"""Figures of runs (matplotlib, PNG): loss, accuracy, sharpness against its threshold,
+lr x sharpness, cost.
 
-Reads run directories only (``config.json`` and the Parquet parts); it never imports the runner.
-Several directories are overlaid, one colour per run.
+Reads run directories only (``config.json``, ``manifest.json`` and the Parquet parts); it never
+imports the runner. Several directories are overlaid, one colour per run (per process).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,8 +18,12 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DamagedRunWarning
+from .output import pyplot, save_figure
+from .run_info import RunInfo, read_run_info, threshold_label
 
-__all__ = ["plot_runs", "read_run_metrics", "run_label"]
+__all__ = ["plot_runs", "read_run_metrics", "run_label", "write_run_figures"]
+
+_DIVERGED = "tab:red"
 
 
 def read_run_metrics(path: str | Path) -> pd.DataFrame:
@@ -72,67 +79,360 @@ def run_label(path: str | Path, process: str | None = None) -> str:
 def _probed(df: pd.DataFrame, col: str) -> pd.DataFrame:
     if col not in df:
         return df.iloc[0:0]
-    return df[df[col].notna()]
+    vals = pd.to_numeric(df[col], errors="coerce").astype(float)
+    return df[np.isfinite(vals.to_numpy())]
+
+
+@dataclasses.dataclass
+class _Series:
+    """One line of the figure: a process of a run, its rows and what its run says about it."""
+
+    label: str
+    color: str
+    df: pd.DataFrame
+    info: RunInfo
+    is_optimizer: bool
+
+
+def _series(dirs: Sequence[Path], colors: list[str]) -> list[_Series]:
+    """One series per process of each run; a lone series is unlabelled (the title names it)."""
+    out = []
+    for d in dirs:
+        info = read_run_info(d)
+        for proc, part in _by_process(read_run_metrics(d)):
+            is_opt = proc is None or proc == info.rule
+            c = colors[len(out) % len(colors)]
+            if len(dirs) > 1:
+                label = run_label(d, proc)
+            else:  # one run: its processes by name, the optimizer by its rule
+                label = info.rule_text if is_opt else str(proc)
+            out.append(_Series(label, c, part, info, is_opt))
+    if len(out) == 1:
+        out[0].label = ""
+    return out
+
+
+def _named(s: _Series, what: str) -> str:
+    return f"{s.label}: {what}" if s.label else what
+
+
+def _floats(s: pd.Series) -> np.ndarray:
+    return pd.to_numeric(s, errors="coerce").astype(float).to_numpy()
+
+
+def _marker_size(n: int) -> float:
+    return 5.0 if n <= 40 else 3.5 if n <= 150 else 2.0
+
+
+def _constant(values: np.ndarray) -> float | None:
+    """The value of an (almost) constant series, else None."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    return lo if hi - lo <= 1e-6 * max(abs(hi), 1e-30) else None
+
+
+def _curvature(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """The column compared with the threshold (preconditioned sharpness for adaptive rules)."""
+    eff = _probed(df, "eff_sharpness")
+    return ("eff_sharpness", eff) if len(eff) else ("sharpness", _probed(df, "sharpness"))
+
+
+def _draw_loss(ax, s: _Series) -> None:
+    loss = _floats(s.df["loss"]) if "loss" in s.df else np.array([])
+    steps = s.df["step"].to_numpy()
+    ok = np.isfinite(loss) & (loss > 0)
+    few = ok.sum() <= 30
+    ax.plot(
+        steps[ok],
+        loss[ok],
+        color=s.color,
+        lw=1.2,
+        marker="o" if few else None,
+        ms=4,
+        label=s.label or None,
+    )
+
+
+def _draw_divergence(axes, series: list[_Series]) -> None:
+    """A vertical line at the step each diverged run stopped, and its last finite loss."""
+    labelled = False
+    for s in series:
+        if not (s.info.diverged and s.is_optimizer):
+            continue
+        step = s.info.stop_step
+        if step is None and len(s.df):
+            step = int(s.df["step"].iloc[-1])
+        if step is None:
+            continue
+        for name, ax in axes.items():
+            label = f"diverged at step {step}" if name == "loss" and not labelled else None
+            ax.axvline(step, color=_DIVERGED, ls=":", lw=1.5, label=label)
+            ax.text(
+                step,
+                0.5,
+                "diverged ",
+                transform=ax.get_xaxis_transform(),
+                rotation=90,
+                ha="right",
+                va="center",
+                color=_DIVERGED,
+                fontsize=8,
+            )
+        loss = _floats(s.df["loss"]) if "loss" in s.df else np.array([])
+        ok = np.isfinite(loss) & (loss > 0)
+        if ok.any():
+            i = np.flatnonzero(ok)[-1]
+            axes["loss"].plot(
+                s.df["step"].to_numpy()[i], loss[i], "X", color=_DIVERGED, ms=9, zorder=5
+            )
+        labelled = True
+
+
+def _draw_sharpness(ax, s: _Series) -> tuple[float, float]:
+    """Probed (preconditioned) sharpness as markers, with its certified band; returns its range."""
+    col, pr = _curvature(s.df)
+    if not len(pr):
+        return math.nan, math.nan
+    x, y = pr["step"].to_numpy(), _floats(pr[col])
+    name = r"$\lambda_1(P^{-1}H)$" if col == "eff_sharpness" else r"$\lambda_1$"
+    ax.plot(
+        x,
+        y,
+        color=s.color,
+        lw=0.8,
+        marker="o",
+        ms=_marker_size(len(x)),
+        label=_named(s, f"{name} at the probes"),
+    )
+    if col == "sharpness" and "sharpness_error" in pr:
+        err = _floats(pr["sharpness_error"])
+        ok = np.isfinite(err)
+        if ok.any():
+            ax.fill_between(
+                x[ok],
+                y[ok] - err[ok],
+                y[ok] + err[ok],
+                color=s.color,
+                alpha=0.3,
+                lw=0,
+                label=_named(s, f"certified bound: ±{np.max(err[ok]):.2g} at most"),
+            )
+            if ok.sum() == 1:  # a band of one probe has no width: an error bar
+                ax.errorbar(x[ok], y[ok], yerr=err[ok], color=s.color, capsize=4, lw=1)
+    return float(np.nanmin(y)), float(np.nanmax(y))
+
+
+def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.DataFrame]]:
+    """Threshold lines to draw: ``(label, colour or None for black, rows)``; one line for the
+    runs that share a constant threshold."""
+    groups: dict[float, list[_Series]] = {}
+    varying = []
+    for s in series:
+        thr = _probed(s.df, "threshold")
+        if not len(thr):
+            continue
+        value = _constant(_floats(thr["threshold"]))
+        if value is None:
+            varying.append((s, thr))
+        else:
+            groups.setdefault(round(value, 9), []).append(s)
+    lines: list[tuple[str, str | None, pd.DataFrame]] = []
+    many = len(groups) > 1
+    for value, members in groups.items():
+        kinds = {m.info.rule for m in members if m.is_optimizer} or {members[0].info.rule}
+        kind = kinds.pop() if len(kinds) == 1 else None
+        label = threshold_label(kind, value)
+        steps = pd.concat([_probed(m.df, "threshold") for m in members])
+        if many:  # several thresholds: each in its run's colour, named after it
+            owner = next((m for m in members if m.is_optimizer), members[0])
+            lines.append((f"{owner.info.path.name}: {label}", owner.color, steps))
+        else:
+            lines.append((label, None, steps))
+    for s, thr in varying:
+        lines.append((_named(s, threshold_label(s.info.rule, None)), s.color, thr))
+    return lines
+
+
+def _draw_thresholds(ax, series: list[_Series], top: float) -> None:
+    hidden = []
+    for label, color, rows in _threshold_groups(series):
+        rows = rows.sort_values("step")
+        x, y = rows["step"].to_numpy(), _floats(rows["threshold"])
+        c = color or "black"
+        if len(x) == 1 or _constant(y) is not None:
+            ax.axhline(float(np.nanmedian(y)), color=c, ls="--", lw=1.3, label=label)
+        else:
+            ax.plot(x, y, color=c, ls="--", lw=1.3, label=label)
+        if math.isfinite(top) and top > 0 and np.nanmedian(y) > 5 * top:
+            hidden.append(label)
+    if hidden:  # a far-off threshold would flatten the curve: say where it is
+        ax.set_ylim(0, 1.5 * top)
+        ax.text(
+            0.99,
+            0.97,
+            "above this range: " + "; ".join(hidden),
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+        )
+
+
+def _draw_product(ax, s: _Series) -> float | None:
+    """lr_eff x the curvature at the probes; returns the threshold's level if it is constant."""
+    col, pr = _curvature(s.df)
+    if not len(pr) or "lr_eff" not in pr:
+        return None
+    x = pr["step"].to_numpy()
+    lr = _floats(pr["lr_eff"])
+    ax.plot(
+        x,
+        lr * _floats(pr[col]),
+        color=s.color,
+        lw=0.8,
+        marker="o",
+        ms=_marker_size(len(x)),
+        label=s.label or None,
+    )
+    level = lr * _floats(pr["threshold"]) if "threshold" in pr else np.array([np.nan])
+    return _constant(level)
+
+
+def _draw_levels(ax, levels: dict[float, list[str]]) -> None:
+    """The threshold's level on the lr x sharpness panel: one line per distinct value."""
+    for value, cols in levels.items():
+        c = "black" if len(levels) == 1 else cols[0]
+        ax.axhline(
+            value, color=c, ls="--", lw=1.3, label=f"lr_eff $\\times$ threshold = {value:.3g}"
+        )
+
+
+def _draw_count(ax, s: _Series, col: str, *, percent: bool = False) -> None:
+    pr = _probed(s.df, col)
+    if not len(pr):
+        return
+    x, y = pr["step"].to_numpy(), _floats(pr[col])
+    ax.plot(
+        x,
+        100 * y if percent else y,
+        color=s.color,
+        lw=0.8,
+        marker="o",
+        ms=_marker_size(len(x)),
+        label=s.label or None,
+    )
+
+
+def _plain_log_ticks(ax) -> None:
+    """A log axis spanning less than 1.5 decades: ticks at 1, 2, 3, 5 x 10^k written 0.3, 0.5."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    lo, hi = ax.get_ylim()
+    if lo > 0 and hi / lo < 30:
+        fmt = FuncFormatter(lambda v, _: f"{v:.3g}")
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0)))
+        ax.yaxis.set_major_formatter(fmt)
+        ax.yaxis.set_minor_formatter(fmt)
+
+
+def _empty_note(ax, text: str) -> None:
+    if not ax.has_data():
+        ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray")
+
+
+def _title(series: list[_Series], dirs: Sequence[Path]) -> str:
+    infos = [read_run_info(d) for d in dirs]
+    problems = list(dict.fromkeys(f"{i.problem}, loss {i.loss}" for i in infos))
+    lines = []
+    if len(infos) == 1:
+        i = infos[0]
+        probe = f", probed every {i.probe_every} steps" if i.probe_every else ""
+        lines.append(f"{i.title}{probe}")
+    elif len(problems) == 1:
+        rules = "; ".join(f"{i.path.name}: {i.rule_text}" for i in infos)
+        lines += [problems[0], rules]
+    else:
+        lines += [f"{i.path.name}: {i.title}" for i in infos]
+    for i in infos:
+        if i.diverged:
+            why = i.message.split(";")[0] or f"diverged at step {i.stop_step}"
+            lines.append(f"{i.path.name}: {why}")
+    return "\n".join(lines)
 
 
 def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None) -> Path:
-    """Write one PNG with four panels for the runs in ``dirs`` and return its path.
+    r"""Write one PNG of the runs in ``dirs`` (one series per process) and return its path.
 
-    Each process of a multi-process run is its own series. Panels: training loss (log scale);
-    sharpness (the preconditioned one for adaptive rules) with its stability threshold dashed;
-    effective LR x sharpness with the threshold's level (2 for GD);
-    Hessian-vector products per probe.
+    Panels: training loss (log scale); training accuracy (when measured); the sharpness
+    $\lambda_1$ (for adaptive rules the preconditioned $\lambda_1(P^{-1}H)$) at the probed steps,
+    with its certified bound $\lambda_1 \pm$ ``sharpness_error`` as a band and the stability
+    threshold dashed and labelled with its value (e.g. ``2/lr = 20``); the effective LR times
+    the sharpness against the threshold's level (2 for GD); Hessian-vector products per probe.
+    A diverged run is marked by a vertical line at the step it stopped. The title names the
+    problem (model, dataset, n), the loss and the rule with its hyperparameters (``title``
+    replaces it).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
-    ax_loss, ax_sharp, ax_prod, ax_mv = axes.ravel()
+    plt = pyplot()
+    dirs = [Path(d) for d in dirs]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    series = []
-    for d in dirs:
-        for proc, part in _by_process(read_run_metrics(d)):
-            series.append((run_label(d, proc), part))
-    for i, (label, df) in enumerate(series):
-        c = colors[i % len(colors)]
-        if len(df) == 0:
+    series = _series(dirs, colors)
+    with_acc = any(len(_probed(s.df, "accuracy")) for s in series)
+    if with_acc:
+        layout = [["loss", "acc", "mv"], ["sharp", "sharp", "prod"]]
+        fig, axes = plt.subplot_mosaic(layout, figsize=(17, 9.5), layout="constrained")
+    else:
+        layout = [["loss", "mv"], ["sharp", "prod"]]
+        fig, axes = plt.subplot_mosaic(layout, figsize=(13, 9), layout="constrained")
+    lo, hi = math.inf, -math.inf
+    levels: dict[float, list[str]] = {}
+    for s in series:
+        if not len(s.df):
             continue
-        fin = df[np.isfinite(df["loss"]) & (df["loss"] > 0)]
-        ax_loss.plot(fin["step"], fin["loss"], color=c, lw=1.2, label=label)
-        eff = _probed(df, "eff_sharpness")
-        curv_col = "eff_sharpness" if len(eff) else "sharpness"
-        pr = _probed(df, curv_col)
-        if len(pr):
-            name = "preconditioned sharpness" if curv_col == "eff_sharpness" else "sharpness"
-            ax_sharp.plot(pr["step"], pr[curv_col], color=c, lw=1.5, label=f"{label} ({name})")
-            ax_prod.plot(pr["step"], pr["lr_eff"] * pr[curv_col], color=c, lw=1.5, label=label)
-            ax_prod.plot(pr["step"], pr["lr_eff"] * pr["threshold"], color=c, lw=1, ls="--")
-            if "sharpness_matvecs" in pr:
-                ax_mv.plot(
-                    pr["step"], pr["sharpness_matvecs"].astype(float), color=c, lw=1, label=label
-                )
-        thr = df[np.isfinite(df["threshold"])]
-        if len(thr):
-            ax_sharp.plot(thr["step"], thr["threshold"], color=c, lw=1, ls="--", label="threshold")
-            top = float(np.nanmax(pr[curv_col])) if len(pr) else 0.0
-            if top > 0 and np.nanmedian(thr["threshold"]) > 5 * top:
-                ax_sharp.set_ylim(0, 1.5 * top)  # a far-off threshold would flatten the curve
-    ax_loss.set_yscale("log")
-    ax_loss.set_title("training loss")
-    ax_sharp.set_title("sharpness $\\lambda_1$ and its stability threshold (dashed)")
-    ax_prod.set_title("effective LR $\\times$ sharpness (dashed: the threshold's level)")
-    ax_mv.set_title("Hessian-vector products per probe")
-    for ax in axes.ravel():
+        _draw_loss(axes["loss"], s)
+        a, b = _draw_sharpness(axes["sharp"], s)
+        lo, hi = min(lo, a) if math.isfinite(a) else lo, max(hi, b) if math.isfinite(b) else hi
+        level = _draw_product(axes["prod"], s)
+        if level is not None:
+            levels.setdefault(round(level, 9), []).append(s.color)
+        _draw_count(axes["mv"], s, "sharpness_matvecs")
+        if with_acc:
+            _draw_count(axes["acc"], s, "accuracy", percent=True)
+    _draw_thresholds(axes["sharp"], series, hi)
+    _draw_levels(axes["prod"], levels)
+    _draw_divergence(axes, series)
+    adaptive = any(_curvature(s.df)[0] == "eff_sharpness" for s in series if len(s.df))
+    losses = list(dict.fromkeys(s.info.loss for s in series))
+    axes["loss"].set(
+        yscale="log", title="training loss", ylabel=f"training loss ({', '.join(losses)})"
+    )
+    sharp = "preconditioned sharpness $\\lambda_1(P^{-1}H)$" if adaptive else "sharpness"
+    axes["sharp"].set(
+        title=f"{sharp} at the probes and its stability threshold (dashed)",
+        ylabel=("$\\lambda_1(P^{-1}H)$" if adaptive else "$\\lambda_1$ (top Hessian eigenvalue)")
+        + ", units of 1/lr",
+    )
+    axes["prod"].set(
+        title="effective LR $\\times$ sharpness against the threshold's level",
+        ylabel="lr_eff $\\times$ " + ("$\\lambda_1(P^{-1}H)$" if adaptive else "$\\lambda_1$"),
+    )
+    axes["mv"].set(title="cost of each probe", ylabel="Hessian-vector products (count)")
+    if with_acc:
+        axes["acc"].set(title="training accuracy", ylabel="training accuracy (%)")
+    _plain_log_ticks(axes["loss"])
+    for name, ax in axes.items():
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    ax_loss.legend(fontsize=8)
-    ax_sharp.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+        _empty_note(ax, "no probes recorded" if name != "loss" else "no finite loss recorded")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, framealpha=0.85, loc="best")
+    fig.suptitle(title if title is not None else _title(series, dirs), fontsize=11)
+    return save_figure(fig, Path(out))
+
+
+def write_run_figures(run_dir: str | Path) -> list[Path]:
+    """The figures ``eoslab run`` writes for a run directory: ``figures/overview.png`` (see
+    `plot_runs`). Returns their paths."""
+    run_dir = Path(run_dir)
+    return [plot_runs([run_dir], run_dir / "figures" / "overview.png")]

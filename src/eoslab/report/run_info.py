@@ -1,0 +1,203 @@
+"""What a figure says about a run, in words: its problem, rule, threshold and how it ended.
+
+Read from a run directory's ``config.json`` and ``manifest.json`` only (plain JSON), for titles,
+legends and axis labels. Written by `eoslab.experiments` (an ``Experiment``'s fields) or by
+``eoslab.train`` / ``eoslab.runner.run`` (the processes' descriptions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LOSS_NAMES",
+    "RULE_NAMES",
+    "RunInfo",
+    "describe_problem",
+    "describe_rule",
+    "read_run_info",
+    "threshold_formula",
+    "threshold_label",
+]
+
+LOSS_NAMES = {
+    "mse_half": "MSE/2",
+    "mse_sum": "MSE",
+    "cross_entropy": "cross-entropy",
+}
+"""Short names of `eoslab.losses` for axis labels (``mse_half``: mean of 1/2 |f - y|^2)."""
+
+RULE_NAMES = {
+    "gd": "GD",
+    "normalized_gd": "normalized GD",
+    "sqrt_loss_gd": "GD on sqrt(L)",
+    "heavy_ball": "heavy ball",
+    "nesterov": "Nesterov",
+    "rmsprop": "RMSProp",
+    "adam": "Adam",
+}
+"""Display names of the update rules (``kind`` in a config)."""
+
+_HYPER_NAMES = {"lr": "lr", "beta": "β", "beta1": "β1", "beta2": "β2"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """A run directory's description for figures.
+
+    Attributes:
+        path: the run directory.
+        problem: the objective in words (model, dataset, n; or the synthetic problem).
+        loss: the training loss's short name (for the loss axis).
+        rule: the optimizer's kind (``gd``, ``adam``, ...; None if unknown).
+        hyper: the rule's hyperparameters (``lr``, ``beta``, ...).
+        steps: the step budget; probe_every: the probing period (None if unknown).
+        status: how the run ended (``manifest.json``; ``unknown`` if unreadable).
+        stop_step: the step the run stopped at (its last step).
+        message: the manifest's one-line account.
+    """
+
+    path: Path
+    problem: str
+    loss: str
+    rule: str | None
+    hyper: dict[str, Any]
+    steps: int | None
+    probe_every: int | None
+    status: str
+    stop_step: int | None
+    message: str
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+    @property
+    def rule_text(self) -> str:
+        """The rule with its hyperparameters, e.g. ``GD, lr = 0.1``."""
+        return describe_rule(self.rule, self.hyper)
+
+    @property
+    def title(self) -> str:
+        """Problem, loss and rule on one line, e.g. ``fc-tanh on mnist1d (n = 4000), loss MSE/2;
+        GD, lr = 0.1``."""
+        return f"{self.problem}, loss {self.loss}; {self.rule_text}"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def describe_problem(cfg: dict) -> tuple[str, str]:
+    """``(problem, loss)`` in words for a run's recorded config (``config.json``'s ``config``)."""
+    p = cfg.get("problem")
+    if not isinstance(p, dict):  # a run made in Python: an objective of its own
+        sqrt = cfg.get("transform") == "sqrt"
+        dim = f"{cfg['dim']:,} parameters" if isinstance(cfg.get("dim"), int) else "custom"
+        return f"custom objective ({dim})", "L, trained on sqrt(L)" if sqrt else "L"
+    kind = p.get("kind")
+    if kind == "model":
+        n = p.get("n")
+        n_text = "all examples" if n is None else f"n = {n:,}"
+        loss = LOSS_NAMES.get(p.get("loss", ""), str(p.get("loss", "?")))
+        return f"{p.get('model', '?')} on {p.get('dataset', '?')} ({n_text})", loss
+    if kind == "quadratic":
+        return (
+            f"quadratic, {p.get('dim', '?')} parameters, curvatures {_fmt(p.get('top'))} "
+            f"down to {_fmt(p.get('bottom'))}",
+            "1/2 Σ h_i w_i^2",
+        )
+    if kind == "toy-mlp":
+        shape = f"{p.get('din', '?')}-{p.get('width', '?')}-{p.get('dout', '?')}"
+        return f"toy tanh net {shape} on a synthetic teacher (n = {p.get('n', '?')})", "MSE/2"
+    if kind == "valley":
+        extra = p.get("extra", 0)
+        tail = f" + 0.3 Σ z_i^2 ({extra} z)" if extra else ""
+        return f"valley (1 + x^2) y^2{tail} from x0 = {_fmt(p.get('x0'))}", "L"
+    return str(kind or "unknown problem"), "loss"
+
+
+def describe_rule(kind: str | None, hyper: dict[str, Any]) -> str:
+    """``kind`` and its hyperparameters in words, e.g. ``Adam, lr = 0.001, β1 = 0.9``."""
+    name = RULE_NAMES.get(kind or "", kind or "unknown rule")
+    parts = [f"{_HYPER_NAMES[k]} = {_fmt(v)}" for k, v in hyper.items() if k in _HYPER_NAMES]
+    return ", ".join([name, *parts])
+
+
+def threshold_formula(kind: str | None) -> str | None:
+    r"""The stability threshold's formula for a rule (``None`` if not known).
+
+    GD and RMSProp $2/\eta$; heavy ball $(2+2\beta)/\eta$; Nesterov $(2+2\beta)/((1+2\beta)\eta)$;
+    Adam $(2+2\beta_1)/((1-\beta_1)\eta)$ (preconditioned sharpness for RMSProp and Adam);
+    normalized GD and GD on $\sqrt L$: $2/\eta_t$ with the step's effective LR $\eta_t$.
+    """
+    return {
+        "gd": "2/lr",
+        "rmsprop": "2/lr",
+        "heavy_ball": "(2+2β)/lr",
+        "nesterov": "(2+2β)/((1+2β) lr)",
+        "adam": "(2+2β1)/((1-β1) lr)",
+        "normalized_gd": "2/lr_eff = 2|∇L|/lr",
+        "sqrt_loss_gd": "2/lr_eff = 4 sqrt(L)/lr",
+    }.get(kind or "")
+
+
+def threshold_label(kind: str | None, value: float | None) -> str:
+    """The threshold's legend text: its formula and value, e.g. ``2/lr = 20``.
+
+    ``value`` is the recorded (constant) threshold, or None when it changes from step to step
+    (then the formula alone). An unknown rule gives ``threshold = value``.
+    """
+    formula = threshold_formula(kind)
+    if value is None or not math.isfinite(value):
+        return formula or "threshold"
+    if formula is None or "lr_eff" in formula:
+        return f"{formula or 'threshold'} = {value:.4g}"
+    return f"{formula} = {value:.4g}"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _rule_of(cfg: dict) -> tuple[str | None, dict[str, Any]]:
+    rule = cfg.get("rule")
+    if isinstance(rule, dict):
+        hyper = {k: v for k, v in rule.items() if k != "kind"}
+        return rule.get("kind"), hyper
+    for proc in (cfg.get("processes") or {}).values():  # a run made by train / runner.run
+        if isinstance(proc, dict) and proc.get("kind") == "optimizer":
+            hyper = {k: v for k, v in proc.items() if k not in ("kind", "rule")}
+            return proc.get("rule"), hyper
+    return None, {}
+
+
+def read_run_info(path: str | Path) -> RunInfo:
+    """A run directory's `RunInfo`; a missing or damaged file leaves its fields unknown."""
+    path = Path(path)
+    cfg = _read_json(path / "config.json").get("config", {})
+    cfg = cfg if isinstance(cfg, dict) else {}
+    man = _read_json(path / "manifest.json")
+    problem, loss = describe_problem(cfg)
+    kind, hyper = _rule_of(cfg)
+    step = man.get("step")
+    return RunInfo(
+        path=path,
+        problem=problem,
+        loss=loss,
+        rule=kind,
+        hyper=hyper,
+        steps=cfg.get("steps") if isinstance(cfg.get("steps"), int) else None,
+        probe_every=cfg.get("probe_every") if isinstance(cfg.get("probe_every"), int) else None,
+        status=str(man.get("status", "unknown")),
+        stop_step=int(step) if isinstance(step, int) else None,
+        message=str(man.get("message", "")),
+    )
