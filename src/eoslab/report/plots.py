@@ -103,7 +103,7 @@ def _series(dirs: Sequence[Path], colors: list[str]) -> list[_Series]:
             is_opt = proc is None or proc == info.rule
             c = colors[len(out) % len(colors)]
             if len(dirs) > 1:
-                label = run_label(d, proc)
+                label = f"{d.name}: {info.rule_text if is_opt else proc}"
             else:  # one run: its processes by name, the optimizer by its rule
                 label = info.rule_text if is_opt else str(proc)
             out.append(_Series(label, c, part, info, is_opt))
@@ -348,7 +348,8 @@ def _title(series: list[_Series], dirs: Sequence[Path]) -> str:
     lines = []
     if len(infos) == 1:
         i = infos[0]
-        probe = f", probed every {i.probe_every} steps" if i.probe_every else ""
+        every = {None: "", 1: ", probed every step"}
+        probe = every.get(i.probe_every, f", probed every {i.probe_every} steps")
         lines.append(f"{i.title}{probe}")
     elif len(problems) == 1:
         rules = "; ".join(f"{i.path.name}: {i.rule_text}" for i in infos)
@@ -374,6 +375,8 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
     problem (model, dataset, n), the loss and the rule with its hyperparameters (``title``
     replaces it).
     """
+    from matplotlib.ticker import MaxNLocator
+
     plt = pyplot()
     dirs = [Path(d) for d in dirs]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -421,8 +424,13 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
     if with_acc:
         axes["acc"].set(title="training accuracy", ylabel="training accuracy (%)")
     _plain_log_ticks(axes["loss"])
+    steps = [float(v) for s in series for v in s.df["step"]] if series else []
+    if steps and max(steps) - min(steps) < 2:  # one probe: an axis of a few whole steps
+        for ax in axes.values():
+            ax.set_xlim(min(steps) - 1, max(steps) + 1)
     for name, ax in axes.items():
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         _empty_note(ax, "no probes recorded" if name != "loss" else "no finite loss recorded")
         if ax.get_legend_handles_labels()[0]:
