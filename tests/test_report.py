@@ -2,13 +2,18 @@
 the package never imports the runner or the experiments."""
 
 import ast
+import json
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
+import pytest
+from matplotlib.collections import PolyCollection
 
 import eoslab.report as report
-from eoslab.report import beyond_figures, paper_figures, tables
+from eoslab.cli import main
+from eoslab.report import beyond_figures, paper_figures, plots, run_info, tables
 
 ROWS = [
     {
@@ -158,3 +163,252 @@ def test_beyond_figures_render(tmp_path):
     paths = beyond_figures.adam_eos_figures(tmp_path / "a", {"adam": frame, "heavy_ball": frame})
     assert [p.name for p in paths] == ["adam_sharpness.png", "heavy_ball_sharpness.png"]
     _pngs_ok(paths)
+
+
+# ------------------------------------------------------------------ run figures (plot_runs)
+# Run directories are written here by hand in the store's layout (config.json, manifest.json,
+# metrics/part-*.parquet), so every number a figure shows is known independently of the runner.
+MODEL = {"kind": "model", "model": "fc-tanh", "dataset": "mnist1d", "n": 500, "loss": "mse_half"}
+
+
+def _fake_run(
+    path,
+    *,
+    rule,
+    steps,
+    sharp=None,
+    err=None,
+    acc=None,
+    loss=None,
+    status="completed",
+    stop=None,
+    problem=MODEL,
+    process=None,
+    probe_every=10,
+):
+    """A run directory: the loss at every step, probes (sharpness, bound, accuracy) at ``steps``
+    of the probe columns; the threshold from the rule's formula."""
+    path.mkdir(parents=True)
+    kind, lr = rule["kind"], rule["lr"]
+    thr = {
+        "gd": 2 / lr,
+        "heavy_ball": (2 + 2 * rule.get("beta", 0.9)) / lr,
+        "adam": (2 + 2 * rule.get("beta1", 0.9)) / ((1 - rule.get("beta1", 0.9)) * lr),
+    }[kind]
+    last = int(max(steps)) if loss is None else len(loss) - 1
+    every = np.arange(last + 1)
+    df = pd.DataFrame(
+        {
+            "step": every,
+            "process": process or kind,
+            "loss": np.asarray(loss, float) if loss is not None else 1.0 / (1.0 + every),
+            "lr_eff": lr,
+            "threshold": thr,
+        }
+    )
+    for col, vals in (("sharpness", sharp), ("sharpness_error", err), ("accuracy", acc)):
+        df[col] = np.nan
+        if vals is not None:
+            df.loc[df["step"].isin(steps), col] = vals
+    df["sharpness_matvecs"] = pd.array(
+        [3 if s in set(steps) else pd.NA for s in every], dtype="Int64"
+    )
+    if kind == "adam":
+        df["eff_sharpness"] = df["sharpness"]
+    (path / "metrics").mkdir()
+    df.to_parquet(path / "metrics" / f"part-000000000-{last:09d}.parquet")
+    cfg = {"problem": problem, "rule": rule, "steps": last, "probe_every": probe_every}
+    (path / "config.json").write_text(json.dumps({"config": cfg, "eoslab_version": "0"}))
+    msg = f"diverged at step {stop}: {kind}: the loss became inf; 3 rows kept" if stop else "ok"
+    manifest = {"status": status, "step": stop if stop is not None else last, "message": msg}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures a report function draws, kept open (their saving is skipped)."""
+    drawn = []
+
+    def keep(fig, path):
+        drawn.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    monkeypatch.setattr(paper_figures, "save_figure", keep)
+    yield drawn
+    for fig in drawn:
+        matplotlib.pyplot.close(fig)
+
+
+def _axes(fig):
+    return {ax.get_title(): ax for ax in fig.axes}
+
+
+def _legend(ax):
+    leg = ax.get_legend()
+    return [t.get_text() for t in leg.get_texts()] if leg else []
+
+
+def _sharp_axes(fig):
+    return next(ax for t, ax in _axes(fig).items() if "at the probes" in t)
+
+
+def test_run_figure_labels_title_threshold_band_markers_accuracy(tmp_path, figures):
+    steps = [0, 10, 20, 30]
+    sharp, err = np.array([6.5, 9.0, 14.0, 19.5]), np.array([0.01, 0.02, 0.005, 0.03])
+    acc = np.array([0.1, 0.4, 0.55, 0.7])
+    run = _fake_run(
+        tmp_path / "a", rule={"kind": "gd", "lr": 0.1}, steps=steps, sharp=sharp, err=err, acc=acc
+    )
+    plots.plot_runs([run], tmp_path / "o.png")
+    (fig,) = figures
+    for ax in fig.axes:
+        assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+    title = fig._suptitle.get_text()
+    for word in ("fc-tanh", "mnist1d", "n = 500", "MSE/2", "GD", "lr = 0.1"):
+        assert word in title
+    ax = _sharp_axes(fig)
+    assert f"2/lr = {2 / 0.1:.4g}" in _legend(ax)  # 2/lr = 20
+    (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    verts = band.get_paths()[0].vertices
+    for s, v, e in zip(steps, sharp, err, strict=True):  # the band spans lambda_1 -+ bound
+        ys = verts[np.isclose(verts[:, 0], s), 1]
+        np.testing.assert_allclose([ys.min(), ys.max()], [v - e, v + e], rtol=1e-12)
+    probes = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == len(steps)]
+    assert probes and all(ln.get_marker() not in ("None", "", None) for ln in probes)
+    np.testing.assert_allclose(probes[0].get_ydata(), sharp)
+    acc_ax = _axes(fig)["training accuracy"]
+    (line,) = acc_ax.get_lines()
+    np.testing.assert_allclose(line.get_ydata(), 100 * acc)
+    assert line.get_marker() not in ("None", "")
+
+
+def test_run_figure_adaptive_and_heavy_ball_thresholds(tmp_path, figures):
+    adam = _fake_run(
+        tmp_path / "adam",
+        rule={"kind": "adam", "lr": 0.01, "beta1": 0.9},
+        steps=[0, 10],
+        sharp=[50.0, 300.0],
+    )
+    hb = _fake_run(
+        tmp_path / "hb",
+        rule={"kind": "heavy_ball", "lr": 0.05, "beta": 0.5},
+        steps=[0, 10],
+        sharp=[5.0, 20.0],
+    )
+    plots.plot_runs([adam], tmp_path / "a.png")
+    plots.plot_runs([hb], tmp_path / "h.png")
+    texts = _legend(_sharp_axes(figures[0]))
+    assert f"(2+2β1)/((1-β1) lr) = {(2 + 1.8) / (0.1 * 0.01):.4g}" in texts  # 3800
+    assert "P^{-1}H" in _sharp_axes(figures[0]).get_ylabel()
+    assert f"(2+2β)/lr = {(2 + 1.0) / 0.05:.4g}" in _legend(_sharp_axes(figures[1]))  # 60
+
+
+def test_run_figure_marks_divergence_and_shows_one_probe(tmp_path, figures):
+    loss = [40.0, 4e3, 4e5, np.inf]
+    run = _fake_run(
+        tmp_path / "d",
+        rule={"kind": "gd", "lr": 0.1},
+        steps=[0],
+        sharp=[25.0],
+        err=[1e-3],
+        loss=loss,
+        status="diverged",
+        stop=3,
+        problem={"kind": "quadratic", "dim": 10, "top": 25.0, "bottom": 1.0},
+    )
+    plots.plot_runs([run], tmp_path / "d.png")
+    (fig,) = figures
+    assert "diverged at step 3" in fig._suptitle.get_text()
+    for ax in fig.axes:  # a vertical line at the step the run stopped, in every panel
+        assert any(list(ln.get_xdata()) == [3, 3] for ln in ax.get_lines()), ax.get_title()
+    assert "diverged at step 3" in _legend(_axes(fig)["training loss"])
+    ax = _sharp_axes(fig)
+    one = [ln for ln in ax.get_lines() if list(ln.get_xdata()) == [0]]
+    assert one and one[0].get_marker() not in ("None", "") and one[0].get_markersize() >= 4
+    lo, hi = ax.get_xlim()
+    assert lo < 0 < hi and hi - lo >= 2  # the probe is inside a readable axis
+    loss_line = _axes(fig)["training loss"].get_lines()[0]
+    np.testing.assert_allclose(loss_line.get_ydata(), loss[:3])  # the inf is left out
+
+
+def test_compare_writes_beside_the_runs_never_inside(tmp_path, capsys):
+    a = _fake_run(
+        tmp_path / "runs" / "a",
+        rule={"kind": "gd", "lr": 0.1},
+        steps=[0, 10],
+        sharp=[5.0, 6.0],
+        err=[0.1, 0.1],
+    )
+    b = _fake_run(
+        tmp_path / "runs" / "b",
+        rule={"kind": "gd", "lr": 0.05},
+        steps=[0, 10],
+        sharp=[5.0, 5.5],
+        err=[0.1, 0.1],
+    )
+    assert main(["plot", str(a), str(b)]) == 0
+    out = Path(capsys.readouterr().out.strip().splitlines()[-1]).resolve()
+    assert out.is_file() and out.suffix == ".png"
+    for run in (a, b):
+        assert not out.is_relative_to(run.resolve())
+    assert out.parent.parent == a.resolve().parent  # a new directory beside the runs
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a", "b", out.parent.name]
+    assert main(["plot", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "compare.png").is_file()
+    assert main(["plot", str(a), str(b), "--out", str(a / "figures")]) == 2
+    assert not (a / "figures").exists()
+
+
+def test_threshold_labels():
+    assert run_info.threshold_label("gd", 2 / 0.1) == "2/lr = 20"
+    assert run_info.threshold_label("rmsprop", 2 / 0.004) == "2/lr = 500"
+    assert run_info.threshold_label("nesterov", 3.8 / (2.8 * 0.1)) == "(2+2β)/((1+2β) lr) = 13.57"
+    assert run_info.threshold_label("normalized_gd", None) == "2/lr_eff = 2|∇L|/lr"
+    assert run_info.threshold_label(None, 7.0) == "threshold = 7"
+
+
+def test_valley_figure_start_inside_and_round_colorbar(tmp_path, figures):
+    t = np.arange(12.0)
+    sq = np.stack([14.7 - t, (-1.0) ** t * 3.0 / (1 + t)], axis=1)
+    paper_figures.valley_figure(tmp_path / "v.png", sq, sq[:10] * [1.0, -1.0])
+    (fig,) = figures
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    for ax in panels:
+        box = ax.get_window_extent(renderer)
+        (start,) = [t for t in ax.texts if t.get_text() == "start"]
+        sb = start.get_window_extent(renderer)
+        assert box.x0 <= sb.x0 and sb.x1 <= box.x1 and box.y0 <= sb.y0 and sb.y1 <= box.y1
+        assert ax.get_xlabel()
+    cbar = next(ax for ax in fig.axes if not ax.get_title())
+    ticks = cbar.get_yticks()
+    ticks = ticks[(ticks >= 1e-3) & (ticks <= 1e2)]
+    np.testing.assert_allclose(np.log10(ticks), np.round(np.log10(ticks)))  # one per decade
+    assert len(ticks) == 6
+
+
+def test_quadratic_figure_paper_on_top_no_denormals_legends_off_data(tmp_path, figures):
+    k = np.arange(81)
+    long = np.stack([0.5 + 0.1 * (-1.0) ** k, 0.5**k], axis=1)  # v2 part: 0.5^80 ~ 8e-25
+    norms = np.linalg.norm(long[:11], axis=1)
+    paper_figures.quadratic_figure(
+        tmp_path / "q.png", norms, list(norms), long, long[:11], 1.0, 0.4
+    )
+    (fig,) = figures
+    ax_norm, ax_align, ax_sets = fig.axes
+    (paper,) = [ln for ln in ax_norm.get_lines() if ln.get_label().startswith("paper")]
+    assert all(paper.get_zorder() > c.get_zorder() for c in ax_norm.collections)
+    floor = np.finfo(np.float64).eps * np.max(np.linalg.norm(long, axis=1))
+    v2 = next(ln for ln in ax_align.get_lines() if "v_2" in ln.get_label())
+    y = np.asarray(v2.get_ydata())
+    assert y.min() > floor and y.min() > np.finfo(np.float32).tiny
+    np.testing.assert_allclose(y, 0.5 ** np.arange(y.size))  # drawn down to the floor only
+    assert 0.5 ** (y.size) <= floor
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        leg = ax.get_legend().get_window_extent(renderer)
+        assert not leg.overlaps(ax.get_window_extent(renderer)), ax.get_title()
