@@ -111,7 +111,7 @@ def test_adam_preconditioned_sharpness_closed_form():
 
 def test_adam_first_step_preconditioner_diagonal():
     """On a diagonal quadratic, the first Adam step has P = |g| = h |w|: P^-1 H = diag(1/|w|)."""
-    run = train(_diag_quadratic(), rules.adam(0.001), 0, probe_every=1)
+    run = train(_diag_quadratic(), rules.adam(0.001), 1, probe_every=1)  # probed at step 0
     assert run.metrics["eff_sharpness"].iloc[0] == pytest.approx(1 / 0.5, rel=1e-3)
 
 

@@ -15,6 +15,7 @@ from ..dynamics.process import Process
 from ..errors import ConfigError
 from ..objective import Objective
 from ..parallel import microbatched, shard_objective
+from ..runner import accuracy_probe
 from .config import Experiment, ModelProblem, QuadraticProblem, ToyMLPProblem, ValleyProblem
 
 __all__ = ["Built", "build"]
@@ -90,29 +91,6 @@ def _toy_mlp(p: ToyMLPProblem, seed: int, dtype) -> tuple[Objective, None, dict]
     return obj, None, {"dim": obj.dim}
 
 
-@dataclasses.dataclass(frozen=True)
-class _AccuracyProbe:
-    """Training accuracy of a classifier: argmax of the outputs against the labels."""
-
-    apply: Any
-    unravel: Any
-
-    def __call__(self, w, objective, cache) -> dict:
-        del objective, cache
-        return {"accuracy": float(self._acc(w))}
-
-    def bind(self, x, y):
-        labels = jnp.argmax(y, axis=-1) if y.ndim > 1 else y
-
-        @jax.jit
-        def acc(w):
-            out = self.apply(self.unravel(w), x)
-            return jnp.mean(jnp.argmax(out, axis=-1) == labels)
-
-        object.__setattr__(self, "_acc", acc)
-        return self
-
-
 def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
     ds = data.load(p.dataset, n=p.n, subset=p.subset, seed=seed, data_dir=p.data_dir)
     apply, params = models.create(p.model, jax.random.PRNGKey(seed), ds.input_shape, ds.num_classes)
@@ -120,11 +98,7 @@ def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
     loss = getattr(losses, p.loss)
     obj = Objective.from_model(apply, params, ds, loss, dtype=dtype)
-    probe = None
-    if ds.num_classes and ds.num_classes > 1:
-        probe = _AccuracyProbe(apply, obj.unravel).bind(
-            jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-        )
+    probe = accuracy_probe(obj)  # classification datasets (integer labels); as eoslab.train
     info = {
         "dim": obj.dim,
         "n_train": int(np.shape(ds.x_train)[0]),

@@ -180,7 +180,7 @@ class Experiment:
     """Processes run in lockstep beside the optimizer, from the same start, keyed by name; each
     one's lr must equal the rule's (one step of each is one step of the optimizer)."""
     steps: int = 2000
-    """Step budget."""
+    """Step budget (at least 1 step)."""
     probe_every: int = 10
     """Probe (curvature, distances, ...) every this many steps."""
     log_every: int = 1
@@ -208,7 +208,7 @@ class Experiment:
         _check_int("devices", self.devices, 1)
         if self.microbatch is not None:
             _check_int("microbatch", self.microbatch, 1)
-        _check_int("steps", self.steps, 0)
+        _check_int("steps", self.steps, 1)
         _check_int("probe_every", self.probe_every, 1)
         _check_int("log_every", self.log_every, 1)
         _check_int("seed", self.seed, 0)

@@ -1,5 +1,7 @@
 """The one loop: processes in lockstep, probes, stopping, the run store, progress."""
 
+from .accuracy import AccuracyProbe as AccuracyProbe
+from .accuracy import accuracy_probe as accuracy_probe
 from .loop import run as run
 from .probes import ProbeFn as ProbeFn
 from .probes import Probes as Probes
@@ -13,6 +15,7 @@ from .store import RunStore as RunStore
 from .train import train as train
 
 __all__ = [
+    "AccuracyProbe",
     "RESUMABLE",
     "STATUSES",
     "ProbeFn",
@@ -21,6 +24,7 @@ __all__ = [
     "RunExistsError",
     "RunStore",
     "Stop",
+    "accuracy_probe",
     "load_run",
     "run",
     "train",

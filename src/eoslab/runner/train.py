@@ -13,9 +13,10 @@ from jaxtyping import Array
 
 from ..dynamics.optimizer import Optimizer
 from ..dynamics.rules import Rule
-from ..errors import ConfigError
+from ..errors import ConfigError, check_int
 from ..objective import Objective, as_objective
 from ..parallel import microbatched, shard_objective
+from .accuracy import accuracy_probe
 from .loop import run
 from .probes import ProbeFn, Probes
 from .records import Run, Stop
@@ -43,6 +44,7 @@ def train(
     microbatch: int | None = None,
     memory_budget_bytes: int | None = None,
     custom_probes: tuple[ProbeFn, ...] = (),
+    accuracy: bool = True,
 ) -> Run:
     r"""Run ``rule`` on ``objective`` for ``steps`` full-batch steps, probing curvature on the way.
 
@@ -58,13 +60,24 @@ def train(
             same numbers as one device, to float tolerance).
         microbatch, memory_budget_bytes: accumulate loss, gradient and HVPs over micro-batches
             of this size, or the largest size within the budget (`eoslab.parallel.microbatched`).
+        accuracy: measure the training accuracy at probed steps (column ``accuracy``) when the
+            objective is a classifier (`Objective.from_model` with integer labels), as
+            ``eoslab run`` does (`eoslab.runner.accuracy_probe`); the same default there.
+
+    Raises:
+        ConfigError: before any work, for a rule that is not an `eoslab.rules` rule or a
+            ``steps`` that is not an integer >= 1.
 
     Returns:
         A `Run` whose metrics have one process, named after the rule.
     """
     if not isinstance(rule, Rule):
         raise ConfigError("rule", rule, "an update rule from eoslab.rules (e.g. rules.gd(0.1))")
+    check_int("steps", steps, 1)
     obj = as_objective(objective, w0)
+    acc = accuracy_probe(obj) if accuracy else None
+    if acc is not None:
+        custom_probes = (acc, *custom_probes)
     if microbatch is not None or memory_budget_bytes is not None:
         obj = microbatched(obj, batch_size=microbatch, memory_budget_bytes=memory_budget_bytes)
     if devices is not None and devices != 1:
