@@ -24,14 +24,22 @@ from .theory import limiting_flow as limiting_flow
 from .theory import phi as phi
 from .theory import tangent_projector as tangent_projector
 
+# Subpackages that pull in heavy dependencies (matplotlib, pandas, cvxpy, scikit-learn, the
+# datasets) are imported on first use, so ``import eoslab`` stays light; ``eoslab.reproduce``
+# and ``from eoslab import report`` work as usual.
+_LAZY_SUBMODULES = ("experiments", "report", "reproduce")
+
 
 def __getattr__(name: str):
-    # The reproductions pull in matplotlib and the datasets: imported on first use only.
-    if name == "reproduce":
+    if name in _LAZY_SUBMODULES:
         import importlib
 
-        return importlib.import_module(".reproduce", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'eoslab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
 
 try:
@@ -49,8 +57,10 @@ __all__ = [
     "__version__",
     "curvature",
     "eos_diagnostics",
+    "experiments",
     "limiting_flow",
     "phi",
+    "report",
     "reproduce",
     "tangent_projector",
     "theory",
