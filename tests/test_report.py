@@ -236,6 +236,7 @@ def figures(monkeypatch):
 
     monkeypatch.setattr(plots, "save_figure", keep)
     monkeypatch.setattr(paper_figures, "save_figure", keep)
+    monkeypatch.setattr(beyond_figures, "save_figure", keep)
     yield drawn
     for fig in drawn:
         matplotlib.pyplot.close(fig)
@@ -269,7 +270,7 @@ def test_run_figure_labels_title_threshold_band_markers_accuracy(tmp_path, figur
     for word in ("fc-tanh", "mnist1d", "n = 500", "MSE/2", "GD", "lr = 0.1"):
         assert word in title
     ax = _sharp_axes(fig)
-    assert f"2/lr = {2 / 0.1:.4g}" in _legend(ax)  # 2/lr = 20
+    assert f"2/lr = {2 / 0.1:.0f}" in _legend(ax)  # 2/lr = 20
     (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
     verts = band.get_paths()[0].vertices
     for s, v, e in zip(steps, sharp, err, strict=True):  # the band spans lambda_1 -+ bound
@@ -300,9 +301,9 @@ def test_run_figure_adaptive_and_heavy_ball_thresholds(tmp_path, figures):
     plots.plot_runs([adam], tmp_path / "a.png")
     plots.plot_runs([hb], tmp_path / "h.png")
     texts = _legend(_sharp_axes(figures[0]))
-    assert f"(2+2β1)/((1-β1) lr) = {(2 + 1.8) / (0.1 * 0.01):.4g}" in texts  # 3800
+    assert f"(2+2β1)/((1-β1) lr) = {(2 + 1.8) / (0.1 * 0.01):.0f}" in texts  # 3800
     assert "P^{-1}H" in _sharp_axes(figures[0]).get_ylabel()
-    assert f"(2+2β)/lr = {(2 + 1.0) / 0.05:.4g}" in _legend(_sharp_axes(figures[1]))  # 60
+    assert f"(2+2β)/lr = {(2 + 1.0) / 0.05:.0f}" in _legend(_sharp_axes(figures[1]))  # 60
 
 
 def test_run_figure_marks_divergence_and_shows_one_probe(tmp_path, figures):
@@ -412,3 +413,20 @@ def test_quadratic_figure_paper_on_top_no_denormals_legends_off_data(tmp_path, f
     for ax in fig.axes:
         leg = ax.get_legend().get_window_extent(renderer)
         assert not leg.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+
+
+def test_beyond_thresholds_name_their_value(tmp_path, figures):
+    s = np.arange(0, 50, 10)
+    adam = pd.DataFrame({"step": s, "sharpness": 3000 + s, "threshold": 3.8 / (0.1 * 0.001)})
+    hb = pd.DataFrame({"step": s, "sharpness": 30 + s, "threshold": 3.8 / 0.1})
+    beyond_figures.adam_eos_figures(tmp_path, {"adam": adam, "heavy_ball": hb})
+    a, h = (_legend(fig.axes[0]) for fig in figures)
+    assert "(2+2β1)/((1-β1) lr) = 38000" in a
+    assert "(2+2β)/lr = 38" in h
+    wide = pd.DataFrame({c: np.ones(5) for c in ("pred_loss_cf", "loss_cf", "loss_gf")})
+    wide = wide.assign(step=s, sharpness_gd=4.0, sharpness_cf=4.0, sharpness_gf=3.0)
+    wide = wide.assign(gd_gf=0.1, gd_cf=0.1)
+    beyond_figures.central_flow_figures(tmp_path, wide, np.ones(50), np.ones(50), window=2, lr=0.5)
+    assert "2/lr = 4" in _legend(figures[3].axes[0])  # sharpness.png
+    for fig in figures:
+        assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)

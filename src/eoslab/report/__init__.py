@@ -11,6 +11,7 @@ from . import tables as tables
 from .output import save_figure as save_figure
 from .plots import plot_runs as plot_runs
 from .plots import read_run_metrics as read_run_metrics
+from .plots import write_run_figures as write_run_figures
 from .tables import read_table as read_table
 from .tables import write_table as write_table
 
@@ -22,5 +23,6 @@ __all__ = [
     "read_table",
     "save_figure",
     "tables",
+    "write_run_figures",
     "write_table",
 ]

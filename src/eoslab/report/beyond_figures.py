@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .output import pyplot, save_figure
+from .run_info import threshold_label
 
 __all__ = ["adam_eos_figures", "central_flow_figures", "self_stabilization_figures"]
 
@@ -50,7 +51,7 @@ def central_flow_figures(
     ax.plot(s, wide["sharpness_gd"], label="GD")
     ax.plot(s, wide["sharpness_cf"], "--", label="central flow")
     ax.plot(s, wide["sharpness_gf"], label="gradient flow")
-    ax.axhline(thr, color="k", ls=":", label="2/lr")
+    ax.axhline(thr, color="k", ls=":", label=threshold_label("gd", thr))
     ax.set(xlabel="step", ylabel="sharpness")
     ax.legend(fontsize=7)
     paths.append(save_figure(fig, out / "sharpness.png"))
@@ -89,7 +90,7 @@ def self_stabilization_figures(
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(df["gd_step"], df["sharpness_gd"], label="GD")
     ax.plot(df["gd_step"], df["sharpness_dagger"], "--", label="constrained trajectory")
-    ax.axhline(2.0 / lr, color="k", ls=":", label="2/lr")
+    ax.axhline(2.0 / lr, color="k", ls=":", label=threshold_label("gd", 2.0 / lr))
     ax.set(xlabel="step", ylabel="sharpness")
     ax.legend(fontsize=7)
     paths.append(save_figure(fig, out / "sharpness.png"))
@@ -98,7 +99,8 @@ def self_stabilization_figures(
 
 def adam_eos_figures(out: Path, frames: Mapping[str, pd.DataFrame]) -> list[Path]:
     """``<name>_sharpness.png`` for each frame (``step``, ``sharpness``, ``threshold``): the
-    (preconditioned, for ``adam``) sharpness against the rule's threshold."""
+    (preconditioned, for ``adam``) sharpness against the rule's threshold, labelled with its
+    formula and value (``name`` is the rule's kind: ``adam``, ``heavy_ball``)."""
     plt = pyplot()
     out = Path(out)
     paths = []
@@ -107,10 +109,18 @@ def adam_eos_figures(out: Path, frames: Mapping[str, pd.DataFrame]) -> list[Path
         ax.plot(
             d["step"],
             d["sharpness"],
+            "o-",
+            ms=3,
+            lw=0.8,
             label="preconditioned sharpness" if name == "adam" else "sharpness",
         )
-        ax.plot(d["step"], d["threshold"], "k:", label="threshold")
-        ax.set(xlabel="step", ylabel="sharpness")
+        thr = np.asarray(d["threshold"], dtype=float)
+        value = float(thr[0]) if thr.size and np.allclose(thr, thr[0]) else None
+        ax.plot(d["step"], thr, "k:", label=threshold_label(name, value))
+        ax.set(
+            xlabel="step",
+            ylabel=r"$\lambda_1(P^{-1}H)$" if name == "adam" else r"$\lambda_1$",
+        )
         ax.legend(fontsize=7)
         paths.append(save_figure(fig, out / f"{name}_sharpness.png"))
     return paths

@@ -251,7 +251,8 @@ def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.D
         else:
             lines.append((label, None, steps))
     for s, thr in varying:
-        lines.append((_named(s, threshold_label(s.info.rule, None)), s.color, thr))
+        color = s.color if s.label else None  # a lone series: its threshold in black
+        lines.append((_named(s, threshold_label(s.info.rule, None)), color, thr))
     return lines
 
 

@@ -155,9 +155,8 @@ def threshold_label(kind: str | None, value: float | None) -> str:
     formula = threshold_formula(kind)
     if value is None or not math.isfinite(value):
         return formula or "threshold"
-    if formula is None or "lr_eff" in formula:
-        return f"{formula or 'threshold'} = {value:.4g}"
-    return f"{formula} = {value:.4g}"
+    shown = f"{float(f'{value:.4g}'):g}"  # 4 significant digits, 38000 rather than 3.8e+04
+    return f"{formula or 'threshold'} = {shown}"
 
 
 def _read_json(path: Path) -> dict:

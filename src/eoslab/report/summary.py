@@ -23,7 +23,8 @@ def _fmt(x: object) -> str:
 
 
 def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Per process: its last row, and its last probed sharpness with the certified bound."""
+    """Per process: its last row, and its last probed sharpness with the certified bound (and
+    the training accuracy there, when measured)."""
     procs = list(dict.fromkeys(metrics["process"])) if "process" in metrics else [None]
     rows = []
     for name in procs:
@@ -36,6 +37,9 @@ def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
             row["sharpness"] = float(p["sharpness"])
             row["certified bound"] = float(p.get("sharpness_error", math.nan))
             row["at step"] = int(p["step"])
+            acc = p.get("accuracy", math.nan)
+            if acc is not None and not pd.isna(acc):
+                row["accuracy"] = float(acc)
         if "threshold" in last:
             row["threshold"] = float(last["threshold"])
         rows.append(row)
