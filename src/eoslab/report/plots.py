@@ -210,6 +210,9 @@ def _draw_sharpness(ax, s: _Series) -> tuple[float, float]:
         err = _floats(pr["sharpness_error"])
         ok = np.isfinite(err)
         if ok.any():
+            # a band below 0.5% of the values is thinner than the line: the legend says so
+            small = np.max(err[ok]) < 0.005 * np.nanmax(np.abs(y))
+            thin = " (thinner than the line)" if small else ""
             ax.fill_between(
                 x[ok],
                 y[ok] - err[ok],
@@ -217,7 +220,7 @@ def _draw_sharpness(ax, s: _Series) -> tuple[float, float]:
                 color=s.color,
                 alpha=0.3,
                 lw=0,
-                label=_named(s, f"certified bound: ±{np.max(err[ok]):.2g} at most"),
+                label=_named(s, f"certified bound: ±{np.max(err[ok]):.2g} at most{thin}"),
             )
             if ok.sum() == 1:  # a band of one probe has no width: an error bar
                 ax.errorbar(x[ok], y[ok], yerr=err[ok], color=s.color, capsize=4, lw=1)
@@ -257,28 +260,23 @@ def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.D
 
 
 def _draw_thresholds(ax, series: list[_Series], top: float) -> None:
-    hidden = []
+    """The thresholds, dashed and labelled with their values; one far above the curves (more
+    than 5x their top) is left off the axis, and its legend entry says so."""
+    hidden = False
     for label, color, rows in _threshold_groups(series):
         rows = rows.sort_values("step")
         x, y = rows["step"].to_numpy(), _floats(rows["threshold"])
         c = color or "black"
+        far = math.isfinite(top) and top > 0 and float(np.nanmedian(y)) > 5 * top
+        if far:
+            label += " (above the axis)"
+            hidden = True
         if len(x) == 1 or _constant(y) is not None:
             ax.axhline(float(np.nanmedian(y)), color=c, ls="--", lw=1.3, label=label)
         else:
             ax.plot(x, y, color=c, ls="--", lw=1.3, label=label)
-        if math.isfinite(top) and top > 0 and np.nanmedian(y) > 5 * top:
-            hidden.append(label)
-    if hidden:  # a far-off threshold would flatten the curve: say where it is
+    if hidden:  # a far-off threshold would flatten the curves
         ax.set_ylim(0, 1.5 * top)
-        ax.text(
-            0.99,
-            0.97,
-            "above this range: " + "; ".join(hidden),
-            transform=ax.transAxes,
-            ha="right",
-            va="top",
-            fontsize=8,
-        )
 
 
 def _draw_product(ax, s: _Series) -> float | None:
