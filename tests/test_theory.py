@@ -221,3 +221,57 @@ def test_lockstep_distances():
 def test_bad_algorithm_is_refused():
     with pytest.raises(ConfigError, match="algorithm"):
         limiting_flow(valley, jnp.array([2.0, 0.3]), algorithm="gd", tau=1.0)
+
+
+def test_retraction_flow_stays_on_gamma_and_records_its_guards():
+    # every retraction projects to |grad L| < phi_gtol; the guard columns are L and |grad L| at X
+    gtol = 1e-7
+    x0 = jnp.array([2.0, 0.3])
+    fl = limiting_flow(
+        valley,
+        x0,
+        algorithm="normalized_gd",
+        tau=0.5,
+        n_save=6,
+        integrator="retraction",
+        h=0.01,
+        phi_gtol=gtol,
+    )
+    X = np.asarray(fl.X)
+    # independent: L = (1 + x^2) y^2 and its gradient in closed form
+    loss = (1 + X[:, 0] ** 2) * X[:, 1] ** 2
+    grad = np.stack([2 * X[:, 0] * X[:, 1] ** 2, 2 * (1 + X[:, 0] ** 2) * X[:, 1]], axis=1)
+    np.testing.assert_allclose(fl.loss, loss, rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(fl.grad_norm, np.linalg.norm(grad, axis=1), rtol=1e-6, atol=1e-30)
+    assert np.all(np.linalg.norm(grad, axis=1) < gtol)
+    drift = fl.drift()
+    assert drift["grad_norm"] == pytest.approx(
+        np.max(np.linalg.norm(grad, axis=1)) / np.linalg.norm(grad[0]), rel=1e-6
+    )
+    assert drift["loss"] == pytest.approx(loss.max() / loss[0], rel=1e-6)
+    X0 = valley_phi_x(2.0, 0.3)
+    for i, t in enumerate(np.asarray(fl.tau)):
+        assert X[i, 0] == pytest.approx(ngd_flow_x(X0, t), abs=5e-3 * t + 1e-7)
+
+
+def test_retraction_refuses_a_bad_tolerance_and_has_no_fixed_projection_time():
+    from eoslab.dynamics.limiting_flow import RetractedLimitingFlow
+
+    with pytest.raises(ConfigError, match="phi_gtol"):
+        RetractedLimitingFlow(algorithm="normalized_gd", lr=0.1, phi_gtol=0.0)
+    with pytest.raises(TypeError):
+        RetractedLimitingFlow(algorithm="normalized_gd", lr=0.1, projection_time=1.0)
+
+
+def test_phi_tolerances_follow_the_precision():
+    import jax
+
+    from eoslab.dynamics.phi import default_tolerances
+
+    assert default_tolerances(jnp.float64) == (1e-8, 1e-10)
+    assert default_tolerances(jnp.float32) == (1e-5, 1e-7)
+    # a float32 projection converges to the float64 closed form at float32 accuracy
+    with jax.enable_x64(False):
+        r = phi_result(valley, jnp.array([2.0, 0.3], jnp.float32), gtol=1e-5)
+    assert bool(r.converged) and r.x.dtype == jnp.float32
+    assert float(r.x[0]) == pytest.approx(valley_phi_x(2.0, 0.3), abs=1e-5)

@@ -2,7 +2,9 @@ r"""Gradient flow $\phi(x,t)$ and its limit $\Phi(x)=\lim_{t\to\infty}\phi(x,t)$
 
 Near the manifold of minimizers gradient flow is stiff (fast normal directions, slow approach
 along small eigenvalues): small problems use the L-stable implicit solver Kvaerno5, large ones the
-explicit adaptive Tsit5 (no dense Jacobian).
+explicit adaptive Tsit5 (no dense Jacobian). The solver's tolerances default to the point's
+precision (`default_tolerances`): asking a float32 solve for ``rtol=1e-8`` (below its machine
+epsilon) only makes the adaptive step collapse.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "ode_solver",
     "solve_at",
     "SOLVERS",
+    "default_tolerances",
 ]
 
 SOLVERS = ("auto", "kvaerno5", "tsit5")
@@ -42,6 +45,19 @@ class PhiResult(NamedTuple):
     grad_norm: Float[Array, ""]  # |grad L| at x
     steps: Array  # solver steps taken
     converged: Array  # bool
+
+
+def default_tolerances(dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` of the gradient-flow solve at this precision: ``(1e-8, 1e-10)`` in
+    float64, ``(1e-5, 1e-7)`` in float32 (about 100 machine epsilons)."""
+    if jnp.finfo(dtype).bits >= 64:
+        return 1e-8, 1e-10
+    return 1e-5, 1e-7
+
+
+def _tolerances(w: Array, rtol: float | None, atol: float | None) -> tuple[float, float]:
+    r0, a0 = default_tolerances(w.dtype)
+    return (r0 if rtol is None else rtol), (a0 if atol is None else atol)
 
 
 def ode_solver(name: str, d: int, rtol: float, atol: float) -> diffrax.AbstractSolver:
@@ -101,13 +117,14 @@ def phi_result(
     gtol: float = 1e-8,
     t_max: float = 1e6,
     solver: Literal["auto", "kvaerno5", "tsit5"] = "auto",
-    rtol: float = 1e-8,
-    atol: float = 1e-10,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 100_000,
 ) -> PhiResult:
     r"""$\Phi(w)$ with its diagnostics; does not raise when the flow has not converged."""
     obj = as_objective(loss, w)
     w = check_w(w, obj)
+    rtol, atol = _tolerances(w, rtol, atol)
     _check_tols(gtol, t_max, rtol, atol, max_steps, solver)
     return _phi(
         obj,
@@ -128,14 +145,16 @@ def phi(
     gtol: float = 1e-8,
     t_max: float = 1e6,
     solver: Literal["auto", "kvaerno5", "tsit5"] = "auto",
-    rtol: float = 1e-8,
-    atol: float = 1e-10,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 100_000,
 ) -> Float[Array, " d"]:
     r"""$\Phi(w)=\lim_{t\to\infty}\phi(w,t)$, where $\partial_t\phi=-\nabla L(\phi)$, $\phi(w,0)=w$.
 
-    Integrates gradient flow until $\|\nabla L\| <$ ``gtol``. Raises `NotConvergedError` when that
-    does not happen within flow time ``t_max`` or ``max_steps`` solver steps.
+    Integrates gradient flow until $\|\nabla L\| <$ ``gtol`` (a stopping event checked after
+    every accepted solver step); ``rtol``/``atol`` default to `default_tolerances` of ``w``.
+    Raises `NotConvergedError` when that does not happen within flow time ``t_max`` or
+    ``max_steps`` solver steps.
 
     >>> import jax.numpy as jnp
     >>> x = phi(lambda w: 0.5 * (w @ w - 1.0) ** 2, jnp.array([0.6, 0.8]) * 1.5, gtol=1e-6)
@@ -192,13 +211,15 @@ def gradient_flow(
     ts: Float[Array, " n"],
     *,
     solver: Literal["auto", "kvaerno5", "tsit5"] = "auto",
-    rtol: float = 1e-8,
-    atol: float = 1e-10,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_steps: int = 100_000,
 ) -> Float[Array, "n d"]:
-    r"""$\phi(w, t)$ at the increasing times ``ts`` (one row per time)."""
+    r"""$\phi(w, t)$ at the increasing times ``ts`` (one row per time); ``rtol``/``atol`` default
+    to `default_tolerances` of ``w``."""
     obj = as_objective(loss, w)
     w = check_w(w, obj)
+    rtol, atol = _tolerances(w, rtol, atol)
     ts = jnp.atleast_1d(jnp.asarray(ts, w.dtype))
     if ts.ndim != 1 or bool(jnp.any(ts < 0)) or bool(jnp.any(jnp.diff(ts) < 0)):
         raise ConfigError("ts", "<array>", "a 1-D array of non-negative increasing times")

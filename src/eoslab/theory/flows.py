@@ -35,10 +35,22 @@ class LimitingFlow(NamedTuple):
     sharpness: Float[Array, " n"]  # lambda_1(X(tau))
     algorithm: str
     integrator: str
+    loss: Float[Array, " n"]  # guard: L(X(tau)) (zero on Gamma)
+    grad_norm: Float[Array, " n"]  # guard: |grad L(X(tau))| (zero on Gamma)
 
     def steps(self, lr: float) -> np.ndarray:
         """The optimizer step matching each flow time: tau / lr^2."""
         return np.asarray(self.tau) / lr**2
+
+    def drift(self) -> dict[str, float]:
+        r"""How far the guards grew: $\max_\tau L(X(\tau))/L(X(0))$ (``"loss"``) and
+        $\max_\tau\|\nabla L(X(\tau))\|/\|\nabla L(X(0))\|$ (``"grad_norm"``). A flow that
+        stays on $\Gamma$ keeps both near 1 or below; the reproductions fail a run above 2."""
+        out = {}
+        for name in ("loss", "grad_norm"):
+            col = np.asarray(getattr(self, name), np.float64)
+            out[name] = float(np.max(col) / col[0]) if col[0] > 0 else float("inf")
+        return out
 
 
 def limiting_flow(
@@ -54,8 +66,7 @@ def limiting_flow(
     rtol: float = 1e-10,
     atol: float = 1e-12,
     phi_gtol: float = 1e-8,
-    project_start: bool | None = None,
-    projection_time: float | None = None,
+    project_start: bool = True,
     phi_kwargs: dict | None = None,
 ) -> LimitingFlow:
     r"""Integrate the paper's flow from $X(0)=\Phi(x_0)$ up to flow time ``tau``.
@@ -64,14 +75,13 @@ def limiting_flow(
     times starting at 0. ``integrator="projection"`` (`ProjectedLimitingFlow`) solves
     $\dot X = -c P^\perp(X)\nabla f(X)$ with diffrax, $P^\perp$ and $\lambda_1$ from the dense
     Hessian; ``"retraction"`` (`RetractedLimitingFlow`) takes Euler steps of at most ``h``
-    retracted by $\Phi$ (or by gradient flow for ``projection_time``). ``phi_kwargs`` are passed
-    to `eoslab.phi` for $X(0)$; ``project_start=False`` starts from ``x0`` as given (the default
-    with ``projection_time``). Runs through `eoslab.runner.run`, one step per saved time.
+    retracted by $\Phi$ to ``phi_gtol``. ``phi_kwargs`` are passed to `eoslab.phi` for $X(0)$;
+    ``project_start=False`` starts from ``x0`` as given (assumed on $\Gamma$). The result keeps
+    the guard columns ``loss`` and ``grad_norm`` at every saved point (`LimitingFlow.drift`).
+    Runs through `eoslab.runner.run`, one step per saved time.
     """
     obj = as_objective(loss, x0)
     x0 = check_w(x0, obj)
-    if project_start is None:  # a fixed-time retraction starts from x0 as given, as it always did
-        project_start = not (integrator == "retraction" and projection_time is not None)
     if phi_kwargs and project_start:
         x0, project_start = phi(obj, x0, **phi_kwargs), False
         phi_gtol = phi_kwargs.get("gtol", phi_gtol)
@@ -103,7 +113,6 @@ def limiting_flow(
         proc = RetractedLimitingFlow(
             **common,
             h=min(0.01, min(schedule)) if h is None else h,
-            projection_time=projection_time,
         )
         probes = Probes(tol=1e-6, alignment=False)
     res = run(
@@ -112,10 +121,13 @@ def limiting_flow(
     m = res.metrics
     sharp = m["lambda1"] if integrator == "projection" else m["sharpness"]
     X = jnp.asarray(np.stack(m["w"].to_list()), x0.dtype)
+    col = lambda name: jnp.asarray(m[name].to_numpy(), x0.dtype)  # noqa: E731
     return LimitingFlow(
         jnp.asarray(taus, x0.dtype),
         X,
         jnp.asarray(sharp.to_numpy(), x0.dtype),
         algorithm,
         integrator,
+        col("loss"),
+        col("grad_norm"),
     )
