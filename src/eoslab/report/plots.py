@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import DamagedRunWarning
 from .output import pyplot, save_figure
-from .run_info import RunInfo, read_run_info, threshold_label
+from .run_info import RunInfo, describe_hyper, read_run_info, threshold_label
 
 __all__ = ["plot_runs", "read_run_metrics", "run_label", "write_run_figures"]
 
@@ -102,10 +102,11 @@ def _series(dirs: Sequence[Path], colors: list[str]) -> list[_Series]:
         for proc, part in _by_process(read_run_metrics(d)):
             is_opt = proc is None or proc == info.rule
             c = colors[len(out) % len(colors)]
+            # a process by its name, the optimizer's with its hyperparameters; runs by directory
+            name = proc or info.rule or "?"
+            label = f"{name}, {describe_hyper(info.hyper)}" if is_opt and info.hyper else name
             if len(dirs) > 1:
-                label = f"{d.name}: {info.rule_text if is_opt else proc}"
-            else:  # one run: its processes by name, the optimizer by its rule
-                label = info.rule_text if is_opt else str(proc)
+                label = f"{d.name}: {label}"
             out.append(_Series(label, c, part, info, is_opt))
     if len(out) == 1:
         out[0].label = ""

@@ -17,6 +17,7 @@ __all__ = [
     "LOSS_NAMES",
     "RULE_NAMES",
     "RunInfo",
+    "describe_hyper",
     "describe_problem",
     "describe_rule",
     "read_run_info",
@@ -121,11 +122,17 @@ def describe_problem(cfg: dict) -> tuple[str, str]:
     return str(kind or "unknown problem"), "loss"
 
 
+def describe_hyper(hyper: dict[str, Any]) -> str:
+    """The learning rate and momenta of a rule, e.g. ``lr = 0.001, β1 = 0.9``."""
+    return ", ".join(
+        f"{_HYPER_NAMES[k]} = {_fmt(v)}" for k, v in hyper.items() if k in _HYPER_NAMES
+    )
+
+
 def describe_rule(kind: str | None, hyper: dict[str, Any]) -> str:
     """``kind`` and its hyperparameters in words, e.g. ``Adam, lr = 0.001, β1 = 0.9``."""
     name = RULE_NAMES.get(kind or "", kind or "unknown rule")
-    parts = [f"{_HYPER_NAMES[k]} = {_fmt(v)}" for k, v in hyper.items() if k in _HYPER_NAMES]
-    return ", ".join([name, *parts])
+    return ", ".join(p for p in (name, describe_hyper(hyper)) if p)
 
 
 def threshold_formula(kind: str | None) -> str | None:
