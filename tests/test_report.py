@@ -431,3 +431,22 @@ def test_beyond_thresholds_name_their_value(tmp_path, figures):
     assert "2/lr = 4" in _legend(figures[3].axes[0])  # sharpness.png
     for fig in figures:
         assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
+
+
+def test_compare_figure_labels_each_threshold(tmp_path, figures):
+    runs = [
+        _fake_run(tmp_path / name, rule={"kind": "gd", "lr": lr}, steps=[0, 10], sharp=[5.0, 15.0])
+        for name, lr in (("a", 0.1), ("b", 0.05), ("c", 0.1))
+    ]
+    plots.plot_runs(runs, tmp_path / "cmp.png")
+    (fig,) = figures
+    texts = _legend(_sharp_axes(fig))
+    assert f"a, c: 2/lr = {2 / 0.1:.0f}" in texts and f"b: 2/lr = {2 / 0.05:.0f}" in texts
+    levels = [
+        t
+        for t in _legend(
+            _axes(fig)["effective LR $\\times$ sharpness against the threshold's level"]
+        )
+        if "threshold" in t
+    ]
+    assert levels == ["lr_eff $\\times$ threshold = 2"]  # 0.1 * 20 = 0.05 * 40: one line

@@ -158,7 +158,6 @@ def _draw_loss(ax, s: _Series) -> None:
 
 def _draw_divergence(axes, series: list[_Series]) -> None:
     """A vertical line at the step each diverged run stopped, and its last finite loss."""
-    labelled = False
     for s in series:
         if not (s.info.diverged and s.is_optimizer):
             continue
@@ -167,13 +166,14 @@ def _draw_divergence(axes, series: list[_Series]) -> None:
             step = int(s.df["step"].iloc[-1])
         if step is None:
             continue
+        who = f"{s.info.path.name} " if len(series) > 1 else ""
         for name, ax in axes.items():
-            label = f"diverged at step {step}" if name == "loss" and not labelled else None
+            label = f"{who}diverged at step {step}" if name == "loss" else None
             ax.axvline(step, color=_DIVERGED, ls=":", lw=1.5, label=label)
             ax.text(
                 step,
                 0.5,
-                "diverged ",
+                f"{who}diverged ",
                 transform=ax.get_xaxis_transform(),
                 rotation=90,
                 ha="right",
@@ -188,15 +188,16 @@ def _draw_divergence(axes, series: list[_Series]) -> None:
             axes["loss"].plot(
                 s.df["step"].to_numpy()[i], loss[i], "X", color=_DIVERGED, ms=9, zorder=5
             )
-        labelled = True
 
 
-def _draw_sharpness(ax, s: _Series) -> tuple[float, float]:
-    """Probed (preconditioned) sharpness as markers, with its certified band; returns its range."""
+def _draw_sharpness(ax, s: _Series, band_label: str | None) -> tuple[float, float, bool]:
+    """Probed (preconditioned) sharpness as markers, with its certified band (labelled
+    ``band_label``); returns its range and whether a band was drawn."""
     col, pr = _curvature(s.df)
     if not len(pr):
-        return math.nan, math.nan
+        return math.nan, math.nan, False
     x, y = pr["step"].to_numpy(), _floats(pr[col])
+    banded = False
     name = r"$\lambda_1(P^{-1}H)$" if col == "eff_sharpness" else r"$\lambda_1$"
     ax.plot(
         x,
@@ -211,9 +212,6 @@ def _draw_sharpness(ax, s: _Series) -> tuple[float, float]:
         err = _floats(pr["sharpness_error"])
         ok = np.isfinite(err)
         if ok.any():
-            # a band below 0.5% of the values is thinner than the line: the legend says so
-            small = np.max(err[ok]) < 0.005 * np.nanmax(np.abs(y))
-            thin = " (thinner than the line)" if small else ""
             ax.fill_between(
                 x[ok],
                 y[ok] - err[ok],
@@ -221,11 +219,31 @@ def _draw_sharpness(ax, s: _Series) -> tuple[float, float]:
                 color=s.color,
                 alpha=0.3,
                 lw=0,
-                label=_named(s, f"certified bound: ±{np.max(err[ok]):.2g} at most{thin}"),
+                label=band_label,
             )
+            banded = True
             if ok.sum() == 1:  # a band of one probe has no width: an error bar
                 ax.errorbar(x[ok], y[ok], yerr=err[ok], color=s.color, capsize=4, lw=1)
-    return float(np.nanmin(y)), float(np.nanmax(y))
+    return float(np.nanmin(y)), float(np.nanmax(y)), banded
+
+
+def _band_label(series: list[_Series]) -> str | None:
+    """One legend entry for the certified bands: the largest bound, and whether the bands are
+    thinner than the lines (below 0.5% of the values)."""
+    worst, scale = 0.0, 0.0
+    for s in series:
+        col, pr = _curvature(s.df)
+        if col != "sharpness" or "sharpness_error" not in pr or not len(pr):
+            continue
+        err = _floats(pr["sharpness_error"])
+        if np.isfinite(err).any():
+            worst = max(worst, float(np.nanmax(err)))
+            scale = max(scale, float(np.nanmax(np.abs(_floats(pr[col])))))
+    if not worst:
+        return None
+    thin = " (thinner than the line)" if worst < 0.005 * scale else ""
+    owner = "" if len(series) == 1 else ", every series"
+    return f"certified bound{owner}: ±{worst:.2g} at most{thin}"
 
 
 def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.DataFrame]]:
@@ -241,7 +259,7 @@ def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.D
         if value is None:
             varying.append((s, thr))
         else:
-            groups.setdefault(round(value, 9), []).append(s)
+            groups.setdefault(float(f"{value:.6g}"), []).append(s)
     lines: list[tuple[str, str | None, pd.DataFrame]] = []
     many = len(groups) > 1
     for value, members in groups.items():
@@ -249,9 +267,10 @@ def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.D
         kind = kinds.pop() if len(kinds) == 1 else None
         label = threshold_label(kind, value)
         steps = pd.concat([_probed(m.df, "threshold") for m in members])
-        if many:  # several thresholds: each in its run's colour, named after it
+        if many:  # several thresholds: each in its first run's colour, named after its runs
             owner = next((m for m in members if m.is_optimizer), members[0])
-            lines.append((f"{owner.info.path.name}: {label}", owner.color, steps))
+            names = ", ".join(dict.fromkeys(m.info.path.name for m in members))
+            lines.append((f"{names}: {label}", owner.color, steps))
         else:
             lines.append((label, None, steps))
     for s, thr in varying:
@@ -390,15 +409,17 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
         fig, axes = plt.subplot_mosaic(layout, figsize=(13, 9), layout="constrained")
     lo, hi = math.inf, -math.inf
     levels: dict[float, list[str]] = {}
+    band = _band_label(series)
     for s in series:
         if not len(s.df):
             continue
         _draw_loss(axes["loss"], s)
-        a, b = _draw_sharpness(axes["sharp"], s)
+        a, b, banded = _draw_sharpness(axes["sharp"], s, band)
+        band = None if banded else band  # one legend entry for the bands
         lo, hi = min(lo, a) if math.isfinite(a) else lo, max(hi, b) if math.isfinite(b) else hi
         level = _draw_product(axes["prod"], s)
         if level is not None:
-            levels.setdefault(round(level, 9), []).append(s.color)
+            levels.setdefault(float(f"{level:.6g}"), []).append(s.color)
         _draw_count(axes["mv"], s, "sharpness_matvecs")
         if with_acc:
             _draw_count(axes["acc"], s, "accuracy", percent=True)
