@@ -230,20 +230,22 @@ def _draw_sharpness(ax, s: _Series, band_label: str | None) -> tuple[float, floa
 def _band_label(series: list[_Series]) -> str | None:
     """One legend entry for the certified bands: the largest bound, and whether the bands are
     thinner than the lines (below 0.5% of the values)."""
-    worst, scale = 0.0, 0.0
+    worst, scale, found = 0.0, 0.0, False
     for s in series:
         col, pr = _curvature(s.df)
         if col != "sharpness" or "sharpness_error" not in pr or not len(pr):
             continue
         err = _floats(pr["sharpness_error"])
         if np.isfinite(err).any():
+            found = True
             worst = max(worst, float(np.nanmax(err)))
             scale = max(scale, float(np.nanmax(np.abs(_floats(pr[col])))))
-    if not worst:
+    if not found:
         return None
     thin = " (thinner than the line)" if worst < 0.005 * scale else ""
     owner = "" if len(series) == 1 else ", every series"
-    return f"certified bound{owner}: ±{worst:.2g} at most{thin}"
+    most = " at most" if worst > 0 else ""
+    return f"certified bound{owner}: ±{worst:.2g}{most}{thin}"
 
 
 def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.DataFrame]]:
@@ -442,6 +444,10 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
         ylabel="lr_eff $\\times$ " + ("$\\lambda_1(P^{-1}H)$" if adaptive else "$\\lambda_1$"),
     )
     axes["mv"].set(title="cost of each probe", ylabel="Hessian-vector products (count)")
+    axes["mv"].yaxis.set_major_locator(MaxNLocator(integer=True))
+    y0, y1 = axes["mv"].dataLim.intervaly
+    if np.isfinite([y0, y1]).all() and y1 - y0 < 2:  # a constant count: whole numbers around it
+        axes["mv"].set_ylim(max(0.0, math.floor(y0) - 1), math.ceil(y1) + 1)
     if with_acc:
         axes["acc"].set(title="training accuracy", ylabel="training accuracy (%)")
     _plain_log_ticks(axes["loss"])
