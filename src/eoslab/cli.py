@@ -102,9 +102,9 @@ class Plot:
     dirs: tyro.conf.Positional[tuple[Path, ...]]
     """Run directories."""
     out: Annotated[Path | None, tyro.conf.arg(metavar="DIR|PNG")] = None
-    """Where to write: a directory (overview.png or compare.png in it) or a .png file. Default:
-    DIR/figures/overview.png for one run; for several, a new directory compare-A-B beside the
-    runs. Several runs are never drawn into a run directory."""
+    """A directory to write overview.png or compare.png into, or a .png file (default: one run's
+    DIR/figures/overview.png; several runs: a new directory compare-A-B beside them, never in a
+    run directory)."""
 
 
 @dataclasses.dataclass(frozen=True)
