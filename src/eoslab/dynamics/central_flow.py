@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..curvature import krylov_top, top_eigenpairs
+from ..curvature.lanczos import LanczosState, lanczos_top, ritz_vectors
 from ..curvature.operator import HessianOperator, PreconditionedOperator
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
@@ -36,7 +37,7 @@ __all__ = [
 
 class CentralFlowState(NamedTuple):
     w: Float[Array, " d"]  # w(t)
-    v: Float[Array, " d"]  # the start vector of the next eigen-solve (warm start)
+    v: Array  # warm start of the next eigen-solve: (d,), or (d, 2) = [u, guard] (CentralFlow)
     key: Array  # PRNG key of the Krylov restarts
 
 
@@ -52,7 +53,7 @@ class _GDCentralFlowBase(Process):
     substeps: int = 4
     """Euler substeps per GD step."""
     krylov_dim: int = 30
-    """Krylov dimension of each eigen-solve (HVPs per substep)."""
+    """Krylov dimension of each eigen-solve (the most HVPs it spends per substep)."""
     seed: int = 0
     """Seed of the Krylov restarts."""
 
@@ -70,60 +71,98 @@ class _GDCentralFlowBase(Process):
         return CentralFlowState(w0, V[:, 0] if k == 1 else jnp.sum(V, axis=1), key)
 
 
+def _ritz_and_power_step(st: LanczosState, p: int) -> tuple[Array, Array, Array]:
+    r"""The top Ritz pair $(u, \theta_1)$ of a finished Lanczos and the next warm block
+    $\mathrm{orth}(HY)$, $Y$ = the top ``p`` Ritz vectors: one subspace-iteration step for free,
+    since $HV_j=\sum_i T_{ij}V_i$ over every basis row (the pending ones included)."""
+    m = st.S.shape[0]
+    Y = ritz_vectors(st, p)
+    u = Y[:, 0] / jnp.linalg.norm(Y[:, 0])
+    HY = st.V.T @ (st.T[:, :m] @ st.S[:, :p])
+    Q, _ = jnp.linalg.qr(HY)
+    return u, st.theta[0], Q
+
+
 class CentralFlow(_GDCentralFlowBase):
     r"""GD's central flow with one oscillating direction (the closed form of the SDCP).
 
-    Each substep: $u$ = top eigenvector ($m$-dim Krylov space warm-started from the last $u$),
-    $\nabla S=\nabla^3L[u,u]$, $\sigma^2=\max(0,-C/\|\nabla S\|^2)$ with
+    Each substep: $u$ = top eigenvector, $\nabla S=\nabla^3L[u,u]$,
+    $\sigma^2=\max(0,-C/\|\nabla S\|^2)$ with
     $C=2(2-\eta\lambda_1)/(dt\,\eta^2)+2\langle\nabla S,\nabla L\rangle$, and
     $w\leftarrow w-dt\,\eta(\nabla L+\tfrac12\sigma^2\nabla S)$. The row gives ``pred_loss``
     $=L(w)+\sigma^2/\eta$ (the predicted time average of GD's loss), ``trace_sigma``
-    $=\sigma^2$, ``cf_sharpness`` (the solve's $\lambda_1$) and ``pred_grad_sq``.
+    $=\sigma^2$, ``cf_sharpness`` (the solve's $\lambda_1$), ``pred_grad_sq`` and
+    ``cf_matvecs`` (the eigen-solves' HVPs over the step's substeps).
+
+    The eigen-solve is block Lanczos warm-started from a block of two vectors carried in the
+    state: it applies $H$ to both, then grows the Krylov space one HVP at a time until the bound
+    on $\lambda_1$ (residual, or residual$^2$/gap once the guard Ritz value is resolved) is at
+    most ``eig_tol`` $\cdot\lambda_1$, or ``krylov_dim`` HVPs are spent. The next block is
+    $\mathrm{orth}(HY)$ for the top two Ritz vectors $Y$ (a subspace-iteration step that costs no
+    HVP), so a warm substep usually spends 2 HVPs; the step stays one ``lax.scan``.
     """
 
+    eig_tol: float = 5e-3
+    """Relative bound on the error of lambda_1 at which a substep's eigen-solve stops."""
     record_vectors: bool = False
     """Add the oscillation direction u to every row (small problems)."""
 
     def __check_init__(self) -> None:
         self._check()
+        check_positive("eig_tol", self.eig_tol)
 
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> CentralFlowState:
-        return self._start(objective, w0, 1)
+        key = jax.random.PRNGKey(self.seed)
+        p = min(2, w0.shape[0])
+        V = top_eigenpairs(objective.base(), w0, p, tol=1e-6).vectors
+        return CentralFlowState(w0, V, key)
 
     def step(self, objective: Objective, state: CentralFlowState):
         base, lr, dt = objective.base(), self.lr, 1.0 / self.substeps
-        m = min(self.krylov_dim, state.w.shape[0])
+        d, p = state.v.shape
+        m = max(min(self.krylov_dim, d), p)
 
         def sub(carry, _):
-            w, v, key = carry
+            w, V, key = carry
             key, k1 = jax.random.split(key)
             H = HessianOperator(base, w)
-            lam, V, _ = krylov_top(H, v, m, 1, k1)
-            u = V[:, 0]
+            st = lanczos_top(
+                H.mv,
+                V,
+                1,
+                tol=self.eig_tol,
+                m_max=m,
+                max_matvecs=m,
+                key=k1,
+                restart_keep=max(1, min(m - 1, 2)),
+            )
+            u, lam, V = _ritz_and_power_step(st, p)
             loss, g = jax.value_and_grad(base)(w)
             _, gS = H.grad_quadratic_form(u)
             a, b = jnp.vdot(gS, g), jnp.vdot(gS, gS)
-            x = _closed_form_x(lam[0], a, b, lr, dt)
+            x = _closed_form_x(lam, a, b, lr, dt)
             drift = g + 0.5 * x * gS
             rec = {
                 "loss": loss,
                 "grad_norm": jnp.linalg.norm(g),
                 "pred_loss": loss + x / lr,
                 "trace_sigma": x,
-                "cf_sharpness": lam[0],
+                "cf_sharpness": lam,
                 "pred_grad_sq": jnp.vdot(drift, drift) + 4.0 * x / lr**2,
+                "cf_matvecs": st.matvecs,
             }
             if self.record_vectors:
                 rec["u"] = u
-            return (w - dt * lr * drift, u, key), rec
+            return (w - dt * lr * drift, V, key), rec
 
-        (w, v, key), recs = jax.lax.scan(
+        (w, V, key), recs = jax.lax.scan(
             sub, (state.w, state.v, state.key), None, length=self.substeps
         )
         row = jax.tree_util.tree_map(lambda r: r[0], recs)
+        row["cf_matvecs"] = jnp.sum(recs["cf_matvecs"])
         row["lr_eff"] = jnp.asarray(lr, w.dtype)
         row["threshold"] = jnp.asarray(2.0 / lr, w.dtype)
-        return CentralFlowState(w, v, key), row
+        return CentralFlowState(w, V, key), row
 
 
 def restricted_hessian(obj: Objective, w: Array, U: Array) -> tuple[Array, Array]:

@@ -90,6 +90,7 @@ def central_flow(
     krylov_dim: int = 30,
     window: float = 0.1,
     seed: int = 0,
+    eig_tol: float = 5e-3,
 ) -> CentralFlowResult:
     r"""GD's central flow $\dot w=-\eta[\nabla L+\tfrac12\nabla\langle H,\Sigma\rangle]$ for
     ``steps`` GD steps with ``substeps`` Euler substeps each, saved every ``save_every`` steps.
@@ -97,6 +98,8 @@ def central_flow(
     ``solver="closed_form"`` (k = 1) is the compiled `eoslab.dynamics.CentralFlow`;
     ``"sdp"`` is `eoslab.dynamics.SDPCentralFlow` (cvxpy, a host loop) on the top-``k``
     eigenvectors with $\eta\lambda>2-$``window``. Runs through `eoslab.runner.run`.
+    The closed form's eigen-solves are warm block Lanczos stopped at the relative bound
+    ``eig_tol`` on $\lambda_1$ (at most ``krylov_dim`` HVPs per substep).
     """
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
@@ -121,7 +124,7 @@ def central_flow(
     check_positive("window", window)
     common = dict(lr=float(lr), substeps=substeps, krylov_dim=m, seed=seed)
     if solver == "closed_form":
-        proc = CentralFlow(**common, record_vectors=True)
+        proc = CentralFlow(**common, eig_tol=eig_tol, record_vectors=True)
         res = run(
             {"cf": proc},
             obj,
