@@ -15,6 +15,7 @@ from jaxtyping import Array, Float
 
 from ..curvature.operator import HessianOperator, Operator, PreconditionedOperator
 from ..errors import ConfigError
+from ..losses import safe_sqrt
 from ..objective import Objective
 from .process import Process, Row
 from .rules import Rule
@@ -43,15 +44,22 @@ class Optimizer(Process):
     def point(self, state: OptimizerState) -> Array:
         return state.w
 
-    def _step(self, objective: Objective, state: OptimizerState):
+    def _step(self, objective: Objective, state: OptimizerState, base=None):
         w = state.w
-        loss, g = jax.value_and_grad(objective)(w)
+        sqrt = objective.transform == "sqrt"
+        if base is None:
+            loss, g = jax.value_and_grad(objective)(w)
+        elif sqrt:  # sqrt(L - L_min) and its gradient from L and grad L
+            s = safe_sqrt(base[0] - objective.base().loss_min)
+            loss, g = s, jnp.where(s > 0, 0.5 / jnp.where(s > 0, s, 1.0), 0.0) * base[1]
+        else:
+            loss, g = base
         w_new, inner, info = self.rule.step(w, state.inner, g, loss)
         lr_eff, thr = info.lr_eff, info.threshold
-        if objective.transform == "sqrt":
+        if sqrt:
             s2 = 2.0 * loss
-            loss = objective.base()(w)
-            g = g * s2
+            loss = objective.base()(w) if base is None else base[0]
+            g = g * s2 if base is None else base[1]
             lr_eff = jnp.where(s2 > 0, lr_eff / jnp.where(s2 > 0, s2, 1.0), 0.0)
             thr = thr * s2
         row = {
@@ -65,6 +73,12 @@ class Optimizer(Process):
 
     def step(self, objective: Objective, state: OptimizerState) -> tuple[OptimizerState, Row]:
         return self._step(objective, state)
+
+    def step_given(
+        self, objective: Objective, state: OptimizerState, loss: Array, grad: Array
+    ) -> tuple[OptimizerState, Row]:
+        """`step` with the base loss's value and gradient already computed (no second pass)."""
+        return self._step(objective, state, (loss, grad))
 
     def preconditioner(self, objective: Objective, state: OptimizerState) -> Array | None:
         """The diagonal $P$ of the step taken from ``state`` (None for rules without one)."""

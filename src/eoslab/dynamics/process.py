@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..curvature.operator import HessianOperator, Operator
+from ..curvature.step_tracker import StepTracker, StepTrackerState, linearized_gradient
 from ..objective import Objective
 
 __all__ = ["Process", "Row", "advance", "measure", "base_row"]
@@ -52,6 +53,14 @@ class Process(eqx.Module):
     def step(self, objective: Objective, state: Any) -> tuple[Any, Row]:
         """One step from ``state``; the row describes the point before it."""
         raise NotImplementedError(f"{type(self).__name__} advances on the host (compiled=False)")
+
+    def step_given(
+        self, objective: Objective, state: Any, loss: Array, grad: Array
+    ) -> tuple[Any, Row]:
+        r"""`step`, given $L$ and $\nabla L$ of the base loss at the current point (computed
+        together with Hessian products by a per-step probe); by default they are not used."""
+        del loss, grad
+        return self.step(objective, state)
 
     def measure(self, objective: Objective, state: Any) -> Row:
         """The row of the current point, without stepping."""
@@ -88,31 +97,78 @@ def _tree_where(pred: Array, a: Any, b: Any) -> Any:
     return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
+def sharpness_row(
+    tracker: StepTracker, objective: Objective, w: Array, tstate: StepTrackerState
+) -> tuple[StepTrackerState, Row, Array, Array]:
+    r"""The certified top eigenvalues of $\nabla^2L(w)$ by ``tracker`` from ``tstate``, as row
+    columns (``sharpness``, ``eigs``, ``sharpness_error``, ``sharpness_matvecs``), with $L(w)$
+    and $\nabla L(w)$ from the same linearization."""
+    loss, grad, matmat = linearized_gradient(objective.base(), w)
+    tstate, eig = tracker.update(matmat, tstate)
+    row = {
+        "sharpness": eig.values[0],
+        "eigs": eig.values,
+        "sharpness_error": eig.error_bound[0],
+        "sharpness_matvecs": eig.matvecs,
+    }
+    return tstate, row, loss, grad
+
+
 @eqx.filter_jit
 def advance(
-    process: Process, objective: Objective, state: Any, n: int, keep_points: bool = False
-) -> tuple[Any, Row, Array]:
+    process: Process,
+    objective: Objective,
+    state: Any,
+    n: int,
+    keep_points: bool = False,
+    tracker: StepTracker | None = None,
+    tstate: StepTrackerState | None = None,
+) -> tuple[Any, Row, Array] | tuple[Any, Row, Array, StepTrackerState]:
     """``n`` compiled steps in one ``lax.scan``; a step whose loss or new point is not finite is
     not taken (the state freezes), and ``ok`` (per step) says which steps were.
 
     Returns ``(state, rows, ok)``, rows stacked along a leading axis of length ``n``; with
-    ``keep_points`` each row also holds the point ``w`` it describes.
+    ``keep_points`` each row also holds the point ``w`` it describes. With a ``tracker`` (and its
+    state ``tstate``) every row also holds the certified sharpness at its point, measured with the
+    step's own gradient (`sharpness_row`), and the tracker's new state is returned last.
     """
+    if tracker is not None:
+
+        def body(carry, _):
+            (state, tst), alive = carry
+            tst, srow, loss, grad = sharpness_row(tracker, objective, process.point(state), tst)
+            (new, row), ok, alive = _checked_step(
+                process, state, alive, process.step_given(objective, state, loss, grad), keep_points
+            )
+            new_tst = _tree_where(ok, tst, carry[0][1])
+            return ((_tree_where(ok, new, state), new_tst), alive), ({**row, **srow}, ok)
+
+        ((state, tstate), _), (rows, ok) = jax.lax.scan(
+            body, ((state, tstate), jnp.asarray(True)), None, length=n
+        )
+        return state, rows, ok, tstate
 
     def body(carry, _):
         state, alive = carry
-        new, row = process.step(objective, state)
-        # a step keeps its state's dtypes (a float64 constant must not promote a float32 run)
-        new = jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, jnp.result_type(b)), new, state)
-        if keep_points:
-            row = {**row, "w": process.point(state)}
-        finite_loss = jnp.isfinite(row["loss"])
-        ok = alive & finite_loss & jnp.all(jnp.isfinite(process.point(new)))
-        row = {**row, "finite_loss": alive & finite_loss}
-        return (_tree_where(ok, new, state), ok), (row, ok)
+        (new, row), ok, alive = _checked_step(
+            process, state, alive, process.step(objective, state), keep_points
+        )
+        return (_tree_where(ok, new, state), alive), (row, ok)
 
     (state, _), (rows, ok) = jax.lax.scan(body, (state, jnp.asarray(True)), None, length=n)
     return state, rows, ok
+
+
+def _checked_step(process: Process, state: Any, alive: Array, stepped, keep_points: bool):
+    new, row = stepped
+    # a step keeps its state's dtypes (a float64 constant must not promote a float32 run)
+    new = jax.tree_util.tree_map(lambda a, b: jnp.asarray(a, jnp.result_type(b)), new, state)
+    if keep_points:
+        row = {**row, "w": process.point(state)}
+    finite_loss = jnp.isfinite(row["loss"])
+    ok = alive & finite_loss & jnp.all(jnp.isfinite(process.point(new)))
+    row = {**row, "finite_loss": alive & finite_loss}
+    return (new, row), ok, ok
 
 
 @eqx.filter_jit

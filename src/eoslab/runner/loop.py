@@ -18,12 +18,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ..dynamics.process import Process, advance, measure
+from ..curvature import top_eigenpairs
+from ..curvature.operator import HessianOperator
+from ..curvature.step_tracker import StepTracker, StepTrackerState
+from ..dynamics.process import Process, advance, measure, sharpness_row
 from ..errors import ConfigError, DamagedRunWarning, DivergenceError, check_int
 from ..objective import LossLike, Objective, as_objective
 from .probes import ProbeFn, Probes, ProbeSet, distances, phi_probe
@@ -72,7 +76,16 @@ class _Lockstep:
     ):
         self.procs, self.obj, self.keep_points = procs, obj, keep_points
         self.states = {n: p.init(obj, w0) for n, p in procs.items()}
-        self.probes = {n: ProbeSet(obj, cfg, seed + 2 * i, custom) for i, n in enumerate(procs)}
+        # the sharpness at every step: measured inside the compiled loop, fused with the step
+        in_loop = {n: cfg.sharpness and cfg.every_step and p.compiled for n, p in procs.items()}
+        self.step_tracker = _step_tracker(cfg, obj.dim) if any(in_loop.values()) else None
+        # a process's step tracker starts from a Lanczos solve at its first probe
+        self.tstates: dict[str, StepTrackerState | None] = {n: None for n in procs if in_loop[n]}
+        self.seed = seed
+        self.probes = {
+            n: ProbeSet(obj, cfg, seed + 2 * i, custom, in_loop=in_loop[n])
+            for i, n in enumerate(procs)
+        }
         self.cfg = cfg
         self.probes_before: tuple[int | None, dict] = (None, {})
         self.distances = cfg.distances and len(procs) > 1
@@ -88,12 +101,14 @@ class _Lockstep:
         the uninterrupted run did. Other checkpoints are written before their step is probed.
         """
         if may_end:
-            self.probes_before = (t, {n: ps.state() for n, ps in self.probes.items()})
+            self.probes_before = (t, {n: self._probe_state(n) for n in self.procs})
         rows = {}
         for n, p in self.procs.items():
             st = self.states[n]
             if p.compiled:
                 mrow = measure(p, self.obj, st, self.keep_points)
+                if n in self.tstates and bool(jnp.isfinite(mrow["loss"])):
+                    mrow = {**mrow, **self._sharpness(n, p.point(st))}
             else:
                 mrow = p.measure(self.obj, st)
                 if self.keep_points:
@@ -146,9 +161,20 @@ class _Lockstep:
                     continue
                 self.states[name] = new
                 continue
-            self.states[name], out, ok = advance(
-                p, self.obj, self.states[name], n, self.keep_points
-            )
+            if name in self.tstates:
+                self.states[name], out, ok, self.tstates[name] = advance(
+                    p,
+                    self.obj,
+                    self.states[name],
+                    n,
+                    self.keep_points,
+                    self.step_tracker,
+                    self.tstates[name],
+                )
+            else:
+                self.states[name], out, ok = advance(
+                    p, self.obj, self.states[name], n, self.keep_points
+                )
             arrs = {k: np.asarray(v) for k, v in out.items()}
             ok = np.asarray(ok)
             bad = np.flatnonzero(~ok)
@@ -182,7 +208,7 @@ class _Lockstep:
             for i, leaf in enumerate(jax.tree_util.tree_leaves(self.states[n])):
                 out[f"{n}__state_{i}"] = np.asarray(leaf)
             out[f"{n}__point"] = np.asarray(self.point(n))
-            probe = before[n] if t == step else self.probes[n].state()
+            probe = before[n] if t == step else self._probe_state(n)
             out.update({f"{n}__probe_{k}": v for k, v in probe.items()})
         return out
 
@@ -204,9 +230,60 @@ class _Lockstep:
                 [jnp.asarray(a, jnp.asarray(b).dtype) for a, b in zip(saved, leaves, strict=True)],
             )
             prefix = f"{n}__probe_"
-            self.probes[n].load(
-                {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            saved = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            self.probes[n].load(saved)
+            if n in self.tstates and "step_V" in saved:
+                dtype = self.obj.dtype
+                self.tstates[n] = StepTrackerState(
+                    jnp.asarray(saved["step_V"], dtype), jnp.asarray(saved["step_R"], dtype)
+                )
+
+    def _sharpness(self, n: str, w: Array) -> dict:
+        """The step tracker's row at ``w``; its first call solves with Lanczos to start it."""
+        tr, tst = self.step_tracker, self.tstates[n]
+        if tst is None:
+            i = list(self.procs).index(n)
+            res = top_eigenpairs(
+                HessianOperator(self.obj.base(), w),
+                k=tr.k,
+                tol=tr.tol,
+                max_matvecs=self.cfg.max_matvecs,
+                key=jax.random.key(self.seed + 2 * i + 1),
             )
+            guard = res.next_vector
+            if not bool(jnp.any(guard != 0)):
+                guard = jax.random.normal(jax.random.key(self.seed + 2 * i + 1), w.shape, w.dtype)
+            self.tstates[n] = tr.warm(res.vectors, guard)
+            return {
+                "sharpness": res.values[0],
+                "eigs": res.values,
+                "sharpness_error": res.error_bound[0],
+                "sharpness_matvecs": res.matvecs,
+            }
+        self.tstates[n], row = _sharpness(tr, self.obj, w, tst)
+        return row
+
+    def _probe_state(self, n: str) -> dict[str, np.ndarray]:
+        """The probes' warm starts of process ``n`` (its step tracker's included)."""
+        out = self.probes[n].state()
+        if self.tstates.get(n) is not None:
+            out["step_V"] = np.asarray(self.tstates[n].V)
+            out["step_R"] = np.asarray(self.tstates[n].R)
+        return out
+
+
+def _step_tracker(cfg: Probes, dim: int) -> StepTracker:
+    block = 2 * cfg.k + 2
+    rounds = 8 if cfg.max_matvecs is None else max(1, cfg.max_matvecs // block)
+    if dim < block:
+        raise ConfigError("probes.every_step", True, f"False for a {dim}-parameter problem")
+    return StepTracker(k=cfg.k, tol=cfg.tol, max_rounds=rounds)
+
+
+@eqx.filter_jit
+def _sharpness(tracker: StepTracker, obj: Objective, w: Array, tstate: StepTrackerState):
+    tstate, row, _, _ = sharpness_row(tracker, obj, w, tstate)
+    return tstate, row
 
 
 def _recover(store: RunStore, dmg: Damage) -> int:

@@ -64,6 +64,10 @@ class Probes:
     """The stableness S_L(w, lr_eff) (stableness_points eigen-solves per probe)."""
     stableness_points: int = 5
     """Points on the step's segment for the stableness."""
+    every_step: bool = False
+    """Certify the sharpness at every step inside the compiled loop, fused with the step's own
+    gradient (compiled processes; per-step rows get sharpness, eigs, sharpness_error,
+    sharpness_matvecs). Off: only at probed steps."""
     distances: bool = True
     """With several processes, |w_p - w_q| to every other process (dist_NAME)."""
     phi: bool = False
@@ -76,6 +80,10 @@ class Probes:
             raise ConfigError("probes.k", self.k, "an integer >= 1")
         check_positive("probes.tol", self.tol)
         check_positive("probes.phi_gtol", self.phi_gtol)
+        if self.every_step and self.grow_above is not None:
+            raise ConfigError(
+                "probes.grow_above", self.grow_above, "None with every_step (k is fixed)"
+            )
         if self.stableness_points < 2:
             raise ConfigError("probes.stableness_points", self.stableness_points, "an integer >= 2")
 
@@ -100,13 +108,20 @@ class ProbeSet:
     """The probes of one process, with their warm-started trackers (checkpointed with the run)."""
 
     def __init__(
-        self, objective: Objective, probes: Probes, seed: int, custom: tuple[ProbeFn, ...] = ()
+        self,
+        objective: Objective,
+        probes: Probes,
+        seed: int,
+        custom: tuple[ProbeFn, ...] = (),
+        in_loop: bool = False,
     ) -> None:
+        """``in_loop``: the sharpness is measured in the compiled loop (`step_tracker`), so this
+        probe set has no tracker of its own and reads ``sharpness`` from the row."""
         self.cfg, self.custom = probes, tuple(custom)
         base = objective.base()
         self.tracker = None
         self.eff_tracker = None
-        if probes.sharpness:
+        if probes.sharpness and not in_loop:
             self.tracker = EigenTracker(
                 base,
                 k=min(probes.k, base.dim),
@@ -116,6 +131,7 @@ class ProbeSet:
                 max_matvecs=probes.max_matvecs,
                 seed=seed,
             )
+        if probes.sharpness:
             self.eff_tracker = EigenTracker(
                 base, k=1, tol=probes.tol, max_matvecs=probes.max_matvecs, seed=seed + 1
             )
@@ -136,16 +152,21 @@ class ProbeSet:
             out["sharpness_matvecs"] = int(res.matvecs)
             out["sharpness_error"] = float(res.error_bound[0])
             cache["eig"] = res
+        if self.cfg.sharpness:
+            lam = out.get("sharpness", row.get("sharpness", math.nan))
             if self.cfg.alignment:
                 gn = float(row.get("grad_norm", math.nan))
+                ok = gn > 0 and math.isfinite(lam)
                 out["grad_top_alignment"] = (
-                    float(_alignment(H, res.values[0])) if gn > 0 else math.nan
+                    float(_alignment(H, jnp.asarray(lam, H.dtype))) if ok else math.nan
                 )
             op = _operator(process, objective, state) if self.cfg.effective else None
             if isinstance(op, PreconditionedOperator):
                 eres = self.eff_tracker.update(op)
                 out["eff_sharpness"] = float(eres.values[0])
-                out["sharpness_matvecs"] += int(eres.matvecs)
+                out["sharpness_matvecs"] = out.get(
+                    "sharpness_matvecs", row.get("sharpness_matvecs", 0)
+                ) + int(eres.matvecs)
                 cache["eff_eig"] = eres
         lr_eff = float(row.get("lr_eff", math.nan))
         if self.cfg.stableness and lr_eff > 0 and math.isfinite(lr_eff):

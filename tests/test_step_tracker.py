@@ -1,0 +1,114 @@
+"""The sharpness at every step (`StepTracker`, ``Probes(every_step=True)``): each certified value
+against the dense Hessian's eigenvalue, the fused step against the plain one, resume to the bit."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eoslab import Objective
+from eoslab.curvature.step_tracker import StepTracker, linearized_gradient
+from eoslab.dynamics.optimizer import Optimizer
+from eoslab.dynamics.rules import gd, normalized_gd, sqrt_loss_gd
+from eoslab.errors import ConfigError
+from eoslab.runner import Probes, run
+from helpers import assert_same_metrics, quadratic_with_spectrum, small_mlp_loss
+
+
+def test_linearized_gradient_matches_value_grad_and_dense_hessian():
+    loss, w = small_mlp_loss(n=20, hidden=5)
+    value, grad, matmat = linearized_gradient(loss, w)
+    H = np.asarray(jax.hessian(loss)(w))
+    X = np.random.default_rng(0).normal(size=(w.size, 3))
+    np.testing.assert_allclose(value, loss(w), rtol=1e-13)
+    np.testing.assert_allclose(grad, jax.grad(loss)(w), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(matmat(jnp.asarray(X)), H @ X, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_bounds_hold_on_a_fixed_matrix_with_a_cluster(k):
+    eigs = np.array([5.0, 4.999, 4.0, *np.linspace(-1.0, 3.0, 27)])
+    loss, A = quadratic_with_spectrum(eigs, seed=1)
+    tr = StepTracker(k=k, tol=1e-8, max_rounds=200)
+    st = tr.init(eigs.size, jnp.float64, jax.random.key(0))
+    st, eig = tr.update(lambda X: A @ X, st)
+    want = np.sort(eigs)[::-1][:k]
+    err = np.abs(np.asarray(eig.values) - want)
+    assert bool(eig.converged)
+    assert np.all(err <= np.asarray(eig.error_bound) * (1 + 1e-9) + 1e-14)
+    assert np.all(np.asarray(eig.error_bound) <= 1e-8 * want)
+    # a warm start at the same matrix certifies in one round
+    st, again = tr.update(lambda X: A @ X, st)
+    assert int(again.matvecs) == tr.block
+    np.testing.assert_allclose(again.values, want, rtol=1e-8)
+
+
+def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
+    """GD at lr 0.5 on a small tanh MLP (sharpening to 2/lr = 4, then the edge): every step's
+    certified sharpness against eigvalsh of jax.hessian at the same point."""
+    loss, w0 = small_mlp_loss(n=24, hidden=6)
+    obj = Objective.from_fn(loss, w0, dtype="float64")
+    r = run(
+        Optimizer(gd(0.5)),
+        obj,
+        150,
+        probe_every=50,
+        probes=Probes(every_step=True, tol=1e-4, alignment=False),
+        keep_points=True,
+    )
+    m = r.metrics
+    assert len(m) == 151 and m["sharpness"].notna().all()
+    assert m["sharpness"].max() > 4.0  # it reached the edge
+    for w, lam, bound in zip(m["w"], m["sharpness"], m["sharpness_error"], strict=True):
+        dense = np.linalg.eigvalsh(np.asarray(jax.hessian(loss)(jnp.asarray(w))))[-1]
+        assert abs(lam - dense) <= bound * (1 + 1e-9) + 1e-12
+        assert bound <= 1e-4 * abs(dense)
+    # after the Lanczos start, a warm step certifies with one or two rounds (4 products each)
+    assert np.median(m["sharpness_matvecs"][1:]) <= 8
+
+
+@pytest.mark.parametrize("rule", [gd(0.5), normalized_gd(0.05), sqrt_loss_gd(0.1)])
+def test_the_fused_step_takes_the_same_steps(rule):
+    """The step given the linearization's gradient = the step that computes its own."""
+    loss, w0 = small_mlp_loss(n=24, hidden=6, seed=3)
+    obj = Objective.from_fn(loss, w0, dtype="float64")
+    if rule.name.startswith("sqrt"):  # L_min below the loss, so sqrt(L - L_min) is smooth
+        obj = Objective.from_fn(loss, w0, 0.01, dtype="float64").sqrt()
+    kw = dict(probe_every=10, keep_points=True)
+    plain = run(Optimizer(rule), obj, 30, probes=Probes(alignment=False), **kw).metrics
+    fused = run(
+        Optimizer(rule), obj, 30, probes=Probes(every_step=True, alignment=False), **kw
+    ).metrics
+    for col in ("loss", "grad_norm", "lr_eff"):
+        np.testing.assert_allclose(fused[col], plain[col], rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(np.stack(fused["w"]), np.stack(plain["w"]), rtol=1e-10, atol=1e-13)
+
+
+def test_resume_continues_the_step_tracker_bit_for_bit(tmp_path):
+    """Interrupted at a probe (a custom probe raises), then resumed: the same table as one run."""
+    loss, w0 = small_mlp_loss(n=24, hidden=6)
+    obj = Objective.from_fn(loss, w0, dtype="float64")
+    kw = dict(probe_every=10, probes=Probes(every_step=True, tol=1e-6), flush_seconds=0)
+    whole = run(Optimizer(gd(1.0)), obj, 40, out=tmp_path / "a", **kw).metrics
+
+    calls = {"n": 0}
+
+    def interrupt(w, objective, cache):
+        calls["n"] += 1
+        if cache["step"] == 30 and calls["n"] < 10:
+            calls["n"] = 10
+            raise KeyboardInterrupt
+        return {}
+
+    with pytest.raises(KeyboardInterrupt):
+        run(Optimizer(gd(1.0)), obj, 40, out=tmp_path / "b", custom_probes=(interrupt,), **kw)
+    again = dict(out=tmp_path / "b", resume=True, custom_probes=(interrupt,))
+    resumed = run(Optimizer(gd(1.0)), obj, 40, **again, **kw).metrics
+    assert_same_metrics(whole, resumed)
+
+
+def test_every_step_refuses_a_growing_k():
+    with pytest.raises(ConfigError, match="probes.grow_above"):
+        Probes(every_step=True, grow_above=1.0)
