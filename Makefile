@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench lint clean fashion-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,20 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# Real images offline: Debian/Ubuntu's dataset-fashion-mnist puts Fashion-MNIST's four IDX files in
+# /usr/share/datasets/fashion-mnist, where eoslab looks by default (`eoslab reproduce fashion-vgg`).
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+fashion-data:
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST is installed in $(FASHION_DIR)"; \
+	elif command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; \
+	else \
+		echo "no apt-get here: run \`eoslab data fetch fashion-mnist\` instead" >&2; exit 1; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -309,12 +309,52 @@ def test_idx_reader_types_and_corruption(tmp_path):
 
 def test_fashion_mnist_and_missing_data(tmp_path, monkeypatch):
     monkeypatch.setattr(disk, "SYSTEM_FASHION_MNIST", tmp_path / "system")
+    monkeypatch.setenv("EOSLAB_DATA", str(tmp_path / "default"))
     with pytest.raises(data.DatasetNotFoundError, match="eoslab data fetch fashion-mnist"):
-        data.load("fashion-mnist", data_dir=tmp_path)
-    write_idx_set(tmp_path / "system", gz=True)  # where Debian's package would put it
-    assert data.load("fashion-mnist", data_dir=tmp_path).x_train.shape == (6, 28, 28, 1)
-    assert DATASETS["fashion-mnist"].locate(tmp_path) == str(tmp_path / "system")
-    assert "yes" in data.list_datasets_table(data_dir=tmp_path).split("fashion-mnist")[1][:140]
+        data.load("fashion-mnist")
+    arrays = write_idx_set(tmp_path / "system", gz=True)  # where Debian's package puts it
+    ds = data.load("fashion-mnist")  # the default places include the Debian directory
+    assert ds.x_train.shape == (6, 28, 28, 1)
+    assert np.asarray(ds.y_train).tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    assert DATASETS["fashion-mnist"].locate(None) == str(tmp_path / "system")
+    assert "yes" in data.list_datasets_table().split("fashion-mnist")[1][:140]
+    # an explicit data_dir is searched alone: the Debian copy does not stand in for it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert DATASETS["fashion-mnist"].locate(empty) is None
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.load("fashion-mnist", data_dir=empty)
+    msg = str(info.value)
+    assert f"data_dir={str(empty)!r}" in msg and "train-images-idx3-ubyte" in msg
+    assert "t10k-labels-idx1-ubyte" in msg and "make fashion-data" in msg
+    # ... and the Debian directory itself may be given as data_dir (files directly in it)
+    got = data.load("fashion-mnist", data_dir=tmp_path / "system")
+    np.testing.assert_array_equal(np.asarray(got.x_test), np.asarray(ds.x_test))
+
+
+def test_idx_subfolder_of_the_dataset_wins_over_other_files(tmp_path):
+    """A data dir holding mnist/ and fashion-mnist/: each name reads its own folder; IDX files
+    directly in the data dir are read only when the named folders hold none."""
+    mn = write_idx_set(tmp_path / "mnist", n_train=7, gz=False)
+    fa = write_idx_set(tmp_path / "fashion-mnist", n_train=9, gz=True)
+    assert data.load("mnist", data_dir=tmp_path).x_train.shape[0] == 7
+    assert data.load("fashion-mnist", data_dir=tmp_path).x_train.shape[0] == 9
+    assert mn["train-images-idx3-ubyte"].shape[0] == 7 and fa["t10k-images-idx3-ubyte"].size
+    write_idx_set(tmp_path / "direct", n_train=5)
+    assert data.load("mnist", data_dir=tmp_path / "direct").x_train.shape[0] == 5
+
+
+def test_require_names_the_field_and_the_files(tmp_path):
+    assert data.require("mnist1d", tmp_path) == "built in"
+    with pytest.raises(data.DatasetNotFoundError) as info:
+        data.require("cifar10", tmp_path / "nowhere", field="--data-dir")
+    msg = str(info.value)
+    assert msg.startswith(f"--data-dir={str(tmp_path / 'nowhere')!r}")
+    assert "cifar-10-batches-py/" in msg and "data_batch_5" in msg and "test_batch" in msg
+    with pytest.raises(ConfigError, match="dataset"):
+        data.require("no-such-set", tmp_path)
+    write_cifar_python(tmp_path / "cifar10")
+    assert data.require("cifar10", tmp_path) == f"{tmp_path / 'cifar10' / disk.CIFAR_PY} (python)"
 
 
 # ----------------------------------------------------------------------------- fetch
@@ -453,3 +493,165 @@ def test_server_ignoring_range_restarts_and_checksum_is_required(server, tmp_pat
         fetch.download(url + "/f.bin", tmp_path / "g.bin", progress=False)
     with pytest.raises(ConfigError, match="dataset='digits'"):
         data.fetch_dataset("digits", tmp_path)
+
+
+# ----------------------------------------------------------------------------- --data-dir (CLI)
+def _fc_tanh_loss_by_hand(arrays, n):
+    """mse_half of the fc-tanh preset at its seed-0 init on the first n generated images,
+    standardized per pixel with numpy (the CLI's numbers are checked against this)."""
+    import jax
+
+    from eoslab import models
+
+    x = arrays["train-images-idx3-ubyte"][:n].reshape(n, -1).astype(np.float64)
+    sd = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(sd < 1e-8, 1.0, sd)
+    apply, params = models.create("fc-tanh", jax.random.PRNGKey(0), (28, 28, 1), 10)
+    f = np.asarray(apply(params, x.reshape(n, 28, 28, 1).astype(np.float32)), np.float64)
+    onehot = np.eye(10)[arrays["train-labels-idx1-ubyte"][:n]]
+    return float(np.mean(0.5 * np.sum((f - onehot) ** 2, axis=1)))
+
+
+def test_run_data_dir_reads_the_files_there(tmp_path, capsys):
+    import json
+
+    from eoslab.cli import main
+    from eoslab.runner import load_run
+
+    arrays = write_idx_set(tmp_path / "data" / "fashion-mnist", n_train=8)
+    out = tmp_path / "run"
+    args = ["run", "eos-gd", "--problem.dataset", "fashion-mnist", "--problem.n", "6"]
+    args += ["--steps", "1", "--probes.no-sharpness", "--probes.no-alignment"]
+    args += ["--data-dir", str(tmp_path / "data"), "--out", str(out)]
+    assert main([*args, "--quiet", "--no-plot"]) == 0
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["problem"]["data_dir"] == str(tmp_path / "data")
+    loss0 = load_run(out).metrics.query("step == 0")["loss"].iloc[0]
+    assert loss0 == pytest.approx(_fc_tanh_loss_by_hand(arrays, 6), rel=1e-5)
+    # a directory without the files: exit 2 before anything is written, naming the field
+    capsys.readouterr()
+    (tmp_path / "empty").mkdir()
+    args[-3:] = [str(tmp_path / "empty"), "--out", str(tmp_path / "run2")]
+    assert main([*args, "--quiet", "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-dir={str(tmp_path / 'empty')!r}" in err and "train-images-idx3-ubyte" in err
+    assert not (tmp_path / "run2").exists()
+    # a problem that reads no dataset
+    assert main(["run", "toy", "--data-dir", str(tmp_path / "data"), "--quiet"]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def _write_cifar_binary(root, n):
+    d = root / "cifar-10-batches-bin"
+    d.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{j}" for j in range(1, 6)] + ["test_batch"]):
+        x, y = _cifar_arrays(n, i)
+        (d / f"{name}.bin").write_bytes(np.concatenate([y[:, None], x], 1).astype(np.uint8))
+
+
+def test_reproduce_data_dir_errors_name_the_field(tmp_path, capsys):
+    from eoslab.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    assert main(["reproduce", "cifar-vgg", "--data-dir", str(empty), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--data-dir={str(empty)!r}" in err and "cifar-10-batches-bin/" in err
+    assert not out.exists()
+    assert main(["reproduce", "fashion-vgg", "--quick", "--data-dir", str(empty)]) == 2
+    assert "t10k-images-idx3-ubyte" in capsys.readouterr().err
+    assert main(["reproduce", "valley", "--data-dir", str(empty), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "valley reads no dataset" in err and "cifar-vgg" in err and "fashion-vgg" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow  # minutes on 2 busy cores
+def test_reproduce_cifar_vgg_quick_reads_data_dir(tmp_path, capsys):
+    """The smoke variant (16 images, 40 steps) on generated CIFAR-10 batches: the table says
+    cifar10, not the synthetic stand-in, and its checks hold."""
+    from eoslab.cli import main
+    from eoslab.report.tables import read_table
+
+    _write_cifar_binary(tmp_path / "data", 4)  # 20 training images
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "reproduce",
+                "cifar-vgg",
+                "--quick",
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "on cifar10" in (out / "table.md").read_text()
+    assert read_table(out)["ok"].all()
+
+
+# ----------------------------------------------------------------------------- fashion-vgg
+_TINY_VGG = (4, "P", 4, "P", 4, 4, "P", 4, 4, "P", 4, 4, "P")
+
+
+def test_fashion_vgg_data_and_head(tmp_path):
+    """The experiment's images (10 generated 28x28 ones; CI has no Fashion-MNIST): zeros around
+    the standardized pixels; the head's init std keeps the paper's output variance."""
+    from eoslab.reproduce import vgg
+
+    arrays = write_idx_set(tmp_path / "data", n_train=10)
+    ds = vgg.pad_to_32(
+        data.load("fashion-mnist", n=10, subset="balanced", data_dir=tmp_path / "data")
+    )
+    x = arrays["train-images-idx3-ubyte"].astype(np.float64)
+    sd = x.std(axis=0)
+    want = (x - x.mean(axis=0)) / np.where(sd < 1e-8, 1.0, sd)
+    got = np.asarray(ds.x_train)[..., 0]
+    assert got.shape == (10, 32, 32) and ds.input_shape == (32, 32, 1)
+    np.testing.assert_allclose(got[:, 2:30, 2:30], want, atol=1e-5)
+    assert not got[:, :2].any() and not got[:, 30:].any() and not got[:, :, :2].any()
+    assert vgg.head_std(_TINY_VGG) == pytest.approx(0.01 * np.sqrt(128))
+    assert vgg.head_std(vgg.VGG11) == pytest.approx(0.01)
+
+
+@pytest.mark.slow  # compiling a VGG's HVPs takes minutes on 2 busy cores
+def test_fashion_vgg_end_to_end_on_generated_idx_files(tmp_path):
+    """The experiment on 10 generated images: each rule's last step is w - lr_eff grad with the
+    gradient taken apart from the loop; the figure and table are written."""
+    from eoslab.reproduce import vgg
+
+    write_idx_set(tmp_path / "data", n_train=10)
+    settings = vgg.FashionVGG(n=10, steps=4, every=2, config=_TINY_VGG)
+    rows = vgg.fashion_vgg(tmp_path / "out", settings, data_dir=tmp_path / "data")
+    steps = [r for r in rows if "step = lr_eff * grad" in r["quantity"]]
+    assert len(steps) == 2 and all(r["ok"] for r in steps)
+    assert (tmp_path / "out" / "fashion_vgg.png").stat().st_size > 10_000
+    assert "fashion-vgg" in (tmp_path / "out" / "table.md").read_text()
+
+
+_DEBIAN = disk.SYSTEM_FASHION_MNIST
+_NO_DEBIAN = "Debian's dataset-fashion-mnist is not installed (make fashion-data)"
+
+
+@pytest.mark.skipif(not _DEBIAN.is_dir(), reason=_NO_DEBIAN)
+def test_debian_fashion_mnist_is_the_published_set():
+    """60,000 + 10,000 images of 28x28, 6,000 / 1,000 per class (Xiao et al. 2017)."""
+    files = disk.find_idx([_DEBIAN])
+    x_tr, y_tr = disk.read_idx(files[disk.IDX_FILES[0]]), disk.read_idx(files[disk.IDX_FILES[1]])
+    x_te, y_te = disk.read_idx(files[disk.IDX_FILES[2]]), disk.read_idx(files[disk.IDX_FILES[3]])
+    assert x_tr.shape == (60000, 28, 28) and x_te.shape == (10000, 28, 28)
+    assert np.bincount(y_tr).tolist() == [6000] * 10 and np.bincount(y_te).tolist() == [1000] * 10
+    assert x_tr.dtype == np.uint8 and x_tr.max() == 255
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _DEBIAN.is_dir(), reason=_NO_DEBIAN)
+def test_fashion_vgg_quick_on_real_images(tmp_path):
+    from eoslab import reproduce
+
+    rows = reproduce.run("fashion-vgg", tmp_path, quick=True)
+    assert [r["quantity"] for r in rows if not r["ok"]] == []

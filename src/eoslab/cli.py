@@ -67,6 +67,9 @@ class RunOptions:
     """Write the run's figures when it ends."""
     quiet: bool = False
     """No progress bar."""
+    data_dir: Dir = None
+    """Where the problem's on-disk dataset lives (sets problem.data_dir; checked before the run:
+    a directory without the dataset's files is an error)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +166,9 @@ class Reproduce:
     """The scaled-down variant (minutes on 2 CPU cores; no downloaded data needed)."""
     out: Dir = None
     """Output directory (default: runs/reproduce-NAME[-quick]-TIMESTAMP); never overwritten."""
+    data_dir: Dir = None
+    """Where the experiment's on-disk dataset lives (cifar-vgg: CIFAR-10, fashion-vgg:
+    Fashion-MNIST); only this directory is searched, and one without the files is an error."""
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -291,14 +297,33 @@ def _recorded(path: Path) -> Experiment:
 
 
 # ------------------------------------------------------------------------------ commands
+def _with_data_dir(exp: Experiment, data_dir: Path | None) -> Experiment:
+    """``--data-dir DIR``: ``problem.data_dir = DIR``, the problem's dataset looked up there now
+    (a `DatasetNotFoundError` naming ``--data-dir`` and the files expected: exit 2)."""
+    if data_dir is None:
+        return exp
+    from .data import require
+    from .experiments import ModelProblem
+
+    if not isinstance(exp.problem, ModelProblem):
+        raise _UsageError(
+            f"--data-dir {data_dir}: only a network problem (problem kind 'model') reads a "
+            f"dataset; this experiment's problem is {type(exp.problem).kind!r}"
+        )
+    require(exp.problem.dataset, data_dir, field="--data-dir")
+    problem = dataclasses.replace(exp.problem, data_dir=str(data_dir))
+    return dataclasses.replace(exp, problem=problem)
+
+
 def _cmd_run(args: Run, name: str) -> int:
+    exp = _with_data_dir(args.experiment, args.data_dir)
     out = args.out if args.out is not None else _fresh_dir(Path("runs") / name)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise _UsageError(
             f"{out} already exists and is not empty; eoslab never overwrites a run. "
             f"Choose another --out, or continue it with: eoslab resume {out}"
         )
-    return _execute(args.experiment, out, resume=False, quiet=args.quiet, plot=args.plot)
+    return _execute(exp, out, resume=False, quiet=args.quiet, plot=args.plot)
 
 
 def _cmd_resume(args: Resume) -> int:
@@ -400,13 +425,25 @@ def _cmd_reproduce(args: Reproduce) -> int:
             f"reproduce: unknown experiment {args.name!r}; expected one of "
             + ", ".join(reproduce.names())
         )
+    if args.data_dir is not None:
+        from .data import require
+
+        exp = reproduce.get(args.name)
+        if not exp.datasets:
+            readers = [n for n in reproduce.names() if reproduce.get(n).datasets]
+            raise _UsageError(
+                f"--data-dir {args.data_dir}: {args.name} reads no dataset from disk; expected "
+                "no --data-dir, or an experiment that does: " + ", ".join(readers)
+            )
+        for dataset in exp.datasets:  # before any output is written
+            require(dataset, args.data_dir, field="--data-dir")
     out = args.out
     if out is None:
         suffix = "-quick" if args.quick else ""
         out = _fresh_dir(Path("runs") / f"reproduce-{args.name}{suffix}")
     elif out.exists() and any(out.iterdir()):
         raise _UsageError(f"--out {out} exists and is not empty; choose another directory")
-    rows = reproduce.run(args.name, out, quick=args.quick)
+    rows = reproduce.run(args.name, out, quick=args.quick, data_dir=args.data_dir)
     print((out / "table.md").read_text())
     print(f"figures and table in {out}")
     bad = [r for r in rows if not r["ok"]]
@@ -429,7 +466,15 @@ COMMANDS = {
 }
 
 
-_RUN_FLAGS = {"--out": 1, "--config": 1, "--plot": 0, "--no-plot": 0, "--quiet": 0, "--no-quiet": 0}
+_RUN_FLAGS = {
+    "--out": 1,
+    "--config": 1,
+    "--data-dir": 1,
+    "--plot": 0,
+    "--no-plot": 0,
+    "--quiet": 0,
+    "--no-quiet": 0,
+}
 
 
 def _split_run_options(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -21,6 +21,7 @@ from .registry import default_data_dir as default_data_dir
 from .registry import list as list  # noqa: A004
 from .registry import load as load
 from .registry import register as register
+from .registry import require as require
 from .registry import standardize as standardize
 
 __all__ = [
@@ -36,5 +37,6 @@ __all__ = [
     "list_datasets_table",
     "load",
     "register",
+    "require",
     "standardize",
 ]

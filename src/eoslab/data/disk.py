@@ -1,7 +1,8 @@
 """Datasets read from disk: CIFAR-10 (python or binary batches), MNIST and Fashion-MNIST (IDX).
 
-Search order: ``data_dir`` if given, else ``$EOSLAB_DATA`` or ``~/.cache/eoslab/data``;
-Fashion-MNIST is also found where Debian's ``dataset-fashion-mnist`` package installs it.
+Search order: ``data_dir`` if given (and then only it), else ``$EOSLAB_DATA`` or
+``~/.cache/eoslab/data`` and, for Fashion-MNIST, where Debian's ``dataset-fashion-mnist`` package
+installs it (``/usr/share/datasets/fashion-mnist``; ``make fashion-data``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "find_cifar10",
     "find_idx",
     "load_cifar10",
+    "missing_message",
     "load_idx_dataset",
     "read_cifar_binary",
     "read_cifar_python",
@@ -98,7 +100,7 @@ def load_cifar10(data_dir: Path | None) -> RawData:
     """CIFAR-10: 50,000 train and 10,000 test images ``(32, 32, 3)`` uint8 and labels 0..9."""
     found = find_cifar10(data_dir)
     if found is None:
-        raise DatasetNotFoundError(_not_found("cifar10", [CIFAR_PY, CIFAR_BIN], data_dir))
+        raise DatasetNotFoundError(missing_message("cifar10", data_dir))
     d, fmt = found
     read, suffix = (read_cifar_python, "") if fmt == "python" else (read_cifar_binary, ".bin")
     parts = [read(d / f"{f}{suffix}") for f in _CIFAR_TRAIN]
@@ -149,13 +151,18 @@ def _idx_file(d: Path, stem: str) -> Path | None:
     return None
 
 
-def find_idx(dirs: list[Path]) -> dict[str, Path] | None:
-    """The four IDX files of the first directory in ``dirs`` (or a subdirectory) holding all."""
+def find_idx(dirs: list[Path], direct: tuple[Path, ...] = ()) -> dict[str, Path] | None:
+    """The four IDX files of the first directory in ``dirs`` (or a subdirectory) holding all,
+    else of the first in ``direct`` holding all itself (its subdirectories are not searched)."""
     for d in dirs:
         for cand in (d, *(sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else [])):
             files = {stem: _idx_file(cand, stem) for stem in IDX_FILES}
             if all(files.values()):
                 return files  # type: ignore[return-value]
+    for d in direct:
+        files = {stem: _idx_file(d, stem) for stem in IDX_FILES}
+        if all(files.values()):
+            return files  # type: ignore[return-value]
     return None
 
 
@@ -165,18 +172,21 @@ def _idx_dirs(name: str, data_dir: Path | None) -> list[Path]:
         "fashion-mnist": ("fashion-mnist", "FashionMNIST/raw"),
     }[name]
     dirs = [root / s for root in data_dirs(data_dir) for s in subdirs]
-    if name == "fashion-mnist":
+    if name == "fashion-mnist" and data_dir is None:  # an explicit data_dir is searched alone
         dirs.append(SYSTEM_FASHION_MNIST)
     return dirs
 
 
+def _find_named_idx(name: str, data_dir: Path | None) -> dict[str, Path] | None:
+    # the dataset's own subfolders first; an explicit data_dir may also hold the files itself
+    return find_idx(_idx_dirs(name, data_dir), (data_dir,) if data_dir is not None else ())
+
+
 def load_idx_dataset(name: str, data_dir: Path | None) -> RawData:
     """MNIST or Fashion-MNIST: images ``(N, 28, 28, 1)`` uint8 and labels 0..9."""
-    files = find_idx(_idx_dirs(name, data_dir))
+    files = _find_named_idx(name, data_dir)
     if files is None:
-        raise DatasetNotFoundError(
-            _not_found(name, [str(p) for p in _idx_dirs(name, data_dir)], data_dir, dirs_given=True)
-        )
+        raise DatasetNotFoundError(missing_message(name, data_dir))
     x_tr, y_tr, x_te, y_te = (read_idx(files[s]) for s in IDX_FILES)
     for x, y, split in ((x_tr, y_tr, "train"), (x_te, y_te, "t10k")):
         if x.ndim != 3 or y.shape != (x.shape[0],):
@@ -184,12 +194,38 @@ def load_idx_dataset(name: str, data_dir: Path | None) -> RawData:
     return (x_tr[..., None], y_tr.astype(np.int64), x_te[..., None], y_te.astype(np.int64))
 
 
-def _not_found(name: str, where: list[str], data_dir: Path | None, dirs_given: bool = False) -> str:
-    roots = ", ".join(str(r) for r in data_dirs(data_dir))
-    places = ", ".join(where) if dirs_given else f"{' or '.join(where)} under {roots}"
+_CIFAR_FILES = "data_batch_1..data_batch_5 and test_batch"
+_IDX_NAMES = ", ".join(IDX_FILES) + " (each may be .gz)"
+#: The files each on-disk dataset needs and the folders of a data directory that may hold them.
+EXPECTS = {
+    "cifar10": (
+        f"{CIFAR_PY}/ ({_CIFAR_FILES}, python batches) or {CIFAR_BIN}/ ({_CIFAR_FILES}, each .bin)",
+        "cifar10/ or cifar-10/",
+    ),
+    "mnist": (_IDX_NAMES, "mnist/ or MNIST/raw/ (or a folder in them)"),
+    "fashion-mnist": (_IDX_NAMES, "fashion-mnist/ or FashionMNIST/raw/ (or a folder in them)"),
+}
+
+
+def missing_message(name: str, data_dir: Path | None, field: str = "data_dir") -> str:
+    """Why ``name`` is not available: the directories searched (``field`` names the option that
+    set them, e.g. ``--data-dir``), the files expected there, and how to get them."""
+    how = f"`eoslab data fetch {name}" + (f" --data-dir {data_dir}`" if data_dir else "`")
+    if name == "fashion-mnist":
+        how += " (on Debian/Ubuntu also `make fashion-data`: apt's dataset-fashion-mnist)"
+    files, folders = EXPECTS[name]
+    if data_dir is not None:
+        return (
+            f"{field}={str(data_dir)!r} does not hold dataset {name!r}: expected {files} in it "
+            f"or in its {folders}. Put the files there or run {how}."
+        )
+    where = ("directly or " if name == "cifar10" else "") + f"in {folders} under "
+    where += " or ".join(str(r) for r in data_dirs(None))
+    if name == "fashion-mnist":
+        where += f", or directly in {SYSTEM_FASHION_MNIST}"
     return (
-        f"dataset {name!r} not found (looked for {places}). Put the files there, pass "
-        f"data_dir / --data-dir, set $EOSLAB_DATA, or run `eoslab data fetch {name}`."
+        f"dataset {name!r} not found: expected {files} {where}. Put the files there, pass "
+        f"{field} / --data-dir, set $EOSLAB_DATA, or run {how}."
     )
 
 
@@ -200,7 +236,7 @@ def _locate_cifar(data_dir: Path | None) -> str | None:
 
 def _locate_idx(name: str):
     def locate(data_dir: Path | None) -> str | None:
-        files = find_idx(_idx_dirs(name, data_dir))
+        files = _find_named_idx(name, data_dir)
         return str(next(iter(files.values())).parent) if files else None
 
     return locate
@@ -219,6 +255,7 @@ SPECS: tuple[DatasetSpec, ...] = (
         _locate_cifar,
         fetchable=True,
         description="CIFAR-10",
+        expects=" in ".join(EXPECTS["cifar10"]),
     ),
     DatasetSpec(
         "mnist",
@@ -231,6 +268,7 @@ SPECS: tuple[DatasetSpec, ...] = (
         _locate_idx("mnist"),
         fetchable=True,
         description="MNIST",
+        expects=" in ".join(EXPECTS["mnist"]),
     ),
     DatasetSpec(
         "fashion-mnist",
@@ -243,5 +281,6 @@ SPECS: tuple[DatasetSpec, ...] = (
         _locate_idx("fashion-mnist"),
         fetchable=True,
         description="Fashion-MNIST",
+        expects=" in ".join(EXPECTS["fashion-mnist"]),
     ),
 )

@@ -10,7 +10,7 @@ from typing import Literal
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DatasetNotFoundError
 from . import builtin, disk
 from .specs import Dataset as Dataset
 from .specs import DatasetSpec as DatasetSpec
@@ -28,6 +28,7 @@ __all__ = [
     "list",
     "load",
     "register",
+    "require",
 ]
 
 SUBSETS = ("first", "balanced")
@@ -51,6 +52,25 @@ del shipped
 def list() -> builtins.list[str]:  # noqa: A001 - part of the public interface
     """The names `load` accepts, sorted."""
     return sorted(DATASETS)
+
+
+def require(
+    name: str, data_dir: str | os.PathLike | None = None, *, field: str = "data_dir"
+) -> str:
+    """Where dataset ``name`` is (its `DatasetSpec.locate` answer), checked before any work.
+
+    Raises:
+        ConfigError: unknown name.
+        DatasetNotFoundError: an on-disk dataset is not under ``data_dir`` (or, with None, the
+            default places); the message names ``field`` (e.g. ``--data-dir``) and the files
+            expected.
+    """
+    spec = _spec(name)
+    d = Path(data_dir).expanduser() if data_dir is not None else None
+    where = spec.locate(d)
+    if where is None:
+        raise DatasetNotFoundError(disk.missing_message(name, d, field))
+    return where
 
 
 def _spec(name: str) -> DatasetSpec:

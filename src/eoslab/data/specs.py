@@ -57,7 +57,8 @@ class DatasetSpec:
     """What a dataset is, where it comes from and how to read it.
 
     ``loader(data_dir)`` returns `RawData`; ``locate(data_dir)`` says where the files are (or
-    ``"built in"``) and returns None when the dataset is not available now.
+    ``"built in"``) and returns None when the dataset is not available now. ``expects`` names the
+    files an on-disk dataset needs, relative to a data directory (empty: built in).
     """
 
     name: str
@@ -72,6 +73,7 @@ class DatasetSpec:
     standardize: bool = True
     fetchable: bool = False
     description: str = ""
+    expects: str = ""
 
 
 def default_data_dir() -> Path:
@@ -81,5 +83,6 @@ def default_data_dir() -> Path:
 
 
 def data_dirs(data_dir: str | os.PathLike | None) -> list[Path]:
-    """Directories searched for on-disk datasets: ``data_dir`` if given, else the default."""
+    """Directories searched for on-disk datasets: ``data_dir`` if given (and then only it), else
+    the default."""
     return [Path(data_dir).expanduser()] if data_dir is not None else [default_data_dir()]

@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import ConfigError
+
 __all__ = ["Experiment", "row"]
 
 
@@ -15,13 +17,25 @@ __all__ = ["Experiment", "row"]
 class Experiment:
     """One paper experiment: ``run(out, quick)`` writes figures and a predicted-vs-measured table
     under ``out`` and returns the table's rows (dicts with ``quantity``, ``predicted``,
-    ``measured``, ``tolerance``, ``ok``)."""
+    ``measured``, ``tolerance``, ``ok``). An experiment that reads on-disk ``datasets`` is called
+    ``run(out, quick, data_dir)`` (``data_dir`` None: the default places, see `eoslab.data`)."""
 
     name: str
     source: str  # which paper / figure
     description: str
-    run: Callable[[Path, bool], list[dict]]
-    needs: str = ""  # data that must be present for the full variant, if any
+    run: Callable[..., list[dict]]
+    needs: str = ""  # data that must be present (for the full variant), if any
+    datasets: tuple[str, ...] = ()  # the on-disk datasets it reads (``--data-dir``)
+
+    def __call__(self, out: Path, quick: bool, data_dir: Path | None = None) -> list[dict]:
+        """Run it into ``out``; ``data_dir`` only for an experiment that reads ``datasets``."""
+        if self.datasets:
+            return self.run(Path(out), quick, data_dir)
+        if data_dir is not None:
+            raise ConfigError(
+                "data_dir", str(data_dir), f"None ({self.name} reads no dataset from disk)"
+            )
+        return self.run(Path(out), quick)
 
 
 def row(

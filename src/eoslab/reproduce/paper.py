@@ -271,13 +271,14 @@ def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
 _SMOKE_VGG = (8, "P", 16, "P", 16, 16, "P", 32, 32, "P", 32, 32, "P")
 
 
-def _cifar_or_synthetic(n: int, quick: bool):
-    """CIFAR-10 (first n, ImageNet-style standardisation by the loader) if present; else, for the
-    smoke variant only, synthetic CIFAR-shaped inputs with labels from a random linear teacher."""
+def _cifar_or_synthetic(n: int, quick: bool, data_dir: Path | None = None):
+    """CIFAR-10 (first n, standardized per pixel by the loader) if present; else, for the smoke
+    variant without a ``data_dir`` only, synthetic CIFAR-shaped inputs with labels from a random
+    linear teacher (real images without CIFAR-10: ``reproduce fashion-vgg``)."""
     try:
-        return data.load("cifar10", n=n), "cifar10"
+        return data.load("cifar10", n=n, data_dir=data_dir), "cifar10"
     except DatasetNotFoundError:
-        if not quick:
+        if not quick or data_dir is not None:
             raise
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
@@ -294,12 +295,12 @@ def _cifar_or_synthetic(n: int, quick: bool):
     return ds, "synthetic (CIFAR-10 not found)"
 
 
-def run_cifar_vgg(out: Path, quick: bool) -> list[dict]:
+def run_cifar_vgg(out: Path, quick: bool, data_dir: Path | None = None) -> list[dict]:
     if quick:  # smoke: narrow VGG-11-AV, few images and steps
         n, steps, every, options = 16, 40, 20, {"config": _SMOKE_VGG}
     else:
         n, steps, every, options = 5000, 20_000, 500, {}
-    ds, source = _cifar_or_synthetic(n, quick)
+    ds, source = _cifar_or_synthetic(n, quick, data_dir)
     apply, params = models.create(
         "vgg11-av", jax.random.PRNGKey(0), ds.input_shape, ds.num_classes, **options
     )
@@ -394,7 +395,8 @@ EXPERIMENTS = (
         "VGG-11-AV (avg-pool, GELU, frozen N(0, 0.01^2) head) on 5,000 CIFAR-10 images: "
         "normalized GD and GD on sqrt-MSE at lr 0.25",
         run_cifar_vgg,
-        needs="cifar10 (full variant)",
+        needs="cifar10 (full variant; --data-dir DIR)",
+        datasets=("cifar10",),
     ),
 )
 """Arora, Li, Panigrahi (ICML 2022): Figures 1 and 2, flow tracking, MNIST, CIFAR-10."""

@@ -6,13 +6,18 @@ do not import it.
 
 from __future__ import annotations
 
+from os import PathLike
+from pathlib import Path
+
 from ..errors import ConfigError
-from . import beyond, paper
+from . import beyond, paper, vgg
 from ._common import Experiment
 
-__all__ = ["Experiment", "get", "names", "EXPERIMENTS"]
+__all__ = ["Experiment", "get", "names", "run", "EXPERIMENTS"]
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (*paper.EXPERIMENTS, *beyond.EXPERIMENTS)}
+EXPERIMENTS: dict[str, Experiment] = {
+    e.name: e for e in (*paper.EXPERIMENTS, *vgg.EXPERIMENTS, *beyond.EXPERIMENTS)
+}
 
 
 def names() -> list[str]:
@@ -24,3 +29,13 @@ def get(name: str) -> Experiment:
     if name not in EXPERIMENTS:
         raise ConfigError("name", name, "one of " + ", ".join(EXPERIMENTS))
     return EXPERIMENTS[name]
+
+
+def run(
+    name: str, out: str | PathLike, quick: bool = False, data_dir: str | PathLike | None = None
+) -> list[dict]:
+    """Run the experiment ``name`` into directory ``out``; returns its table rows. ``data_dir``:
+    where its on-disk dataset lives (only for experiments that read one: cifar-vgg,
+    fashion-vgg)."""
+    d = Path(data_dir).expanduser() if data_dir is not None else None
+    return get(name)(Path(out), quick, d)
