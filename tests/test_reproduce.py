@@ -47,9 +47,9 @@ def test_cli_reproduce_lists_runs_and_refuses(tmp_path, capsys):
 
 
 def test_registry_lists_the_modules_experiments():
-    from eoslab.reproduce import beyond, paper
+    from eoslab.reproduce import beyond, paper, vgg
 
-    listed = [e.name for e in (*paper.EXPERIMENTS, *beyond.EXPERIMENTS)]
+    listed = [e.name for e in (*paper.EXPERIMENTS, *vgg.EXPERIMENTS, *beyond.EXPERIMENTS)]
     assert reproduce.names() == listed
     for name in ("central-flow", "self-stabilization", "adam-eos"):
         assert reproduce.get(name).run is not None

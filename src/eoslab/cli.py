@@ -163,7 +163,8 @@ class Reproduce:
     name: tyro.conf.Positional[str] = ""
     """The experiment (omit it to list them)."""
     quick: bool = False
-    """The scaled-down variant (minutes on 2 CPU cores; no downloaded data needed)."""
+    """The scaled-down variant (minutes on 2 CPU cores; no download needed: fashion-vgg reads
+    Fashion-MNIST from Debian's package, `make fashion-data`)."""
     out: Dir = None
     """Output directory (default: runs/reproduce-NAME[-quick]-TIMESTAMP); never overwritten."""
     data_dir: Dir = None

@@ -1,7 +1,7 @@
 """The registry of reproducible experiments: ``eoslab reproduce NAME``.
 
-It lists the experiments of `paper` (Arora et al.) and `beyond` (the later works); those modules
-do not import it.
+It lists the experiments of `paper` (Arora et al.), `vgg` (their VGG experiment on Fashion-MNIST)
+and `beyond` (the later works); those modules do not import it.
 """
 
 from __future__ import annotations
