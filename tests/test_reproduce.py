@@ -95,3 +95,67 @@ def test_beyond_quick_variants_write_figures_and_tables(name, tmp_path):
     assert (tmp_path / "table.md").exists() and (tmp_path / "table.csv").exists()
     pngs = list(tmp_path.glob("*.png"))
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
+
+
+def test_ngd_beside_flow_projects_the_iterate_and_guards_the_flow():
+    # a tiny float64 net: every probed column against dense jax.hessian and an independent Phi
+    from eoslab import data, models
+    from eoslab.dynamics.phi import phi
+    from eoslab.reproduce.paper import ngd_beside_flow
+
+    with jax.enable_x64(True):
+        ds = data.load("mnist1d", n=8)
+        apply, params = models.create(
+            "mlp", jax.random.key(0), (40,), 1, widths=(3,), activation="gelu"
+        )
+        y = np.where(np.asarray(ds.y_train) % 2 == 0, 1.0, -1.0)[:, None]
+        obj = eoslab.Objective.from_model(
+            apply, params, (ds.x_train, jax.numpy.asarray(y)), "mse_sum", dtype="float64"
+        )
+        start = eoslab.theory.iterate(obj, obj.w0, eoslab.rules.gd(0.02), 300).w[-1]
+        gtol = 1e-6
+        wide, w_end = ngd_beside_flow(
+            obj, start, lr=0.05, steps=4, every=2, h=0.0025, gtol=gtol, tol=1e-8
+        )
+        assert wide["step"].tolist() == [0, 2, 4]
+        np.testing.assert_allclose(wide["tau"], [0.0, 0.005, 0.01])
+        ws = eoslab.theory.iterate(obj, start, eoslab.rules.normalized_gd(0.05), 4).w
+        np.testing.assert_allclose(w_end, ws[-1], rtol=1e-10)
+        for i, t in ((1, 2), (2, 4)):
+            p = phi(obj, ws[t], gtol=gtol)
+            ev = np.linalg.eigvalsh(np.asarray(jax.hessian(obj)(p)))[::-1]
+            assert wide["phi_sharpness_ngd"][i] == pytest.approx(ev[0], rel=1e-5)
+            assert wide["phi_lambda2_ngd"][i] == pytest.approx(ev[1], rel=1e-4)
+            assert wide["phi_grad_norm_ngd"][i] < gtol
+        # the flow's guard columns are L and |grad L| at its points; X(0) = Phi(start)
+        X0 = phi(obj, start, gtol=gtol)
+        ev0 = np.linalg.eigvalsh(np.asarray(jax.hessian(obj)(X0)))[::-1]
+        assert wide["sharpness_flow"][0] == pytest.approx(ev0[0], rel=1e-5)
+        assert wide["phi_sharpness_ngd"][0] == wide["sharpness_flow"][0]
+        assert wide["loss_flow"][0] == pytest.approx(float(obj(X0)), rel=1e-6)
+        assert np.all(wide["grad_norm_flow"] < gtol)
+
+
+@pytest.mark.slow
+def test_flow_rate_quick_tracks_the_flow_at_order_lr(tmp_path):
+    rows = reproduce.run("flow-rate", tmp_path, quick=True)
+    assert rows and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
+    assert (tmp_path / "flow_rate.png").exists()
+
+
+def test_two_digit_problem_is_the_documented_network():
+    from eoslab.reproduce.paper import two_digit_problem
+
+    with jax.enable_x64(True):
+        obj = two_digit_problem(n=48, width=4, pool=4)
+        assert obj.dim == 49 * 4 + 4 + 4 * 1 + 1  # 49 -> 4 -> 1 with biases
+        x, y = np.asarray(obj.data["x"]), np.asarray(obj.data["y"])
+        assert x.shape == (48, 49) and set(np.unique(y)) == {-1.0, 1.0}
+        np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=1e-9)
+        # the loss is the mean squared error of the one output against the +-1 targets
+        f = obj.unravel(obj.w0)
+        import jax.numpy as jnp
+
+        h = jax.nn.gelu(jnp.asarray(x) @ f["dense0"]["w"] + f["dense0"]["b"], approximate=False)
+        out = h @ f["head"]["w"] + f["head"]["b"]
+        assert float(obj(obj.w0)) == pytest.approx(float(jnp.mean((out - y) ** 2)), rel=1e-12)

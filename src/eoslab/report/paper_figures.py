@@ -15,8 +15,10 @@ from .output import pyplot, save_figure
 
 __all__ = [
     "cifar_vgg_figure",
+    "flow_rate_figure",
     "flow_tracking_figure",
     "mnist_flow_figure",
+    "mnist_flow_projected_figure",
     "quadratic_figure",
     "valley_figure",
 ]
@@ -246,4 +248,66 @@ def cifar_vgg_figure(
     axes[2].set(xlabel="step", ylabel=r"$\lambda_1-\lambda_2$", title="eigengap")
     for ax in axes:
         ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def flow_rate_figure(
+    path: Path,
+    lrs: Sequence[float],
+    taus: np.ndarray,
+    errors: np.ndarray,
+    sharpness: np.ndarray,
+    gap_ratio: np.ndarray,
+) -> Path:
+    r"""The tracking error $\|\Phi(x_{\tau/\eta^2})-X(\tau)\|$ (``errors[i, k]`` for ``lrs[i]`` at
+    ``taus[k]``) against $\tau$ and, at the last $\tau$, against $\eta$ beside a slope-1 line;
+    $\lambda_1$ and $\lambda_2/\lambda_1$ along the flow $X(\tau)$."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+    for i, lr in enumerate(lrs):
+        axes[0].semilogy(taus[1:], errors[i, 1:], "o-", label=f"lr={lr}")
+    lr_arr = np.asarray(lrs, dtype=float)
+    axes[1].loglog(lr_arr, errors[:, -1], "o-", label=f"measured, tau={taus[-1]:g}")
+    axes[1].loglog(lr_arr, errors[0, -1] * lr_arr / lr_arr[0], "k:", label="slope 1")
+    axes[2].plot(taus, sharpness, "o-", color="C0", label=r"$\lambda_1(X(\tau))$")
+    ax2 = axes[2].twinx()
+    ax2.plot(taus, gap_ratio, "s--", color="C1", label=r"$\lambda_2/\lambda_1$")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel(r"$\lambda_2/\lambda_1$")
+    axes[0].set(xlabel=r"$\tau=\eta^2t$", ylabel=r"$\|\Phi(x_t)-X(\tau)\|$", title="tracking")
+    axes[1].set(xlabel="lr", ylabel="error", title="error against lr")
+    axes[2].set(xlabel=r"$\tau$", ylabel=r"$\lambda_1$", title="the flow: sharpness and gap")
+    for ax in axes[:2]:
+        ax.legend(fontsize=7)
+    axes[2].legend(loc="upper left", fontsize=7)
+    ax2.legend(loc="upper right", fontsize=7)
+    return save_figure(fig, path)
+
+
+def mnist_flow_projected_figure(path: Path, curves: Mapping[str, np.ndarray], *, lr: float) -> Path:
+    r"""mnist-flow like with like: $\lambda_1$ of normalized GD raw (at $x_t$) and projected (at
+    $\Phi(x_t)$) against the flow's $\lambda_1(X(\tau))$; $\lambda_2/\lambda_1$ along both; the
+    flow's guard columns (loss and $\|\nabla L\|$ at $X(\tau)$) beside NGD's $\Phi(x_t)$.
+    ``curves`` holds the columns ``tau``, ``sharpness_ngd``, ``phi_sharpness_ngd``,
+    ``sharpness_flow``, ``lambda_ratio_ngd``, ``lambda_ratio_flow``, ``loss_flow``,
+    ``grad_norm_flow``, ``phi_loss_ngd``, ``phi_grad_norm_ngd``."""
+    plt = pyplot()
+    tau = np.asarray(curves["tau"])
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.3))
+    axes[0].plot(tau, curves["sharpness_ngd"], ".-", alpha=0.5, label=r"NGD raw $\lambda_1(x_t)$")
+    axes[0].plot(tau, curves["phi_sharpness_ngd"], "o-", label=r"NGD $\lambda_1(\Phi(x_t))$")
+    axes[0].plot(tau, curves["sharpness_flow"], "s--", label=r"flow $\lambda_1(X(\tau))$")
+    axes[1].plot(tau, curves["lambda_ratio_ngd"], "o-", label="NGD (at x_t)")
+    axes[1].plot(tau, curves["lambda_ratio_flow"], "s--", label="flow")
+    axes[2].semilogy(tau, curves["loss_flow"], "s--", color="C0", label="flow loss")
+    axes[2].semilogy(tau, curves["grad_norm_flow"], "s--", color="C1", label=r"flow $|\nabla L|$")
+    axes[2].semilogy(tau, curves["phi_loss_ngd"], "o-", color="C0", alpha=0.5, label="NGD Phi loss")
+    axes[2].semilogy(
+        tau, curves["phi_grad_norm_ngd"], "o-", color="C1", alpha=0.5, label=r"NGD Phi $|\nabla L|$"
+    )
+    axes[0].set(xlabel=r"$\tau=\eta^2t$", ylabel=r"$\lambda_1$", title=f"sharpness (lr={lr})")
+    axes[1].set(xlabel=r"$\tau$", ylabel=r"$\lambda_2/\lambda_1$", title="gap", ylim=(0, 1.05))
+    axes[2].set(xlabel=r"$\tau$", title="guards: how far from Gamma")
+    for ax in axes:
+        ax.legend(fontsize=7)
     return save_figure(fig, path)
