@@ -97,6 +97,8 @@ def test_existing_directory_is_never_overwritten(tmp_path):
     empty.mkdir()
     run = train(_objective(), rules.gd(0.1), 5, out=empty, probes=Probes(sharpness=False))
     assert run.status == "completed"
+    # train(out=) draws the figure eoslab run draws
+    assert (empty / "figures" / "overview.png").stat().st_size > 0
 
 
 def test_pickled_checkpoint_is_refused(tmp_path):

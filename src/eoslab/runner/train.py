@@ -69,7 +69,8 @@ def train(
             ``steps`` that is not an integer >= 1.
 
     Returns:
-        A `Run` whose metrics have one process, named after the rule.
+        A `Run` whose metrics have one process, named after the rule. With ``out``, the run
+        directory also gets the figures ``eoslab run`` draws (``figures/overview.png``).
     """
     if not isinstance(rule, Rule):
         raise ConfigError("rule", rule, "an update rule from eoslab.rules (e.g. rules.gd(0.1))")
@@ -82,7 +83,7 @@ def train(
         obj = microbatched(obj, batch_size=microbatch, memory_budget_bytes=memory_budget_bytes)
     if devices is not None and devices != 1:
         obj = shard_objective(obj, devices=devices)
-    return run(
+    result = run(
         {rule.name: Optimizer(rule)},
         obj,
         steps,
@@ -99,3 +100,8 @@ def train(
         progress=progress,
         custom_probes=custom_probes,
     )
+    if result.path is not None:  # the figures eoslab run writes
+        from ..report import write_run_figures
+
+        write_run_figures(result.path)
+    return result
