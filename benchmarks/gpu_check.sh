@@ -2,7 +2,8 @@
 # GPU check (issue 7): on a machine with an NVIDIA GPU, run the CIFAR VGG-11-AV preset for a few
 # hundred full-batch GD steps with a warm sharpness probe at every step, and print the benchmark
 # suite's table for it (GD step, HVP, certified lambda_1 cold/warm, probed step, FLOP rate vs the
-# measured float32 matmul peak). Budget: under 10 minutes including the install.
+# measured float32 matmul peak), then the sharpness-at-every-step table (bench_every_step.py).
+# Budget: under 15 minutes including the install.
 #
 # Usage (repository root):  bash benchmarks/gpu_check.sh [STEPS] [N_EXAMPLES]
 # Uses ./.venv-gpu; creates it (system site packages, so a preinstalled CUDA jax is reused) and
@@ -40,3 +41,5 @@ print(f"VGG-11-AV: {steps} probed GD steps at lr=1/lambda_1(w0); lambda_1 {w['la
       f"{w['lambda_end']:.4g}; warm HVPs median {w['warm_mv_median']:.0f} "
       f"(max {w['warm_mv_max']}); total {time.time() - t:.0f} s")
 PYEOF
+# the sharpness-at-every-step table (certified lambda_1 at each GD step vs the step alone)
+timeout 300 "$VENV/bin/python" benchmarks/bench_every_step.py || echo "every-step benchmark failed"

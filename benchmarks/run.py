@@ -44,6 +44,10 @@ def main() -> None:
 
     print("running benchmark suite (eoslab vs classic) ...", flush=True)
     parts.append(bench_suite.to_markdown(bench_suite.run(quick=quick)))
+    import bench_every_step
+
+    print("running the every-step sharpness benchmark ...", flush=True)
+    parts.append(bench_every_step.to_markdown(bench_every_step.run(quick=quick)))
     try:
         import bench_runner
     except ImportError:

@@ -43,7 +43,10 @@ class Probes:
     """What is measured at each probed step (every ``probe_every`` steps), on every process.
 
     Custom probes (``probe(w, objective, cache) -> dict``, e.g. accuracy) are passed to
-    `eoslab.runner.run` as ``custom_probes``.
+    `eoslab.runner.run` as ``custom_probes``. With ``every_step``, every per-step row of a
+    compiled process gets ``sharpness``, ``eigs``, ``sharpness_error`` and ``sharpness_matvecs``
+    from `eoslab.curvature.step_tracker.StepTracker`, whose Hessian products share one
+    linearization with the step's gradient.
     """
 
     sharpness: bool = True
@@ -65,9 +68,7 @@ class Probes:
     stableness_points: int = 5
     """Points on the step's segment for the stableness."""
     every_step: bool = False
-    """Certify the sharpness at every step inside the compiled loop, fused with the step's own
-    gradient (compiled processes; per-step rows get sharpness, eigs, sharpness_error,
-    sharpness_matvecs). Off: only at probed steps."""
+    """Certify the sharpness at every step, in the compiled loop (not only at probed steps)."""
     distances: bool = True
     """With several processes, |w_p - w_q| to every other process (dist_NAME)."""
     phi: bool = False

@@ -1,0 +1,199 @@
+"""Sharpness at every step (issue 13): a certified lambda_1 at each GD step, against the step alone.
+
+Per workload (float32, MSE ``mse_half``, full batch, GD):
+
+* ``eos-gd``: the preset (fc-tanh 40-200-200-10 on 4,000 MNIST-1D examples, lr 0.1), measured
+  after 1,200 unprobed steps, inside its edge-of-stability phase (sharpness at 2/lr = 20);
+* ``fc-tanh 5k``: 3072-200-200-10 on 5,000 CIFAR-shaped synthetic inputs;
+* ``cnn-tanh``: the CNN workload of the benchmark suite (2 conv3x3 of width 32).
+
+The last two run at lr = 1.9/lambda_1(w_0), so GD starts at the edge (2/lr just above lambda_1).
+
+Columns: seconds per unprobed GD step and per probed step (``Probes(every_step=True)``: the step
+and a certified lambda_1 at tol 1e-3, both in one compiled ``lax.scan``), their ratio (medians
+over 10-step chunks); HVPs per step (median and max); the time each spent HVP costs (probed minus
+unprobed step, per HVP) against a bare jitted HVP; the worst certified relative bound over all
+steps; the worst true relative error on 10 sampled steps against a Lanczos reference at tol 1e-6;
+and the classic probe: scipy ``eigsh`` (tol 1e-3, cold, which the classic code uses at every probe)
+over eoslab's HVP and, with the bench extra installed, over PyTorch's double-backward HVP.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from bench_curvature import best_time, eigsh_baseline
+
+from eoslab import Objective
+from eoslab.curvature import hvp, top_eigenpairs
+from eoslab.curvature.step_tracker import StepTracker
+from eoslab.dynamics.optimizer import Optimizer
+from eoslab.dynamics.process import advance
+from eoslab.dynamics.rules import gd
+
+CHUNK = 10
+
+
+def _eos_gd() -> tuple[Objective, float, int]:
+    from eoslab.experiments.build import build
+    from eoslab.experiments.presets import get_preset
+
+    return build(get_preset("eos-gd")).objective, 0.1, 1200
+
+
+def workloads(quick: bool) -> dict:
+    import bench_suite
+
+    def suite(name: str, n: int):
+        def make():
+            obj = bench_suite.build(name, n)[0]
+            lam0 = float(top_eigenpairs(obj, obj.w0, 1, tol=1e-4).values[0])
+            return obj, 1.9 / lam0, 0
+
+        return make
+
+    return {
+        "eos-gd": _eos_gd,
+        "fc-tanh 5k": suite("fc-tanh", 1000 if quick else 5000),
+        "cnn-tanh": suite("cnn-tanh", 100 if quick else 1000),
+    }
+
+
+def bench_workload(make, chunks: int, samples: int) -> dict:
+    obj, lr, warmup = make()
+    proc = Optimizer(gd(lr))
+    state = proc.init(obj, obj.w0)
+    if warmup:
+        state = advance(proc, obj, state, warmup)[0]
+    w = proc.point(state)
+    tracker = StepTracker(k=1, tol=1e-3, max_rounds=8)
+    res = top_eigenpairs(obj, w, 1, tol=1e-3)  # the loop's Lanczos start
+    tstate = tracker.warm(res.vectors, res.next_vector)
+    jax.block_until_ready(advance(proc, obj, state, CHUNK)[0])  # compile both
+    jax.block_until_ready(advance(proc, obj, state, CHUNK, False, tracker, tstate)[0])
+
+    plain_s, probed_s, lams, bounds, mvs, refs = [], [], [], [], [], []
+    sample_at = set(np.linspace(0, chunks - 1, samples).round().astype(int).tolist())
+    for c in range(chunks):
+        t0 = time.perf_counter()
+        jax.block_until_ready(advance(proc, obj, state, CHUNK)[0])
+        t1 = time.perf_counter()
+        new, rows, _, tstate = advance(proc, obj, state, CHUNK, False, tracker, tstate)
+        jax.block_until_ready(new)
+        t2 = time.perf_counter()
+        plain_s.append((t1 - t0) / CHUNK)
+        probed_s.append((t2 - t1) / CHUNK)
+        lam = np.asarray(rows["sharpness"], np.float64)
+        lams.append(lam)
+        bounds.append(np.asarray(rows["sharpness_error"], np.float64))
+        mvs.append(np.asarray(rows["sharpness_matvecs"]))
+        if c in sample_at:  # row 0 of the chunk describes its start point
+            ref = float(top_eigenpairs(obj, proc.point(state), 1, tol=1e-6).values[0])
+            refs.append((lam[0], ref, bounds[-1][0]))
+        state = new
+    lams, bounds, mvs = (np.concatenate(x) for x in (lams, bounds, mvs))
+    v = jax.random.normal(jax.random.PRNGKey(7), w.shape, w.dtype)
+    t_hvp = best_time(lambda: hvp(obj, proc.point(state), v), 5)
+    t_grad = best_time(lambda: jax.grad(obj)(proc.point(state)), 5)
+    plain, probed = float(np.median(plain_s)), float(np.median(probed_s))
+    mv_med = float(np.median(mvs))
+    errs = [abs(a - r) / abs(r) for a, r, _ in refs]
+    over = [abs(a - r) > b * (1 + 1e-6) for a, r, b in refs]
+    lam_end = float(lams[-1])
+    classic = eigsh_baseline(obj, proc.point(state), lam_end, seed=0)
+    return {
+        "D": obj.dim,
+        "lr": lr,
+        "threshold": 2.0 / lr,
+        "lambda_median": float(np.median(lams)),
+        "plain_s": plain,
+        "probed_s": probed,
+        "ratio": probed / plain,
+        "ratio_mean": float(np.mean(probed_s) / np.mean(plain_s)),
+        "mv_median": mv_med,
+        "mv_max": int(mvs.max()),
+        "per_hvp_s": (probed - plain) / mv_med,
+        "hvp_s": t_hvp,
+        "grad_s": t_grad,
+        "worst_rel_bound": float(np.max(bounds / np.abs(lams))),
+        "worst_true_rel_err": float(np.max(errs)),
+        "bound_violations": int(np.sum(over)),
+        "samples": len(refs),
+        "eigsh_s": classic["seconds"],
+        "eigsh_mv": classic["matvecs"],
+        "steps": chunks * CHUNK,
+    }
+
+
+def _torch_eigsh(name: str, quick: bool) -> dict | None:
+    """scipy eigsh over PyTorch's HVP (the classic stack) on the same workload, with torch."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    import bench_suite
+
+    if name == "eos-gd":
+        return None
+    suite_name = {"fc-tanh 5k": "fc-tanh", "cnn-tanh": "cnn-tanh"}[name]
+    n = bench_suite.sizes(quick)[suite_name]
+    obj, apply, params = bench_suite.build(suite_name, n)
+    return bench_suite.bench_classic(suite_name, obj, apply, params, quick)
+
+
+def run(quick: bool = False) -> dict:
+    out = {}
+    for name, make in workloads(quick).items():
+        print(f"  every-step sharpness: {name} ...", flush=True)
+        chunks = 4 if quick else 20
+        out[name] = bench_workload(make, chunks, samples=min(10, chunks))
+        out[name]["torch"] = _torch_eigsh(name, quick)
+    return out
+
+
+def to_markdown(r: dict) -> str:
+    lines = [
+        "## Sharpness at every step (certified lambda_1, tol 1e-3)",
+        "",
+        "GD steps in one compiled `lax.scan`, without probes and with `Probes(every_step=True)` "
+        "(the step's gradient and the tracker's Hessian products from one linearization). "
+        "Medians over 10-step chunks; 'per HVP' is (probed - unprobed step) / HVPs per step, "
+        "against a bare jitted HVP; the true error is against Lanczos at tol 1e-6 on sampled "
+        "steps. Classic: scipy `eigsh` (tol 1e-3, cold) per probe.",
+        "",
+        "| workload | D | 2/lr | median lambda_1 | unprobed step | probed step "
+        "| ratio (median / mean) | HVPs/step (median, max) | s per HVP spent / bare HVP "
+        "| bare HVP / gradient "
+        "| worst certified rel. bound | worst true rel. error (samples; over bound) "
+        "| eigsh over eoslab HVP | eigsh over PyTorch HVP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, x in r.items():
+        t = x.get("torch")
+        torch_cell = (
+            f"{t['eig_s']:.2f} s, {t['eig_mv']:.0f} HVPs ({t['eig_s'] / x['probed_s']:.0f}x a "
+            "probed step)"
+            if t
+            else "n/a"
+        )
+        lines.append(
+            f"| {name} | {x['D']:,} | {x['threshold']:.3g} | {x['lambda_median']:.4g} "
+            f"| {x['plain_s'] * 1e3:.1f} ms | {x['probed_s'] * 1e3:.1f} ms "
+            f"| {x['ratio']:.2f}x / {x['ratio_mean']:.2f}x | {x['mv_median']:.0f}, {x['mv_max']} "
+            f"| {x['per_hvp_s'] * 1e3:.1f} / {x['hvp_s'] * 1e3:.1f} ms "
+            f"({x['per_hvp_s'] / x['hvp_s']:.2f}x) | {x['hvp_s'] / x['grad_s']:.2f}x "
+            f"| {x['worst_rel_bound']:.1e} "
+            f"| {x['worst_true_rel_err']:.1e} ({x['samples']}; {x['bound_violations']}) "
+            f"| {x['eigsh_s']:.2f} s, {x['eigsh_mv']} HVPs "
+            f"({x['eigsh_s'] / x['probed_s']:.0f}x a probed step) | {torch_cell} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    res = run(quick="--quick" in sys.argv)
+    print(to_markdown(res))
