@@ -1,11 +1,15 @@
 """Central flow of GD: the SDCP solver, complementarity along the flow, time averages on a toy."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eoslab import Objective
+from eoslab.dynamics.central_flow import CentralFlow
 from eoslab.dynamics.rules import gd
 from eoslab.errors import ConfigError
+from eoslab.runner import Probes, run
 from eoslab.theory import (
     central_flow,
     central_flow_prediction,
@@ -142,3 +146,34 @@ def test_bad_sdcp_shapes():
     with pytest.raises(ConfigError) as e:
         solve_sdcp(np.eye(3), np.eye(2))
     assert e.value.field == "G.shape"
+
+
+def many_directions(w):
+    """The toy's edge direction plus 15 stable ones whose curvatures (up to 18) drift with x."""
+    x, y, z = w[0], w[1], w[2:]
+    s = jnp.linspace(3.0, 18.0, z.shape[0])
+    return (C0 + x) * jnp.log(jnp.cosh(y)) - KAPPA * x + 0.5 * jnp.sum(s * (1 + 0.01 * x) * z**2)
+
+
+def test_warm_eigen_solve_matches_dense_hessian():
+    # the warm block Lanczos's lambda_1 and u against eigh of the dense Hessian at every saved row
+    ys = float(np.arccosh(np.exp(KAPPA)))
+    w0 = jnp.concatenate(
+        [jnp.array([2 * ys / (LR * np.tanh(ys)) - C0 + 0.3, 0.1]), 0.05 * jnp.ones(15)]
+    )
+    cf = central_flow(many_directions, w0, lr=LR, steps=60)
+    for i in range(0, 60, 6):
+        lam, vec = np.linalg.eigh(np.asarray(jax.hessian(many_directions)(jnp.asarray(cf.w[i]))))
+        assert cf.sharpness[i] == pytest.approx(lam[-1], rel=5e-3)
+        assert abs(float(np.dot(cf.U[i, :, 0], vec[:, -1]))) > 1 - 1e-3
+    assert np.all(cf.sharpness[1:] <= 2 / LR * (1 + 1e-4))  # w0 starts above the edge
+
+
+def test_warm_eigen_solve_spends_few_hvps():
+    obj = Objective.from_fn(
+        many_directions, jnp.concatenate([jnp.array([18.0, 0.2]), 0.05 * jnp.ones(15)])
+    )
+    res = run({"cf": CentralFlow(lr=LR)}, obj, 80, probe_every=80, probes=Probes(sharpness=False))
+    mv = res.metrics["cf_matvecs"].dropna().to_numpy()
+    assert np.median(mv) <= 10  # 4 substeps x 2 warm HVPs (the cap is 4 x krylov_dim = 120)
+    assert np.all(mv >= 4 * 2)

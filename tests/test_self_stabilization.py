@@ -1,9 +1,12 @@
 """Self-stabilization: alpha, beta, delta, the projection, and GD's oscillation on a toy."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eoslab import Objective
+from eoslab.dynamics.self_stabilization import SelfStabilization
 from eoslab.errors import ConfigError
 from eoslab.theory.self_stabilization import (
     moving_average,
@@ -66,3 +69,28 @@ def test_bad_inputs():
     with pytest.raises(ConfigError) as e:
         predicted_xy(0.1, 1.0, 0.1, 0.0, 0.0, steps=-1)
     assert e.value.field == "steps"
+
+
+def test_pull_against_dense_third_derivative():
+    # pull = grad S_perp . grad^3 L(dagger)[v, v], by central differences of dense Hessians
+    obj = Objective.from_fn(toy, jnp.array([19.6, 0.3, 0.3]))
+    proc = SelfStabilization(LR)
+    state = proc.init(obj, obj.w0)
+    _, row = proc.step(obj, state)
+    dag, v = state.dagger, state.theta - state.dagger
+    hess = jax.hessian(toy)
+    lam, vec = np.linalg.eigh(np.asarray(hess(dag)))
+    u = vec[:, -1]
+    h = 1e-4
+    grad_S = np.array(
+        [(u @ np.asarray(hess(dag + h * e) - hess(dag - h * e)) @ u) / (2 * h) for e in np.eye(3)]
+    )
+    gsp = grad_S - u * (u @ grad_S)
+    ref = (v @ np.asarray(hess(dag + h * gsp) - hess(dag - h * gsp)) @ v) / (2 * h)
+    assert float(row["pull"]) == pytest.approx(float(ref), rel=1e-4)
+
+
+def test_pull_balances_two_alpha_on_the_toy():
+    # one direction at the edge: the time-averaged pull is 2 alpha = 2 kappa (alpha = kappa at y=0)
+    df = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250).metrics
+    assert np.mean(df["pull"].to_numpy()[100:]) == pytest.approx(2 * KAPPA, rel=0.1)

@@ -157,7 +157,10 @@ class SelfStabilization(Process):
 
     Row columns: ``loss`` (GD), ``loss_dagger``, ``sharpness_gd``, ``sharpness_dagger``,
     ``alpha``, ``beta``, ``delta``, ``x``, ``y``, ``x_pred``, ``y_pred``, ``dist``
-    $=\|\theta-\theta^\dagger\|$, ``pred_error`` $=\|v-v_{pred}\|$.
+    $=\|\theta-\theta^\dagger\|$, ``pred_error`` $=\|v-v_{pred}\|$ and ``pull``
+    $=\nabla S_\perp\cdot\nabla^3L(\theta^\dagger)[v,v]$ (the oscillation's pull on $S$ from
+    every direction of $v$; $\approx\beta x^2$ when $v$ lies along $u$, and its time average
+    balances $2\alpha$).
     """
 
     lr: float
@@ -192,6 +195,8 @@ class SelfStabilization(Process):
         lt, gt = jax.value_and_grad(obj)(theta)
         ug = _top(obj, theta, u, k3, m)
         H_dag = HessianOperator(obj, dag)
+        # grad S_perp . grad^3 L(dag)[v, v]: the oscillation's pull on S along every direction
+        _, pull = jax.jvp(lambda z: H_dag.at(z).quadratic_form(v), (dag,), (q.grad_S_perp,))
         row: Row = {
             "loss": lt,
             "grad_norm": jnp.linalg.norm(gt),
@@ -209,6 +214,7 @@ class SelfStabilization(Process):
             "y_pred": yp,
             "dist": jnp.linalg.norm(v),
             "pred_error": jnp.linalg.norm(v - vp),
+            "pull": pull,
         }
         vp = vp - lr * (H_dag.mv(vp) + 0.5 * (xp**2 - q.delta**2) * q.grad_S_perp + u * xp * yp)
         theta = theta - lr * gt

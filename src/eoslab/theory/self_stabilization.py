@@ -156,6 +156,7 @@ def self_stabilization(
             "y_pred",
             "dist",
             "pred_error",
+            "pull",
         ]
     ].copy()
     df["pred_loss"] = df["loss_dagger"] + df["x"] ** 2 / lr
@@ -188,8 +189,10 @@ def gd_lockstep(
 
     Returns ``(wide, rows)``: ``rows`` is the run's table (one row per step and process);
     ``wide`` has one row every ``every`` steps with ``loss_gd``, ``loss_gd_avg`` (centred average
-    over ``2*window+1`` steps), ``loss_gf``, ``loss_cf``, ``pred_loss_cf``, ``trace_sigma``,
-    ``sharpness_{gd,gf,cf}``, ``gd_gf``, ``gd_cf``, ``cf_gf`` (and ``loss_dagger``, ``gd_dagger``).
+    over ``2*window+1`` steps), ``loss_gf``, ``loss_cf``, ``pred_loss_cf``, ``pred_loss_cf_avg``
+    (the same centred average of the prediction), ``trace_sigma``, ``sharpness_{gd,gf,cf}``,
+    ``gd_gf``, ``gd_cf``, ``cf_gf`` (``cf_matvecs`` for a `CentralFlow`; ``loss_dagger``,
+    ``gd_dagger`` with ``self_stabilized``).
     ``central_flow`` replaces the default ``CentralFlow(lr, substeps)`` (e.g. an `SDPCentralFlow`).
     """
     import pandas as pd
@@ -217,6 +220,10 @@ def gd_lockstep(
     rows = res.metrics
     per = {n: rows[rows["process"] == n].set_index("step") for n in procs}
     avg = moving_average(per["gd"]["loss"].to_numpy()[:steps], window)  # steps 0 .. steps-1
+    # the prediction averaged over the same window (a host-loop flow has rows at probes only)
+    pred = per["cf"]["pred_loss"].reindex(np.arange(steps)).to_numpy(np.float64)
+    have = np.isfinite(pred)
+    pred_avg = moving_average(np.where(have, pred, 0.0), window) / moving_average(have, window)
     idx = np.arange(0, steps, every)
     gd_, gf_, cf_ = (per[n].loc[idx] for n in ("gd", "gf", "cf"))
     wide = pd.DataFrame(
@@ -227,6 +234,7 @@ def gd_lockstep(
             "loss_gf": gf_["loss"].to_numpy(),
             "loss_cf": cf_["loss"].to_numpy(),
             "pred_loss_cf": cf_["pred_loss"].to_numpy(),
+            "pred_loss_cf_avg": pred_avg[idx],
             "trace_sigma": cf_["trace_sigma"].to_numpy(),
             "sharpness_gd": gd_["sharpness"].to_numpy(),
             "sharpness_gf": gf_["sharpness"].to_numpy(),
@@ -236,6 +244,8 @@ def gd_lockstep(
             "cf_gf": cf_["dist_gf"].to_numpy(),
         }
     )
+    if "cf_matvecs" in cf_:
+        wide["cf_matvecs"] = cf_["cf_matvecs"].to_numpy()
     if self_stabilized:
         dg = per["dagger"].loc[idx]
         wide["loss_dagger"] = dg["loss"].to_numpy()
