@@ -5,6 +5,11 @@ Every solver takes an `Operator` (`HessianOperator` $\\nabla^2L(w)$ or a
 `eoslab.Objective`) and a point ``w``; an `Objective` alone means its ``w0``.
 """
 
+from .batch_sharpness import BatchEstimate as BatchEstimate
+from .batch_sharpness import batch_lambda_max as batch_lambda_max
+from .batch_sharpness import batch_sharpness as batch_sharpness
+from .batch_sharpness import batch_sharpness_probe as batch_sharpness_probe
+from .batch_sharpness import gradient_noise_interaction as gradient_noise_interaction
 from .density import SpectralDensity as SpectralDensity
 from .density import spectral_density as spectral_density
 from .eigen import METHODS as METHODS
@@ -29,6 +34,7 @@ from .tracker import align_vectors as align_vectors
 
 __all__ = [
     "METHODS",
+    "BatchEstimate",
     "EigResult",
     "EigenTracker",
     "HessianOperator",
@@ -39,7 +45,11 @@ __all__ = [
     "TraceEstimate",
     "align_vectors",
     "as_operator",
+    "batch_lambda_max",
+    "batch_sharpness",
+    "batch_sharpness_probe",
     "bottom_eigenpairs",
+    "gradient_noise_interaction",
     "grad_top_eigenvalue",
     "hessian_dense",
     "hutchinson_trace",

@@ -1,8 +1,9 @@
 """Processes: update rules and the theories' flows, each advancing a point step by step.
 
-`Process` is the interface; `Optimizer(rule)` runs any update rule of `eoslab.rules`; the flows
-are `GradientFlow`, `ProjectedLimitingFlow`, `RetractedLimitingFlow`, `CentralFlow`,
-`SDPCentralFlow`, `RMSPropCentralFlow`, `ProjectedGD` and `SelfStabilization`.
+`Process` is the interface; `Optimizer(rule)` runs any update rule of `eoslab.rules` (full batch),
+`MiniBatch(rule, batch_size)` runs it on mini-batches; the flows are `GradientFlow`,
+`ProjectedLimitingFlow`, `RetractedLimitingFlow`, `CentralFlow`, `SDPCentralFlow`,
+`RMSPropCentralFlow`, `ProjectedGD` and `SelfStabilization`.
 """
 
 from . import rules as rules
@@ -12,6 +13,8 @@ from .central_flow import SDPCentralFlow as SDPCentralFlow
 from .gradient_flow import GradientFlow as GradientFlow
 from .limiting_flow import ProjectedLimitingFlow as ProjectedLimitingFlow
 from .limiting_flow import RetractedLimitingFlow as RetractedLimitingFlow
+from .minibatch import MiniBatch as MiniBatch
+from .minibatch import MiniBatchState as MiniBatchState
 from .optimizer import Optimizer as Optimizer
 from .process import Process as Process
 from .process import Row as Row
@@ -23,6 +26,8 @@ from .self_stabilization import SelfStabilization as SelfStabilization
 __all__ = [
     "CentralFlow",
     "GradientFlow",
+    "MiniBatch",
+    "MiniBatchState",
     "Optimizer",
     "Process",
     "ProjectedGD",
