@@ -131,7 +131,8 @@ def test_three_process_metrics_against_recomputation(toy_runs):
     assert np.all(top["gd"] < 2 / LR) and np.all(top["gd"] > 0.9 * 2 / LR)
     assert np.all(top["flow"][1:] > 1.03 * 2 / LR)  # gradient flow sharpens past 2/lr
     cf = rows["central"]
-    np.testing.assert_allclose(cf["cf_sharpness"].iloc[probed], top["central"], rtol=1e-9)
+    # the warm eigen-solve stops at a certified bound (res^2/gap): 1.5e-8 here, not exact
+    np.testing.assert_allclose(cf["cf_sharpness"].iloc[probed], top["central"], rtol=1e-7)
     assert np.all(cf["cf_sharpness"] <= 2 / LR * (1 + 1e-6))
     np.testing.assert_allclose(top["central"][2:], 2 / LR, rtol=1e-5)  # pinned at 2/lr
     # the central flow predicts GD's time-averaged loss (c kappa on the orbit)
