@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,7 +110,7 @@ def test_batch_sharpness_matches_the_mean_over_all_batches(exact):
 
 def test_batch_quantities_with_the_whole_set_are_the_full_batch_ones(exact):
     est = batch_sharpness(exact["obj"], None, N, rel_err=0.005)
-    assert est.stderr == 0 and est.batches == 10 and est.converged
+    assert est.stderr <= 1e-12 * est.mean and est.batches == 10 and est.converged
     assert est.mean == pytest.approx(exact["full_rq"], rel=1e-10)
     lam = batch_lambda_max(exact["obj"], None, N, tol=1e-8, max_batches=3, min_batches=3)
     assert lam.stderr == pytest.approx(0, abs=1e-9 * abs(lam.mean))
@@ -154,12 +155,12 @@ def test_sgd_steps_on_its_batches_and_epochs_cover_the_data():
     lr = 0.05
     proc = MiniBatch(rules.gd(lr), B, seed=7)
     state = proc.init(obj, obj.w0)
-    step = jax.jit(proc.step)
+    step = eqx.filter_jit(lambda p, o, s: p.step(o, s))
     seen = []
     for t in range(12):  # 3 epochs of floor(18/4) = 4 batches, 2 examples dropped per epoch
         idx = np.asarray(proc.batch(state))
         w = state.w
-        state, row = step(obj, state)
+        state, row = step(proc, obj, state)
         g = jax.grad(ref_loss)(w, x[idx], y[idx])
         np.testing.assert_allclose(state.w, w - lr * g, rtol=1e-12, atol=1e-14)
         assert float(row["batch_loss"]) == pytest.approx(float(ref_loss(w, x[idx], y[idx])))
@@ -179,12 +180,13 @@ def test_sgd_steps_on_its_batches_and_epochs_cover_the_data():
         bs = []
         for _ in range(12):
             bs.append(np.asarray(p.batch(s)))
-            s, _ = step(obj, s) if p is again else jax.jit(p.step)(obj, s)
+            s, _ = step(p, obj, s)
         assert all(np.array_equal(a, b) for a, b in zip(bs, seen, strict=True)) == same
 
 
 @pytest.mark.parametrize(
-    "rule", [rules.gd(0.3), rules.heavy_ball(0.1, beta=0.9), rules.adam(0.01)], ids=str
+    "rule", [rules.gd(0.3), rules.heavy_ball(0.1, beta=0.9), rules.adam(0.01)],
+    ids=["gd", "heavy_ball", "adam"],
 )
 def test_full_batch_minibatch_is_the_optimizer(rule):
     obj, _, _ = problem()
