@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_same_metrics
 
 from eoslab import ConfigError, Objective
 from eoslab.batches import batch_objective, random_batches
@@ -28,6 +27,7 @@ from eoslab.curvature import (
 from eoslab.dynamics import MiniBatch, Optimizer, rules
 from eoslab.dynamics.process import advance
 from eoslab.runner import Probes, run
+from helpers import assert_same_metrics
 
 N, DIN, H, DOUT, B = 16, 3, 4, 2, 4
 SHAPES = [(DIN, H), (H,), (H, DOUT), (DOUT,)]
@@ -157,7 +157,7 @@ def test_sgd_steps_on_its_batches_and_epochs_cover_the_data():
     state = proc.init(obj, obj.w0)
     step = eqx.filter_jit(lambda p, o, s: p.step(o, s))
     seen = []
-    for t in range(12):  # 3 epochs of floor(18/4) = 4 batches, 2 examples dropped per epoch
+    for _ in range(12):  # 3 epochs of floor(18/4) = 4 batches, 2 examples dropped per epoch
         idx = np.asarray(proc.batch(state))
         w = state.w
         state, row = step(proc, obj, state)
@@ -185,7 +185,8 @@ def test_sgd_steps_on_its_batches_and_epochs_cover_the_data():
 
 
 @pytest.mark.parametrize(
-    "rule", [rules.gd(0.3), rules.heavy_ball(0.1, beta=0.9), rules.adam(0.01)],
+    "rule",
+    [rules.gd(0.3), rules.heavy_ball(0.1, beta=0.9), rules.adam(0.01)],
     ids=["gd", "heavy_ball", "adam"],
 )
 def test_full_batch_minibatch_is_the_optimizer(rule):
@@ -203,7 +204,9 @@ def test_full_batch_minibatch_is_the_optimizer(rule):
 def test_resume_is_bit_identical_with_the_probe(tmp_path):
     obj, _, _ = problem()
     proc = {"sgd": MiniBatch(rules.heavy_ball(0.1, beta=0.5), B, seed=2)}
-    probe = batch_sharpness_probe(B, rel_err=0.05, max_batches=40, seed=5, gni_max_batches=40)
+    probe = batch_sharpness_probe(
+        B, rel_err=0.05, max_batches=40, seed=5, lambda_max_batches=8, gni_max_batches=40
+    )
     probe_cfg = Probes(alignment=False, tol=1e-6)
     kw = dict(probe_every=5, probes=probe_cfg, flush_seconds=0)
     whole = run(proc, obj, 20, out=tmp_path / "a", custom_probes=(probe,), **kw).metrics
@@ -228,7 +231,9 @@ def test_resume_is_bit_identical_with_the_probe(tmp_path):
 
 def test_probe_in_the_loop_against_dense_values():
     obj, x, y = problem()
-    probe = batch_sharpness_probe(N, max_batches=12, lambda_max_batches=3, gni_max_batches=3)
+    probe = batch_sharpness_probe(
+        N, max_batches=12, lambda_max_batches=3, lambda_tol=1e-8, gni_max_batches=3
+    )
     res = run(MiniBatch(rules.gd(0.1), N), obj, 0, probes=Probes(tol=1e-8), custom_probes=(probe,))
     row = res.metrics.iloc[0]
     g = jax.grad(ref_loss)(obj.w0, x, y)

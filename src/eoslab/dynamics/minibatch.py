@@ -1,4 +1,4 @@
-r"""An update rule on mini-batches: $w_{t+1} = \mathrm{step}(w_t, s_t, \nabla L_{B_t}(w_t), L_{B_t}(w_t))$.
+r"""Mini-batch update rules: $w_{t+1} = \mathrm{step}(w_t, s_t, \nabla L_{B_t}(w_t), L_{B_t}(w_t))$.
 
 $L_B(w) = \frac1{|B|}\sum_{i\in B}\ell_i(w)$ is the batch loss of a mean objective
 (`eoslab.batches`). Batches are drawn by epochs without replacement from ``seed``: each epoch is a
