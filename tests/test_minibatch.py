@@ -26,6 +26,7 @@ from eoslab.curvature import (
 )
 from eoslab.dynamics import MiniBatch, Optimizer, rules
 from eoslab.dynamics.process import advance
+from eoslab.parallel import microbatched
 from eoslab.runner import Probes, run
 from helpers import assert_same_metrics
 
@@ -262,6 +263,18 @@ def test_bad_input_names_the_field():
         batch_sharpness(obj, None, 4, max_batches=0)
     with pytest.raises(ConfigError, match="batch_size"):
         batch_sharpness_probe(0)
+
+
+def test_microbatched_objective_steps_like_the_plain_one():
+    obj, _, _ = problem(n=18)
+    mobj = microbatched(obj, batch_size=4)  # 18 rows padded with zero weight to 20
+    proc = MiniBatch(rules.heavy_ball(0.1, beta=0.5), 4, seed=3)
+    s1, r1, _ = advance(proc, obj, proc.init(obj, obj.w0), 9, keep_points=True)
+    s2, r2, _ = advance(proc, mobj, proc.init(mobj, obj.w0), 9, keep_points=True)
+    for col in ("w", "loss", "batch_loss", "grad_norm"):
+        np.testing.assert_allclose(r1[col], r2[col], rtol=1e-12, atol=1e-14, err_msg=col)
+    with pytest.raises(ConfigError, match="batch_size"):
+        batch_sharpness(mobj, None, 6)
 
 
 def test_batch_objective_is_the_batch_mean():

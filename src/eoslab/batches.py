@@ -32,7 +32,7 @@ from jaxtyping import Array, Int
 
 from .errors import ConfigError
 from .objective import Objective
-from .parallel.weighted import mean_parts, num_examples
+from .parallel.weighted import batch_size_of, mean_parts, num_examples
 
 __all__ = [
     "batch_data",
@@ -77,8 +77,15 @@ def check_batch_size(batch_size: Any, n: int, field: str = "batch_size") -> int:
 
 
 def batch_data(objective: Objective, idx: Int[Array, " b"]) -> Any:
-    """The data of the rows ``idx`` (jit- and vmap-able; ``frozen`` parameters are shared)."""
+    """The data of the rows ``idx`` (jit- and vmap-able; ``frozen`` parameters are shared).
+
+    A micro-batched objective (`eoslab.parallel.microbatched`, blocks of $m$ rows) takes batches
+    of at most $m$ rows or of a multiple of $m$ (`ConfigError` otherwise).
+    """
     data = objective.data
+    b, m = int(idx.shape[-1]), batch_size_of(objective)
+    if m is not None and b > m and b % m:
+        raise ConfigError("batch_size", b, f"at most {m} or a multiple of {m} (the micro-batch)")
     out = {**data, "x": data["x"][idx], "y": data["y"][idx]}
     if "weight" in data:
         w = data["weight"]
