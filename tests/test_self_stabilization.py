@@ -9,6 +9,7 @@ from eoslab import Objective
 from eoslab.dynamics.self_stabilization import SelfStabilization
 from eoslab.errors import ConfigError
 from eoslab.theory.self_stabilization import (
+    gd_lockstep,
     moving_average,
     predicted_xy,
     self_stabilization,
@@ -94,3 +95,14 @@ def test_pull_balances_two_alpha_on_the_toy():
     # one direction at the edge: the time-averaged pull is 2 alpha = 2 kappa (alpha = kappa at y=0)
     df = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250).metrics
     assert np.mean(df["pull"].to_numpy()[100:]) == pytest.approx(2 * KAPPA, rel=0.1)
+
+
+def test_gd_lockstep_averages_the_prediction_over_gds_window():
+    wide, rows = gd_lockstep(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=40, every=10, window=3)
+    pred = rows[rows["process"] == "cf"].set_index("step")["pred_loss"].to_numpy()[:40]
+    gd_loss = rows[rows["process"] == "gd"].set_index("step")["loss"].to_numpy()[:40]
+    for i, s in enumerate(wide["step"]):
+        lo, hi = max(0, s - 3), min(40, s + 4)
+        assert wide["pred_loss_cf_avg"].iloc[i] == pytest.approx(np.mean(pred[lo:hi]), rel=1e-12)
+        assert wide["loss_gd_avg"].iloc[i] == pytest.approx(np.mean(gd_loss[lo:hi]), rel=1e-12)
+    assert np.all(wide["cf_matvecs"] >= 8)  # 4 substeps x H applied to the 2-vector warm block

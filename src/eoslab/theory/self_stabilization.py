@@ -223,7 +223,8 @@ def gd_lockstep(
     # the prediction averaged over the same window (a host-loop flow has rows at probes only)
     pred = per["cf"]["pred_loss"].reindex(np.arange(steps)).to_numpy(np.float64)
     have = np.isfinite(pred)
-    pred_avg = moving_average(np.where(have, pred, 0.0), window) / moving_average(have, window)
+    num, cnt = moving_average(np.where(have, pred, 0.0), window), moving_average(have, window)
+    pred_avg = np.divide(num, cnt, out=np.full(steps, np.nan), where=cnt > 0)
     idx = np.arange(0, steps, every)
     gd_, gf_, cf_ = (per[n].loc[idx] for n in ("gd", "gf", "cf"))
     wide = pd.DataFrame(
