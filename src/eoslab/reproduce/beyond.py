@@ -136,7 +136,7 @@ def central_flow_experiment(out: Path, quick: bool) -> list[dict]:
         W = np.asarray(iterate(obj, obj.w0, gd(lr), int(at[-1]) + 1).w)[at]
         eig = _edge_eigenvalues(obj, W)
         # held out: a network the rows were not tuned on
-        held = _heldout_net(n)
+        held = _heldout_net(300)  # both variants (its EoS phase checked at this size)
         dh, _ = gd_beside_flows(held, lr=lr, steps=600, every=5, k=1, window=window)
     write_frame(df, out / "lockstep.csv")
     write_frame(dh, out / "heldout.csv")
