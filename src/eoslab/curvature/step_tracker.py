@@ -32,7 +32,6 @@ __all__ = ["StepTracker", "StepTrackerState", "StepEig", "linearized_gradient"]
 
 class StepTrackerState(NamedTuple):
     V: Float[Array, "d k1"]  # the previous Ritz vectors: top k, then the guard
-    R: Float[Array, "d k1"]  # the previous residual directions of the top k and the guard
 
 
 class StepEig(NamedTuple):
@@ -67,21 +66,40 @@ _ROUNDING = 100
 
 
 def _orth(X: Array) -> Array:
-    # Householder QR: Q has orthonormal columns even when X is rank-deficient (a zero residual)
     Q, _ = jnp.linalg.qr(X)
     return Q
 
 
+def _extend(X: Array, active: Array, R: Array) -> tuple[Array, Array]:
+    """The columns of ``R`` orthonormalized against the active columns of ``X`` and each other
+    (two Gram-Schmidt passes); a column already in the span comes back zero and inactive."""
+    cols, ok = [], []
+    Xa = X * active[None, :]
+    for j in range(R.shape[1]):
+        r = R[:, j]
+        p = r
+        for _ in range(2):
+            p = p - Xa @ (Xa.T @ p)
+            for c in cols:
+                p = p - c * jnp.vdot(c, p)
+        n = jnp.linalg.norm(p)
+        good = n > 1e-6 * jnp.linalg.norm(r)
+        cols.append(jnp.where(good, p / jnp.where(good, n, 1.0), 0.0))
+        ok.append(good)
+    return jnp.stack(cols, axis=1), jnp.stack(ok)
+
+
 class StepTracker(eqx.Module):
-    r"""Warm block Rayleigh-Ritz for the top-$k$ eigenvalues of $H_t$, one call per step.
+    r"""Warm block Davidson for the top-$k$ eigenvalues of $H_t$, one call per step.
 
     ``update(matmat, state)`` returns the new state and a `StepEig`; ``matmat(X) = H_t X``.
-    Each round costs $2k+2$ products; the first round usually certifies ``tol`` along a smooth
-    trajectory, and at most ``max_rounds`` are spent.
+    The first round multiplies the previous step's $k+1$ Ritz vectors (top $k$ and the guard);
+    while a bound misses ``tol``, each further round adds the current Ritz pairs' residuals to
+    the subspace ($k+1$ more products), up to ``max_rounds`` rounds.
 
     >>> import jax, jax.numpy as jnp
     >>> H = jnp.diag(jnp.arange(1.0, 9.0))
-    >>> tr = StepTracker(k=1, tol=1e-6, max_rounds=50)
+    >>> tr = StepTracker(k=1, tol=1e-6, max_rounds=8)
     >>> st = tr.init(8, jnp.float64 if jax.config.x64_enabled else jnp.float32, jax.random.key(0))
     >>> st, eig = tr.update(lambda X: H @ X, st)
     >>> round(float(eig.values[0]), 4)
@@ -103,64 +121,73 @@ class StepTracker(eqx.Module):
 
     @property
     def block(self) -> int:
-        """Products per round: the top $k$, the guard, and their $k+1$ residual directions."""
-        return 2 * self.k + 2
+        """Products per round: the top $k$ and the guard (then their residual directions)."""
+        return self.k + 1
 
     def init(self, d: int, dtype, key: Array) -> StepTrackerState:
         """A random orthonormal start (the first steps converge from it)."""
-        if d < self.block:
-            raise ConfigError("dim", d, f"at least {self.block} parameters (2k+2 with k={self.k})")
-        X = _orth(jax.random.normal(key, (d, self.block), dtype))
-        return StepTrackerState(X[:, : self.k + 1], X[:, self.k + 1 :])
+        if d < self.block * self.max_rounds:
+            raise ConfigError(
+                "dim", d, f"at least (k+1) * max_rounds = {self.block * self.max_rounds} parameters"
+            )
+        return StepTrackerState(_orth(jax.random.normal(key, (d, self.block), dtype)))
 
     def warm(self, vectors: Float[Array, "d k"], guard: Float[Array, " d"]) -> StepTrackerState:
         """A state from eigenvectors solved otherwise (e.g. by Lanczos at the first step)."""
-        V = jnp.concatenate([vectors[:, : self.k], guard[:, None]], axis=1)
-        d = V.shape[0]
-        # residual directions start as the coordinate vectors Householder QR completes V with
-        X = _orth(jnp.concatenate([V, jnp.eye(d, self.k + 1, dtype=V.dtype)], axis=1))
-        return StepTrackerState(V, X[:, self.k + 1 :])
+        return StepTrackerState(jnp.concatenate([vectors[:, : self.k], guard[:, None]], axis=1))
 
-    def _round(self, matmat, V: Array, R: Array):
-        X = _orth(jnp.concatenate([V, R], axis=1))
-        HX = matmat(X)
-        T = X.T @ HX
-        theta, S = jnp.linalg.eigh(0.5 * (T + T.T))
-        order = jnp.argsort(-theta)
+    def _ritz(self, X: Array, HX: Array, active: Array):
+        k, k1 = self.k, self.k + 1
+        both = active[:, None] & active[None, :]
+        T = jnp.where(both, 0.5 * (X.T @ HX + HX.T @ X), 0.0)
+        # inactive columns are parked below every eigenvalue of the active block
+        park = -2.0 * jnp.sqrt(jnp.sum(T * T)) - 1.0
+        theta, S = jnp.linalg.eigh(T + jnp.diag(jnp.where(active, 0.0, park)))
+        order = jnp.argsort(-theta)[:k1]
         theta, S = theta[order], S[:, order]
         U, HU = X @ S, HX @ S
-        Rfull = HU - U * theta[None, :]
-        res = jnp.linalg.norm(Rfull, axis=0)
-        active = jnp.ones(theta.shape, bool)
-        k = self.k
+        R = HU - U * theta[None, :]
+        res = jnp.linalg.norm(R, axis=0)
         eps = jnp.finfo(X.dtype).eps
         scale = jnp.max(jnp.abs(theta))
         # no bound is tighter than the rounding of the products themselves
-        bound = jnp.maximum(ritz_error_bounds(theta, res, active, k), _ROUNDING * eps * scale)
+        bound = ritz_error_bounds(theta, res, jnp.ones(k1, bool), k)
+        bound = jnp.maximum(bound, _ROUNDING * eps * scale)
         ok = bound[:k] <= jnp.maximum(self.tol * jnp.abs(theta[:k]), _ROUNDING * eps * scale)
-        eig = (theta[:k], bound[:k], theta[k])
-        return U[:, : k + 1], Rfull[:, : k + 1], eig, jnp.all(ok)
+        return U, R, (theta[:k], bound[:k], theta[k]), jnp.all(ok)
 
     def update(
         self, matmat: Callable[[Array], Array], state: StepTrackerState
     ) -> tuple[StepTrackerState, StepEig]:
         """Certified top-$k$ eigenvalues of the operator ``matmat`` from the warm ``state``."""
-        V, R, eig, ok = self._round(matmat, state.V, state.R)
+        k1, m = self.block, self.block * self.max_rounds
+        X0 = _orth(state.V)
+        d, dtype = X0.shape[0], X0.dtype
+        X = jnp.zeros((d, m), dtype).at[:, :k1].set(X0)
+        HX = jnp.zeros((d, m), dtype).at[:, :k1].set(matmat(X0))
+        active = jnp.arange(m) < k1
+        U, R, eig, ok = self._ritz(X, HX, active)
 
         def cond(c):
-            return (~c[3]) & (c[4] < self.max_rounds)
+            return (~c[6]) & (c[7] < self.max_rounds)
 
         def body(c):
-            V, R, _, _, n = c
-            V, R, eig, ok = self._round(matmat, V, R)
-            return V, R, eig, ok, n + 1
+            X, HX, active, _, R, _, _, n = c
+            Xn, good = _extend(X, active, R)
+            X = jax.lax.dynamic_update_slice_in_dim(X, Xn, n * k1, axis=1)
+            HX = jax.lax.dynamic_update_slice_in_dim(HX, matmat(Xn), n * k1, axis=1)
+            active = jax.lax.dynamic_update_slice_in_dim(active, good, n * k1, axis=0)
+            U, R, eig, ok = self._ritz(X, HX, active)
+            return X, HX, active, U, R, eig, ok, n + 1
 
-        V, R, eig, ok, rounds = jax.lax.while_loop(cond, body, (V, R, eig, ok, jnp.asarray(1)))
+        *_, U, R, eig, ok, rounds = jax.lax.while_loop(
+            cond, body, (X, HX, active, U, R, eig, ok, jnp.asarray(1))
+        )
         values, bound, nxt = eig
-        return StepTrackerState(V, R), StepEig(
+        return StepTrackerState(U), StepEig(
             values=values,
             error_bound=bound,
             next_value=nxt,
-            matvecs=rounds * self.block,
+            matvecs=rounds * k1,
             converged=ok,
         )

@@ -233,10 +233,7 @@ class _Lockstep:
             saved = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             self.probes[n].load(saved)
             if n in self.tstates and "step_V" in saved:
-                dtype = self.obj.dtype
-                self.tstates[n] = StepTrackerState(
-                    jnp.asarray(saved["step_V"], dtype), jnp.asarray(saved["step_R"], dtype)
-                )
+                self.tstates[n] = StepTrackerState(jnp.asarray(saved["step_V"], self.obj.dtype))
 
     def _sharpness(self, n: str, w: Array) -> dict:
         """The step tracker's row at ``w``; its first call solves with Lanczos to start it."""
@@ -268,14 +265,14 @@ class _Lockstep:
         out = self.probes[n].state()
         if self.tstates.get(n) is not None:
             out["step_V"] = np.asarray(self.tstates[n].V)
-            out["step_R"] = np.asarray(self.tstates[n].R)
         return out
 
 
 def _step_tracker(cfg: Probes, dim: int) -> StepTracker:
-    block = 2 * cfg.k + 2
+    block = cfg.k + 1
     rounds = 8 if cfg.max_matvecs is None else max(1, cfg.max_matvecs // block)
-    if dim < block:
+    rounds = min(rounds, dim // block)
+    if rounds < 1:
         raise ConfigError("probes.every_step", True, f"False for a {dim}-parameter problem")
     return StepTracker(k=cfg.k, tol=cfg.tol, max_rounds=rounds)
 
