@@ -360,6 +360,10 @@ def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------- flow rate
+FLOW_RATE_PROBLEM = {"n": 8, "width": 4, "pool": 4}
+"""flow-rate's network: 8 digits (3 and 5), 49 -> 4 -> 1 GELU, D = 205 (docs/theory.md, §10)."""
+
+
 def two_digit_problem(
     n: int = 64, width: int = 8, pool: int = 4, digits: tuple[int, int] = (3, 5), seed: int = 0
 ) -> Objective:
@@ -385,12 +389,18 @@ def two_digit_problem(
 
 
 def run_flow_rate(out: Path, quick: bool) -> list[dict]:
-    lrs = [0.04, 0.02, 0.01] if quick else [0.04, 0.02, 0.01, 0.005]
-    T, n_tau = 1.0, 5
-    kw = {"gtol": 1e-8, "solver": "kvaerno5"}
+    lrs = [0.015, 0.0075, 0.00375] if quick else [0.015, 0.0075, 0.00375, 0.001875]
+    # tau = 0.09 (400 to 25,600 steps): lambda_1 falls from 15.1 towards lambda_2 = 8.9, so the
+    # gap the theorem assumes holds only early on (by tau = 1 the flow has closed it: 0.97).
+    # lr = 0.03 (100 steps) is pre-asymptotic: its error is 3.2x that at 0.015 (docs/theory.md)
+    T, n_tau = 0.09, 5
+    # Phi to |grad L| < 1e-6: the point is then within 1e-6 / lambda_n ~ 1e-5 of Gamma (lambda_n,
+    # the smallest nonzero eigenvalue, is ~0.1 here), far below the tracking errors measured;
+    # explicit Tsit5 is much cheaper than the implicit solver on this 205-parameter net
+    kw = {"gtol": 1e-6, "solver": "tsit5", "max_steps": 200_000}
     with jax.enable_x64(True):
-        obj = two_digit_problem()
-        x0 = iterate(obj, obj.w0, gd(0.05), 200, save_every=200).w[-1]  # Phase I still ahead
+        obj = two_digit_problem(**FLOW_RATE_PROBLEM)
+        x0 = iterate(obj, obj.w0, gd(0.05), 50, save_every=50).w[-1]  # Phase I still ahead
         X0 = phi(obj, x0, **kw)
         taus = np.linspace(0.0, T, n_tau)
         fl = limiting_flow(
@@ -400,6 +410,9 @@ def run_flow_rate(out: Path, quick: bool) -> list[dict]:
             tau=taus,
             integrator="projection",
             project_start=False,
+            rtol=1e-8,
+            atol=1e-10,
+            rank_tol=1e-4,  # lambda_8 / lambda_1 ~ 1e-2 on Gamma; the kernel's ~1e-6 at Phi's gtol
         )
         eig = np.stack([np.linalg.eigvalsh(np.asarray(jax.hessian(obj)(X)))[::-1] for X in fl.X])
         errs = np.zeros((len(lrs), n_tau))
@@ -425,15 +438,16 @@ def run_flow_rate(out: Path, quick: bool) -> list[dict]:
         )
     )
     drift = fl.drift()
-    rows.append(
-        row(
-            "flow guard: max |grad L| at X(tau) / at X(0) (at most 2)",
-            1.0,
-            drift["grad_norm"],
-            1.0,
-            at_most=True,
+    for key, name in (("loss", "loss"), ("grad_norm", "|grad L|")):
+        rows.append(
+            row(
+                f"flow guard: max {name} at X(tau) / at X(0) (at most 2)",
+                1.0,
+                drift[key],
+                1.0,
+                at_most=True,
+            )
         )
-    )
     rows.append(
         row(
             "lambda_1 moves along the flow (|lambda_1(X(T)) / lambda_1(X(0)) - 1|, at least 0.05)",
