@@ -21,6 +21,8 @@ from .registry import create as create
 from .registry import list as list  # noqa: A004
 from .resnet import ResNet as ResNet
 from .resnet import resnet as resnet
+from .transformer import Transformer as Transformer
+from .transformer import transformer as transformer
 from .vgg import VGG as VGG
 from .vgg import VGG11 as VGG11
 from .vgg import vgg as vgg
@@ -35,6 +37,7 @@ __all__ = [
     "DeepLinear",
     "Preset",
     "ResNet",
+    "Transformer",
     "cnn",
     "create",
     "deep_linear",
@@ -42,5 +45,6 @@ __all__ = [
     "mlp",
     "num_params",
     "resnet",
+    "transformer",
     "vgg",
 ]

@@ -15,6 +15,7 @@ from .cnn import cnn
 from .linear import deep_linear
 from .mlp import mlp
 from .resnet import resnet
+from .transformer import transformer
 from .vgg import vgg
 
 __all__ = ["Preset", "PRESETS", "create", "list"]
@@ -102,6 +103,12 @@ PRESETS: dict[str, Preset] = {
     ),
     "mnist-mlp": Preset(
         mlp, {"widths": (128,), "activation": "gelu"}, "MNIST net 784-128-10 with GELU"
+    ),
+    "transformer": Preset(
+        transformer,
+        {"d_model": 32, "n_heads": 2, "n_layers": 2, "activation": "gelu"},
+        "pre-LN causal decoder, d_model 32, 2 heads, 2 layers, GELU, learned positions; "
+        "input_shape (T,) token ids, num_classes the vocabulary, outputs (N, T, V)",
     ),
 }
 

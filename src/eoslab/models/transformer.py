@@ -1,0 +1,162 @@
+r"""A small pre-LayerNorm causal decoder (GPT-style) on token sequences.
+
+For tokens $x_1..x_T$ with embeddings $E$ and learned positions $P$:
+
+$$h^{(0)}_t = E_{x_t} + P_t,\qquad
+  a^{(l)} = h^{(l-1)} + \mathrm{MHA}_l(\mathrm{LN}_{l,1}(h^{(l-1)})),\qquad
+  h^{(l)} = a^{(l)} + W_{2,l}\,\mathrm{gelu}(W_{1,l}\,\mathrm{LN}_{l,2}(a^{(l)}) + b_{1,l}) + b_{2,l},$$
+
+and the logits are $f_t = \mathrm{LN}_f(h^{(L)}_t) W_{\text{head}} + b_{\text{head}}$.
+$\mathrm{LN}(z) = (z - \mu(z)) / \sqrt{\sigma^2(z) + \epsilon}\cdot\gamma + \beta$ over the model
+dimension; multi-head attention is causal: head $j$ at position $t$ attends to positions
+$s \le t$ with weights $\mathrm{softmax}_s(q_t^{j} \cdot k_s^{j} / \sqrt{d_h})$.
+
+Everything is written with JAX primitives (no fused kernels or hand-written backward passes), so
+derivatives of every order are JAX's own; third derivatives through attention and LayerNorm are
+checked against finite differences in ``tests/test_transformer.py``.
+
+Inputs are token ids of shape ``(N, T)`` (any numeric dtype: `eoslab.Objective.from_model` casts
+inputs to the float dtype of the run, the ids are cast back to ``int32`` here). Outputs are logits
+of shape ``(N, T, V)``; the losses of `eoslab.losses` take integer labels ``(N, T)`` and average
+over examples and positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array
+
+from ..errors import ConfigError
+from .layers import activation as _activation
+from .layers import dense, dense_init, head_init, norm_init, normal, rng_from_key
+
+__all__ = ["Transformer", "layer_norm", "transformer"]
+
+
+def layer_norm(p: dict[str, Array], x: Array, eps: float = 1e-5) -> Array:
+    r"""$(x - \mu)/\sqrt{\sigma^2 + \epsilon}\cdot\gamma + \beta$, statistics over the last axis.
+
+    ``p`` holds ``"scale"`` ($\gamma$) and ``"shift"`` ($\beta$)."""
+    mu = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean((x - mu) ** 2, axis=-1, keepdims=True)
+    return (x - mu) * lax.rsqrt(var + eps) * p["scale"] + p["shift"]
+
+
+def causal_attention(p: dict, x: Array, n_heads: int) -> Array:
+    r"""Causal multi-head self-attention of ``x`` ``(N, T, d)``.
+
+    $[Q, K, V] = x W_{qkv} + b_{qkv}$ split into ``n_heads`` heads of width $d_h = d/H$;
+    $A^j = \mathrm{softmax}(Q^j K^{j\top}/\sqrt{d_h} + M)$ with $M_{ts} = -\infty$ for $s > t$;
+    output $[A^1V^1, \ldots, A^HV^H] W_o + b_o$."""
+    n, t, d = x.shape
+    dh = d // n_heads
+    qkv = dense(p["qkv"], x).reshape(n, t, 3, n_heads, dh)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (N, T, H, dh)
+    scores = jnp.einsum("nthe,nshe->nhts", q, k) / math.sqrt(dh)
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+    # A finite mask value: exp(mask - max) is exactly 0, and no inf enters any derivative.
+    scores = jnp.where(causal, scores, jnp.asarray(-1e30, scores.dtype))
+    weights = jax.nn.softmax(scores, axis=-1)
+    out = jnp.einsum("nhts,nshe->nthe", weights, v).reshape(n, t, d)
+    return dense(p["out"], out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transformer:
+    r"""Pure ``apply(params, x)``: token ids ``(N, T)`` with $T \le$ ``max_len`` to logits
+    ``(N, T, V)``.
+
+    Parameters: ``{"embed": {"tokens" (V, d), "positions" (max_len, d)}, "block0": {"ln1",
+    "attn": {"qkv", "out"}, "ln2", "mlp": {"fc", "proj"}}, ..., "ln_f", "head" (d, V)}``.
+    Hashable, so jitted callers keep their compiled code."""
+
+    n_layers: int
+    n_heads: int
+    activation: str
+    ln_eps: float
+
+    def __call__(self, params: dict, x: Array) -> Array:
+        act = _activation(self.activation)
+        tokens = x.astype(jnp.int32)
+        t = tokens.shape[-1]
+        emb = params["embed"]
+        h = emb["tokens"][tokens] + emb["positions"][:t]
+        for i in range(self.n_layers):
+            b = params[f"block{i}"]
+            h = h + causal_attention(b["attn"], layer_norm(b["ln1"], h, self.ln_eps), self.n_heads)
+            z = act(dense(b["mlp"]["fc"], layer_norm(b["ln2"], h, self.ln_eps)))
+            h = h + dense(b["mlp"]["proj"], z)
+        return dense(params["head"], layer_norm(params["ln_f"], h, self.ln_eps))
+
+
+def _positive_int(field: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(field, value, "an int >= 1")
+    return value
+
+
+def transformer(
+    key: Array,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    d_model: int = 32,
+    n_heads: int = 2,
+    n_layers: int = 2,
+    d_mlp: int | None = None,
+    activation: str = "gelu",
+    ln_eps: float = 1e-5,
+    embed_std: float = 1.0,
+    head_init_std: float | None = None,
+) -> tuple[Transformer, dict]:
+    r"""A pre-LN causal decoder for sequences of length ``input_shape = (T,)`` over a vocabulary
+    of ``num_classes`` tokens (the readout predicts a token at every position).
+
+    Init: token embeddings and positions $N(0, \text{embed\_std}^2)$ (PyTorch's ``nn.Embedding``
+    default for 1.0), linear layers PyTorch's $U(\pm 1/\sqrt{n_{in}})$, LayerNorm $\gamma=1$,
+    $\beta=0$; with ``head_init_std`` the head is $N(0, \text{std}^2)$ with zero bias.
+    ``d_mlp`` defaults to $4d$. Parameter count, with $d$ = ``d_model``, $m$ = ``d_mlp``:
+    $(V + T)d + L\,[2\cdot 2d + (d+1)3d + (d+1)d + (d+1)m + (m+1)d] + 2d + (d+1)V$.
+
+    Raises:
+        ConfigError: ``input_shape`` not ``(T,)``, a size < 1, ``d_model`` not divisible by
+            ``n_heads``, an unknown activation, or ``ln_eps``/``embed_std`` not positive.
+    """
+    shape = tuple(input_shape)
+    if len(shape) != 1:
+        raise ConfigError("input_shape", input_shape, "(T,): token sequences of length T")
+    max_len = _positive_int("input_shape[0]", shape[0])
+    vocab = _positive_int("num_classes", num_classes)
+    d = _positive_int("d_model", d_model)
+    heads = _positive_int("n_heads", n_heads)
+    layers = _positive_int("n_layers", n_layers)
+    if d % heads:
+        raise ConfigError("n_heads", n_heads, f"a divisor of d_model={d}")
+    m = 4 * d if d_mlp is None else _positive_int("d_mlp", d_mlp)
+    _activation(activation)
+    if not ln_eps > 0:
+        raise ConfigError("ln_eps", ln_eps, "a float > 0")
+    if not embed_std > 0:
+        raise ConfigError("embed_std", embed_std, "a float > 0")
+    rng = rng_from_key(key)
+    params: dict = {
+        "embed": {
+            "tokens": normal(rng, (vocab, d), embed_std),
+            "positions": normal(rng, (max_len, d), embed_std),
+        }
+    }
+    for i in range(layers):
+        params[f"block{i}"] = {
+            "ln1": norm_init(d),
+            "attn": {"qkv": dense_init(rng, d, 3 * d), "out": dense_init(rng, d, d)},
+            "ln2": norm_init(d),
+            "mlp": {"fc": dense_init(rng, d, m), "proj": dense_init(rng, m, d)},
+        }
+    params["ln_f"] = norm_init(d)
+    params["head"] = head_init(rng, d, vocab, True, head_init_std)
+    return Transformer(layers, heads, activation, float(ln_eps)), params
