@@ -2,8 +2,10 @@
 against the dense Hessian, third derivatives through attention and LayerNorm against finite
 differences (float64), causality, and a short GD run."""
 
+import functools
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from eoslab import Objective, models
-from eoslab.curvature import HessianOperator, hvp
+from eoslab.curvature import HessianOperator, hvp, hvp_block
 from eoslab.data.sequences import sequence_arrays, sequence_task
 from eoslab.errors import ConfigError
 
@@ -101,7 +103,9 @@ def numpy_forward(params, tokens, n_heads, eps=1e-5):
     out = []
     for seq in tokens:
         t_len = len(seq)
-        h = np.stack([p["embed"]["tokens"][s] + p["embed"]["positions"][t] for t, s in enumerate(seq)])
+        h = np.stack(
+            [p["embed"]["tokens"][s] + p["embed"]["positions"][t] for t, s in enumerate(seq)]
+        )
         i = 0
         while f"block{i}" in p:
             b = p[f"block{i}"]
@@ -154,53 +158,64 @@ def test_causal():
 # --------------------------------------------------------------------- derivatives
 
 
+@functools.cache
+def derivatives(loss):
+    """The tiny problem with its compiled dense Hessian, gradient and loss along a plane (one
+    compilation per loss, shared by the tests below)."""
+    _, params, _, obj, w = tiny(loss)
+    dense = jax.jit(jax.hessian(obj))
+    grad = jax.jit(jax.grad(obj))
+    plane = jax.jit(lambda s, t, u, e: obj(w + s * u + t * e))
+    third = eqx.filter_jit(lambda op, u: op.grad_quadratic_form(u))
+    return params, obj, w, dense, grad, plane, third
+
+
 @pytest.mark.parametrize("loss", ["mse_half", "cross_entropy"])
 def test_hvp_against_dense_hessian_and_gradient_differences(loss):
-    _, _, _, obj, w = tiny(loss)
-    dense = jax.hessian(obj)(w)
+    _, obj, w, dense_fn, grad, _, _ = derivatives(loss)
+    dense = dense_fn(w)
     assert np.allclose(dense, dense.T, atol=1e-12)
-    op = HessianOperator(obj, w)
     V = jax.random.normal(jax.random.key(5), (obj.dim, 3), jnp.float64)
+    op = HessianOperator(obj, w)
+    np.testing.assert_allclose(hvp_block(op, V), dense @ V, rtol=1e-10, atol=1e-12)
     for j in range(3):
         v = V[:, j]
-        np.testing.assert_allclose(hvp(obj, w, v), dense @ v, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(op.mv(v), dense @ v, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(hvp(op, v), dense @ v, rtol=1e-10, atol=1e-12)
         # and the dense Hessian itself against central differences of the gradient
         h = 1e-5
-        g = jax.grad(obj)
-        fd = (g(w + h * v) - g(w - h * v)) / (2 * h)
-        np.testing.assert_allclose(fd, dense @ v, rtol=1e-6, atol=1e-7 * float(jnp.abs(dense @ v).max()))
-    np.testing.assert_allclose(op.mm(V), dense @ V, rtol=1e-10, atol=1e-12)
+        fd = (grad(w + h * v) - grad(w - h * v)) / (2 * h)
+        scale = float(jnp.abs(dense @ v).max())
+        np.testing.assert_allclose(fd, dense @ v, rtol=1e-6, atol=1e-7 * scale)
 
 
 @pytest.mark.parametrize("loss", ["mse_half", "cross_entropy"])
-@pytest.mark.parametrize("groups", [("attn",), ("ln1", "ln2", "ln_f"), ("",)])
-def test_third_derivative_against_finite_differences(loss, groups):
+def test_third_derivative_against_finite_differences(loss):
     r"""$\nabla_w u^\top H(w) u$ along $e$ against central differences of the dense
-    $u^\top H(w \pm h e) u$, and of loss values alone (a mixed third-difference stencil)."""
-    _, params, _, obj, w = tiny(loss)
-    mask = group_mask(params, groups)
-    assert 0 < float(mask.sum()) <= obj.dim
+    $u^\top H(w \pm h e) u$, and of loss values alone (a mixed third-difference stencil), for
+    directions $e$ in the attention weights, in the LayerNorm parameters, and in all of $w$."""
+    params, obj, w, dense, _, plane, third = derivatives(loss)
     k1, k2 = jax.random.split(jax.random.key(11))
     u = jax.random.normal(k1, w.shape, jnp.float64)
     u = u / jnp.linalg.norm(u)
-    e = mask * jax.random.normal(k2, w.shape, jnp.float64)
-    e = e / jnp.linalg.norm(e)
-    q, g = HessianOperator(obj, w).grad_quadratic_form(u)
-    dense = jax.hessian(obj)
+    q, g = third(HessianOperator(obj, w), u)
     np.testing.assert_allclose(q, u @ dense(w) @ u, rtol=1e-10)
-    h = 1e-4
-    fd = (u @ dense(w + h * e) @ u - u @ dense(w - h * e) @ u) / (2 * h)
-    want = float(g @ e)
-    assert abs(want) > 1e-3  # the direction sees a real third derivative
-    assert abs(fd - want) <= 1e-6 * max(1.0, abs(want)), (fd, want)
-    # from loss values only: d^3/ds^2 dt L(w + s u + t e) at 0
-    f = jax.jit(lambda s, t: obj(w + s * u + t * e))
-    a, b = 2e-3, 2e-3
-    d3 = (
-        f(a, b) - 2 * f(0.0, b) + f(-a, b) - f(a, -b) + 2 * f(0.0, -b) - f(-a, -b)
-    ) / (2 * b * a * a)
-    assert abs(float(d3) - want) <= 1e-3 * max(1.0, abs(want)), (float(d3), want)
+    for groups in [("attn",), ("ln1", "ln2", "ln_f"), ("",)]:
+        mask = group_mask(params, groups)
+        assert 0 < float(mask.sum()) <= obj.dim
+        e = mask * jax.random.normal(k2, w.shape, jnp.float64)
+        e = e / jnp.linalg.norm(e)
+        want = float(g @ e)
+        assert abs(want) > 1e-3, groups  # the direction sees a real third derivative
+        h = 1e-4
+        fd = float(u @ dense(w + h * e) @ u - u @ dense(w - h * e) @ u) / (2 * h)
+        assert abs(fd - want) <= 1e-6 * max(1.0, abs(want)), (groups, fd, want)
+        # from loss values only: d^3/ds^2 dt L(w + s u + t e) at 0
+        a = b = 2e-3
+        f = [[float(plane(si * a, tj * b, u, e)) for si in (-1, 0, 1)] for tj in (-1, 1)]
+        d3 = ((f[1][2] - 2 * f[1][1] + f[1][0]) - (f[0][2] - 2 * f[0][1] + f[0][0])) / (
+            2 * b * a * a
+        )
+        assert abs(d3 - want) <= 1e-3 * max(1.0, abs(want)), (groups, d3, want)
 
 
 # --------------------------------------------------------------------- training

@@ -4,7 +4,8 @@ For tokens $x_1..x_T$ with embeddings $E$ and learned positions $P$:
 
 $$h^{(0)}_t = E_{x_t} + P_t,\qquad
   a^{(l)} = h^{(l-1)} + \mathrm{MHA}_l(\mathrm{LN}_{l,1}(h^{(l-1)})),\qquad
-  h^{(l)} = a^{(l)} + W_{2,l}\,\mathrm{gelu}(W_{1,l}\,\mathrm{LN}_{l,2}(a^{(l)}) + b_{1,l}) + b_{2,l},$$
+  h^{(l)} = a^{(l)} + \mathrm{gelu}(\mathrm{LN}_{l,2}(a^{(l)}) W_{1,l} + b_{1,l}) W_{2,l}
+  + b_{2,l},$$
 
 and the logits are $f_t = \mathrm{LN}_f(h^{(L)}_t) W_{\text{head}} + b_{\text{head}}$.
 $\mathrm{LN}(z) = (z - \mu(z)) / \sqrt{\sigma^2(z) + \epsilon}\cdot\gamma + \beta$ over the model
