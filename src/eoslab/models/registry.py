@@ -132,7 +132,8 @@ def create(
 ) -> tuple[Callable[[Any, Array], Array], Any]:
     """Build the model ``name``: returns a pure ``apply(params, x)`` and its initial ``params``.
 
-    ``apply`` maps a batch ``x`` of shape ``(N, *input_shape)`` to outputs ``(N, num_classes)``;
+    ``apply`` maps a batch ``x`` of shape ``(N, *input_shape)`` to outputs ``(N, num_classes)``
+    (``"transformer"``: token ids ``(N, T)`` to logits ``(N, T, num_classes)``, one per position);
     ``params`` is a dict pytree whose top-level keys name the parameter groups (the linear output
     layer is always ``"head"``). ``options`` override the preset's defaults.
 
