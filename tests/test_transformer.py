@@ -234,4 +234,4 @@ def test_gradient_descent_lowers_the_loss():
 
     before = float(obj(obj.w0))
     after = float(obj(run(obj.w0)))
-    assert after < 0.5 * before, (before, after)
+    assert after < 0.1 * before, (before, after)  # measured: 1.435 -> 0.0121
