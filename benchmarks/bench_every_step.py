@@ -23,12 +23,13 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from bench_curvature import best_time, eigsh_baseline
 
 from eoslab import Objective
 from eoslab.curvature import hvp, top_eigenpairs
-from eoslab.curvature.step_tracker import StepTracker
+from eoslab.curvature.step_tracker import StepTracker, linearized_gradient
 from eoslab.dynamics.optimizer import Optimizer
 from eoslab.dynamics.process import advance
 from eoslab.dynamics.rules import gd
@@ -61,6 +62,23 @@ def workloads(quick: bool) -> dict:
     }
 
 
+def flops(fn, *args) -> float:
+    """FLOPs of the compiled ``fn(*args)`` by XLA's cost analysis (NaN if unknown)."""
+    ca = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    return float((ca or {}).get("flops", float("nan")))
+
+
+def flop_ratio(obj: Objective, w) -> float:
+    """FLOPs of the gradient plus one Hessian product from one linearization, over the
+    gradient's: the arithmetic floor of a step that certifies with one product."""
+    v = jnp.ones_like(w)
+    grad = flops(lambda w: jax.grad(obj)(w), w)
+    both = flops(lambda w, v: linearized_gradient(obj, w)[2](v[:, None]), w, v)
+    return both / grad
+
+
 def bench_workload(make, chunks: int, samples: int) -> dict:
     obj, lr, warmup = make()
     proc = Optimizer(gd(lr))
@@ -68,9 +86,13 @@ def bench_workload(make, chunks: int, samples: int) -> dict:
     if warmup:
         state = advance(proc, obj, state, warmup)[0]
     w = proc.point(state)
+    flop_floor = flop_ratio(obj, w)
     tracker = StepTracker(k=1, tol=1e-3, max_rounds=8)
     res = top_eigenpairs(obj, w, 1, tol=1e-3)  # the loop's Lanczos start
-    tstate = tracker.warm(res.vectors, res.next_vector)
+    guard = (
+        res.next_vector if bool(jnp.any(res.next_vector != 0)) else jnp.roll(res.vectors[:, 0], 1)
+    )
+    tstate = tracker.warm(res.vectors, guard)
     jax.block_until_ready(advance(proc, obj, state, CHUNK)[0])  # compile both
     jax.block_until_ready(advance(proc, obj, state, CHUNK, False, tracker, tstate)[0])
 
@@ -113,6 +135,7 @@ def bench_workload(make, chunks: int, samples: int) -> dict:
         "ratio": probed / plain,
         "ratio_mean": float(np.mean(probed_s) / np.mean(plain_s)),
         "mv_median": mv_med,
+        "flop_floor": flop_floor,
         "mv_max": int(mvs.max()),
         "per_hvp_s": (probed - plain) / mv_med,
         "hvp_s": t_hvp,
@@ -165,10 +188,10 @@ def to_markdown(r: dict) -> str:
         "",
         "| workload | D | 2/lr | median lambda_1 | unprobed step | probed step "
         "| ratio (median / mean) | HVPs/step (median, max) | s per HVP spent / bare HVP "
-        "| bare HVP / gradient "
+        "| bare HVP / gradient | FLOPs (gradient + 1 product) / gradient "
         "| worst certified rel. bound | worst true rel. error (samples; over bound) "
         "| eigsh over eoslab HVP | eigsh over PyTorch HVP |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, x in r.items():
         t = x.get("torch")
@@ -184,6 +207,7 @@ def to_markdown(r: dict) -> str:
             f"| {x['ratio']:.2f}x / {x['ratio_mean']:.2f}x | {x['mv_median']:.0f}, {x['mv_max']} "
             f"| {x['per_hvp_s'] * 1e3:.1f} / {x['hvp_s'] * 1e3:.1f} ms "
             f"({x['per_hvp_s'] / x['hvp_s']:.2f}x) | {x['hvp_s'] / x['grad_s']:.2f}x "
+            f"| {x['flop_floor']:.2f}x "
             f"| {x['worst_rel_bound']:.1e} "
             f"| {x['worst_true_rel_err']:.1e} ({x['samples']}; {x['bound_violations']}) "
             f"| {x['eigsh_s']:.2f} s, {x['eigsh_mv']} HVPs "
