@@ -23,10 +23,9 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, UInt
 
 from ..batches import batch_objective, check_batch_size, example_count, next_batch
-from ..curvature.operator import HessianOperator, Operator, PreconditionedOperator
 from ..errors import ConfigError
 from ..objective import Objective
-from .process import Process, Row
+from .optimizer import RuleProcess
 from .rules import Rule
 
 __all__ = ["MiniBatch", "MiniBatchState"]
@@ -41,7 +40,7 @@ class MiniBatchState(NamedTuple):
     pos: Int[Array, ""]  # first unread position of perm
 
 
-class MiniBatch(Process):
+class MiniBatch(RuleProcess):
     """Runs an update rule (`eoslab.rules`: ``gd`` is SGD, ``heavy_ball`` SGD with momentum,
     ``adam``, ...) on mini-batches of ``batch_size`` examples drawn from ``seed`` by epochs
     without replacement (see the module docstring)."""
@@ -76,7 +75,7 @@ class MiniBatch(Process):
         """The (sorted) example indices of the batch the next step from ``state`` uses."""
         return next_batch(state.key, state.perm, state.pos, self.batch_size)[0]
 
-    def _step(self, objective: Objective, state: MiniBatchState, base=None):
+    def rule_step(self, objective: Objective, state: MiniBatchState, base=None):
         w = state.w
         idx, key, perm, pos = next_batch(state.key, state.perm, state.pos, self.batch_size)
         batch_loss, gb = jax.value_and_grad(batch_objective(objective, idx))(w)
@@ -93,28 +92,6 @@ class MiniBatch(Process):
         }
         new = MiniBatchState(w_new, inner, state.gf_time + info.lr_eff, key, perm, pos)
         return new, row
-
-    def step(self, objective: Objective, state: MiniBatchState) -> tuple[MiniBatchState, Row]:
-        return self._step(objective, state)
-
-    def step_given(
-        self, objective: Objective, state: MiniBatchState, loss: Array, grad: Array
-    ) -> tuple[MiniBatchState, Row]:
-        """`step` with the full objective's value and gradient already computed."""
-        return self._step(objective, state, (loss, grad))
-
-    def preconditioner(self, objective: Objective, state: MiniBatchState) -> Array | None:
-        """The diagonal $P$ of the step taken from ``state`` (None for rules without one)."""
-        if self.rule.preconditioner is None:
-            return None
-        nxt, _ = self._step(objective, state)
-        return self.rule.preconditioner(nxt.inner)
-
-    def operator(self, objective: Objective, state: MiniBatchState) -> Operator:
-        r"""The full-batch $H$, or $P^{-1/2}HP^{-1/2}$ for adaptive rules."""
-        H = HessianOperator(objective.base(), state.w)
-        p = self.preconditioner(objective, state)
-        return H if p is None else PreconditionedOperator(H, p)
 
     def describe(self) -> dict[str, Any]:
         return {

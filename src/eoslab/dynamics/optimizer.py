@@ -7,8 +7,10 @@ $\eta_t / (2\sqrt{\cdot})$.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -20,7 +22,7 @@ from ..objective import Objective
 from .process import Process, Row
 from .rules import Rule
 
-__all__ = ["Optimizer", "OptimizerState"]
+__all__ = ["Optimizer", "OptimizerState", "RuleProcess"]
 
 
 class OptimizerState(NamedTuple):
@@ -29,7 +31,41 @@ class OptimizerState(NamedTuple):
     gf_time: Float[Array, ""]  # sum of the effective LRs so far: the gradient-flow time used
 
 
-class Optimizer(Process):
+class RuleProcess(Process):
+    """A process that steps an update rule (`Optimizer`, `MiniBatch`): ``rule_step(objective,
+    state, base)`` takes one step, with ``base = (L, grad L)`` of the base loss when already
+    computed; its operator is $H$, preconditioned for adaptive rules."""
+
+    rule: eqx.AbstractVar[Rule]
+
+    @abc.abstractmethod
+    def rule_step(self, objective: Objective, state: Any, base=None) -> tuple[Any, Row]:
+        """One step of the rule from ``state`` (the row describes the point before it)."""
+
+    def step(self, objective: Objective, state: Any) -> tuple[Any, Row]:
+        return self.rule_step(objective, state)
+
+    def step_given(
+        self, objective: Objective, state: Any, loss: Array, grad: Array
+    ) -> tuple[Any, Row]:
+        """`step` with the base loss's value and gradient already computed (no second pass)."""
+        return self.rule_step(objective, state, (loss, grad))
+
+    def preconditioner(self, objective: Objective, state: Any) -> Array | None:
+        """The diagonal $P$ of the step taken from ``state`` (None for rules without one)."""
+        if self.rule.preconditioner is None:
+            return None
+        nxt, _ = self.rule_step(objective, state)
+        return self.rule.preconditioner(nxt.inner)
+
+    def operator(self, objective: Objective, state: Any) -> Operator:
+        r"""$H$, or $P^{-1/2}HP^{-1/2}$ (the spectrum of $P^{-1}H$) for adaptive rules."""
+        H = HessianOperator(objective.base(), state.w)
+        p = self.preconditioner(objective, state)
+        return H if p is None else PreconditionedOperator(H, p)
+
+
+class Optimizer(RuleProcess):
     """Runs an update rule (`eoslab.rules`) on the objective, full batch."""
 
     rule: Rule
@@ -44,7 +80,7 @@ class Optimizer(Process):
     def point(self, state: OptimizerState) -> Array:
         return state.w
 
-    def _step(self, objective: Objective, state: OptimizerState, base=None):
+    def rule_step(self, objective: Objective, state: OptimizerState, base=None):
         w = state.w
         sqrt = objective.transform == "sqrt"
         if base is None:
@@ -70,28 +106,6 @@ class Optimizer(Process):
             "gf_time": state.gf_time,
         }
         return OptimizerState(w_new, inner, state.gf_time + lr_eff), row
-
-    def step(self, objective: Objective, state: OptimizerState) -> tuple[OptimizerState, Row]:
-        return self._step(objective, state)
-
-    def step_given(
-        self, objective: Objective, state: OptimizerState, loss: Array, grad: Array
-    ) -> tuple[OptimizerState, Row]:
-        """`step` with the base loss's value and gradient already computed (no second pass)."""
-        return self._step(objective, state, (loss, grad))
-
-    def preconditioner(self, objective: Objective, state: OptimizerState) -> Array | None:
-        """The diagonal $P$ of the step taken from ``state`` (None for rules without one)."""
-        if self.rule.preconditioner is None:
-            return None
-        nxt, _ = self._step(objective, state)
-        return self.rule.preconditioner(nxt.inner)
-
-    def operator(self, objective: Objective, state: OptimizerState) -> Operator:
-        r"""$H$, or $P^{-1/2}HP^{-1/2}$ (the spectrum of $P^{-1}H$) for adaptive rules."""
-        H = HessianOperator(objective.base(), state.w)
-        p = self.preconditioner(objective, state)
-        return H if p is None else PreconditionedOperator(H, p)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "optimizer", "rule": self.rule.name, **self.rule.hyper}
