@@ -137,6 +137,85 @@ def test_list_and_table():
     assert "yes (built in)" in table and "no (eoslab data fetch" in table
 
 
+# ----------------------------------------------------------------------------- sequence tasks
+@pytest.mark.parametrize(
+    "name,task,length,vocab",
+    [
+        ("sort-L4-V10", "sort", 4, 10),
+        ("copy-L4-V10", "copy", 4, 10),
+        ("reverse-L4-V10", "reverse", 4, 10),
+        ("sort-L8-V32", "sort", 8, 32),
+    ],
+)
+def test_sequence_datasets_hold_their_task(name, task, length, vocab):
+    ds = data.load(name, n=50)
+    t = 2 * length - 1
+    assert ds.task == "sequence" and ds.name == name
+    assert ds.input_shape == (t,) and ds.num_classes == vocab
+    assert ds.x_train.shape == (50, t) and ds.y_train.shape == (50, t)
+    assert ds.y_train.dtype == np.int32 and ds.x_test.shape[1] == t
+    x, y = np.asarray(ds.x_train), np.asarray(ds.y_train)
+    assert np.array_equal(x, np.round(x)) and x.min() >= 0 and x.max() < vocab  # raw token ids
+    want = {"sort": sorted, "copy": list, "reverse": lambda a: a[::-1]}[task]
+    for xi, yi in zip(x.astype(int).tolist(), y.tolist(), strict=True):
+        a = xi[:length]
+        b = list(want(a))
+        assert xi == a + b[:-1]  # teacher forcing: source, then the target shifted
+        assert yi == a[: length - 1] + b  # echo the source, then the target one token ahead
+    spec = DATASETS[name]
+    full = data.load(name)
+    assert full.n_train == spec.train_size and full.n_test == spec.test_size
+    assert np.array_equal(np.asarray(full.x_train[:50]), x)  # n keeps the first n
+
+
+def test_sequence_datasets_refuse_a_balanced_subset_before_any_work(monkeypatch):
+    monkeypatch.setitem(
+        DATASETS, "sort-L4-V10", dataclasses.replace(DATASETS["sort-L4-V10"], loader=_boom)
+    )
+    with pytest.raises(ConfigError) as err:
+        data.load("sort-L4-V10", n=20, subset="balanced")
+    assert err.value.field == "subset" and "'first'" in err.value.accepted
+    assert "sequence" in err.value.accepted
+    with pytest.raises(ConfigError, match="n=4097"):
+        data.load("sort-L4-V10", n=4097)
+
+
+def test_losses_and_accuracy_on_token_sequences():
+    """cross_entropy, mse_half and the accuracy probe of (N, T, V) logits against (N, T) labels,
+    against loops over examples and positions."""
+    import jax.numpy as jnp
+
+    from eoslab import Objective, losses
+    from eoslab.runner import accuracy_probe
+
+    rng = np.random.default_rng(0)
+    n, t, v = 5, 7, 4
+    logits = rng.normal(size=(n, t, v))
+    labels = rng.integers(0, v, size=(n, t)).astype(np.int32)
+    ce = mse = hits = 0.0
+    for i in range(n):
+        for j in range(t):
+            z = logits[i, j]
+            ce += -(z[labels[i, j]] - np.log(np.sum(np.exp(z))))
+            mse += 0.5 * sum((z[c] - (c == labels[i, j])) ** 2 for c in range(v))
+            hits += int(np.argmax(z) == labels[i, j])
+    out, y = jnp.asarray(logits), jnp.asarray(labels)
+    assert float(losses.cross_entropy(out, y)) == pytest.approx(ce / (n * t), rel=1e-12)
+    assert float(losses.mse_half(out, y)) == pytest.approx(mse / (n * t), rel=1e-12)
+    assert float(losses.mse_sum(out, y)) == pytest.approx(2 * mse / (n * t), rel=1e-12)
+    # the probe of a model whose outputs are the logits above (the parameters are the logits)
+    obj = Objective.from_model(
+        lambda p, x: p["z"] + 0 * x[..., None],
+        {"z": logits},
+        (np.zeros((n, t)), labels),
+        "cross_entropy",
+        dtype="float64",
+    )
+    probe = accuracy_probe(obj)
+    assert probe is not None
+    assert probe(obj.w0, obj, {})["accuracy"] == pytest.approx(hits / (n * t), rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- CIFAR-10 files
 def _cifar_arrays(n, seed):
     rng = np.random.default_rng(seed)

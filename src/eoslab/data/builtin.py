@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .sequences import sequence_arrays
 from .specs import DatasetSpec, RawData
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "linear_regression",
     "mnist1d",
     "mnist_5k",
+    "sequences",
 ]
 
 
@@ -124,6 +126,43 @@ def gaussian_mixture(k: int, per_class: int = 250, radius: float = 3.0) -> RawDa
     return x_tr, y_tr, x_te, y_te
 
 
+@functools.cache
+def sequences(task: str, length: int, vocab: int, n_train: int, n_test: int) -> RawData:
+    r"""The synthetic sequence ``task`` (`eoslab.data.sequences`: sort, copy or reverse $L$ tokens
+    of a vocabulary of $V$): one draw of ``n_train + n_test`` sources with seed 0, split in order,
+    so it equals ``sequence_task(task, n_train, n_test, length, vocab, seed=0)``. Inputs are token
+    ids ``(N, 2L-1)``, labels the next tokens ``(N, 2L-1)``."""
+    x, y = sequence_arrays(task, n_train + n_test, length, vocab, 0)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+
+
+#: The sequence datasets: (task, L, V, train, test); named ``{task}-L{L}-V{V}`` like
+#: `sequence_task`'s datasets. The long sort has room for GPU-sized runs.
+SEQUENCE_SETS: tuple[tuple[str, int, int, int, int], ...] = (
+    ("sort", 4, 10, 4096, 1024),
+    ("copy", 4, 10, 4096, 1024),
+    ("reverse", 4, 10, 4096, 1024),
+    ("sort", 8, 32, 65536, 4096),
+)
+
+
+def _sequence_spec(task: str, length: int, vocab: int, n_train: int, n_test: int) -> DatasetSpec:
+    return DatasetSpec(
+        f"{task}-L{length}-V{vocab}",
+        "generated (eoslab.data.sequences)",
+        n_train,
+        n_test,
+        (2 * length - 1,),
+        vocab,
+        functools.partial(lambda _, a: sequences(*a), a=(task, length, vocab, n_train, n_test)),
+        _builtin,
+        task="sequence",
+        standardize=False,
+        description=f"{task} {length} tokens of {vocab}: token ids (N, {2 * length - 1}), "
+        "next-token labels (N, T), for eoslab.models 'transformer'",
+    )
+
+
 #: The built-in datasets, registered by `eoslab.data.registry`.
 SPECS: tuple[DatasetSpec, ...] = (
     DatasetSpec(
@@ -203,4 +242,5 @@ SPECS: tuple[DatasetSpec, ...] = (
         )
         for k in (2, 4)
     ),
+    *(_sequence_spec(*args) for args in SEQUENCE_SETS),
 )

@@ -129,14 +129,15 @@ def load(
         name: a name from `list()`.
         n: training examples to keep (None: all). The test set is kept whole.
         subset: ``"first"``: the first ``n`` in file order (Cohen et al.); ``"balanced"``: ``n/k``
-            per class drawn with ``seed`` (classification only).
+            per class drawn with ``seed`` (classification only; regression and sequence datasets
+            refuse it).
         seed: seed of the balanced draw (ignored by ``"first"``).
         data_dir: where on-disk datasets live (default ``$EOSLAB_DATA`` or
             ``~/.cache/eoslab/data``).
 
     Preprocessing: image and feature datasets are standardized per feature with the statistics of
     the selected training examples, so the training inputs have mean 0 and std 1 per feature;
-    regression and toy sets are left as generated.
+    regression, toy and sequence sets (token ids) are left as generated.
 
     Raises:
         ConfigError: unknown name, bad subset, or ``n`` larger than the training set (checked
@@ -147,7 +148,11 @@ def load(
     if subset not in SUBSETS:
         raise ConfigError("subset", subset, "one of " + ", ".join(map(repr, SUBSETS)))
     if subset == "balanced" and spec.task != "classification":
-        raise ConfigError("subset", subset, f"'first' ({name!r} is a regression dataset)")
+        raise ConfigError(
+            "subset",
+            subset,
+            f"'first' ({name!r} is a {spec.task} dataset: no class per example to balance)",
+        )
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ConfigError("seed", seed, "an int")
     _check_n(n, spec.train_size)
@@ -161,7 +166,7 @@ def load(
         x_tr, y_tr = x_tr[idx], y_tr[idx]
     if spec.standardize:
         x_tr, x_te = standardize(x_tr, x_te)
-    ydt = np.int32 if spec.task == "classification" else np.float32
+    ydt = np.float32 if spec.task == "regression" else np.int32
     return Dataset(
         name=name,
         x_train=jnp.asarray(x_tr, jnp.float32),

@@ -70,10 +70,10 @@ def sequence_task(
     vocab: int = 10,
     seed: int = 0,
 ) -> Dataset:
-    r"""The sequence ``task`` as a `Dataset`: ``x`` token ids ``(N, 2L-1)`` (float32, exact
-    integers), ``y`` int32 labels ``(N, 2L-1)``, ``num_classes = vocab``, ``input_shape =
-    (2L-1,)``. Training and test examples are one draw of ``n_train + n_test`` sources with
-    ``seed``, split in order.
+    r"""The sequence ``task`` as a `Dataset` (``task="sequence"``): ``x`` token ids ``(N, 2L-1)``
+    (float32, exact integers), ``y`` int32 labels ``(N, 2L-1)``, ``num_classes = vocab``,
+    ``input_shape = (2L-1,)``. Training and test examples are one draw of ``n_train + n_test``
+    sources with ``seed``, split in order.
 
     Use it with ``eoslab.models.create("transformer", key, ds.input_shape, ds.num_classes)``
     and any loss of `eoslab.losses` (integer labels per position; outputs ``(N, T, V)``).
@@ -90,5 +90,5 @@ def sequence_task(
         y_test=jnp.asarray(y[n_train:], jnp.int32),
         num_classes=int(vocab),
         input_shape=(int(x.shape[1]),),
-        task="classification",
+        task="sequence",
     )

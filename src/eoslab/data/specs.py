@@ -32,7 +32,9 @@ ENV_VAR = "EOSLAB_DATA"
 class Dataset:
     """A dataset on the device: inputs ``x_*`` of shape ``(N, *input_shape)`` (float32) and
     labels ``y_*``: int32 classes ``(N,)`` for classification, float32 targets
-    ``(N, num_classes)`` for regression (``num_classes`` is then the output dimension)."""
+    ``(N, num_classes)`` for regression (``num_classes`` is then the output dimension), int32
+    token labels ``(N, T)`` for sequence tasks (``num_classes`` is then the vocabulary, the inputs
+    are token ids, one label per position)."""
 
     name: str
     x_train: Array
@@ -41,7 +43,7 @@ class Dataset:
     y_test: Array
     num_classes: int
     input_shape: tuple[int, ...]
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["classification", "regression", "sequence"] = "classification"
 
     @property
     def n_train(self) -> int:
@@ -69,7 +71,7 @@ class DatasetSpec:
     num_classes: int
     loader: Callable[[Path | None], RawData]
     locate: Callable[[Path | None], str | None]
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["classification", "regression", "sequence"] = "classification"
     standardize: bool = True
     fetchable: bool = False
     description: str = ""

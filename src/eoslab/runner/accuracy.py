@@ -2,8 +2,10 @@ r"""The training-accuracy probe of a classifier, on by default in `train` and `e
 
 For an objective built by `Objective.from_model` on a dataset with integer class labels
 $c_i$, the probe reports $\frac1N \sum_i [\arg\max_c f_c(\theta(w), x_i) = c_i]$ at probed
-steps (column ``accuracy``). Other objectives (regression targets, plain functions of $w$) have
-no accuracy and get no probe.
+steps (column ``accuracy``). Sequence tasks (integer labels $c_{it}$ per position, logits
+$f_{t,c}$; ``eoslab.data`` datasets of task ``"sequence"``) get the per-token accuracy
+$\frac1{NT} \sum_{i,t} [\arg\max_c f_{t,c}(\theta(w), x_i) = c_{it}]$. Other objectives
+(regression targets, plain functions of $w$) have no accuracy and get no probe.
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ def accuracy_probe(objective: Objective) -> AccuracyProbe | None:
     """The accuracy probe of ``objective`` if it is a classifier, else None.
 
     A classifier is an objective from `Objective.from_model` (or its ``sqrt()``) whose labels are
-    integer class indices, one per example (``eoslab.data`` gives classification datasets such
-    labels, regression datasets real targets).
+    integer class indices, one per example ``(N,)`` or one per position ``(N, T)`` (per-token
+    accuracy; ``eoslab.data`` gives classification and sequence datasets such labels, regression
+    datasets real targets).
     """
     base = objective.base() if isinstance(objective, Objective) else None
     if base is None or not isinstance(base.fn, ModelLoss) or not isinstance(base.data, dict):
         return None
     y = base.data.get("y")
-    if y is None or jnp.ndim(y) != 1 or not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+    if (
+        y is None
+        or jnp.ndim(y) not in (1, 2)
+        or not jnp.issubdtype(jnp.result_type(y), jnp.integer)
+    ):
         return None
     return AccuracyProbe(base.fn, base.data)
