@@ -10,11 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import data, losses, models
+from ..batches import check_batch_size, example_count
+from ..curvature import batch_sharpness_probe
+from ..dynamics.minibatch import MiniBatch
 from ..dynamics.optimizer import Optimizer
 from ..dynamics.process import Process
 from ..errors import ConfigError
 from ..objective import Objective
-from ..parallel import microbatched, shard_objective
+from ..parallel import batch_size_of, microbatched, shard_objective
 from ..runner import accuracy_probe
 from .config import Experiment, ModelProblem, QuadraticProblem, ToyMLPProblem, ValleyProblem
 
@@ -93,7 +96,9 @@ def _toy_mlp(p: ToyMLPProblem, seed: int, dtype) -> tuple[Objective, None, dict]
 
 def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
     ds = data.load(p.dataset, n=p.n, subset=p.subset, seed=seed, data_dir=p.data_dir)
-    apply, params = models.create(p.model, jax.random.PRNGKey(seed), ds.input_shape, ds.num_classes)
+    apply, params = models.create(
+        p.model, jax.random.PRNGKey(seed), ds.input_shape, ds.num_classes, **p.model_options
+    )
     if dtype == jnp.float64:
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
     loss = getattr(losses, p.loss)
@@ -140,7 +145,38 @@ def build(exp: Experiment) -> Built:
         obj = microbatched(obj, batch_size=exp.microbatch)
     if exp.devices != 1:
         obj = shard_objective(obj, devices=exp.devices)
-    processes: dict[str, Process] = {exp.rule.kind: Optimizer(exp.rule.build(obj.loss_min))}
+    rule = exp.rule.build(obj.loss_min)
+    custom: tuple = (acc,) if (acc is not None and exp.accuracy) else ()
+    if exp.batch_size is None:
+        processes: dict[str, Process] = {exp.rule.kind: Optimizer(rule)}
+    else:
+        _check_batches(obj, exp.batch_size)
+        processes = {exp.rule.kind: MiniBatch(rule, exp.batch_size, exp.seed)}
+        if exp.batch_sharpness:
+            custom += (_batch_probe(exp),)
+        info["batch_size"] = exp.batch_size
     processes.update(exp.compare)
-    custom = (acc,) if (acc is not None and exp.accuracy) else ()
     return Built(obj, processes, custom, info)
+
+
+def _check_batches(obj: Objective, batch_size: int) -> None:
+    """``batch_size`` against the built objective: at most its $N$ examples (on-disk data may hold
+    fewer than the registry says) and, micro-batched in blocks of $m$, at most $m$ or a multiple
+    of $m$."""
+    n = example_count(obj, "problem")
+    check_batch_size(batch_size, n)
+    m = batch_size_of(obj)
+    if m is not None and batch_size > m and batch_size % m:
+        raise ConfigError(
+            "batch_size", batch_size, f"at most {m} or a multiple of {m} (the micro-batch)"
+        )
+
+
+def _batch_probe(exp: Experiment):
+    r"""Batch sharpness $\mathbb{E}_B[g_B^\top H_B g_B/\|g_B\|^2]$ and GNI at probed steps, to
+    ``batch_sharpness_rel_err`` (the per-batch Lanczos $\lambda_{\max}$ is left out: its cost is a
+    Lanczos run per batch)."""
+    rel = exp.batch_sharpness_rel_err
+    return batch_sharpness_probe(
+        exp.batch_size, rel_err=rel, seed=exp.seed, lambda_max=False, gni=True, gni_rel_err=rel
+    )

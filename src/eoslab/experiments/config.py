@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 import tyro
 
+from ..data import registry as data_registry
 from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
 from ..dynamics.gradient_flow import GradientFlow
 from ..dynamics.limiting_flow import ProjectedLimitingFlow, RetractedLimitingFlow
@@ -34,6 +35,7 @@ from ..dynamics.rules import (
 )
 from ..dynamics.self_stabilization import ProjectedGD, SelfStabilization
 from ..errors import ConfigError, check_positive
+from ..models.registry import int_option_names
 from ..runner import Probes, Stop
 
 __all__ = [
@@ -81,12 +83,35 @@ class ModelProblem:
     """Training loss; mse_half = mean over examples of 1/2 sum_c (f_c - y_c)^2."""
     data_dir: Annotated[str | None, tyro.conf.arg(metavar="DIR")] = None
     """Where on-disk datasets live (default: $EOSLAB_DATA)."""
+    model_options: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Integer options of the model family over its defaults (transformer: d_model, n_heads,
+    n_layers, d_mlp; see eoslab.models.create), e.g. --problem.model-options d_model 64."""
 
     kind: ClassVar[str] = "model"
 
     def __post_init__(self) -> None:
         if self.n is not None:
             _check_int("n", self.n, 1)
+        if not isinstance(self.model_options, dict):
+            raise ConfigError("model_options", self.model_options, "a mapping of names to ints")
+        accepted = int_option_names(self.model)
+        for name, value in self.model_options.items():
+            if accepted is not None and name not in accepted:
+                raise ConfigError(
+                    f"model_options.{name}",
+                    value,
+                    f"an integer option of {self.model!r}: " + ", ".join(accepted)
+                    if accepted
+                    else f"no options ({self.model!r} has no integer options)",
+                )
+            _check_int(f"model_options.{name}", value, 1)
+
+    def examples(self) -> int | None:
+        """The number of training examples (None when the dataset is unknown here)."""
+        if self.n is not None:
+            return self.n
+        spec = data_registry.DATASETS.get(self.dataset)
+        return None if spec is None else spec.train_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,11 +228,27 @@ class Experiment:
     """Shard the training examples over this many devices (eoslab.parallel)."""
     microbatch: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
     """Accumulate loss, gradient and HVPs over micro-batches of this many examples (default off)."""
+    batch_size: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
+    """None (default): full batch. An integer b: the rule steps on the batch loss
+    L_B = 1/b sum_{i in B} l_i of mini-batches of b examples, drawn by epochs without replacement
+    from `seed` (eoslab.dynamics.MiniBatch: SGD for rule gd); rows add batch_loss and
+    batch_grad_norm, while loss and grad_norm stay those of the full batch."""
+    batch_sharpness: bool = True
+    """With batch_size: at probed steps, the batch sharpness E_B[g_B^T H_B g_B / |g_B|^2] (SGD
+    holds it at 2/lr) and the gradient-noise interaction E_B[g_B^T H g_B] / |g|^2 over random
+    batches of batch_size (eoslab.curvature.batch_sharpness_probe; one HVP per batch). Full-batch
+    runs never measure them."""
+    batch_sharpness_rel_err: float = 0.02
+    """Random batches are drawn (10 to 1000) until the standard error of each batch estimate is
+    at most this fraction of it (columns batch_sharpness_stderr, batch_sharpness_batches)."""
 
     def __post_init__(self) -> None:
         _check_int("devices", self.devices, 1)
         if self.microbatch is not None:
             _check_int("microbatch", self.microbatch, 1)
+        check_positive("batch_sharpness_rel_err", self.batch_sharpness_rel_err)
+        if self.batch_size is not None:
+            self._check_batch_size()
         _check_int("steps", self.steps, 1)
         _check_int("probe_every", self.probe_every, 1)
         _check_int("log_every", self.log_every, 1)
@@ -231,6 +272,29 @@ class Experiment:
                     f"the rule's lr ({self.rule.lr:g}): processes in lockstep share one step "
                     f"(set --compare.{name}.lr too)",
                 )
+
+    def _check_batch_size(self) -> None:
+        b, p = self.batch_size, self.problem
+        if not isinstance(p, ModelProblem):
+            raise ConfigError(
+                "batch_size",
+                b,
+                f"None (full batch): a {p.kind!r} problem is no mean over examples; mini-batches "
+                "need a problem of kind 'model'",
+            )
+        n = p.examples()
+        accepted = "None (full batch) or an integer from 1 to " + (
+            f"n = {n} (the training examples)" if n is not None else "n (the training examples)"
+        )
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1 or (n is not None and b > n):
+            raise ConfigError("batch_size", b, accepted)
+        if self.compare:
+            raise ConfigError(
+                "compare",
+                ", ".join(self.compare),
+                "no processes beside a mini-batch run (batch_size set): the flows follow "
+                "full-batch GD; drop --batch-size, or compare with a full-batch run",
+            )
 
 
 # ------------------------------------------------------------------------------ (de)serialize

@@ -65,6 +65,16 @@ PRESETS: dict[str, Experiment] = {
         description="GD on sqrt(L): effective LR lr/(2 sqrt L) grows as L falls; sharpness "
         "rises to 2/lr_eff = 4 sqrt(L)/lr by step ~650, then falls along with it.",
     ),
+    "sgd-eoss": Experiment(
+        problem=_NET,
+        rule=GD(lr=0.1),
+        batch_size=32,
+        steps=3000,
+        probe_every=25,
+        description="SGD, batches of 32, lr 0.1 (Andreyev & Beneventano's edge of stochastic "
+        "stability): the batch sharpness E_B[g_B^T H_B g_B/|g_B|^2] rises to 2/lr = 20 and "
+        "hovers there while the full-batch sharpness stays below it.",
+    ),
     "quadratic-diverge": Experiment(
         problem=QuadraticProblem(dim=10, top=25.0, bottom=1.0),
         rule=GD(lr=0.1),

@@ -18,7 +18,7 @@ from .resnet import resnet
 from .transformer import transformer
 from .vgg import vgg
 
-__all__ = ["Preset", "PRESETS", "create", "list"]
+__all__ = ["Preset", "PRESETS", "create", "int_option_names", "list"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +121,19 @@ def list() -> builtins.list[str]:  # noqa: A001 - part of the public interface
 def _options_of(factory: Callable) -> builtins.list[str]:
     sig = inspect.signature(factory)
     return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def int_option_names(name: str) -> builtins.list[str] | None:
+    """The integer options (annotated ``int`` or ``int | None``) `create` accepts for model
+    ``name``; None for an unknown name."""
+    if name not in PRESETS:
+        return None
+    sig = inspect.signature(PRESETS[name].factory)
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and str(p.annotation) in ("int", "int | None")
+    ]
 
 
 def create(
