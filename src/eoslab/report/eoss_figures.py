@@ -1,0 +1,62 @@
+"""Figures of the Edge of Stochastic Stability reproduction (`eoslab reproduce eoss`): batch
+sharpness and $\\lambda_{\\max}$ against the SGD step, one panel per batch size, against $2/\\eta$.
+
+Draws from the frames computed by ``eoslab.reproduce.eoss``; settings and checks:
+``docs/theory.md``, "Edge of Stochastic Stability: the `eoss` reproduction".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from .output import pyplot, save_figure
+from .run_info import threshold_label
+
+__all__ = ["eoss_figures"]
+
+
+def eoss_figures(
+    out: Path, frames: Mapping[int, pd.DataFrame], *, lr: float, stable_from: float
+) -> list[Path]:
+    r"""``eoss.png``: one panel per batch size (the keys of ``frames``), each with the batch
+    sharpness (``batch_sharpness``, band $\pm2$ ``batch_sharpness_stderr``), the full-batch
+    $\lambda_{\max}$ (``sharpness``) and $2/\eta$ against ``step``, the stable phase
+    (steps $\ge$ ``stable_from``) shaded; ``loss.png``: the full-batch loss of every run."""
+    plt = pyplot()
+    out = Path(out)
+    thr = 2.0 / lr
+    sizes = sorted(frames)
+    top = max(float(f[["batch_sharpness", "sharpness"]].max().max()) for f in frames.values())
+    ymax = min(1.15 * max(top, thr), 2.5 * thr)  # a sharp start would squash the stable phase
+    fig, axes = plt.subplots(
+        1, len(sizes), figsize=(4.2 * len(sizes), 3.8), sharey=True, squeeze=False
+    )
+    for ax, b in zip(axes[0], sizes, strict=True):
+        f = frames[b]
+        s, bs, se = f["step"], f["batch_sharpness"], f["batch_sharpness_stderr"]
+        ax.axvspan(stable_from, float(s.max()), color="0.92", label="stable phase")
+        ax.fill_between(s, bs - 2 * se, bs + 2 * se, color="C0", alpha=0.3, lw=0)
+        ax.plot(s, bs, "o-", color="C0", ms=3, lw=1.2, label="batch sharpness (±2 s.e.)")
+        ax.plot(s, f["sharpness"], "s-", color="C3", ms=3, lw=1.2, label=r"$\lambda_{\max}$")
+        ax.axhline(thr, color="k", ls="--", lw=1, label=threshold_label("gd", thr))
+        ax.set_title(f"SGD, batch size {b}, lr {lr:g}")
+        ax.set_xlabel("SGD step (iterations)")
+        ax.set_ylim(0, ymax)
+        if top > ymax:
+            ax.text(0.02, 0.97, "start clipped", transform=ax.transAxes, va="top", fontsize=7)
+    axes[0][0].set_ylabel("Hessian eigenvalue / Rayleigh quotient\n(loss / parameter², as 2/lr)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9, bbox_to_anchor=(0.5, 0.0))
+    paths = [save_figure(fig, out / "eoss.png")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for b in sizes:
+        f = frames[b]
+        ax.plot(f["step"], f["loss"], "o-", ms=3, label=f"batch size {b}")
+    ax.set(xlabel="SGD step (iterations)", ylabel="full-batch train loss (MSE/2)", yscale="log")
+    ax.legend(fontsize=8)
+    paths.append(save_figure(fig, out / "loss.png"))
+    return paths
