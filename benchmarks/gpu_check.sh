@@ -2,10 +2,12 @@
 # GPU check (issue 7): on a machine with an NVIDIA GPU, run the CIFAR VGG-11-AV preset for a few
 # hundred full-batch GD steps with a warm sharpness probe at every step, and print the benchmark
 # suite's table for it (GD step, HVP, certified lambda_1 cold/warm, probed step, FLOP rate vs the
-# measured float32 matmul peak), then the sharpness-at-every-step table (bench_every_step.py).
+# measured float32 matmul peak), then the sharpness-at-every-step table (bench_every_step.py),
+# then the transformer preset at GPU size (TR_STEPS, TR_N to change it).
 # Budget: under 15 minutes including the install.
 #
 # Usage (repository root):  bash benchmarks/gpu_check.sh [STEPS] [N_EXAMPLES]
+#   ONLY=transformer bash benchmarks/gpu_check.sh   the transformer part alone (under 8 minutes)
 # Uses ./.venv-gpu; creates it (system site packages, so a preinstalled CUDA jax is reused) and
 # installs eoslab plus jax[cuda12] of the same version as the CPU venv when jax sees no GPU.
 # Without network access, preinstall `jax[cuda12]` in the base Python first.
@@ -26,6 +28,7 @@ if ! "$VENV/bin/python" -c "import jax,sys; sys.exit(jax.default_backend()!='gpu
     || echo "could not install jax[cuda12] (offline?); running on $("$VENV/bin/python" -c 'import jax; print(jax.default_backend())')"
 fi
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+if [ "${ONLY:-all}" != transformer ]; then
 timeout 540 "$VENV/bin/python" - "$STEPS" "$N" <<'PYEOF'
 import sys, time
 sys.path.insert(0, "benchmarks")
@@ -43,3 +46,23 @@ print(f"VGG-11-AV: {steps} probed GD steps at lr=1/lambda_1(w0); lambda_1 {w['la
 PYEOF
 # the sharpness-at-every-step table (certified lambda_1 at each GD step vs the step alone)
 timeout 300 "$VENV/bin/python" benchmarks/bench_every_step.py || echo "every-step benchmark failed"
+fi
+# the transformer preset at GPU size: 32,768 sorted sequences of 8 tokens out of 32 (T = 15),
+# d_model 256, 8 heads, 4 layers (~3.2M parameters; about 40 GB of activations for an HVP),
+# full-batch GD with the certified sharpness every 20 steps; prints wall time and the last rows.
+TR_STEPS="${TR_STEPS:-100}"
+TR_N="${TR_N:-32768}"
+TR_OUT=$(mktemp -d /tmp/eoslab-transformer-XXXX)
+T0=$(date +%s)
+timeout 420 "$VENV/bin/eoslab" run transformer --problem.dataset sort-L8-V32 --problem.n "$TR_N" \
+  --problem.model-options d_model 256 n_heads 8 n_layers 4 \
+  --steps "$TR_STEPS" --probe-every 20 --quiet --no-plot --out "$TR_OUT/run" \
+  || echo "transformer run failed"
+echo "transformer: $TR_STEPS GD steps on $TR_N sequences in $(( $(date +%s) - T0 )) s (compiles included)"
+"$VENV/bin/python" - "$TR_OUT/run" <<'PYEOF' || true
+import sys
+import eoslab
+m = eoslab.load_run(sys.argv[1]).metrics
+cols = [c for c in ("step", "loss", "grad_norm", "sharpness", "threshold", "accuracy") if c in m]
+print(m[m["sharpness"].notna()][cols].to_string(index=False))
+PYEOF

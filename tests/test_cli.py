@@ -107,6 +107,26 @@ def test_bad_flag_value_is_a_usage_error(capsys):
     assert exc.value.code == 2
 
 
+def test_model_options_and_mini_batches_are_checked_before_any_work(tmp_path, capsys):
+    out = tmp_path / "x"
+    for args, needles in (
+        (["--problem.model-options", "width", "64"], ["model_options.width=64", "d_model"]),
+        (["--problem.model-options", "d_model", "0"], ["model_options.d_model=0", ">= 1"]),
+        (["--batch-size", "1025"], ["batch_size=1025", "from 1 to n = 1024"]),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "transformer", *args, "--out", str(out)])
+        assert exc.value.code == 2
+        err = " ".join(capsys.readouterr().err.replace("│", " ").split())
+        assert all(n in err for n in needles), err
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "gd-central-flow", "--batch-size", "8", "--out", str(out)])
+    assert exc.value.code == 2
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert "compare=" in err and "full-batch GD" in err
+    assert not out.exists()
+
+
 def test_divergence_exit_code_message_and_metrics(tmp_path, capsys):
     out = tmp_path / "div"
     code = main(["run", "quadratic-diverge", "--out", str(out), "--quiet", "--no-plot"])

@@ -204,7 +204,6 @@ def test_cli_sgd_steps_and_batch_sharpness_against_the_reference(tmp_path):
         "batch_grad_norm",
         "batch_sharpness",
         "batch_sharpness_stderr",
-        "gni",
     ):
         assert col in m, col
     full, batch, _, _, (params_end, x, y) = _reference(steps)

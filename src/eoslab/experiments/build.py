@@ -173,10 +173,14 @@ def _check_batches(obj: Objective, batch_size: int) -> None:
 
 
 def _batch_probe(exp: Experiment):
-    r"""Batch sharpness $\mathbb{E}_B[g_B^\top H_B g_B/\|g_B\|^2]$ and GNI at probed steps, to
-    ``batch_sharpness_rel_err`` (the per-batch Lanczos $\lambda_{\max}$ is left out: its cost is a
-    Lanczos run per batch)."""
-    rel = exp.batch_sharpness_rel_err
+    r"""Batch sharpness $\mathbb{E}_B[g_B^\top H_B g_B/\|g_B\|^2]$ at probed steps, to
+    ``batch_sharpness_rel_err``: one HVP of a batch loss per batch. The per-batch Lanczos
+    $\lambda_{\max}$ (a Lanczos run per batch) and the GNI (a full-batch HVP per batch) are left
+    to `eoslab.curvature.batch_sharpness_probe` from Python: each costs far more."""
     return batch_sharpness_probe(
-        exp.batch_size, rel_err=rel, seed=exp.seed, lambda_max=False, gni=True, gni_rel_err=rel
+        exp.batch_size,
+        rel_err=exp.batch_sharpness_rel_err,
+        seed=exp.seed,
+        lambda_max=False,
+        gni=False,
     )

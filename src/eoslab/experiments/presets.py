@@ -2,8 +2,10 @@
 the theories' flows), as typed configs.
 
 Most presets train the fully-connected tanh net (widths 200, 200) on 4,000 MNIST-1D examples with
-MSE (``mse_half``), full batch. Pick one with ``eoslab run NAME`` and override any field
-(``--rule.lr 0.2``, ``--steps 500``, ``--compare.cf.substeps 8``); ``eoslab list`` prints them.
+MSE (``mse_half``), full batch; ``sgd-eoss`` runs it with SGD on batches of 32 and ``transformer``
+trains a small causal transformer on a synthetic sort task. Pick one with ``eoslab run NAME`` and
+override any field (``--rule.lr 0.2``, ``--steps 500``, ``--compare.cf.substeps 8``); ``eoslab
+list`` prints them.
 """
 
 from __future__ import annotations
@@ -74,6 +76,17 @@ PRESETS: dict[str, Experiment] = {
         description="SGD, batches of 32, lr 0.1 (Andreyev & Beneventano's edge of stochastic "
         "stability): the batch sharpness E_B[g_B^T H_B g_B/|g_B|^2] rises to 2/lr = 20 and "
         "hovers there while the full-batch sharpness stays below it.",
+    ),
+    "transformer": Experiment(
+        problem=ModelProblem(
+            model="transformer", dataset="sort-L8-V32", n=1024, loss="cross_entropy"
+        ),
+        rule=GD(lr=0.3),
+        steps=600,
+        probe_every=10,
+        description="Full-batch GD lr 0.3 on sorting 8 tokens of 32 (1,024 sequences) with a "
+        "pre-LN causal transformer (d_model 32, 2 layers, cross-entropy): progressive sharpening "
+        "from ~0.4 to 2/lr ~ 6.7, then the edge of stability (minutes on CPU).",
     ),
     "quadratic-diverge": Experiment(
         problem=QuadraticProblem(dim=10, top=25.0, bottom=1.0),
