@@ -10,13 +10,20 @@ from os import PathLike
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import beyond, paper, vgg
+from . import beyond, eoss, paper, transformer, vgg
 from ._common import Experiment
 
 __all__ = ["Experiment", "get", "names", "run", "EXPERIMENTS"]
 
 EXPERIMENTS: dict[str, Experiment] = {
-    e.name: e for e in (*paper.EXPERIMENTS, *vgg.EXPERIMENTS, *beyond.EXPERIMENTS)
+    e.name: e
+    for e in (
+        *paper.EXPERIMENTS,
+        *vgg.EXPERIMENTS,
+        *beyond.EXPERIMENTS,
+        *transformer.EXPERIMENTS,
+        *eoss.EXPERIMENTS,
+    )
 }
 
 
