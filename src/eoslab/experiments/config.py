@@ -235,8 +235,9 @@ class Experiment:
     batch_grad_norm, while loss and grad_norm stay those of the full batch."""
     batch_sharpness: bool = True
     """With batch_size: at probed steps, the batch sharpness E_B[g_B^T H_B g_B / |g_B|^2] over
-    random batches of batch_size (SGD holds it at 2/lr; eoslab.curvature.batch_sharpness_probe,
-    one HVP of a batch loss per batch). Full-batch runs never measure it."""
+    random batches of batch_size (Andreyev & Beneventano find SGD holds it at 2/lr;
+    eoslab.curvature.batch_sharpness_probe, one HVP of a batch loss per batch). Full-batch runs
+    never measure it."""
     batch_sharpness_rel_err: float = 0.02
     """Random batches are drawn (10 to 1000) until the standard error of each batch estimate is
     at most this fraction of it (columns batch_sharpness_stderr, batch_sharpness_batches)."""

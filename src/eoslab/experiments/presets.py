@@ -71,11 +71,12 @@ PRESETS: dict[str, Experiment] = {
         problem=_NET,
         rule=GD(lr=0.1),
         batch_size=32,
-        steps=3000,
-        probe_every=25,
-        description="SGD, batches of 32, lr 0.1 (Andreyev & Beneventano's edge of stochastic "
-        "stability): the batch sharpness E_B[g_B^T H_B g_B/|g_B|^2] rises to 2/lr = 20 and "
-        "hovers there while the full-batch sharpness stays below it.",
+        steps=2000,
+        probe_every=50,
+        description="SGD, batches of 32, lr 0.1 (eos-gd's net and lr; Andreyev & Beneventano's "
+        "edge of stochastic stability): the full-batch sharpness levels off at ~11, well below "
+        "the 2/lr = 20 GD settles at, with the batch sharpness E_B[g_B^T H_B g_B/|g_B|^2] "
+        "measured beside it (~4-5 from step ~800; ~5 minutes on 2 CPU cores).",
     ),
     "transformer": Experiment(
         problem=ModelProblem(
