@@ -239,7 +239,7 @@ class Experiment:
     eoslab.curvature.batch_sharpness_probe, one HVP of a batch loss per batch). Full-batch runs
     never measure it."""
     batch_sharpness_rel_err: float = 0.02
-    """Random batches are drawn (10 to 1000) until the standard error of each batch estimate is
+    """Random batches are drawn (10 to 1000) until the standard error of the batch sharpness is
     at most this fraction of it (columns batch_sharpness_stderr, batch_sharpness_batches)."""
 
     def __post_init__(self) -> None:
