@@ -223,3 +223,46 @@ def test_cli_sgd_steps_and_batch_sharpness_against_the_reference(tmp_path):
           f"reference {mean:.5g} +- {se:.2g}")  # fmt: skip
     assert row["batch_sharpness_stderr"] <= 0.05 * row["batch_sharpness"]
     assert gap <= 4 * np.hypot(row["batch_sharpness_stderr"], se)
+
+
+_DEVICES_SCRIPT = """
+import sys
+from eoslab.cli import main
+out, dev = sys.argv[1], sys.argv[2]
+sys.exit(main(["run", "sgd-eoss", "--problem.n", "50", "--batch-size", "8", "--steps", "8",
+               "--probe-every", "4", "--devices", dev, "--out", out, "--quiet", "--no-plot"]))
+"""
+
+
+@pytest.mark.slow
+def test_sgd_on_four_host_devices_gives_the_numbers_of_one(tmp_path):
+    """50 examples over 4 devices: padded with 2 zero-weight rows the sampler never draws."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    runs = {}
+    for dev in ("1", "4"):
+        out = tmp_path / dev
+        proc = subprocess.run(
+            [sys.executable, "-c", _DEVICES_SCRIPT, str(out), dev],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[dev] = eoslab.load_run(out).metrics
+    one, four = runs["1"], runs["4"]
+    for col in ("loss", "batch_loss", "grad_norm", "sharpness", "batch_sharpness", "accuracy"):
+        ok = one[col].notna()
+        assert ok.sum() >= 3, col
+        np.testing.assert_allclose(four[col][ok], one[col][ok], rtol=1e-5, err_msg=col)
