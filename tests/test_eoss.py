@@ -163,6 +163,7 @@ def test_summary_and_rows_on_known_curves():
     assert not any("b=4: batch sharpness / (2/lr)" in q for q in failed)
 
 
+@pytest.mark.slow  # 4,000 digits, 3 x 2,000 SGD steps with probes: minutes on 2 busy cores
 def test_quick_variant_passes_its_rows(tmp_path):
     rows = reproduce.run("eoss", tmp_path, quick=True)
     assert rows and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]

@@ -47,7 +47,7 @@ def eoss_figures(
         ax.set_ylim(0, ymax)
         if top > ymax:
             ax.text(0.02, 0.97, "start clipped", transform=ax.transAxes, va="top", fontsize=7)
-    axes[0][0].set_ylabel("Hessian eigenvalue / Rayleigh quotient\n(loss / parameter², as 2/lr)")
+    axes[0][0].set_ylabel("curvature along a direction\n(loss / parameter², like 2/lr)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
     fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9, bbox_to_anchor=(0.5, 0.0))
