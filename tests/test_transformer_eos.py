@@ -204,7 +204,7 @@ def test_quick_variant_rows_recomputed_from_the_csvs(quick):
     e = cf[(cf["gd_step"] >= start) & (cf["gd_step"] <= end)]
     assert len(e) >= 10 and (e["trace_sigma"] > 0).all()  # the flow is at the edge throughout
     err = np.median(np.abs(e["pred_loss_cf_avg"] / e["loss_gd_avg"] - 1))
-    key = "central flow: median |window-avg prediction / GD window-avg loss - 1| (EoS phase)"
+    key = "central flow: median abs(window-avg prediction / GD window-avg loss - 1), EoS phase"
     assert by[key] == pytest.approx(err)
     # GD's loss beside the flow is GD's loss from init (the same iterates, 2 runs of the loop)
     gd_at = g.set_index("step").loc[cf["gd_step"], "loss"].to_numpy()

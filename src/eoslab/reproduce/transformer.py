@@ -303,7 +303,7 @@ def transformer_eos_experiment(
             0.15,
         ),
         row(
-            "central flow: median |window-avg prediction / GD window-avg loss - 1| (EoS phase)",
+            "central flow: median abs(window-avg prediction / GD window-avg loss - 1), EoS phase",
             0.0,
             med(err_pred),
             0.005,
