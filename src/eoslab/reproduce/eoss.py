@@ -107,9 +107,9 @@ QUICK = EossSettings(
     widths=(64, 64),
     init_scale=0.5,
     lr=0.6,
-    batch_sizes=(8, 10, 12),
+    batch_sizes=(8, 12, 16),
     steps=4000,
-    probe_every=400,
+    probe_every=250,
     rel_err=0.04,
     max_batches=150,
 )
@@ -118,7 +118,7 @@ FULL = EossSettings(
     widths=(64, 64),
     init_scale=0.5,
     lr=0.6,
-    batch_sizes=(8, 10, 12),
+    batch_sizes=(8, 12, 16),
     steps=4000,
     probe_every=250,
 )
