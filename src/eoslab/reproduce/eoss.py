@@ -9,8 +9,8 @@ SGD (`eoslab.dynamics.MiniBatch` with ``rules.gd(lr)``) at three batch sizes, on
 from one start.
 
 **Stable phase** (where every mean below is taken): the probes of the second half of the run,
-steps $\ge T/2$. A row checks that it is a stable phase: BS first reached $0.9\cdot2/\eta$ (the
-*onset*) by step $T/2$.
+steps $\ge T/2$. A row checks that it is a stable phase: BS first reached $0.9\cdot2/\eta$,
+within two of its standard errors (the *onset*), by step $T/2$.
 
 Rows, for each batch size: stable-phase mean of BS $/(2/\eta)=1$ (relative 10%); stable-phase
 mean of $\lambda_{\max}$ $\le$ that of BS; onset by $T/2$. Across batch sizes: the
@@ -193,14 +193,16 @@ def stable_phase(frame: pd.DataFrame, steps: int) -> pd.DataFrame:
 
 
 def summarize(frames: dict[int, pd.DataFrame], s: EossSettings) -> pd.DataFrame:
-    r"""One row per batch size: the onset step (first probe with BS $\ge0.9\cdot2/\eta$, NaN if
-    none), the stable-phase probes, the means of BS and $\lambda_{\max}$ over them, the
-    standard error of the BS mean ($\mathrm{sd}/\sqrt k$ over the $k$ probes, with the
-    estimator's own error added in quadrature), and the ratios to $2/\eta$."""
+    r"""One row per batch size: the onset step (first probe whose BS is not significantly below
+    $0.9\cdot2/\eta$: BS $+\,2$ stderr $\ge0.9\cdot2/\eta$; NaN if none), the stable-phase
+    probes, the means of BS and $\lambda_{\max}$ over them, the standard error of the BS mean
+    ($\mathrm{sd}/\sqrt k$ over the $k$ probes, with the estimator's own error added in
+    quadrature), and the ratios to $2/\eta$."""
     thr = 2.0 / s.lr
     out = []
     for b, f in frames.items():
-        hit = f["step"][f["batch_sharpness"] >= 0.9 * thr]
+        reach = f["batch_sharpness"] + 2 * f["batch_sharpness_stderr"]  # not significantly below
+        hit = f["step"][reach >= 0.9 * thr]
         st = stable_phase(f, s.steps)
         k = len(st)
         bs = st["batch_sharpness"].to_numpy(np.float64)
@@ -246,7 +248,7 @@ def eoss_rows(summary: pd.DataFrame, s: EossSettings) -> list[dict]:
                 at_most=True,
             ),
             row(
-                f"b={b}: onset step, BS first >= 0.9 * 2/lr (at most steps/2)",
+                f"b={b}: onset step, BS + 2 s.e. first >= 0.9 * 2/lr (at most steps/2)",
                 s.steps / 2,
                 r.onset_step,
                 0.0,
