@@ -215,7 +215,8 @@ def transformer_eos_experiment(
         # 1. GD from init: progressive sharpening, then lambda_1 at 2/lr
         g = gd_sharpening(obj, lr=s.lr, steps=s.gd_steps, every=s.every, keep_points=True)
         # 3. GD beside gradient flow and the central flow, from GD's iterate at flow_start
-        w_start = np.asarray(iterate(obj, obj.w0, gd(s.lr), s.flow_start + 1).w)[-1]
+        # iterate(steps) keeps w_0 .. w_steps
+        w_start = np.asarray(iterate(obj, obj.w0, gd(s.lr), max(s.flow_start, 1)).w)[s.flow_start]
         wide, gd_loss = gd_beside_flows(
             obj.with_w0(w_start),
             lr=s.lr,
