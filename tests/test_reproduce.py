@@ -53,11 +53,12 @@ def test_cli_reproduce_lists_runs_and_refuses(tmp_path, capsys):
 
 
 def test_registry_lists_the_modules_experiments():
-    from eoslab.reproduce import beyond, paper, vgg
+    from eoslab.reproduce import beyond, eoss, paper, transformer, vgg
 
-    listed = [e.name for e in (*paper.EXPERIMENTS, *vgg.EXPERIMENTS, *beyond.EXPERIMENTS)]
+    modules = (paper, vgg, beyond, transformer, eoss)
+    listed = [e.name for m in modules for e in m.EXPERIMENTS]
     assert reproduce.names() == listed
-    for name in ("central-flow", "self-stabilization", "adam-eos"):
+    for name in ("central-flow", "self-stabilization", "adam-eos", "eoss", "transformer-eos"):
         assert reproduce.get(name).run is not None
 
 
