@@ -47,7 +47,9 @@ def main() -> None:
     import bench_every_step
 
     print("running the every-step sharpness benchmark ...", flush=True)
-    parts.append(bench_every_step.to_markdown(bench_every_step.run(quick=quick)))
+    parts.append(
+        bench_every_step.to_markdown(bench_every_step.run(quick=quick, firsts=("top", "block")))
+    )
     try:
         import bench_runner
     except ImportError:

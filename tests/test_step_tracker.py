@@ -27,11 +27,12 @@ def test_linearized_gradient_matches_value_grad_and_dense_hessian():
     np.testing.assert_allclose(matmat(jnp.asarray(X)), H @ X, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("first", ["top", "block"])
 @pytest.mark.parametrize("k", [1, 2])
-def test_bounds_hold_on_a_fixed_matrix_with_a_cluster(k):
+def test_bounds_hold_on_a_fixed_matrix_with_a_cluster(k, first):
     eigs = np.array([5.0, 4.999, 4.0, *np.linspace(-1.0, 3.0, 27)])
     loss, A = quadratic_with_spectrum(eigs, seed=1)
-    tr = StepTracker(k=k, tol=1e-8, max_rounds=eigs.size // (k + 1))
+    tr = StepTracker(k=k, tol=1e-8, max_rounds=eigs.size // (k + 1), first=first)
     st = tr.init(eigs.size, jnp.float64, jax.random.key(0))
     st, eig = tr.update(lambda X: A @ X, st)
     want = np.sort(eigs)[::-1][:k]
@@ -39,13 +40,38 @@ def test_bounds_hold_on_a_fixed_matrix_with_a_cluster(k):
     assert bool(eig.converged)
     assert np.all(err <= np.asarray(eig.error_bound) * (1 + 1e-9) + 1e-14)
     assert np.all(np.asarray(eig.error_bound) <= 1e-8 * want)
-    # a warm start at the same matrix certifies in one round
+    # a warm start at the same matrix certifies in one round: with the guard ("block"), or from
+    # the top k alone ("top"), whose residual bound holds since a step that needed the guard
+    # polished its vectors to residuals <= tol / 4
     st, again = tr.update(lambda X: A @ X, st)
-    assert int(again.matvecs) == tr.block
+    assert int(again.matvecs) == (tr.block if first == "block" else k)
+    assert np.all(np.abs(np.asarray(again.values) - want) <= np.asarray(again.error_bound))
     np.testing.assert_allclose(again.values, want, rtol=1e-8)
 
 
-def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
+def test_a_top_only_round_is_bounded_by_its_residual_and_keeps_the_guard():
+    """With ``first="top"`` a warm step multiplies only the top vector; its bound is then the
+    residual norm ||Hv - theta v|| (no guard, no gap), which must hold against eigvalsh."""
+    eigs = np.array([10.0, 6.0, *np.linspace(-2.0, 5.0, 30)])
+    loss, A = quadratic_with_spectrum(eigs, seed=2)
+    tr = StepTracker(k=1, tol=1e-3, max_rounds=8)
+    st = tr.init(eigs.size, jnp.float64, jax.random.key(1))
+    st, _ = tr.update(lambda X: A @ X, st)
+    guard = np.asarray(st.V[:, 1])
+    # a nearby matrix: the old vectors are a warm start, not the answer
+    B = A + 1e-3 * np.diag(np.linspace(0.0, 1.0, eigs.size))
+    st2, eig = tr.update(lambda X: B @ X, st)
+    v = np.asarray(st2.V[:, 0])
+    theta = v @ B @ v
+    assert int(eig.matvecs) == 1 and bool(eig.converged) and np.isnan(float(eig.next_value))
+    np.testing.assert_allclose(eig.values[0], theta, rtol=1e-12)
+    np.testing.assert_allclose(eig.error_bound[0], np.linalg.norm(B @ v - theta * v), rtol=1e-8)
+    assert abs(eig.values[0] - np.linalg.eigvalsh(B)[-1]) <= eig.error_bound[0]
+    np.testing.assert_allclose(np.asarray(st2.V[:, 1]), guard, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("first", ["top", "block"])
+def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue(first):
     """GD at lr 0.5 on a small tanh MLP (sharpening to 2/lr = 4, then the edge): every step's
     certified sharpness against eigvalsh of jax.hessian at the same point."""
     loss, w0 = small_mlp_loss(n=24, hidden=6)
@@ -55,7 +81,7 @@ def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
         obj,
         150,
         probe_every=50,
-        probes=Probes(every_step=True, tol=1e-4, alignment=False),
+        probes=Probes(every_step=True, every_step_first=first, tol=1e-4, alignment=False),
         keep_points=True,
     )
     m = r.metrics
@@ -109,6 +135,8 @@ def test_resume_continues_the_step_tracker_bit_for_bit(tmp_path):
     assert_same_metrics(whole, resumed)
 
 
-def test_every_step_refuses_a_growing_k():
+def test_every_step_refuses_a_growing_k_and_an_unknown_first_round():
     with pytest.raises(ConfigError, match="probes.grow_above"):
         Probes(every_step=True, grow_above=1.0)
+    with pytest.raises(ConfigError, match="probes.every_step_first.*'top' or 'block'"):
+        Probes(every_step=True, every_step_first="guard")

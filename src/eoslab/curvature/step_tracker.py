@@ -17,7 +17,7 @@ level $100\,\epsilon\,|\theta_1|$ of the working precision.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -32,6 +32,15 @@ __all__ = ["StepTracker", "StepTrackerState", "StepEig", "linearized_gradient"]
 
 class StepTrackerState(NamedTuple):
     V: Float[Array, "d k1"]  # the previous Ritz vectors: top k, then the guard
+    past: Float[Array, "4 d k"]  # the top k Ritz vectors of the 4 steps before, newest first
+    count: Int[Array, ""]  # how many of ``past`` are filled
+
+
+#: Predictions of the next top Ritz vectors from the certified ones: $v_t$ itself, the linear
+#: extrapolation $2v_t - v_{t-1}$, and the period-2 one $2v_{t-1} - v_{t-3}$ (at the edge of
+#: stability the iterate, and with it the Hessian, alternates from step to step). Each row:
+#: (weights of $v_t, v_{t-1}, v_{t-2}, v_{t-3}$), the number of past vectors it needs.
+_PREDICTORS = ((1.0, 0.0, 0.0, 0.0, 1), (2.0, -1.0, 0.0, 0.0, 2), (0.0, 2.0, 0.0, -1.0, 4))
 
 
 class StepEig(NamedTuple):
@@ -59,6 +68,11 @@ def linearized_gradient(
 
     return value, grad, matmat
 
+
+#: With ``first="top"``, once a step needs a second round, rounds go on until the top residuals
+#: are also below ``_POLISH * tol * |theta|``: the vectors then start the next steps close
+#: enough that the top products alone certify them (the residual bound, no guard needed).
+_POLISH = 0.25
 
 #: The floor of every bound, in units of eps * |theta_1|: the rounding error of H X in the
 #: working precision (a float32 HVP is accurate to about 10 eps relative on the nets tested).
@@ -93,9 +107,13 @@ class StepTracker(eqx.Module):
     r"""Warm block Davidson for the top-$k$ eigenvalues of $H_t$, one call per step.
 
     ``update(matmat, state)`` returns the new state and a `StepEig`; ``matmat(X) = H_t X``.
-    The first round multiplies the previous step's $k+1$ Ritz vectors (top $k$ and the guard);
-    while a bound misses ``tol``, each further round adds the current Ritz pairs' residuals to
-    the subspace ($k+1$ more products), up to ``max_rounds`` rounds.
+    The first round multiplies the top $k$ vectors predicted from the last certified ones
+    (`predict`), and with ``first="block"`` the guard too; their bounds are then the residual
+    norms (``"top"``: no gap is known) or Kato-Temple's (with a resolved guard). While a bound
+    misses ``tol``, each further round adds the current Ritz pairs' residuals (and the guard, if
+    it was left out) to the subspace ($k+1$ more products), up to ``max_rounds`` rounds; with
+    ``"top"`` rounds go on until the top residuals are below ``tol/4`` too, so the next steps
+    start close enough for their top products alone to certify them.
 
     >>> import jax, jax.numpy as jnp
     >>> H = jnp.diag(jnp.arange(1.0, 9.0))
@@ -109,6 +127,7 @@ class StepTracker(eqx.Module):
     k: int = eqx.field(static=True, default=1)
     tol: float = eqx.field(static=True, default=1e-3)
     max_rounds: int = eqx.field(static=True, default=8)
+    first: Literal["top", "block"] = eqx.field(static=True, default="top")
 
     def __check_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -118,6 +137,8 @@ class StepTracker(eqx.Module):
             raise ConfigError("max_rounds", self.max_rounds, "an integer >= 1")
         if self.max_rounds < 1:
             raise ConfigError("max_rounds", self.max_rounds, "an integer >= 1")
+        if self.first not in ("top", "block"):
+            raise ConfigError("first", self.first, "'top' or 'block'")
 
     @property
     def block(self) -> int:
@@ -130,14 +151,36 @@ class StepTracker(eqx.Module):
             raise ConfigError(
                 "dim", d, f"at least (k+1) * max_rounds = {self.block * self.max_rounds} parameters"
             )
-        return StepTrackerState(_orth(jax.random.normal(key, (d, self.block), dtype)))
+        return self._fresh(_orth(jax.random.normal(key, (d, self.block), dtype)))
 
     def warm(self, vectors: Float[Array, "d k"], guard: Float[Array, " d"]) -> StepTrackerState:
         """A state from eigenvectors solved otherwise (e.g. by Lanczos at the first step)."""
-        return StepTrackerState(jnp.concatenate([vectors[:, : self.k], guard[:, None]], axis=1))
+        return self._fresh(jnp.concatenate([vectors[:, : self.k], guard[:, None]], axis=1))
+
+    def _fresh(self, V: Array) -> StepTrackerState:
+        past = jnp.zeros((4, V.shape[0], self.k), V.dtype)
+        return StepTrackerState(V, past, jnp.zeros((), jnp.int32))
+
+    def predict(self, state: StepTrackerState) -> Float[Array, "d k"]:
+        r"""The start of the next step's top block: of the `_PREDICTORS` that the history allows,
+        the one that would have predicted the last certified vectors best. Only the start
+        depends on it; the values and bounds come from true products at the new point."""
+        hist = jnp.concatenate([state.V[None, :, : self.k], state.past], axis=0)  # v_t, v_t-1..
+        errs, preds = [], []
+        for *c, need in _PREDICTORS:
+            c = jnp.asarray(c, hist.dtype)
+            preds.append(jnp.einsum("i,idk->dk", c, hist[:4]))
+            # the same rule one step back, against the vectors it would have predicted
+            back = jnp.einsum("i,idk->dk", c, hist[1:5])
+            err = jnp.linalg.norm(back - hist[0])
+            errs.append(jnp.where(state.count >= need, err, jnp.inf))
+        best = jnp.argmin(jnp.stack(errs))
+        return jnp.stack(preds)[best]
 
     def _ritz(self, X: Array, HX: Array, active: Array):
         k, k1 = self.k, self.k + 1
+        # the guard Ritz value exists once k + 1 columns are multiplied
+        valid = jnp.arange(k1) < jnp.sum(active)
         both = active[:, None] & active[None, :]
         T = jnp.where(both, 0.5 * (X.T @ HX + HX.T @ X), 0.0)
         # inactive columns are parked below every eigenvalue of the active block
@@ -151,43 +194,60 @@ class StepTracker(eqx.Module):
         eps = jnp.finfo(X.dtype).eps
         scale = jnp.max(jnp.abs(theta))
         # no bound is tighter than the rounding of the products themselves
-        bound = ritz_error_bounds(theta, res, jnp.ones(k1, bool), k)
+        bound = ritz_error_bounds(theta, res, valid, k)
         bound = jnp.maximum(bound, _ROUNDING * eps * scale)
-        ok = bound[:k] <= jnp.maximum(self.tol * jnp.abs(theta[:k]), _ROUNDING * eps * scale)
-        return U, R, (theta[:k], bound[:k], theta[k]), jnp.all(ok)
+        floor = _ROUNDING * eps * scale
+        ok = bound[:k] <= jnp.maximum(self.tol * jnp.abs(theta[:k]), floor)
+        sharp = res[:k] <= jnp.maximum(_POLISH * self.tol * jnp.abs(theta[:k]), floor)
+        eig = (theta[:k], bound[:k], jnp.where(valid[k], theta[k], jnp.nan))
+        return U, R, eig, jnp.all(ok), jnp.all(sharp)
 
     def update(
         self, matmat: Callable[[Array], Array], state: StepTrackerState
     ) -> tuple[StepTrackerState, StepEig]:
         """Certified top-$k$ eigenvalues of the operator ``matmat`` from the warm ``state``."""
-        k1, m = self.block, self.block * self.max_rounds
-        X0 = _orth(state.V)
+        k, k1, m = self.k, self.block, self.block * self.max_rounds
+        X0 = _orth(jnp.concatenate([self.predict(state), state.V[:, k:]], axis=1))
         d, dtype = X0.shape[0], X0.dtype
-        X = jnp.zeros((d, m), dtype).at[:, :k1].set(X0)
-        HX = jnp.zeros((d, m), dtype).at[:, :k1].set(matmat(X0))
-        active = jnp.arange(m) < k1
-        U, R, eig, ok = self._ritz(X, HX, active)
+        first = k if self.first == "top" else k1
+        active1 = jnp.arange(k1) < first
+        X1 = X0 * active1[None, :]
+        HX1 = jnp.zeros_like(X0).at[:, :first].set(matmat(X0[:, :first]))
+        # round 1 on its own k + 1 columns: most steps end there, and a Rayleigh-Ritz over all
+        # m padded columns would cost about as much as the product itself on small nets
+        U, R, eig, ok, _ = self._ritz(X1, HX1, active1)
+        X = jnp.zeros((d, m), dtype).at[:, :k1].set(X1)
+        HX = jnp.zeros((d, m), dtype).at[:, :k1].set(HX1)
+        active = jnp.zeros(m, bool).at[:k1].set(active1)
 
         def cond(c):
-            return (~c[6]) & (c[7] < self.max_rounds)
+            return (~c[7]) & (c[8] < self.max_rounds)
 
         def body(c):
-            X, HX, active, _, R, _, _, n = c
+            X, HX, active, _, R, *_, n = c
+            if first == k:  # the guard joins in round 2, beside the top residuals
+                R = R.at[:, k].set(jnp.where(n == 1, X0[:, k], R[:, k]))
             Xn, good = _extend(X, active, R)
             X = jax.lax.dynamic_update_slice_in_dim(X, Xn, n * k1, axis=1)
             HX = jax.lax.dynamic_update_slice_in_dim(HX, matmat(Xn), n * k1, axis=1)
             active = jax.lax.dynamic_update_slice_in_dim(active, good, n * k1, axis=0)
-            U, R, eig, ok = self._ritz(X, HX, active)
-            return X, HX, active, U, R, eig, ok, n + 1
+            U, R, eig, ok, sharp = self._ritz(X, HX, active)
+            return X, HX, active, U, R, eig, ok, ok & (sharp | (first == k1)), n + 1
 
-        *_, U, R, eig, ok, rounds = jax.lax.while_loop(
-            cond, body, (X, HX, active, U, R, eig, ok, jnp.asarray(1))
+        *_, U, R, eig, ok, _, rounds = jax.lax.while_loop(
+            cond, body, (X, HX, active, U, R, eig, ok, ok, jnp.asarray(1))
         )
         values, bound, nxt = eig
-        return StepTrackerState(U), StepEig(
+        # a step that never multiplied the guard keeps the previous one
+        V = U.at[:, k].set(jnp.where(jnp.isfinite(nxt), U[:, k], X0[:, k]))
+        # signs follow the previous vectors, so the history can be extrapolated
+        V = V.at[:, :k].multiply(jnp.where(jnp.sum(V[:, :k] * state.V[:, :k], 0) < 0, -1.0, 1.0))
+        past = jnp.concatenate([state.V[None, :, :k], state.past[:3]], axis=0)
+        new = StepTrackerState(V, past, jnp.minimum(state.count + 1, 4))
+        return new, StepEig(
             values=values,
             error_bound=bound,
             next_value=nxt,
-            matvecs=rounds * k1,
+            matvecs=rounds * k1 - (k1 - first),
             converged=ok,
         )

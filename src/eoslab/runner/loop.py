@@ -233,7 +233,15 @@ class _Lockstep:
             saved = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             self.probes[n].load(saved)
             if n in self.tstates and "step_V" in saved:
-                self.tstates[n] = StepTrackerState(jnp.asarray(saved["step_V"], self.obj.dtype))
+                V = jnp.asarray(saved["step_V"], self.obj.dtype)
+                fresh = self.step_tracker.warm(V[:, :-1], V[:, -1])  # older runs kept V only
+                self.tstates[n] = fresh._replace(
+                    **{
+                        f: jnp.asarray(saved[f"step_{f}"], x.dtype)
+                        for f, x in fresh._asdict().items()
+                        if f"step_{f}" in saved
+                    }
+                )
 
     def _sharpness(self, n: str, w: Array) -> dict:
         """The step tracker's row at ``w``; its first call solves with Lanczos to start it."""
@@ -264,7 +272,7 @@ class _Lockstep:
         """The probes' warm starts of process ``n`` (its step tracker's included)."""
         out = self.probes[n].state()
         if self.tstates.get(n) is not None:
-            out["step_V"] = np.asarray(self.tstates[n].V)
+            out.update({f"step_{f}": np.asarray(x) for f, x in self.tstates[n]._asdict().items()})
         return out
 
 
@@ -274,7 +282,7 @@ def _step_tracker(cfg: Probes, dim: int) -> StepTracker:
     rounds = min(rounds, dim // block)
     if rounds < 1:
         raise ConfigError("probes.every_step", True, f"False for a {dim}-parameter problem")
-    return StepTracker(k=cfg.k, tol=cfg.tol, max_rounds=rounds)
+    return StepTracker(k=cfg.k, tol=cfg.tol, max_rounds=rounds, first=cfg.every_step_first)
 
 
 @eqx.filter_jit
