@@ -81,7 +81,7 @@ def flop_ratio(obj: Objective, w) -> float:
     return both / grad
 
 
-def bench_workload(make, chunks: int, samples: int, first: str = "top") -> dict:
+def bench_workload(make, chunks: int, samples: int) -> dict:
     obj, lr, warmup = make()
     proc = Optimizer(gd(lr))
     state = proc.init(obj, obj.w0)
@@ -89,7 +89,7 @@ def bench_workload(make, chunks: int, samples: int, first: str = "top") -> dict:
         state = advance(proc, obj, state, warmup)[0]
     w = proc.point(state)
     flop_floor = flop_ratio(obj, w)
-    tracker = StepTracker(k=1, tol=1e-3, max_rounds=8, first=first)
+    tracker = StepTracker(k=1, tol=1e-3, max_rounds=8)
     res = top_eigenpairs(obj, w, 1, tol=1e-3)  # the loop's Lanczos start
     guard = (
         res.next_vector if bool(jnp.any(res.next_vector != 0)) else jnp.roll(res.vectors[:, 0], 1)
@@ -140,7 +140,6 @@ def bench_workload(make, chunks: int, samples: int, first: str = "top") -> dict:
         "plain_s": plain,
         "probed_s": probed,
         "ratio": probed / plain,
-        "first": first,
         "mv_mean": float(np.mean(mvs)),
         "step_ratio_median": step_median / plain,
         "product_s": float(b),
@@ -177,19 +176,15 @@ def _torch_eigsh(name: str, quick: bool) -> dict | None:
     return bench_suite.bench_classic(suite_name, obj, apply, params, quick)
 
 
-def run(
-    quick: bool = False, only: tuple[str, ...] = (), firsts: tuple[str, ...] = ("top",)
-) -> dict:
+def run(quick: bool = False, only: tuple[str, ...] = ()) -> dict:
     out = {}
     for name, make in workloads(quick).items():
         if only and name not in only:
             continue
-        for first in firsts:
-            print(f"  every-step sharpness: {name} ({first}) ...", flush=True)
-            chunks = 4 if quick else 20
-            key = name if first == "top" else f"{name} ({first})"
-            out[key] = bench_workload(make, chunks, samples=min(10, chunks), first=first)
-            out[key]["torch"] = _torch_eigsh(name, quick) if first == firsts[0] else None
+        print(f"  every-step sharpness: {name} ...", flush=True)
+        chunks = 4 if quick else 20
+        out[name] = bench_workload(make, chunks, samples=min(10, chunks))
+        out[name]["torch"] = _torch_eigsh(name, quick)
     return out
 
 
@@ -201,19 +196,19 @@ def to_markdown(r: dict) -> str:
         "(the step's gradient and the tracker's Hessian products from one linearization). "
         "Medians over 10-step chunks; 'per-step median (fit)': each step's cost modelled as "
         "a + b x (its products), a and b fitted to the chunks' times, median over steps, over "
-        "the unprobed step. First round 'top': the predicted top vector alone (the guard joins "
-        "only when its residual does not certify); 'block': top vector and guard. "
+        "the unprobed step. A step multiplies the predicted top vector alone; the guard and "
+        "residuals join only when its residual does not certify. "
         "'per HVP' is (probed - unprobed step) / HVPs per step, "
         "against a bare jitted HVP; the true error is against Lanczos at tol 1e-6 on sampled "
         "steps. Classic: scipy `eigsh` (tol 1e-3, cold) per probe.",
         "",
-        "| workload | first round | D | 2/lr | median lambda_1 | unprobed step | probed step "
+        "| workload | D | 2/lr | median lambda_1 | unprobed step | probed step "
         "| ratio (median / mean) | per-step median ratio (fit) "
         "| HVPs/step (median, mean, max) | s per HVP spent / bare HVP "
         "| bare HVP / gradient | FLOPs (gradient + 1 product) / gradient "
         "| worst certified rel. bound | worst true rel. error (samples; over bound) "
         "| eigsh over eoslab HVP | eigsh over PyTorch HVP |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, x in r.items():
         t = x.get("torch")
@@ -224,7 +219,7 @@ def to_markdown(r: dict) -> str:
             else "n/a"
         )
         lines.append(
-            f"| {name} | {x['first']} | {x['D']:,} | {x['threshold']:.3g} "
+            f"| {name} | {x['D']:,} | {x['threshold']:.3g} "
             f"| {x['lambda_median']:.4g} "
             f"| {x['plain_s'] * 1e3:.1f} ms | {x['probed_s'] * 1e3:.1f} ms "
             f"| {x['ratio']:.2f}x / {x['ratio_mean']:.2f}x | {x['step_ratio_median']:.2f}x "
@@ -245,6 +240,5 @@ if __name__ == "__main__":
 
     arg = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
     only = tuple(x for x in arg.get("--only", "").split(",") if x)
-    firsts = tuple(arg.get("--first", "top").split(","))
-    res = run(quick="--quick" in sys.argv, only=only, firsts=firsts)
+    res = run(quick="--quick" in sys.argv, only=only)
     print(to_markdown(res))

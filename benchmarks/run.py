@@ -47,9 +47,7 @@ def main() -> None:
     import bench_every_step
 
     print("running the every-step sharpness benchmark ...", flush=True)
-    parts.append(
-        bench_every_step.to_markdown(bench_every_step.run(quick=quick, firsts=("top", "block")))
-    )
+    parts.append(bench_every_step.to_markdown(bench_every_step.run(quick=quick)))
     try:
         import bench_runner
     except ImportError:

@@ -282,7 +282,7 @@ def _step_tracker(cfg: Probes, dim: int) -> StepTracker:
     rounds = min(rounds, dim // block)
     if rounds < 1:
         raise ConfigError("probes.every_step", True, f"False for a {dim}-parameter problem")
-    return StepTracker(k=cfg.k, tol=cfg.tol, max_rounds=rounds, first=cfg.every_step_first)
+    return StepTracker(k=cfg.k, tol=cfg.tol, max_rounds=rounds)
 
 
 @eqx.filter_jit

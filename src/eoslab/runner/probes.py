@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -69,9 +69,6 @@ class Probes:
     """Points on the step's segment for the stableness."""
     every_step: bool = False
     """Certify the sharpness at every step, in the compiled loop (not only at probed steps)."""
-    every_step_first: Literal["top", "block"] = "top"
-    """Every-step tracker, each step's first round: 'top' multiplies only the top-k vectors
-    (k Hessian products when their residuals certify), 'block' adds the guard (k + 1)."""
     distances: bool = True
     """With several processes, |w_p - w_q| to every other process (dist_NAME)."""
     phi: bool = False
@@ -88,8 +85,6 @@ class Probes:
             raise ConfigError(
                 "probes.grow_above", self.grow_above, "None with every_step (k is fixed)"
             )
-        if self.every_step_first not in ("top", "block"):
-            raise ConfigError("probes.every_step_first", self.every_step_first, "'top' or 'block'")
         if self.stableness_points < 2:
             raise ConfigError("probes.stableness_points", self.stableness_points, "an integer >= 2")
 
