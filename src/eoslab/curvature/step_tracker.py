@@ -49,7 +49,7 @@ class StepEig(NamedTuple):
 
     values: Float[Array, " k"]
     error_bound: Float[Array, " k"]
-    next_value: Float[Array, ""]  # the guard Ritz value (a lower bound on lambda_{k+1})
+    next_value: Float[Array, ""]  # the guard Ritz value (<= lambda_{k+1}); NaN if not multiplied
     matvecs: Int[Array, ""]
     converged: Array
 
