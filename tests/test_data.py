@@ -69,6 +69,20 @@ def test_standardization_uses_training_statistics():
     np.testing.assert_allclose(x.std(axis=0), 1.0, atol=1e-4)
 
 
+def test_global_scaling_centres_each_pixel_and_scales_all_by_one_number():
+    raw = builtin.mnist_5k()[0][:1000].reshape(1000, -1).astype(np.float64)
+    mu = raw.mean(axis=0)
+    rms = np.sqrt(np.mean(((raw - mu) ** 2).mean(axis=0)))  # one std for all 784 pixels
+    x = np.asarray(data.load("mnist-5k", n=1000, scaling="global").x_train, np.float64)
+    np.testing.assert_allclose(x.reshape(1000, -1), (raw - mu) / rms, atol=1e-5)
+    assert np.mean(x**2) == pytest.approx(1.0, rel=1e-5)
+    # per-feature scaling blows up pixels that few digits touch; global scaling does not
+    per = np.asarray(data.load("mnist-5k", n=1000).x_train)
+    assert np.abs(per).max() > 20 > 5 > np.abs(x).max()
+    with pytest.raises(ConfigError, match="scaling.*'per-feature', 'global'"):
+        data.load("mnist-5k", n=10, scaling="pixel")
+
+
 def test_first_subset_keeps_file_order():
     raw_y = builtin.mnist1d()[1]
     ds = data.load("mnist1d", n=37)

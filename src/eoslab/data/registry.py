@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 SUBSETS = ("first", "balanced")
+SCALINGS = ("per-feature", "global")
 
 DATASETS: dict[str, DatasetSpec] = {}
 
@@ -106,12 +107,27 @@ def _balanced_indices(y: np.ndarray, n: int, num_classes: int, seed: int) -> np.
     return np.sort(np.concatenate(picks))
 
 
-def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""Per-feature $(x - \mu)/\sigma$ with $\mu, \sigma$ of the training inputs (features with
-    $\sigma < 10^{-8}$, e.g. blank border pixels, are only centred)."""
+def _check_scaling(scaling: object) -> None:
+    if scaling not in SCALINGS:
+        raise ConfigError("scaling", scaling, "one of " + ", ".join(map(repr, SCALINGS)))
+
+
+def standardize(
+    x_train: np.ndarray, x_test: np.ndarray, scaling: str = "per-feature"
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""$(x_j - \mu_j)/\sigma_j$ with $\mu_j, \sigma_j$ of the training inputs' feature $j$.
+
+    ``scaling="per-feature"``: each feature its own $\sigma_j$ (features with $\sigma_j < 10^{-8}$,
+    e.g. blank border pixels, are only centred). ``"global"``: one
+    $\sigma=(\frac1D\sum_j\sigma_j^2)^{1/2}$ for all features, so a pixel that is almost always
+    blank is not blown up to tens of standard deviations in the few images that touch it.
+    """
+    _check_scaling(scaling)
     xtr = x_train.astype(np.float64)
     mu = xtr.mean(axis=0)
     sd = xtr.std(axis=0)
+    if scaling == "global":
+        sd = np.full_like(sd, np.sqrt(np.mean(sd**2)))
     sd = np.where(sd < 1e-8, 1.0, sd)
     return ((xtr - mu) / sd).astype(np.float32), ((x_test - mu) / sd).astype(np.float32)
 
@@ -122,6 +138,7 @@ def load(
     subset: Literal["first", "balanced"] = "first",
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
+    scaling: Literal["per-feature", "global"] = "per-feature",
 ) -> Dataset:
     """Load dataset ``name`` as device arrays.
 
@@ -134,14 +151,17 @@ def load(
         seed: seed of the balanced draw (ignored by ``"first"``).
         data_dir: where on-disk datasets live (default ``$EOSLAB_DATA`` or
             ``~/.cache/eoslab/data``).
+        scaling: how image and feature inputs are scaled after centring (`standardize`):
+            ``"per-feature"`` or ``"global"``.
 
-    Preprocessing: image and feature datasets are standardized per feature with the statistics of
-    the selected training examples, so the training inputs have mean 0 and std 1 per feature;
-    regression, toy and sequence sets (token ids) are left as generated.
+    Preprocessing: image and feature datasets are standardized with the statistics of the
+    selected training examples: mean 0 per feature, and std 1 per feature (``scaling=
+    "per-feature"``) or mean square 1 over all features (``"global"``); regression, toy and
+    sequence sets (token ids) are left as generated.
 
     Raises:
-        ConfigError: unknown name, bad subset, or ``n`` larger than the training set (checked
-            before any data are read).
+        ConfigError: unknown name, bad subset or scaling, or ``n`` larger than the training set
+            (checked before any data are read).
         DatasetNotFoundError: an on-disk dataset is not found.
     """
     spec = _spec(name)
@@ -155,6 +175,7 @@ def load(
         )
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ConfigError("seed", seed, "an int")
+    _check_scaling(scaling)
     _check_n(n, spec.train_size)
     x_tr, y_tr, x_te, y_te = spec.loader(Path(data_dir).expanduser() if data_dir else None)
     if n is not None:
@@ -165,7 +186,7 @@ def load(
             idx = _balanced_indices(y_tr, int(n), spec.num_classes, int(seed))
         x_tr, y_tr = x_tr[idx], y_tr[idx]
     if spec.standardize:
-        x_tr, x_te = standardize(x_tr, x_te)
+        x_tr, x_te = standardize(x_tr, x_te, scaling)
     ydt = np.float32 if spec.task == "regression" else np.int32
     return Dataset(
         name=name,
