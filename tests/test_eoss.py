@@ -20,6 +20,7 @@ import scipy.sparse.linalg as sla
 from jax.flatten_util import ravel_pytree
 
 from eoslab import ConfigError, data, models, reproduce
+from eoslab.data import builtin
 from eoslab.reproduce.eoss import (
     QUICK,
     EossSettings,
@@ -42,14 +43,17 @@ TINY = EossSettings(
 )
 
 
-def reference(s: EossSettings):
-    """The test's own loss(w, idx) for settings ``s``: tanh MLP on the first ``s.n`` mnist-5k
-    digits, 1/|B| sum_i 1/2 |f(x_i) - e_{y_i}|^2, float32."""
+def reference(s: EossSettings, seed: int = 0):
+    """The test's own loss(w, idx) for settings ``s``: tanh MLP (init from ``seed``) on the first
+    ``s.n`` mnist-5k digits, each pixel centred and all divided by one rms, 1/|B| sum_i 1/2
+    |f(x_i) - e_{y_i}|^2, float32."""
+    raw = builtin.mnist_5k()[0][: s.n].reshape(s.n, -1).astype(np.float64)
+    centred = raw - raw.mean(axis=0)
+    x = jnp.asarray(centred / np.sqrt(np.mean(centred**2)), jnp.float32)  # global scaling
     ds = data.load("mnist-5k", n=s.n)
-    x = jnp.asarray(ds.x_train, jnp.float32).reshape(s.n, -1)
     y = jax.nn.one_hot(ds.y_train, 10, dtype=jnp.float32)
     _, params = models.create(
-        "mlp", jax.random.key(s.seed), ds.input_shape, 10, widths=s.widths, activation="tanh"
+        "mlp", jax.random.key(seed), ds.input_shape, 10, widths=s.widths, activation="tanh"
     )
     params = jax.tree.map(lambda p: s.init_scale * p, params)
     w0, unravel = ravel_pytree(params)
@@ -99,6 +103,9 @@ def test_bad_settings_name_the_field():
         ("init_scale", 0.0),
         ("probe_every", 11),
         ("steps", 1),
+        ("seeds", ()),
+        ("seeds", (0, 0)),
+        ("scaling", "pixel"),
     ):
         with pytest.raises(ConfigError, match=field):
             EossSettings(**{**base, field: bad})
@@ -106,11 +113,12 @@ def test_bad_settings_name_the_field():
 
 def test_problem_and_run_against_the_test_s_own_computation():
     with jax.enable_x64(False):
-        obj = eoss_problem(TINY)
-        loss, w0 = reference(TINY)
+        obj = eoss_problem(TINY, seed=3)
+        loss, w0 = reference(TINY, seed=3)
         np.testing.assert_array_equal(np.asarray(obj.w0), np.asarray(w0))
-        frame, w_last = sgd_curvature_run(obj, TINY, 4)
+        frame, w_last = sgd_curvature_run(obj, TINY, 4, seed=3)
         assert list(frame["step"]) == [0, 10, 20]
+        assert set(frame["seed"]) == {3} and set(frame["batch_size"]) == {4}
         last = frame.iloc[-1]
         w = jnp.asarray(w_last)
         # the loss and lambda_max at the saved point, recomputed
@@ -127,10 +135,12 @@ def test_problem_and_run_against_the_test_s_own_computation():
         assert abs(last["batch_sharpness"] - mean) <= 4 * both
 
 
-def synthetic(b, bs, lam, steps=10, every=1):
+def synthetic(b, bs, lam, steps=10, every=1, seed=0):
     s = np.arange(0, steps + 1, every)
     return pd.DataFrame(
         {
+            "batch_size": b,
+            "seed": seed,
             "step": s,
             "loss": 1.0,
             "sharpness": lam,
@@ -147,7 +157,7 @@ def test_summary_and_rows_on_known_curves():
     bs4 = np.r_[np.linspace(1, 3.7, 4), 4 + 0.1 * rng.standard_normal(7)]  # onset at step 3
     bs16 = np.r_[np.linspace(1, 3.5, 5), np.full(6, 3.9)]  # onset at step 5
     lam4, lam16 = np.full(11, 2.0), np.full(11, 3.0)
-    frames = {4: synthetic(4, bs4, lam4), 16: synthetic(16, bs16, lam16)}
+    frames = pd.concat([synthetic(4, bs4, lam4), synthetic(16, bs16, lam16)])
     summ = summarize(frames, s).set_index("batch_size")
     assert summ.loc[4, "onset_step"] == 3 and summ.loc[16, "onset_step"] == 5
     assert summ.loc[4, "stable_probes"] == 6  # steps 5..10
@@ -159,16 +169,55 @@ def test_summary_and_rows_on_known_curves():
     rows = eoss_rows(summ.reset_index(), s)
     assert all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
     # each kind of row fails when its claim does
-    bad = {
-        4: synthetic(4, bs4, np.full(11, 4.5)),  # lambda_max above BS
-        16: synthetic(16, np.r_[np.linspace(1, 3.5, 8), np.full(3, 3.6)], lam16),  # late, low
-    }
+    bad = pd.concat(
+        [
+            synthetic(4, bs4, np.full(11, 4.5)),  # lambda_max above BS
+            synthetic(16, np.r_[np.linspace(1, 3.5, 8), np.full(3, 3.6)], lam16),  # late, low
+        ]
+    )
     failed = [r["quantity"] for r in eoss_rows(summarize(bad, s), s) if not r["ok"]]
     assert any("b=4: lambda_max / batch sharpness" in q for q in failed)
     assert any("b=16: onset" in q for q in failed)
     assert any("b=16: batch sharpness / (2/lr)" in q for q in failed)
     assert any("b=4 below b=16" in q for q in failed)  # 4.5/4 > 3/4: the gap does not grow
     assert not any("b=4: batch sharpness / (2/lr)" in q for q in failed)
+
+
+def test_seeds_are_averaged_and_a_diverged_run_fails_its_batch_size():
+    s = dataclasses.replace(
+        TINY, lr=0.5, batch_sizes=(4, 16), steps=10, probe_every=1, seeds=(0, 1, 2)
+    )
+    runs = {  # (b, seed): (stable-phase BS level, lambda_max level, onset step)
+        (4, 0): (3.9, 2.0, 3),
+        (4, 1): (4.1, 2.3, 3),
+        (4, 2): (4.0, 1.7, 3),
+        (16, 0): (3.8, 3.0, 3),
+        (16, 1): (4.2, 2.8, 5),
+        (16, 2): (3.9, 3.1, 3),
+    }
+    frames = []
+    for (b, seed), (level, lam, onset) in runs.items():
+        bs = np.r_[np.linspace(1, 3.5, onset), np.full(11 - onset, level)]
+        frames.append(synthetic(b, bs, np.full(11, lam), seed=seed))
+    curves = pd.concat(frames)
+    summ = summarize(curves, s).set_index("batch_size")
+    levels = np.array([runs[(16, k)][0] for k in range(3)])
+    assert summ.loc[16, "bs_mean"] == pytest.approx(levels.mean())
+    assert summ.loc[16, "bs_mean_stderr"] == pytest.approx(levels.std(ddof=1) / math.sqrt(3))
+    lams = np.array([runs[(4, k)][1] for k in range(3)])
+    assert summ.loc[4, "lambda_max_mean"] == pytest.approx(lams.mean())
+    assert summ.loc[4, "lambda_max_mean_stderr"] == pytest.approx(lams.std(ddof=1) / math.sqrt(3))
+    assert summ.loc[16, "onset_step"] == 5 and summ.loc[4, "onset_step"] == 3  # the latest run
+    assert (summ["seeds"] == 3).all()
+    rows = eoss_rows(summ.reset_index(), s)
+    assert all(r["ok"] for r in rows) and "mean over 3 seeds" in rows[0]["quantity"]
+    # seed 1 of b=4 diverges at step 4: no stable phase, so b=4's rows fail, b=16's hold
+    cut = curves[~((curves["batch_size"] == 4) & (curves["seed"] == 1) & (curves["step"] > 4))]
+    summ = summarize(cut, s)
+    assert np.isnan(summ.set_index("batch_size").loc[4, "bs_mean"])
+    failed = [r["quantity"] for r in eoss_rows(summ, s) if not r["ok"]]
+    assert any(q.startswith("b=4: batch sharpness") for q in failed)
+    assert not any(q.startswith("b=16") for q in failed)
 
 
 # The full variant's two failing rows (docs/theory.md §11): at lr 0.6 the largest batch, b = 16,
@@ -183,19 +232,20 @@ def test_quick_variant_passes_its_rows(tmp_path):
     assert len(rows) == 11
     held = [r for r in rows if not r["quantity"].startswith(KNOWN_FAILING)]
     assert len(held) == 9 and all(r["ok"] for r in held), [r for r in held if not r["ok"]]
-    for f in ("table.md", "table.csv", "curves.csv", "summary.csv", "eoss.png", "loss.png"):
+    files = ("table.md", "table.csv", "curves.csv", "runs.csv", "summary.csv", "eoss.png")
+    for f in (*files, "loss.png"):
         assert (tmp_path / f).exists(), f
     assert (tmp_path / "eoss.png").stat().st_size > 20_000
     summ = pd.read_csv(tmp_path / "summary.csv")
     assert np.allclose(summ["two_over_lr"], 2.0 / QUICK.lr)
     assert list(summ["batch_size"]) == list(QUICK.batch_sizes)
-    # the batch sharpness at the last saved point of the smallest batch, recomputed
-    b = QUICK.batch_sizes[0]
+    # the batch sharpness at the last saved point of the smallest batch's last seed, recomputed
+    b, seed = QUICK.batch_sizes[0], QUICK.seeds[-1]
     curves = pd.read_csv(tmp_path / "curves.csv")
-    last = curves[curves["batch_size"] == b].iloc[-1]
-    w = jnp.asarray(np.load(tmp_path / "final_points.npz")[f"b{b}"])
+    last = curves[(curves["batch_size"] == b) & (curves["seed"] == seed)].iloc[-1]
+    w = jnp.asarray(np.load(tmp_path / "final_points.npz")[f"b{b}_seed{seed}"])
     with jax.enable_x64(False):
-        loss, _ = reference(QUICK)
+        loss, _ = reference(QUICK, seed)
         mean, se = ref_batch_sharpness(loss, w, QUICK.n, b, 400, seed=2)
     both = math.hypot(se, last["batch_sharpness_stderr"])
     assert abs(last["batch_sharpness"] - mean) <= 4 * both

@@ -15,6 +15,7 @@ from . import fetch as fetch
 from .commands import fetch as fetch_dataset
 from .commands import list_datasets_table as list_datasets_table
 from .registry import DATASETS as DATASETS
+from .registry import SCALINGS as SCALINGS
 from .registry import Dataset as Dataset
 from .registry import DatasetSpec as DatasetSpec
 from .registry import default_data_dir as default_data_dir
@@ -26,6 +27,7 @@ from .registry import standardize as standardize
 
 __all__ = [
     "DATASETS",
+    "SCALINGS",
     "CorruptFileError",
     "Dataset",
     "DatasetNotFoundError",

@@ -5,16 +5,16 @@ the batch.
 $\mathrm{BS}(w)=\mathbb E_B[g_B^\top H_Bg_B/\lVert g_B\rVert^2]$ (random batches of the SGD batch
 size $b$; `eoslab.curvature.batch_sharpness`) and $\lambda_{\max}(w)=\lambda_1(\nabla^2L(w))$
 (certified Lanczos, the loop's ``sharpness``) are measured every ``probe_every`` steps of plain
-SGD (`eoslab.dynamics.MiniBatch` with ``rules.gd(lr)``) at three batch sizes, one fixed ``lr``,
-from one start.
+SGD (`eoslab.dynamics.MiniBatch` with ``rules.gd(lr)``) at three batch sizes and one ``lr``,
+each from several seeds (the seed draws the initialization and the batches).
 
-**Stable phase** (where every mean below is taken): the probes of the second half of the run,
-steps $\ge T/2$. A row checks that it is a stable phase: BS first reached $0.9\cdot2/\eta$,
-within two of its standard errors (the *onset*), by step $T/2$.
+**Stable phase** (where every mean below is taken): the probes of the second half of a run,
+steps $\ge T/2$. A row checks that it is a stable phase: in every run, BS first reached
+$0.9\cdot2/\eta$, within two of its standard errors (the *onset*), by step $T/2$.
 
-Rows, for each batch size: stable-phase mean of BS $/(2/\eta)=1$ (relative 10%); stable-phase
-mean of $\lambda_{\max}$ $\le$ that of BS; onset by $T/2$. Across batch sizes: the
-stable-phase mean of $\lambda_{\max}/(2/\eta)$ increases with $b$ (the gap
+Rows, for each batch size: the mean over seeds of the stable-phase mean of BS $/(2/\eta)=1$
+(relative 10%); that of $\lambda_{\max}$ $\le$ that of BS; latest onset by $T/2$. Across batch
+sizes: the mean of $\lambda_{\max}/(2/\eta)$ increases with $b$ (the gap
 $2/\eta-\lambda_{\max}$ grows as the batch shrinks). Settings and the reasons for them:
 ``docs/theory.md``, "Edge of Stochastic Stability: the `eoss` reproduction".
 """
@@ -49,6 +49,7 @@ __all__ = [
     "eoss_experiment",
     "eoss_problem",
     "eoss_rows",
+    "per_run",
     "sgd_curvature_run",
     "stable_phase",
     "summarize",
@@ -57,9 +58,10 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class EossSettings:
-    """One variant: the problem (``n`` mnist-5k digits, a tanh MLP of ``widths`` with its
-    initial weights times ``init_scale``), SGD (``lr``, ``batch_sizes``, ``steps``) and the
-    probes (every ``probe_every`` steps; BS to relative standard error ``rel_err``, at most
+    """One variant: the problem (``n`` mnist-5k digits scaled by ``scaling``, see `data.load`; a
+    tanh MLP of ``widths`` with its initial weights times ``init_scale``), SGD (``lr``,
+    ``batch_sizes``, ``steps``, one run per batch size and seed in ``seeds``) and the probes
+    (every ``probe_every`` steps; BS to relative standard error ``rel_err``, at most
     ``max_batches`` batches)."""
 
     n: int
@@ -71,7 +73,8 @@ class EossSettings:
     probe_every: int
     rel_err: float = 0.02
     max_batches: int = 400
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
+    scaling: str = "global"
 
     def __post_init__(self) -> None:
         check_int("n", self.n, 2)
@@ -100,6 +103,14 @@ class EossSettings:
             )
         check_positive("rel_err", self.rel_err)
         check_int("max_batches", self.max_batches, 2)
+        if (
+            not self.seeds
+            or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in self.seeds)
+            or len(set(self.seeds)) != len(self.seeds)
+        ):
+            raise ConfigError("seeds", self.seeds, "a non-empty tuple of distinct integers >= 0")
+        if self.scaling not in data.SCALINGS:
+            raise ConfigError("scaling", self.scaling, "one of " + ", ".join(data.SCALINGS))
 
 
 FULL = EossSettings(
@@ -107,23 +118,25 @@ FULL = EossSettings(
     widths=(64, 64),
     init_scale=0.5,
     lr=0.6,
-    batch_sizes=(8, 12, 16),
+    batch_sizes=(8, 10, 12),
     steps=4000,
     probe_every=250,
+    seeds=(0, 1, 2),
 )
 # the same SGD runs, with a looser batch-sharpness estimate
 QUICK = dataclasses.replace(FULL, rel_err=0.04, max_batches=150)
 
 
-def eoss_problem(s: EossSettings) -> Objective:
+def eoss_problem(s: EossSettings, seed: int = 0) -> Objective:
     r"""$L(w)=\frac1n\sum_i\frac12\lVert f_w(x_i)-e_{y_i}\rVert^2$ on the first ``s.n`` mnist-5k
-    digits (standardized per pixel), $f$ a tanh MLP ``784 -> widths -> 10`` with PyTorch's
-    default init times ``s.init_scale`` (the authors' ``--init-scale``: a flat start, so that
-    sharpening, not a catapult, brings BS to $2/\eta$), float32."""
-    ds = data.load("mnist-5k", n=s.n)
+    digits (each pixel centred, scaled as ``s.scaling`` says), $f$ a tanh MLP
+    ``784 -> widths -> 10`` with PyTorch's default init from ``seed`` times ``s.init_scale``
+    (the authors' ``--init-scale``: a flat start, so that sharpening, not a catapult, brings BS
+    to $2/\eta$), float32."""
+    ds = data.load("mnist-5k", n=s.n, scaling=s.scaling)
     apply, params = models.create(
         "mlp",
-        jax.random.key(s.seed),
+        jax.random.key(seed),
         ds.input_shape,
         ds.num_classes,
         widths=s.widths,
@@ -134,24 +147,24 @@ def eoss_problem(s: EossSettings) -> Objective:
 
 
 def sgd_curvature_run(
-    obj: Objective, s: EossSettings, batch_size: int
+    obj: Objective, s: EossSettings, batch_size: int, seed: int = 0
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """SGD at ``s.lr`` with batches of ``batch_size`` (drawn from ``s.seed``) for ``s.steps``
+    """SGD at ``s.lr`` with batches of ``batch_size`` (drawn from ``seed``) for ``s.steps``
     steps from ``obj.w0``; every ``s.probe_every`` steps its loss, ``sharpness``
     ($\\lambda_{\\max}$, certified to relative $10^{-3}$) and ``batch_sharpness`` (with
-    ``_stderr`` and ``_batches``). Returns the probed rows and the last probed point; a run that
-    diverges keeps the probes before it (its stable phase is then short or empty and its rows
-    fail)."""
+    ``_stderr`` and ``_batches``). Returns the probed rows (with ``batch_size`` and ``seed``
+    columns) and the last probed point; a run that diverges keeps the probes before it (its
+    stable phase is then short or empty and its rows fail)."""
     probe = batch_sharpness_probe(
         batch_size,
         rel_err=s.rel_err,
         max_batches=s.max_batches,
-        seed=s.seed + 1,
+        seed=seed + 1,
         lambda_max=False,
         gni=False,
     )
     res = run(
-        MiniBatch(gd(s.lr), batch_size, seed=s.seed),
+        MiniBatch(gd(s.lr), batch_size, seed=seed),
         obj,
         s.steps,
         probe_every=s.probe_every,
@@ -174,6 +187,7 @@ def sgd_curvature_run(
         "batch_sharpness_batches",
     ]
     frame = m[[c for c in cols if c in m.columns]].copy()
+    frame.insert(0, "seed", seed)
     frame.insert(0, "batch_size", batch_size)
     return frame, w_last
 
@@ -183,15 +197,15 @@ def stable_phase(frame: pd.DataFrame, steps: int) -> pd.DataFrame:
     return frame[frame["step"] >= steps / 2]
 
 
-def summarize(frames: dict[int, pd.DataFrame], s: EossSettings) -> pd.DataFrame:
-    r"""One row per batch size: the onset step (first probe whose BS is not significantly below
-    $0.9\cdot2/\eta$: BS $+\,2$ stderr $\ge0.9\cdot2/\eta$; NaN if none), the stable-phase
-    probes, the means of BS and $\lambda_{\max}$ over them, the standard error of the BS mean
-    ($\mathrm{sd}/\sqrt k$ over the $k$ probes, with the estimator's own error added in
-    quadrature), and the ratios to $2/\eta$."""
+def per_run(curves: pd.DataFrame, s: EossSettings) -> pd.DataFrame:
+    r"""One row per run (``batch_size``, ``seed`` of ``curves``): the onset step (first probe
+    whose BS is not significantly below $0.9\cdot2/\eta$: BS $+\,2$ stderr $\ge0.9\cdot2/\eta$;
+    NaN if none), the number of stable-phase probes, the means of BS and $\lambda_{\max}$ over
+    them (NaN if none), and the standard error of the BS mean ($\mathrm{sd}/\sqrt k$ over the
+    $k$ probes, with the estimator's own error added in quadrature)."""
     thr = 2.0 / s.lr
     out = []
-    for b, f in frames.items():
+    for (b, seed), f in curves.groupby(["batch_size", "seed"], sort=True):
         reach = f["batch_sharpness"] + 2 * f["batch_sharpness_stderr"]  # not significantly below
         hit = f["step"][reach >= 0.9 * thr]
         st = stable_phase(f, s.steps)
@@ -202,17 +216,51 @@ def summarize(frames: dict[int, pd.DataFrame], s: EossSettings) -> pd.DataFrame:
         time_se = float(bs.std(ddof=1) / math.sqrt(k)) if k > 1 else math.nan
         out.append(
             {
-                "batch_size": b,
-                "lr": s.lr,
-                "two_over_lr": thr,
+                "batch_size": int(b),
+                "seed": int(seed),
                 "onset_step": float(hit.iloc[0]) if len(hit) else math.nan,
                 "stable_probes": k,
                 "bs_mean": float(bs.mean()) if k else math.nan,
                 "bs_mean_stderr": math.hypot(time_se, float(np.sqrt(np.sum(est**2))) / max(k, 1)),
                 "lambda_max_mean": float(lam.mean()) if k else math.nan,
-                "bs_over_threshold": float(bs.mean() / thr) if k else math.nan,
-                "lambda_max_over_threshold": float(lam.mean() / thr) if k else math.nan,
-                "gap": float(bs.mean() - lam.mean()) if k else math.nan,
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def summarize(curves: pd.DataFrame, s: EossSettings) -> pd.DataFrame:
+    r"""One row per batch size, from its runs (`per_run`): the mean over seeds of the runs'
+    stable-phase means of BS and $\lambda_{\max}$ (NaN if a run has no stable phase), their
+    standard errors over seeds ($\mathrm{sd}/\sqrt S$; with one seed, the run's own BS error and
+    NaN for $\lambda_{\max}$), the latest onset over seeds (NaN if a run never reached the edge),
+    the fewest stable-phase probes of a run, and the ratios to $2/\eta$."""
+    thr = 2.0 / s.lr
+    out = []
+    for b, p in per_run(curves, s).groupby("batch_size", sort=True):
+        n_seeds = len(p)
+        bs = p["bs_mean"].to_numpy(np.float64)
+        lam = p["lambda_max_mean"].to_numpy(np.float64)
+        if n_seeds > 1:
+            bs_se = float(bs.std(ddof=1) / math.sqrt(n_seeds))
+            lam_se = float(lam.std(ddof=1) / math.sqrt(n_seeds))
+        else:
+            bs_se, lam_se = float(p["bs_mean_stderr"].iloc[0]), math.nan
+        onset = p["onset_step"].to_numpy(np.float64)
+        out.append(
+            {
+                "batch_size": int(b),
+                "lr": s.lr,
+                "two_over_lr": thr,
+                "seeds": n_seeds,
+                "onset_step": float(onset.max()),  # NaN if any run never reached the edge
+                "stable_probes": int(p["stable_probes"].min()),
+                "bs_mean": float(bs.mean()),
+                "bs_mean_stderr": bs_se,
+                "lambda_max_mean": float(lam.mean()),
+                "lambda_max_mean_stderr": lam_se,
+                "bs_over_threshold": float(bs.mean() / thr),
+                "lambda_max_over_threshold": float(lam.mean() / thr),
+                "gap": float(bs.mean() - lam.mean()),
             }
         )
     return pd.DataFrame(out)
@@ -220,26 +268,27 @@ def summarize(frames: dict[int, pd.DataFrame], s: EossSettings) -> pd.DataFrame:
 
 def eoss_rows(summary: pd.DataFrame, s: EossSettings) -> list[dict]:
     """The predicted-vs-measured rows of `summarize`'s table (module docstring)."""
+    over = f"mean over {len(s.seeds)} seed{'s' if len(s.seeds) > 1 else ''}"
     rows = []
     for r in summary.itertuples():
         b = r.batch_size
         rows += [
             row(
-                f"b={b}: batch sharpness / (2/lr), mean over the stable phase",
+                f"b={b}: batch sharpness / (2/lr), stable phase, {over}",
                 1.0,
                 r.bs_over_threshold,
                 0.10,
                 relative=True,
             ),
             row(
-                f"b={b}: lambda_max / batch sharpness, stable-phase means (below: at most 1)",
+                f"b={b}: lambda_max / batch sharpness, stable phase, {over} (below: at most 1)",
                 1.0,
                 r.lambda_max_mean / r.bs_mean,
                 0.0,
                 at_most=True,
             ),
             row(
-                f"b={b}: onset step, BS + 2 s.e. first >= 0.9 * 2/lr (at most steps/2)",
+                f"b={b}: onset step, BS + 2 s.e. first >= 0.9 * 2/lr, latest run (at most steps/2)",
                 s.steps / 2,
                 r.onset_step,
                 0.0,
@@ -251,7 +300,8 @@ def eoss_rows(summary: pd.DataFrame, s: EossSettings) -> list[dict]:
     for small, large in zip(sizes[:-1], sizes[1:], strict=True):
         rows.append(
             row(
-                f"lambda_max / (2/lr): b={small} below b={large} (the gap grows as b shrinks)",
+                f"lambda_max / (2/lr), {over}: b={small} below b={large} (the gap grows as b "
+                "shrinks)",
                 ratio[large],
                 ratio[small],
                 0.0,
@@ -264,23 +314,28 @@ def eoss_rows(summary: pd.DataFrame, s: EossSettings) -> list[dict]:
 def eoss_experiment(out: Path, quick: bool) -> list[dict]:
     s = QUICK if quick else FULL
     t0 = time.perf_counter()
-    obj = eoss_problem(s)
-    frames, points = {}, {}
-    for b in s.batch_sizes:
-        frames[b], points[f"b{b}"] = sgd_curvature_run(obj, s, b)
-    summary = summarize(frames, s)
+    frames, points = [], {}
+    for seed in s.seeds:
+        obj = eoss_problem(s, seed)
+        for b in s.batch_sizes:
+            frame, points[f"b{b}_seed{seed}"] = sgd_curvature_run(obj, s, b, seed)
+            frames.append(frame)
+    curves = pd.concat(frames, ignore_index=True)
+    summary = summarize(curves, s)
     rows = eoss_rows(summary, s)
     out = Path(out)
-    write_frame(pd.concat(frames.values(), ignore_index=True), out / "curves.csv")
+    write_frame(curves, out / "curves.csv")
+    write_frame(per_run(curves, s), out / "runs.csv")
     write_frame(summary.assign(wall_s=time.perf_counter() - t0), out / "summary.csv")
     np.savez(out / "final_points.npz", **points)
-    eoss_figures(out, frames, lr=s.lr, stable_from=s.steps / 2)
+    eoss_figures(out, curves, lr=s.lr, stable_from=s.steps / 2)
     write_table(
         out,
         rows,
         f"Edge of Stochastic Stability: SGD at lr {s.lr:g}, b = "
         + ", ".join(map(str, s.batch_sizes))
-        + f" (tanh MLP {s.widths}, {s.n} mnist-5k digits, MSE)",
+        + f", seeds {', '.join(map(str, s.seeds))} (tanh MLP {s.widths}, {s.n} mnist-5k digits "
+        f"with {s.scaling} scaling, MSE)",
     )
     return rows
 
@@ -289,8 +344,8 @@ EXPERIMENTS = (
     Experiment(
         "eoss",
         "Andreyev & Beneventano (2024), Edge of Stochastic Stability",
-        "SGD at three batch sizes: batch sharpness at 2/lr, lambda_max below, lower for "
-        "smaller batches (tanh MLP, mnist-5k, MSE)",
+        "SGD at three batch sizes, three seeds each: batch sharpness at 2/lr, lambda_max below, "
+        "lower for smaller batches (tanh MLP, mnist-5k, MSE)",
         eoss_experiment,
     ),
 )
