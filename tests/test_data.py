@@ -83,6 +83,29 @@ def test_global_scaling_centres_each_pixel_and_scales_all_by_one_number():
         data.load("mnist-5k", n=10, scaling="pixel")
 
 
+def test_the_config_s_scaling_reaches_the_objective():
+    from eoslab import rules
+    from eoslab.experiments import Experiment, ModelProblem, build, from_dict
+
+    raw = builtin.mnist_5k()[0][:50].reshape(50, -1).astype(np.float64)
+    centred = raw - raw.mean(axis=0)
+    for scaling, sd in (("global", np.sqrt(np.mean(centred**2))), ("per-feature", None)):
+        exp = Experiment(
+            problem=ModelProblem(model="fc-tanh", dataset="mnist-5k", n=50, scaling=scaling),
+            rule=rules.GD(lr=0.1),
+            steps=1,
+        )
+        x = np.asarray(build(exp).objective.data["x"], np.float64).reshape(50, -1)
+        if sd is None:  # per feature: every touched pixel has std 1
+            live = centred.std(axis=0) > 0
+            np.testing.assert_allclose(x.std(axis=0)[live], 1.0, atol=1e-4)
+        else:
+            np.testing.assert_allclose(x, centred / sd, atol=1e-5)
+    cfg = {"problem": {"kind": "model", "dataset": "mnist-5k", "scaling": "pixel"}}
+    with pytest.raises(ConfigError, match="scaling"):
+        from_dict({**cfg, "rule": {"kind": "gd", "lr": 0.1}, "steps": 1})
+
+
 def test_first_subset_keeps_file_order():
     raw_y = builtin.mnist1d()[1]
     ds = data.load("mnist1d", n=37)

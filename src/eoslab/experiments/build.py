@@ -95,7 +95,9 @@ def _toy_mlp(p: ToyMLPProblem, seed: int, dtype) -> tuple[Objective, None, dict]
 
 
 def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
-    ds = data.load(p.dataset, n=p.n, subset=p.subset, seed=seed, data_dir=p.data_dir)
+    ds = data.load(
+        p.dataset, n=p.n, subset=p.subset, seed=seed, data_dir=p.data_dir, scaling=p.scaling
+    )
     apply, params = models.create(
         p.model, jax.random.PRNGKey(seed), ds.input_shape, ds.num_classes, **p.model_options
     )

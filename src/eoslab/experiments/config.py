@@ -79,6 +79,9 @@ class ModelProblem:
     """Number of training examples (default 4000; null in a config file: all)."""
     subset: Literal["first", "balanced"] = "first"
     """How the n examples are chosen: the first n (Cohen et al.) or class-balanced (seeded)."""
+    scaling: Literal["per-feature", "global"] = "per-feature"
+    """Input scaling after centring each feature: its own std, or one std for all features (a
+    pixel that few images touch is then not blown up; docs/data.md)."""
     loss: Literal["mse_half", "mse_sum", "cross_entropy"] = "mse_half"
     """Training loss; mse_half = mean over examples of 1/2 sum_c (f_c - y_c)^2."""
     data_dir: Annotated[str | None, tyro.conf.arg(metavar="DIR")] = None
