@@ -73,6 +73,18 @@ def build(name: str, n: int) -> tuple[Objective, object, object]:
         ds = load("mnist-5k")
         x, y = ds.x_train[:n], ds.y_train[:n]
         shape = tuple(ds.input_shape)
+    elif name == "fc-tanh-digits":  # fc-tanh's shape on real images: every mnist-5k digit
+        from eoslab.data.builtin import mnist_5k
+        from eoslab.data.registry import standardize
+
+        xtr, ytr, xte, yte = mnist_5k()
+        img = np.concatenate([xtr, xte])[:n].reshape(-1, 28, 28)
+        img = np.pad(img, ((0, 0), (2, 2), (2, 2)))  # 32x32
+        flat = np.repeat(img[..., None], 3, axis=-1).reshape(len(img), -1)  # 3 equal channels
+        x = jnp.asarray(standardize(flat, flat[:1], "global")[0])
+        y = jnp.asarray(np.concatenate([ytr, yte])[:n])
+        shape = (3072,)
+        name = "fc-tanh"
     elif name == "vgg11-av":
         shape = (32, 32, 3)
         try:
