@@ -165,17 +165,17 @@ class StepTracker(eqx.Module):
         r"""The start of the next step's top block: of the `_PREDICTORS` that the history allows,
         the one that would have predicted the last certified vectors best. Only the start
         depends on it; the values and bounds come from true products at the new point."""
-        hist = jnp.concatenate([state.V[None, :, : self.k], state.past], axis=0)  # v_t, v_t-1..
-        errs, preds = [], []
+        hist = (state.V[:, : self.k], *state.past)  # v_t, v_t-1, ..., v_t-4
+        errs = []
         for *c, need in _PREDICTORS:
-            c = jnp.asarray(c, hist.dtype)
-            preds.append(jnp.einsum("i,idk->dk", c, hist[:4]))
-            # the same rule one step back, against the vectors it would have predicted
-            back = jnp.einsum("i,idk->dk", c, hist[1:5])
-            err = jnp.linalg.norm(back - hist[0])
+            # the same rule one step back, against the vectors it would have predicted; the
+            # weights are Python numbers, so the sum reads only the vectors it uses, once
+            back = sum(w * h for w, h in zip(c, hist[1:], strict=True) if w) - hist[0]
+            err = jnp.sqrt(jnp.sum(back * back))
             errs.append(jnp.where(state.count >= need, err, jnp.inf))
-        best = jnp.argmin(jnp.stack(errs))
-        return jnp.stack(preds)[best]
+        weights = jnp.asarray([c for *c, _ in _PREDICTORS], hist[0].dtype)
+        c = weights[jnp.argmin(jnp.stack(errs))]
+        return sum(c[i] * hist[i] for i in range(4))
 
     def _ritz(self, X: Array, HX: Array, active: Array, tol: float):
         k, k1 = self.k, self.k + 1
@@ -210,9 +210,6 @@ class StepTracker(eqx.Module):
         # round 1 on its own k + 1 columns: most steps end there, and a Rayleigh-Ritz over all
         # m padded columns would cost about as much as the product itself on small nets
         U, R, eig, ok = self._ritz(X1, HX1, top, self.tol)
-        X = jnp.zeros((d, m), dtype).at[:, :k1].set(X1)
-        HX = jnp.zeros((d, m), dtype).at[:, :k1].set(HX1)
-        active = jnp.zeros(m, bool).at[:k1].set(top)
 
         def cond(c):
             return (~c[6]) & (c[7] < self.max_rounds)
@@ -228,8 +225,19 @@ class StepTracker(eqx.Module):
             U, R, eig, polished = self._ritz(X, HX, active, _POLISH * self.tol)
             return X, HX, active, U, R, eig, polished, n + 1
 
-        *_, U, R, eig, _, rounds = jax.lax.while_loop(
-            cond, body, (X, HX, active, U, R, eig, ok, jnp.asarray(1))
+        def more_rounds(U, R, eig):
+            # the m-column subspace exists only on the steps that need it: filling it costs
+            # 2m vectors of memory traffic, more than the round-1 work on large nets
+            X = jnp.zeros((d, m), dtype).at[:, :k1].set(X1)
+            HX = jnp.zeros((d, m), dtype).at[:, :k1].set(HX1)
+            active = jnp.zeros(m, bool).at[:k1].set(top)
+            *_, U, R, eig, _, rounds = jax.lax.while_loop(
+                cond, body, (X, HX, active, U, R, eig, jnp.asarray(False), jnp.asarray(1))
+            )
+            return U, R, eig, rounds
+
+        U, R, eig, rounds = jax.lax.cond(
+            ok, lambda U, R, eig: (U, R, eig, jnp.asarray(1)), more_rounds, U, R, eig
         )
         values, bound, nxt = eig
         # a step that never multiplied the guard keeps the previous one
