@@ -25,6 +25,8 @@ def test_linearized_gradient_matches_value_grad_and_dense_hessian():
     np.testing.assert_allclose(value, loss(w), rtol=1e-13)
     np.testing.assert_allclose(grad, jax.grad(loss)(w), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(matmat(jnp.asarray(X)), H @ X, rtol=1e-10, atol=1e-12)
+    # one column takes the path without vmap
+    np.testing.assert_allclose(matmat(jnp.asarray(X[:, :1])), H @ X[:, :1], rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 2])

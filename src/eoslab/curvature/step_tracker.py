@@ -65,6 +65,8 @@ def linearized_gradient(
     (value, grad), jvp = jax.linearize(jax.value_and_grad(loss), w)
 
     def matmat(X: Array) -> Array:
+        if X.shape[1] == 1:  # vmap's batched matmuls cost ~15% more than one product on CPU
+            return jvp(X[:, 0])[1][:, None]
         return jax.vmap(lambda x: jvp(x)[1], in_axes=1, out_axes=1)(X)
 
     return value, grad, matmat
