@@ -26,6 +26,7 @@ from eoslab.reproduce.eoss import (
     EossSettings,
     eoss_problem,
     eoss_rows,
+    per_run,
     sgd_curvature_run,
     summarize,
 )
@@ -158,7 +159,7 @@ def test_summary_and_rows_on_known_curves():
     bs16 = np.r_[np.linspace(1, 3.5, 5), np.full(6, 3.9)]  # onset at step 5
     lam4, lam16 = np.full(11, 2.0), np.full(11, 3.0)
     frames = pd.concat([synthetic(4, bs4, lam4), synthetic(16, bs16, lam16)])
-    summ = summarize(frames, s).set_index("batch_size")
+    summ = summarize(per_run(frames, s), s).set_index("batch_size")
     assert summ.loc[4, "onset_step"] == 3 and summ.loc[16, "onset_step"] == 5
     assert summ.loc[4, "stable_probes"] == 6  # steps 5..10
     assert summ.loc[4, "bs_mean"] == pytest.approx(bs4[5:].mean())
@@ -175,7 +176,7 @@ def test_summary_and_rows_on_known_curves():
             synthetic(16, np.r_[np.linspace(1, 3.5, 8), np.full(3, 3.6)], lam16),  # late, low
         ]
     )
-    failed = [r["quantity"] for r in eoss_rows(summarize(bad, s), s) if not r["ok"]]
+    failed = [r["quantity"] for r in eoss_rows(summarize(per_run(bad, s), s), s) if not r["ok"]]
     assert any("b=4: lambda_max / batch sharpness" in q for q in failed)
     assert any("b=16: onset" in q for q in failed)
     assert any("b=16: batch sharpness / (2/lr)" in q for q in failed)
@@ -200,7 +201,7 @@ def test_seeds_are_averaged_and_a_diverged_run_fails_its_batch_size():
         bs = np.r_[np.linspace(1, 3.5, onset), np.full(11 - onset, level)]
         frames.append(synthetic(b, bs, np.full(11, lam), seed=seed))
     curves = pd.concat(frames)
-    summ = summarize(curves, s).set_index("batch_size")
+    summ = summarize(per_run(curves, s), s).set_index("batch_size")
     levels = np.array([runs[(16, k)][0] for k in range(3)])
     assert summ.loc[16, "bs_mean"] == pytest.approx(levels.mean())
     assert summ.loc[16, "bs_mean_stderr"] == pytest.approx(levels.std(ddof=1) / math.sqrt(3))
@@ -213,7 +214,7 @@ def test_seeds_are_averaged_and_a_diverged_run_fails_its_batch_size():
     assert all(r["ok"] for r in rows) and "mean over 3 seeds" in rows[0]["quantity"]
     # seed 1 of b=4 diverges at step 4: no stable phase, so b=4's rows fail, b=16's hold
     cut = curves[~((curves["batch_size"] == 4) & (curves["seed"] == 1) & (curves["step"] > 4))]
-    summ = summarize(cut, s)
+    summ = summarize(per_run(cut, s), s)
     assert np.isnan(summ.set_index("batch_size").loc[4, "bs_mean"])
     failed = [r["quantity"] for r in eoss_rows(summ, s) if not r["ok"]]
     assert any(q.startswith("b=4: batch sharpness") for q in failed)

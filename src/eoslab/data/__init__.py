@@ -18,6 +18,7 @@ from .registry import DATASETS as DATASETS
 from .registry import SCALINGS as SCALINGS
 from .registry import Dataset as Dataset
 from .registry import DatasetSpec as DatasetSpec
+from .registry import check_scaling as check_scaling
 from .registry import default_data_dir as default_data_dir
 from .registry import list as list  # noqa: A004
 from .registry import load as load
@@ -32,6 +33,7 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "DatasetSpec",
+    "check_scaling",
     "default_data_dir",
     "fetch",
     "fetch_dataset",

@@ -107,7 +107,8 @@ def _balanced_indices(y: np.ndarray, n: int, num_classes: int, seed: int) -> np.
     return np.sort(np.concatenate(picks))
 
 
-def _check_scaling(scaling: object) -> None:
+def check_scaling(scaling: object) -> None:
+    """Raise `ConfigError` naming ``scaling`` unless it is one of `SCALINGS`."""
     if scaling not in SCALINGS:
         raise ConfigError("scaling", scaling, "one of " + ", ".join(map(repr, SCALINGS)))
 
@@ -122,7 +123,7 @@ def standardize(
     $\sigma=(\frac1D\sum_j\sigma_j^2)^{1/2}$ for all features, so a pixel that is almost always
     blank is not blown up to tens of standard deviations in the few images that touch it.
     """
-    _check_scaling(scaling)
+    check_scaling(scaling)
     xtr = x_train.astype(np.float64)
     mu = xtr.mean(axis=0)
     sd = xtr.std(axis=0)
@@ -175,7 +176,7 @@ def load(
         )
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ConfigError("seed", seed, "an int")
-    _check_scaling(scaling)
+    check_scaling(scaling)
     _check_n(n, spec.train_size)
     x_tr, y_tr, x_te, y_te = spec.loader(Path(data_dir).expanduser() if data_dir else None)
     if n is not None:

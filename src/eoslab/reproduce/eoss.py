@@ -109,8 +109,7 @@ class EossSettings:
             or len(set(self.seeds)) != len(self.seeds)
         ):
             raise ConfigError("seeds", self.seeds, "a non-empty tuple of distinct integers >= 0")
-        if self.scaling not in data.SCALINGS:
-            raise ConfigError("scaling", self.scaling, "one of " + ", ".join(data.SCALINGS))
+        data.check_scaling(self.scaling)
 
 
 FULL = EossSettings(
@@ -228,15 +227,16 @@ def per_run(curves: pd.DataFrame, s: EossSettings) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summarize(curves: pd.DataFrame, s: EossSettings) -> pd.DataFrame:
-    r"""One row per batch size, from its runs (`per_run`): the mean over seeds of the runs'
-    stable-phase means of BS and $\lambda_{\max}$ (NaN if a run has no stable phase), their
-    standard errors over seeds ($\mathrm{sd}/\sqrt S$; with one seed, the run's own BS error and
-    NaN for $\lambda_{\max}$), the latest onset over seeds (NaN if a run never reached the edge),
-    the fewest stable-phase probes of a run, and the ratios to $2/\eta$."""
+def summarize(runs: pd.DataFrame, s: EossSettings) -> pd.DataFrame:
+    r"""One row per batch size from ``runs`` (one row per run, as `per_run` returns them): the
+    mean over seeds of the runs' stable-phase means of BS and $\lambda_{\max}$ (NaN if a run has
+    no stable phase), their standard errors over seeds ($\mathrm{sd}/\sqrt S$; with one seed, the
+    run's own BS error and NaN for $\lambda_{\max}$), the latest onset over seeds (NaN if a run
+    never reached the edge), the fewest stable-phase probes of a run, and the ratios to
+    $2/\eta$."""
     thr = 2.0 / s.lr
     out = []
-    for b, p in per_run(curves, s).groupby("batch_size", sort=True):
+    for b, p in runs.groupby("batch_size", sort=True):
         n_seeds = len(p)
         bs = p["bs_mean"].to_numpy(np.float64)
         lam = p["lambda_max_mean"].to_numpy(np.float64)
@@ -321,11 +321,12 @@ def eoss_experiment(out: Path, quick: bool) -> list[dict]:
             frame, points[f"b{b}_seed{seed}"] = sgd_curvature_run(obj, s, b, seed)
             frames.append(frame)
     curves = pd.concat(frames, ignore_index=True)
-    summary = summarize(curves, s)
+    runs = per_run(curves, s)
+    summary = summarize(runs, s)
     rows = eoss_rows(summary, s)
     out = Path(out)
     write_frame(curves, out / "curves.csv")
-    write_frame(per_run(curves, s), out / "runs.csv")
+    write_frame(runs, out / "runs.csv")
     write_frame(summary.assign(wall_s=time.perf_counter() - t0), out / "summary.csv")
     np.savez(out / "final_points.npz", **points)
     eoss_figures(out, curves, lr=s.lr, stable_from=s.steps / 2)
