@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eoslab import Objective
-from eoslab.curvature.step_tracker import StepTracker, linearized_gradient
+from eoslab.curvature.step_tracker import StepTracker, StepTrackerState, linearized_gradient
 from eoslab.dynamics.optimizer import Optimizer
 from eoslab.dynamics.rules import gd, normalized_gd, sqrt_loss_gd
 from eoslab.errors import ConfigError
@@ -60,13 +60,56 @@ def test_a_top_only_round_is_bounded_by_its_residual_and_keeps_the_guard():
     # a nearby matrix: the old vectors are a warm start, not the answer
     B = A + 1e-3 * np.diag(np.linspace(0.0, 1.0, eigs.size))
     st2, eig = tr.update(lambda X: B @ X, st)
-    v = np.asarray(st2.V[:, 0])
+    v = np.array(tr.predict(st)[:, 0])
+    v /= np.linalg.norm(v)
     theta = v @ B @ v
     assert int(eig.matvecs) == 1 and bool(eig.converged) and np.isnan(float(eig.next_value))
     np.testing.assert_allclose(eig.values[0], theta, rtol=1e-12)
     np.testing.assert_allclose(eig.error_bound[0], np.linalg.norm(B @ v - theta * v), rtol=1e-8)
     assert abs(eig.values[0] - np.linalg.eigvalsh(B)[-1]) <= eig.error_bound[0]
     np.testing.assert_allclose(np.asarray(st2.V[:, 1]), guard, rtol=0, atol=1e-15)
+    # the kept vector is the power step B v / |B v|, whose residual is smaller than v's
+    Bv = B @ v
+    np.testing.assert_allclose(np.asarray(st2.V[:, 0]), Bv / np.linalg.norm(Bv), atol=1e-12)
+    u = Bv / np.linalg.norm(Bv)
+    assert np.linalg.norm(B @ u - (u @ B @ u) * u) < np.linalg.norm(B @ v - theta * v)
+
+
+def _history(seq):
+    """A tracker state whose vectors are ``seq`` (oldest first; the newest is ``V``'s top)."""
+    seq = [jnp.asarray(x)[:, None] for x in seq]
+    past = (seq[-2::-1] + [jnp.zeros_like(seq[0])] * 4)[:4]
+    V = jnp.concatenate([seq[-1], jnp.zeros_like(seq[-1])], axis=1)
+    return StepTrackerState(V, jnp.stack(past), jnp.asarray(min(len(seq) - 1, 4)))
+
+
+def test_predict_continues_a_drift_with_a_growing_alternation():
+    """v_t = a + t e + (-rho)^t b satisfies Delta_t = (1 - rho) Delta_(t-1) + rho Delta_(t-2): the
+    fitted recurrence predicts the next vector up to its ridge, far better than a straight line
+    or the last vector."""
+    rng = np.random.default_rng(0)
+    a, e, b = rng.normal(size=(3, 40))
+    seq = [a + t * 1e-3 * e + (-1.2) ** t * 1e-3 * b for t in range(6)]
+    truth = a + 6 * 1e-3 * e + (-1.2) ** 6 * 1e-3 * b
+    tr, st = StepTracker(k=1), _history(seq)
+    pred = np.asarray(tr.predict(st)[:, 0])
+    line = 2 * seq[-1] - seq[-2]
+    step = np.linalg.norm(seq[-1] - seq[-2])
+    assert np.linalg.norm(pred - truth) < 1e-3 * step
+    assert np.linalg.norm(line - truth) > 2 * step
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_predict_with_a_short_history(n):
+    """One vector: itself. With 2 or 3, the one-term fit Delta_0 ~ c Delta_1 (a straight line
+    continues as one)."""
+    rng = np.random.default_rng(1)
+    a, e = rng.normal(size=(2, 30))
+    seq = [a + t * 1e-2 * e for t in range(n)]
+    pred = np.asarray(StepTracker(k=1).predict(_history(seq))[:, 0])
+    want = seq[-1] if n < 3 else a + n * 1e-2 * e
+    # up to the fit's ridge (1e-4 of its normal matrix)
+    np.testing.assert_allclose(pred, want, atol=1e-3 * 1e-2 * np.linalg.norm(e))
 
 
 def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
