@@ -56,31 +56,31 @@ def test_a_top_only_round_is_bounded_by_its_residual_and_keeps_the_guard():
     tr = StepTracker(k=1, tol=1e-3, max_rounds=8)
     st = tr.init(eigs.size, jnp.float64, jax.random.key(1))
     st, _ = tr.update(lambda X: A @ X, st)
-    guard = np.asarray(st.V[:, 1])
+    guard = np.asarray(st.vectors[1])
     # a nearby matrix: the old vectors are a warm start, not the answer
     B = A + 1e-3 * np.diag(np.linspace(0.0, 1.0, eigs.size))
     st2, eig = tr.update(lambda X: B @ X, st)
-    v = np.array(tr.predict(st)[:, 0])
+    v = np.array(tr.predict(st)[0])
     v /= np.linalg.norm(v)
     theta = v @ B @ v
     assert int(eig.matvecs) == 1 and bool(eig.converged) and np.isnan(float(eig.next_value))
     np.testing.assert_allclose(eig.values[0], theta, rtol=1e-12)
     np.testing.assert_allclose(eig.error_bound[0], np.linalg.norm(B @ v - theta * v), rtol=1e-8)
     assert abs(eig.values[0] - np.linalg.eigvalsh(B)[-1]) <= eig.error_bound[0]
-    np.testing.assert_allclose(np.asarray(st2.V[:, 1]), guard, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(np.asarray(st2.vectors[1]), guard, rtol=0, atol=1e-15)
     # the kept vector is the power step B v / |B v|, whose residual is smaller than v's
     Bv = B @ v
-    np.testing.assert_allclose(np.asarray(st2.V[:, 0]), Bv / np.linalg.norm(Bv), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(st2.vectors[0]), Bv / np.linalg.norm(Bv), atol=1e-12)
     u = Bv / np.linalg.norm(Bv)
     assert np.linalg.norm(B @ u - (u @ B @ u) * u) < np.linalg.norm(B @ v - theta * v)
 
 
 def _history(seq):
-    """A tracker state whose vectors are ``seq`` (oldest first; the newest is ``V``'s top)."""
-    seq = [jnp.asarray(x)[:, None] for x in seq]
+    """A tracker state whose vectors are ``seq`` (oldest first; the newest is the top row)."""
+    seq = [jnp.asarray(x)[None, :] for x in seq]
     past = (seq[-2::-1] + [jnp.zeros_like(seq[0])] * 4)[:4]
-    V = jnp.concatenate([seq[-1], jnp.zeros_like(seq[-1])], axis=1)
-    return StepTrackerState(V, jnp.stack(past), jnp.asarray(min(len(seq) - 1, 4)))
+    rows = jnp.concatenate([seq[-1], jnp.zeros_like(seq[-1])])
+    return StepTrackerState(rows, jnp.stack(past), jnp.asarray(min(len(seq) - 1, 4)))
 
 
 def test_predict_continues_a_drift_with_a_growing_alternation():
@@ -92,7 +92,7 @@ def test_predict_continues_a_drift_with_a_growing_alternation():
     seq = [a + t * 1e-3 * e + (-1.2) ** t * 1e-3 * b for t in range(6)]
     truth = a + 6 * 1e-3 * e + (-1.2) ** 6 * 1e-3 * b
     tr, st = StepTracker(k=1), _history(seq)
-    pred = np.asarray(tr.predict(st)[:, 0])
+    pred = np.asarray(tr.predict(st)[0])
     line = 2 * seq[-1] - seq[-2]
     step = np.linalg.norm(seq[-1] - seq[-2])
     assert np.linalg.norm(pred - truth) < 1e-3 * step
@@ -106,7 +106,7 @@ def test_predict_with_a_short_history(n):
     rng = np.random.default_rng(1)
     a, e = rng.normal(size=(2, 30))
     seq = [a + t * 1e-2 * e for t in range(n)]
-    pred = np.asarray(StepTracker(k=1).predict(_history(seq))[:, 0])
+    pred = np.asarray(StepTracker(k=1).predict(_history(seq))[0])
     want = seq[-1] if n < 3 else a + n * 1e-2 * e
     # up to the fit's ridge (1e-4 of its normal matrix)
     np.testing.assert_allclose(pred, want, atol=1e-3 * 1e-2 * np.linalg.norm(e))

@@ -37,8 +37,10 @@ __all__ = ["StepTracker", "StepTrackerState", "StepEig", "linearized_gradient"]
 
 
 class StepTrackerState(NamedTuple):
-    V: Float[Array, "d k1"]  # the previous Ritz vectors: top k, then the guard
-    past: Float[Array, "4 d k"]  # the top k Ritz vectors of the 4 steps before, newest first
+    # one vector per row, so each is contiguous (XLA's reductions over a column of a (d, k)
+    # array cost several times a row's on CPU)
+    vectors: Float[Array, "k1 d"]  # the kept top k (H v / theta, see update), then the guard
+    past: Float[Array, "4 k d"]  # the kept top k of the 4 steps before, newest first
     count: Int[Array, ""]  # how many of ``past`` are filled
 
 
@@ -159,17 +161,17 @@ class StepTracker(eqx.Module):
             raise ConfigError(
                 "dim", d, f"at least (k+1) * max_rounds = {self.block * self.max_rounds} parameters"
             )
-        return self._fresh(_orth(jax.random.normal(key, (d, self.block), dtype)))
+        return self._fresh(_orth(jax.random.normal(key, (d, self.block), dtype)).T)
 
     def warm(self, vectors: Float[Array, "d k"], guard: Float[Array, " d"]) -> StepTrackerState:
         """A state from eigenvectors solved otherwise (e.g. by Lanczos at the first step)."""
-        return self._fresh(jnp.concatenate([vectors[:, : self.k], guard[:, None]], axis=1))
+        return self._fresh(jnp.concatenate([vectors[:, : self.k].T, guard[None, :]], axis=0))
 
-    def _fresh(self, V: Array) -> StepTrackerState:
-        past = jnp.zeros((4, V.shape[0], self.k), V.dtype)
-        return StepTrackerState(V, past, jnp.zeros((), jnp.int32))
+    def _fresh(self, rows: Array) -> StepTrackerState:
+        past = jnp.zeros((4, self.k, rows.shape[1]), rows.dtype)
+        return StepTrackerState(rows, past, jnp.zeros((), jnp.int32))
 
-    def predict(self, state: StepTrackerState) -> Float[Array, "d k"]:
+    def predict(self, state: StepTrackerState) -> Float[Array, "k d"]:
         r"""The start of the next step's top block, per column, from the last five vectors
         $h_0=v_t,\dots,h_4=v_{t-4}$ and their differences $\Delta_i=h_i-h_{i+1}$:
         $v_{t+1}=h_0+c_1\Delta_0+c_2\Delta_1$.
@@ -181,10 +183,10 @@ class StepTracker(eqx.Module):
         grows or shrinks by a factor per step). The recurrence, when chosen, is refitted with
         $h_0$ for the prediction. Only the start depends on $c$: values and bounds come from
         true products at the new point."""
-        hist = jnp.stack([state.V[:, : self.k], *state.past])  # (5, d, k): v_t, ..., v_t-4
+        hist = jnp.concatenate([state.vectors[None, : self.k], state.past])  # (5, k, d)
         filled = jnp.arange(1, 5) <= state.count  # Delta_i needs h_(i+1)
-        D = (hist[:-1] - hist[1:]) * filled[:, None, None]  # (4, d, k)
-        G = jnp.einsum("idk,jdk->kij", D, D)  # (k, 4, 4)
+        D = (hist[:-1] - hist[1:]) * filled[:, None, None]  # (4, k, d)
+        G = jnp.stack([D[:, j] @ D[:, j].T for j in range(self.k)])  # (k, 4, 4)
         dtype, tiny = D.dtype, jnp.finfo(D.dtype).tiny ** 0.5
 
         def fit(rows):  # least squares of Delta_j ~ c1 Delta_(j+1) + c2 Delta_(j+2), j in rows
@@ -204,7 +206,7 @@ class StepTracker(eqx.Module):
         err = jnp.where(need[None, :] <= state.count, err, jnp.inf)
         best = jnp.argmin(err, axis=1)
         c = jnp.where((best == 3)[:, None], fit([0, 1]), cands[jnp.arange(self.k), best])
-        return hist[0] + c[:, 0] * D[0] + c[:, 1] * D[1]
+        return hist[0] + c[:, :1] * D[0] + c[:, 1:] * D[1]
 
     def _ritz(self, X: Array, HX: Array, active: Array, tol: float):
         k, k1 = self.k, self.k + 1
@@ -227,55 +229,63 @@ class StepTracker(eqx.Module):
         return U, R, eig, ok
 
     def _first_round(self, Q: Array, HQ: Array):
-        """Rayleigh-Ritz on the predicted top block alone (the round most steps end with)."""
+        """Rayleigh-Ritz on the predicted top block alone (rows), the round most steps end with."""
         if self.k == 1:
-            theta, U, HU = jnp.sum(Q * HQ, axis=0), Q, HQ
+            theta, U, HU = jnp.sum(Q * HQ, axis=1), Q, HQ
         else:
-            theta, S = jnp.linalg.eigh(0.5 * (Q.T @ HQ + HQ.T @ Q))
+            theta, S = jnp.linalg.eigh(0.5 * (Q @ HQ.T + HQ @ Q.T))
             theta, S = theta[::-1], S[:, ::-1]
-            U, HU = Q @ S, HQ @ S
-        R = HU - U * theta[None, :]
+            U, HU = S.T @ Q, S.T @ HQ
+        R = HU - theta[:, None] * U
         floor = _rounding(theta)
-        bound = jnp.maximum(jnp.linalg.norm(R, axis=0), floor)
+        bound = jnp.maximum(jnp.linalg.norm(R, axis=1), floor)
         ok = jnp.all(bound <= jnp.maximum(self.tol * jnp.abs(theta), floor))
         return U, HU, R, (theta, bound, jnp.asarray(jnp.nan, theta.dtype)), ok
 
     def update(
-        self, matmat: Callable[[Array], Array], state: StepTrackerState
+        self,
+        matmat: Callable[[Array], Array],
+        state: StepTrackerState,
+        relinearize: Callable[[], Callable[[Array], Array]] | None = None,
     ) -> tuple[StepTrackerState, StepEig]:
-        """Certified top-$k$ eigenvalues of the operator ``matmat`` from the warm ``state``."""
+        """Certified top-$k$ eigenvalues of the operator ``matmat`` from the warm ``state``.
+
+        ``relinearize``, if given, builds the same operator anew for the later rounds. A
+        ``matmat`` from `linearized_gradient` is then used once, so XLA fuses that product with
+        the gradient instead of storing the linearization for rounds most steps skip (along
+        eos-gd the stored one cost 0.2 of a plain step, every step)."""
         k, k1, m = self.k, self.block, self.block * self.max_rounds
         P = self.predict(state)
-        Q = P / jnp.linalg.norm(P, axis=0, keepdims=True) if k == 1 else _orth(P)
-        d, dtype = Q.shape[0], Q.dtype
-        guard = state.V[:, k]
-        U1, HU1, R1, eig1, ok = self._first_round(Q, matmat(Q))
-
-        def cond(c):
-            return (~c[6]) & (c[7] < self.max_rounds)
-
-        def body(c):
-            X, HX, active, _, R, _, _, n = c
-            Xn, good = _extend(X, active, R)  # in round 2, R's last column is the guard
-            X = jax.lax.dynamic_update_slice_in_dim(X, Xn, n * k1, axis=1)
-            HX = jax.lax.dynamic_update_slice_in_dim(HX, matmat(Xn), n * k1, axis=1)
-            active = jax.lax.dynamic_update_slice_in_dim(active, good, n * k1, axis=0)
-            U, R, eig, polished = self._ritz(X, HX, active, _POLISH * self.tol)
-            return X, HX, active, U, R, eig, polished, n + 1
+        Q = P / jnp.linalg.norm(P) if k == 1 else _orth(P.T).T
+        d, dtype = Q.shape[1], Q.dtype
+        guard = state.vectors[k]
+        U1, HU1, R1, eig1, ok = self._first_round(Q, matmat(Q.T).T)
 
         def more_rounds():
-            # the m-column subspace exists only on the steps that need it: filling it costs
-            # 2m vectors of memory traffic, more than the round-1 work on large nets
-            X = jnp.zeros((d, m), dtype).at[:, :k].set(U1)
-            HX = jnp.zeros((d, m), dtype).at[:, :k].set(HU1)
+            mm = matmat if relinearize is None else relinearize()
+
+            def body(c):
+                X, HX, active, _, R, _, _, n = c
+                Xn, good = _extend(X, active, R)  # in round 2, R's last column is the guard
+                X = jax.lax.dynamic_update_slice_in_dim(X, Xn, n * k1, axis=1)
+                HX = jax.lax.dynamic_update_slice_in_dim(HX, mm(Xn), n * k1, axis=1)
+                active = jax.lax.dynamic_update_slice_in_dim(active, good, n * k1, axis=0)
+                U, R, eig, polished = self._ritz(X, HX, active, _POLISH * self.tol)
+                return X, HX, active, U, R, eig, polished, n + 1
+
+            # the rounds work on columns, in an m-column subspace that exists only on the steps
+            # that need it: filling it costs 2m vectors of memory traffic
+            X = jnp.zeros((d, m), dtype).at[:, :k].set(U1.T)
+            HX = jnp.zeros((d, m), dtype).at[:, :k].set(HU1.T)
             active = jnp.arange(m) < k
-            R = jnp.concatenate([R1, guard[:, None]], axis=1)
-            U = jnp.concatenate([U1, guard[:, None]], axis=1)
-            init = (X, HX, active, U, R, eig1, jnp.asarray(False), jnp.asarray(1))
-            *_, U, R, eig, _, rounds = jax.lax.while_loop(cond, body, init)
+            R = jnp.concatenate([R1, guard[None, :]]).T
+            init = (X, HX, active, R, R, eig1, jnp.asarray(False), jnp.asarray(1))
+            *_, U, R, eig, _, rounds = jax.lax.while_loop(
+                lambda c: (~c[6]) & (c[7] < self.max_rounds), body, init
+            )
             # a guard that was never multiplied (a degenerate subspace) stays as it was
             g = jnp.where(jnp.isfinite(eig[2]), U[:, k], guard)
-            return U[:, :k], R[:, :k], g, eig, rounds
+            return U[:, :k].T, R[:, :k].T, g, eig, rounds
 
         U, R, guard, (values, bound, nxt), rounds = jax.lax.cond(
             ok, lambda: (U1, R1, guard, eig1, jnp.asarray(1)), more_rounds
@@ -283,13 +293,14 @@ class StepTracker(eqx.Module):
         # one free power step, Hv / theta = v + r / theta, shrinks the error along the bulk
         # of the spectrum (|lambda| << theta) to nothing: the next prediction starts from it
         refine = values > 0
-        W = U + R / jnp.where(refine, values, 1.0)[None, :] * refine[None, :]
-        W = W / jnp.linalg.norm(W, axis=0, keepdims=True)
+        W = U + R * (refine / jnp.where(refine, values, 1.0))[:, None]
+        W = W / jnp.linalg.norm(W, axis=1, keepdims=True)
         # signs follow the previous vectors, so the history can be extrapolated
-        W = W * jnp.where(jnp.sum(W * state.V[:, :k], 0) < 0, -1.0, 1.0)[None, :]
-        V = jnp.concatenate([W, guard[:, None]], axis=1)
-        past = jnp.concatenate([state.V[None, :, :k], state.past[:3]], axis=0)
-        new = StepTrackerState(V, past, jnp.minimum(state.count + 1, 4))
+        W = W * jnp.where(jnp.sum(W * state.vectors[:k], 1) < 0, -1.0, 1.0)[:, None]
+        past = jnp.concatenate([state.vectors[None, :k], state.past[:3]])
+        new = StepTrackerState(
+            jnp.concatenate([W, guard[None, :]]), past, jnp.minimum(state.count + 1, 4)
+        )
         return new, StepEig(
             values=values,
             error_bound=bound,

@@ -103,8 +103,9 @@ def sharpness_row(
     r"""The certified top eigenvalues of $\nabla^2L(w)$ by ``tracker`` from ``tstate``, as row
     columns (``sharpness``, ``eigs``, ``sharpness_error``, ``sharpness_matvecs``), with $L(w)$
     and $\nabla L(w)$ from the same linearization."""
-    loss, grad, matmat = linearized_gradient(objective.base(), w)
-    tstate, eig = tracker.update(matmat, tstate)
+    base = objective.base()
+    loss, grad, matmat = linearized_gradient(base, w)
+    tstate, eig = tracker.update(matmat, tstate, lambda: linearized_gradient(base, w)[2])
     row = {
         "sharpness": eig.values[0],
         "eigs": eig.values,

@@ -232,16 +232,17 @@ class _Lockstep:
             prefix = f"{n}__probe_"
             saved = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             self.probes[n].load(saved)
-            if n in self.tstates and "step_V" in saved:
-                V = jnp.asarray(saved["step_V"], self.obj.dtype)
-                fresh = self.step_tracker.warm(V[:, :-1], V[:, -1])  # older runs kept V only
-                self.tstates[n] = fresh._replace(
+            if n in self.tstates and "step_vectors" in saved:
+                dtypes = {"count": jnp.int32}
+                self.tstates[n] = StepTrackerState(
                     **{
-                        f: jnp.asarray(saved[f"step_{f}"], x.dtype)
-                        for f, x in fresh._asdict().items()
-                        if f"step_{f}" in saved
+                        f: jnp.asarray(saved[f"step_{f}"], dtypes.get(f, self.obj.dtype))
+                        for f in StepTrackerState._fields
                     }
                 )
+            elif n in self.tstates and "step_V" in saved:  # older runs: columns, no history
+                V = jnp.asarray(saved["step_V"], self.obj.dtype)
+                self.tstates[n] = self.step_tracker.warm(V[:, :-1], V[:, -1])
 
     def _sharpness(self, n: str, w: Array) -> dict:
         """The step tracker's row at ``w``; its first call solves with Lanczos to start it."""
