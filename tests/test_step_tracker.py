@@ -179,3 +179,31 @@ def test_resume_continues_the_step_tracker_bit_for_bit(tmp_path):
 def test_every_step_refuses_a_growing_k():
     with pytest.raises(ConfigError, match="probes.grow_above"):
         Probes(every_step=True, grow_above=1.0)
+
+
+def test_checkpoint_round_trip_and_older_column_layout():
+    """A checkpoint's tracker arrays restore the state exactly; one from an older run (``step_V``,
+    vectors as columns, no history) restarts the history from those vectors."""
+    from eoslab.runner.loop import _Lockstep
+
+    loss, w0 = small_mlp_loss(n=24, hidden=6)
+    obj = Objective.from_fn(loss, w0, dtype="float64")
+
+    def lockstep():
+        return _Lockstep({"gd": Optimizer(gd(0.5))}, obj, w0, Probes(every_step=True), 0, False)
+
+    lock = lockstep()
+    for _ in range(3):  # the Lanczos start, then two tracker steps: a history to keep
+        lock._sharpness("gd", w0)
+    arrays = lock.arrays(0)
+    again = lockstep()
+    again.load(arrays, "here")
+    for a, b in zip(lock.tstates["gd"], again.tstates["gd"], strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(again.tstates["gd"].count) == 2
+    older = {k: v for k, v in arrays.items() if "__probe_step_" not in k}
+    older["gd__probe_step_V"] = np.asarray(lock.tstates["gd"].vectors).T
+    old = lockstep()
+    old.load(older, "here")
+    np.testing.assert_array_equal(old.tstates["gd"].vectors, lock.tstates["gd"].vectors)
+    assert int(old.tstates["gd"].count) == 0 and not np.any(np.asarray(old.tstates["gd"].past))
