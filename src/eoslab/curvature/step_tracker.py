@@ -1,7 +1,7 @@
 r"""`StepTracker`: certified top eigenvalues at *every* step, inside the compiled loop.
 
 Along a trajectory $H_t=\nabla^2L(w_t)$ moves little from one step to the next, so the last
-certified Ritz vectors, extrapolated (`StepTracker.predict`), are an excellent start. A step
+steps' vectors, extrapolated (`StepTracker.predict`), are an excellent start. A step
 multiplies only these top-$k$ vectors, from the same linearization of $\nabla L$ at $w_t$ that
 yields the gradient the step itself needs. When their residuals are not small enough, rounds of
 block Davidson follow: the guard vector below them and the residuals $r_i=Hv_i-\theta_iv_i$ (the
@@ -122,7 +122,7 @@ class StepTracker(eqx.Module):
     r"""Warm block Davidson for the top-$k$ eigenvalues of $H_t$, one call per step.
 
     ``update(matmat, state)`` returns the new state and a `StepEig`; ``matmat(X) = H_t X``.
-    The first round multiplies the top $k$ vectors predicted from the last certified ones
+    The first round multiplies the top $k$ vectors predicted from the last steps' ones
     (`predict`); each value's bound is its residual norm. While a bound misses ``tol``, each
     further round adds the guard (in round 2) and the current Ritz pairs' residuals to the
     subspace ($k+1$ products), until the residuals are below ``tol/4`` or ``max_rounds``
