@@ -94,6 +94,14 @@ def _rounding(theta: Array) -> Array:
     return _ROUNDING * jnp.finfo(theta.dtype).eps * jnp.max(jnp.abs(theta))
 
 
+def _certify(theta: Array, resid: Array, tol: float) -> tuple[Array, Array]:
+    """Each value's bound, its residual norm but no tighter than the rounding of the products
+    themselves, and whether all bounds are within ``tol`` of their values."""
+    floor = _rounding(theta)
+    bound = jnp.maximum(resid, floor)
+    return bound, jnp.all(bound <= jnp.maximum(tol * jnp.abs(theta), floor))
+
+
 def _orth(X: Array) -> Array:
     Q, _ = jnp.linalg.qr(X)
     return Q
@@ -172,7 +180,7 @@ class StepTracker(eqx.Module):
         return StepTrackerState(rows, past, jnp.zeros((), jnp.int32))
 
     def predict(self, state: StepTrackerState) -> Float[Array, "k d"]:
-        r"""The start of the next step's top block, per column, from the last five vectors
+        r"""The start of the next step's top block, per vector, from the last five of it
         $h_0=v_t,\dots,h_4=v_{t-4}$ and their differences $\Delta_i=h_i-h_{i+1}$:
         $v_{t+1}=h_0+c_1\Delta_0+c_2\Delta_1$.
 
@@ -221,10 +229,7 @@ class StepTracker(eqx.Module):
         theta, S = theta[order], S[:, order]
         U, HU = X @ S, HX @ S
         R = HU - U * theta[None, :]
-        # no bound is tighter than the rounding of the products themselves
-        floor = _rounding(theta[:k])
-        bound = jnp.maximum(jnp.linalg.norm(R[:, :k], axis=0), floor)
-        ok = jnp.all(bound <= jnp.maximum(tol * jnp.abs(theta[:k]), floor))
+        bound, ok = _certify(theta[:k], jnp.linalg.norm(R[:, :k], axis=0), tol)
         eig = (theta[:k], bound, jnp.where(valid, theta[k], jnp.nan))
         return U, R, eig, ok
 
@@ -237,9 +242,7 @@ class StepTracker(eqx.Module):
             theta, S = theta[::-1], S[:, ::-1]
             U, HU = S.T @ Q, S.T @ HQ
         R = HU - theta[:, None] * U
-        floor = _rounding(theta)
-        bound = jnp.maximum(jnp.linalg.norm(R, axis=1), floor)
-        ok = jnp.all(bound <= jnp.maximum(self.tol * jnp.abs(theta), floor))
+        bound, ok = _certify(theta, jnp.linalg.norm(R, axis=1), self.tol)
         return U, HU, R, (theta, bound, jnp.asarray(jnp.nan, theta.dtype)), ok
 
     def update(
@@ -306,5 +309,5 @@ class StepTracker(eqx.Module):
             error_bound=bound,
             next_value=nxt,
             matvecs=(rounds - 1) * k1 + k,
-            converged=jnp.all(bound <= jnp.maximum(self.tol * jnp.abs(values), _rounding(values))),
+            converged=_certify(values, bound, self.tol)[1],
         )
