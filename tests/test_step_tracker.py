@@ -99,6 +99,24 @@ def test_predict_continues_a_drift_with_a_growing_alternation():
     assert np.linalg.norm(line - truth) > 2 * step
 
 
+def test_predict_continues_an_alternation_whose_amplitude_drifts():
+    """v_t = a + t s + (-1)^t (b + t e): each parity moves on its own line, so the same-parity
+    line 2 v_(t-1) - v_(t-3) is exact, where a line plus period 2 misses by 4 |e| (three modes,
+    beyond the two-term recurrence)."""
+    rng = np.random.default_rng(2)
+    a, s, b, e = rng.normal(size=(4, 40))
+
+    def v(t):
+        return a + t * 1e-3 * s + (-1) ** t * (1e-2 * b + t * 1e-3 * e)
+
+    seq = [v(t) for t in range(6)]
+    pred = np.asarray(StepTracker(k=1).predict(_history(seq))[0])
+    period2 = seq[-1] + seq[-2] - seq[-3]
+    step = np.linalg.norm(seq[-1] - seq[-2])
+    assert np.linalg.norm(pred - v(6)) < 1e-4 * step
+    assert np.linalg.norm(period2 - v(6)) > 0.1 * step
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_predict_with_a_short_history(n):
     """One vector: itself. With 2 or 3, the one-term fit Delta_0 ~ c Delta_1 (a straight line

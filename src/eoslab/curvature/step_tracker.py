@@ -182,11 +182,13 @@ class StepTracker(eqx.Module):
     def predict(self, state: StepTrackerState) -> Float[Array, "k d"]:
         r"""The start of the next step's top block, per vector, from the last five of it
         $h_0=v_t,\dots,h_4=v_{t-4}$ and their differences $\Delta_i=h_i-h_{i+1}$:
-        $v_{t+1}=h_0+c_1\Delta_0+c_2\Delta_1$.
+        $v_{t+1}=h_0+c_1\Delta_0+c_2\Delta_1+c_3\Delta_2$.
 
-        $c$ is the candidate that would have predicted $h_0$ from $h_1,h_2,h_3$ best: the last
-        vector ($c=0$), a straight line ($c=(1,0)$), a line plus the edge of stability's period-2
-        alternation ($c=(0,1)$), or the two-term recurrence $\Delta_j\approx c_1\Delta_{j+1}+
+        $c$ is the candidate that would have predicted $h_0$ from the older vectors best: the last
+        vector ($c=0$), a straight line ($c=(1,0,0)$), a line plus the edge of stability's
+        period-2 alternation ($c=(0,1,0)$), the same-parity vector $h_1$ ($c=(-1,0,0)$), the
+        same-parity line $2h_1-h_3$ ($c=(-1,1,1)$: an alternation whose amplitude drifts, as
+        inside an unstable cluster), or the two-term recurrence $\Delta_j\approx c_1\Delta_{j+1}+
         c_2\Delta_{j+2}$ fitted to the older vectors (which also holds for an alternation that
         grows or shrinks by a factor per step). The recurrence, when chosen, is refitted with
         $h_0$ for the prediction. Only the start depends on $c$: values and bounds come from
@@ -205,16 +207,20 @@ class StepTracker(eqx.Module):
             l1 = jnp.sum(jnp.abs(c), -1, keepdims=True)
             return c * jnp.minimum(1.0, _MAX_EXTRAPOLATION / (l1 + tiny))  # (k, 2)
 
-        fixed = jnp.asarray([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype)
-        cands = jnp.concatenate([jnp.broadcast_to(fixed, (self.k, 3, 2)), fit([1])[:, None]], 1)
-        # |Delta_0 - c1 Delta_1 - c2 Delta_2|^2 for each candidate, from the Gram matrix alone
-        c0 = jnp.concatenate([jnp.ones((self.k, 4, 1), dtype), -cands], axis=2)  # (k, 4, 3)
-        err = jnp.einsum("kci,kij,kcj->kc", c0, G[:, :3, :3], c0)
-        need = jnp.asarray([1, 2, 3, 4])  # past vectors each backtest reads
+        # h_0 + c . (Delta_0, Delta_1, Delta_2): the last vector, a line, a line plus the period-2
+        # alternation, the same-parity vector h_1, and the same-parity line 2 h_1 - h_3
+        fixed = jnp.asarray([[0, 0, 0], [1, 0, 0], [0, 1, 0], [-1, 0, 0], [-1, 1, 1]], dtype)
+        need = jnp.asarray([1, 2, 3, 2, 4, 4])  # past vectors each backtest reads
+        fitted = jnp.pad(fit([1]), ((0, 0), (0, 1)))
+        cands = jnp.concatenate([jnp.broadcast_to(fixed, (self.k, 5, 3)), fitted[:, None]], 1)
+        # |Delta_0 - c . (Delta_1, Delta_2, Delta_3)|^2 for each candidate, from the Gram matrix
+        c0 = jnp.concatenate([jnp.ones((self.k, 6, 1), dtype), -cands], axis=2)  # (k, 6, 4)
+        err = jnp.einsum("kci,kij,kcj->kc", c0, G, c0)
         err = jnp.where(need[None, :] <= state.count, err, jnp.inf)
         best = jnp.argmin(err, axis=1)
-        c = jnp.where((best == 3)[:, None], fit([0, 1]), cands[jnp.arange(self.k), best])
-        return hist[0] + c[:, :1] * D[0] + c[:, 1:] * D[1]
+        refit = jnp.pad(fit([0, 1]), ((0, 0), (0, 1)))
+        c = jnp.where((best == 5)[:, None], refit, cands[jnp.arange(self.k), best])
+        return hist[0] + c[:, :1] * D[0] + c[:, 1:2] * D[1] + c[:, 2:] * D[2]
 
     def _ritz(self, X: Array, HX: Array, active: Array, tol: float):
         k, k1 = self.k, self.k + 1
