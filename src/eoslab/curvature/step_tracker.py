@@ -212,14 +212,15 @@ class StepTracker(eqx.Module):
         fixed = jnp.asarray([[0, 0, 0], [1, 0, 0], [0, 1, 0], [-1, 0, 0], [-1, 1, 1]], dtype)
         need = jnp.asarray([1, 2, 3, 2, 4, 4])  # past vectors each backtest reads
         fitted = jnp.pad(fit([1]), ((0, 0), (0, 1)))
-        cands = jnp.concatenate([jnp.broadcast_to(fixed, (self.k, 5, 3)), fitted[:, None]], 1)
+        n_fixed = fixed.shape[0]
+        cands = jnp.concatenate([jnp.broadcast_to(fixed, (self.k, n_fixed, 3)), fitted[:, None]], 1)
         # |Delta_0 - c . (Delta_1, Delta_2, Delta_3)|^2 for each candidate, from the Gram matrix
-        c0 = jnp.concatenate([jnp.ones((self.k, 6, 1), dtype), -cands], axis=2)  # (k, 6, 4)
+        c0 = jnp.concatenate([jnp.ones((self.k, n_fixed + 1, 1), dtype), -cands], axis=2)
         err = jnp.einsum("kci,kij,kcj->kc", c0, G, c0)
         err = jnp.where(need[None, :] <= state.count, err, jnp.inf)
         best = jnp.argmin(err, axis=1)
         refit = jnp.pad(fit([0, 1]), ((0, 0), (0, 1)))
-        c = jnp.where((best == 5)[:, None], refit, cands[jnp.arange(self.k), best])
+        c = jnp.where((best == n_fixed)[:, None], refit, cands[jnp.arange(self.k), best])
         return hist[0] + c[:, :1] * D[0] + c[:, 1:2] * D[1] + c[:, 2:] * D[2]
 
     def _ritz(self, X: Array, HX: Array, active: Array, tol: float):
