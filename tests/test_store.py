@@ -151,8 +151,14 @@ def _cli(*args, cache=None, **kw):
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         )
+    # Ctrl-C's handler restored: a shell's background job (`make test &`) starts with SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt for it
+    cli = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('eoslab.cli', run_name='__main__', alter_sys=True)"
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "eoslab.cli", *args],
+        [sys.executable, "-c", cli, *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
