@@ -12,12 +12,15 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import tyro
 
-from .errors import DamagedRunError, DamagedRunWarning, EoslabError
+from .errors import DamagedRunError, DamagedRunWarning, EoslabError, RunInterrupted, RunInUseError
 from .experiments import DEFAULT_PRESET, PRESETS, Experiment
+
+if TYPE_CHECKING:
+    from .runner import RunStore
 
 __all__ = ["main"]
 
@@ -26,8 +29,13 @@ EXIT_CODES = {
     1: "a reproduction's prediction outside its tolerance",
     2: "bad usage or config (nothing ran)",
     3: "the run diverged (every metric measured before is kept)",
-    4: "a damaged run directory or an I/O error (nothing whole was changed)",
-    130: "interrupted (resumable with: eoslab resume DIR)",
+    4: (
+        "a damaged run directory, an I/O error (the run is marked interrupted; nothing whole "
+        "was changed) or a run directory another process is writing (refused)"
+    ),
+    130: "interrupted by SIGINT (Ctrl-C): every row measured and a checkpoint are saved; "
+    "resumable with: eoslab resume DIR",
+    143: "interrupted by SIGTERM: the same",
 }
 
 DESCRIPTION = (
@@ -222,9 +230,21 @@ def _execute(exp: Experiment, out: Path, *, resume: bool, quiet: bool, plot: boo
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
             run = execute(exp, out, resume=resume, progress=None if not quiet else False)
+        except RunInterrupted as exc:  # every row measured and a checkpoint are saved
+            _err(str(exc))
+            return exc.exit_code
         except KeyboardInterrupt:
             _err(f"interrupted; everything flushed is kept; continue with: eoslab resume {out}")
             return 130
+        except OSError as exc:  # the run marked itself interrupted, with the error
+            if isinstance(exc, EoslabError) or not (out / "config.json").is_file():
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            _err(
+                f"I/O error{where}: {exc.strerror or exc}; every whole file is kept; once this is "
+                f"fixed, continue with: eoslab resume {out}"
+            )
+            return 4
     df = run.metrics
     print(f"{run.status}: {run.message}")
     for name in dict.fromkeys(df["process"]) if "process" in df else []:
@@ -319,20 +339,25 @@ def _with_data_dir(exp: Experiment, data_dir: Path | None) -> Experiment:
 def _cmd_run(args: Run, name: str) -> int:
     exp = _with_data_dir(args.experiment, args.data_dir)
     out = args.out if args.out is not None else _fresh_dir(Path("runs") / name)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise _UsageError(
-            f"{out} already exists and is not empty; eoslab never overwrites a run. "
-            f"Choose another --out, or continue it with: eoslab resume {out}"
-        )
+    from .runner import RunStore
+
+    RunStore(out).check_new()  # a run: resume it; other files: another --out (exit 2)
     return _execute(exp, out, resume=False, quiet=args.quiet, plot=args.plot)
 
 
 def _cmd_resume(args: Resume) -> int:
-    from .experiments import to_dict
-    from .runner import RESUMABLE, RunStore
+    from .runner import RunStore
 
     exp = _recorded(args.dir)
     store = RunStore(args.dir)
+    with store.lock("resume"):  # from the first look to the last figure: one writer
+        return _resume_locked(args, exp, store)
+
+
+def _resume_locked(args: Resume, exp: Experiment, store: RunStore) -> int:
+    from .experiments import to_dict
+    from .runner import RESUMABLE
+
     man = store.read_manifest()
     if args.steps is not None and args.steps != exp.steps:
         if args.steps < exp.steps:
@@ -575,7 +600,7 @@ def _dispatch(argv: list[str]) -> int:
             return _cmd_demo(args)
         if isinstance(args, Reproduce):
             return _cmd_reproduce(args)
-    except DamagedRunError as exc:
+    except (DamagedRunError, RunInUseError) as exc:
         _err(str(exc))
         return 4
     except (_UsageError, EoslabError) as exc:
@@ -585,6 +610,9 @@ def _dispatch(argv: list[str]) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         _err(f"I/O error{where}: {exc.strerror or exc}")
         return 4
+    except RunInterrupted as exc:
+        _err(str(exc))
+        return exc.exit_code
     except KeyboardInterrupt:
         _err("interrupted; continue with: eoslab resume DIR (everything flushed so far is kept)")
         return 130

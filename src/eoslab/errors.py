@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 
@@ -84,3 +85,31 @@ class DamagedRunError(EoslabError, OSError):
 class DamagedRunWarning(UserWarning):
     """A file of a run directory was damaged and has been left out or moved aside (the message
     names it and says what eoslab does instead)."""
+
+
+class RunInUseError(EoslabError, OSError):
+    """Another process is writing this run directory (``eoslab run``, ``resume``, ``report`` or
+    ``plot``): one writer per run directory. The message names that process (pid, host, command,
+    since when); nothing has been changed.
+
+    Fix: wait for it to end, or stop it (``kill PID``: it saves everything measured and ends
+    "interrupted"), then try again.
+    """
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT (Ctrl-C) or SIGTERM after writing every row measured and a
+    checkpoint at the step it had reached (manifest status "interrupted"); ``eoslab resume DIR``
+    continues it to the numbers of an uninterrupted run.
+
+    ``signum`` is the signal; ``exit_code`` is the shell's convention 128 + signum (130 for
+    SIGINT, 143 for SIGTERM), which ``eoslab`` exits with.
+    """
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        self.signum = int(signum)
+        super().__init__(message or f"interrupted by {signal.Signals(self.signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..runlock import hold_run_of
+
 __all__ = ["pyplot", "save_figure", "write_text"]
 
 
@@ -32,12 +34,17 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Save a matplotlib figure as PNG (120 dpi, tight box) atomically and close it."""
+    """Save a matplotlib figure as PNG (120 dpi, tight box) atomically and close it; into a run
+    directory only holding its one-writer lock (`eoslab.runlock`: refused while a run writes it).
+    """
     plt = pyplot()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with hold_run_of(path, "figure"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.stem + ".tmp.png")
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+            os.replace(tmp, path)
+    finally:
+        plt.close(fig)
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -11,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DamagedRunError, DamagedRunWarning
+from ..runlock import hold
 from .plots import plot_runs, read_run_metrics
 
 __all__ = ["final_rows", "write_report"]
@@ -48,9 +50,18 @@ def final_rows(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``figures/overview.png``, ``report.md`` and ``report.html`` for a run directory
-    (default: into it) and return the Markdown file's path. Reads the store only."""
+    (default: into it) and return the Markdown file's path. Reads the store only; writing into
+    the run directory, it holds the directory's one-writer lock (`RunInUseError` while a run or
+    another report writes it)."""
     run_dir = Path(run_dir)
     out = run_dir if out is None else Path(out)
+    inside = run_dir.resolve() in (out.resolve(), *out.resolve().parents)
+    is_run = (run_dir / "config.json").is_file()
+    with hold(run_dir, "report") if inside and is_run else contextlib.nullcontext():
+        return _write_report(run_dir, out)
+
+
+def _write_report(run_dir: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     try:
         record = json.loads((run_dir / "config.json").read_bytes())

@@ -11,7 +11,11 @@ All processes are checkpointed together and resume together, to the same numbers
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -28,7 +32,7 @@ from ..curvature import top_eigenpairs
 from ..curvature.operator import HessianOperator
 from ..curvature.step_tracker import StepTracker, StepTrackerState
 from ..dynamics.process import Process, advance, measure, sharpness_row
-from ..errors import ConfigError, DamagedRunWarning, DivergenceError, check_int
+from ..errors import ConfigError, DamagedRunWarning, DivergenceError, RunInterrupted, check_int
 from ..objective import LossLike, Objective, as_objective
 from .probes import ProbeFn, Probes, ProbeSet, distances, phi_probe
 from .progress import Progress
@@ -372,6 +376,16 @@ def run(
     Returns:
         A `Run`. Divergence (a non-finite loss or point in any process) stops the run with
         ``status = "diverged"`` and a message, keeping every metric measured before it.
+
+    Raises:
+        RunInUseError: ``out`` is being written by another process (one writer per run
+            directory, `RunStore.lock`, held from before the resume's checks to the end).
+        RunInterrupted: SIGINT or SIGTERM arrived (main thread, with ``out``): the steps under
+            way are finished, every row measured is written with a checkpoint at the step
+            reached, and the manifest says "interrupted" and how to resume. A second signal
+            stops at once (the last checkpoint stays).
+        OSError: a write failed (e.g. a full disk): the manifest says "interrupted" with the
+            error, best effort; the last checkpoint stays.
     """
     procs = _as_processes(processes)
     obj = as_objective(objective, w0)
@@ -382,14 +396,19 @@ def run(
     stop = Stop() if stop is None else stop
     w = jnp.asarray(obj.w0 if w0 is None else w0, obj.dtype)
     lock = _Lockstep(procs, obj, w, probes, seed, keep_points, tuple(custom_probes))
+    if out is None:
+        return _drive(
+            lock, procs, None, 0, steps, probe_every, log_every, stop, progress, flush_seconds
+        )
 
-    store = RunStore(out) if out is not None else None
-    t = 0
-    if store is not None:
+    store = RunStore(out)
+    with _Signals() as signals, contextlib.ExitStack() as held:
+        t = 0
         if resume:
             if not store.exists():
                 raise ConfigError("resume", str(out), "a run directory with config.json")
-            dmg = store.verify()
+            held.enter_context(store.lock("resume"))  # before verify: another writer's fresh
+            dmg = store.verify()  # parts are no damage, and are never moved aside
             if not dmg.files and store.read_manifest().get("status") not in RESUMABLE:
                 return load_run(out)
             t = _recover(store, dmg)
@@ -397,12 +416,81 @@ def run(
                 lock.load(store.read_checkpoint(dmg.checkpoint), str(out))
             store.truncate_metrics(t)
         else:
-            store.create(
+            store.check_new()  # refused before anything is touched
+            store.path.mkdir(parents=True, exist_ok=True)
+            held.enter_context(store.lock("run"))
+            store.create(  # checks again, holding the lock: two runs never share a directory
                 config
                 if config is not None
                 else _default_config(procs, steps, obj, seed, probe_every, log_every)
             )
+        return _drive(
+            lock,
+            procs,
+            store,
+            t,
+            steps,
+            probe_every,
+            log_every,
+            stop,
+            progress,
+            flush_seconds,
+            signals,
+        )
 
+
+class _Signals:
+    """SIGINT and SIGTERM, while a run writes its directory: the first sets ``signum``, which the
+    loop reads between two chunks of steps (where every process's state and the step agree); a
+    second one stops at once. Only in the main thread (the only one Python delivers signals to);
+    a signal ignored on entry (a background job's SIGINT) stays ignored; the previous handlers
+    come back on exit."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                prev = signal.getsignal(sig)
+                if prev is None or prev == signal.SIG_IGN:  # None: set outside Python, kept
+                    continue
+                self._previous[sig] = prev
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            raise RunInterrupted(signum, f"{name} again: stopped at once")
+        self.signum = signum
+        with contextlib.suppress(OSError):  # not print(): it may interrupt a print
+            os.write(
+                2,
+                f"eoslab: {name}: saving every row measured and a checkpoint after the "
+                f"current steps (send {name} again to stop at once)\n".encode(),
+            )
+
+
+def _drive(
+    lock: _Lockstep,
+    procs: dict[str, Process],
+    store: RunStore | None,
+    t: int,
+    steps: int,
+    probe_every: int,
+    log_every: int,
+    stop: Stop,
+    progress: bool | None,
+    flush_seconds: float,
+    signals: _Signals | None = None,
+) -> Run:
+    """The loop of `run` from step ``t``: probe, advance, flush; holding the store's lock."""
     first = next(iter(procs))
     bar = Progress(steps, initial=t, enabled=progress)
     bar.notice(f"eoslab: compiling {', '.join(procs)} (the first steps and probes take longer)")
@@ -470,16 +558,33 @@ def run(
                 message = f"diverged at step {diverged_at}: {reason}"
                 break
             t += n
+            if t < steps and signals is not None and signals.signum is not None:
+                # the checkpoint at t is taken before t is probed, as a timed flush's is
+                name = signal.Signals(signals.signum).name
+                message = (
+                    f"interrupted by {name} at step {t}: every row measured before it is kept, "
+                    f"with a checkpoint at step {t}; continue with: eoslab resume {store.path}"
+                )
+                flush(t, "interrupted", message)
+                raise RunInterrupted(signals.signum, message)
             if t < steps and time.monotonic() - last_flush >= flush_seconds:
                 flush(t)
         if status == "diverged":
             message += f"; {kept + len(pending)} rows of metrics kept"
         flush(t, status, message)
+    except RunInterrupted as exc:
+        if store is not None and store.read_manifest().get("status") != "interrupted":
+            store.set_status("interrupted", f"{exc}; {_resume_hint(store)}")
+        raise
     except KeyboardInterrupt:
         if store is not None:  # the last checkpoint stays; the manifest says how to continue
-            man = store.read_manifest()
-            msg = f"interrupted near step {t}; continue with: eoslab resume {store.path}"
-            store.write_manifest({**man, "status": "interrupted", "message": msg})
+            store.set_status("interrupted", f"interrupted near step {t}; {_resume_hint(store)}")
+        raise
+    except OSError as exc:  # a full disk, a removed directory: the last checkpoint stays
+        if store is not None:
+            store.set_status(
+                "interrupted", f"stopped near step {t} by {exc}; {_resume_hint(store)}"
+            )
         raise
     finally:
         bar.close()
@@ -487,7 +592,7 @@ def run(
     if status == "diverged":
         if stop.raise_on_divergence:
             raise DivergenceError(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     if store is not None:
         metrics, cfg = store.metrics(), store.read_config()
@@ -503,6 +608,13 @@ def run(
         path=store.path if store else None,
         config=cfg,
         points=points,
+    )
+
+
+def _resume_hint(store: RunStore) -> str:
+    return (
+        "every row up to the last checkpoint is kept; once the cause is dealt with, continue with: "
+        f"eoslab resume {store.path}"
     )
 
 

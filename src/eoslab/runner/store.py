@@ -8,11 +8,13 @@ Layout::
       metrics/part-000000-000099.parquet   one Parquet part per flush (rows with those steps)
       checkpoints/step-000000100.npz       the state to resume from (plain arrays, no pickle)
       figures/               written by ``eoslab plot``
+      .eoslab-lock           the one-writer lock (`eoslab.runlock`): who writes the run now
 
 Every file is first written to a temporary name in the same folder, flushed to disk, then renamed
 over its final name with `os.replace`, so a run killed at any moment (SIGKILL included) leaves each
 file either absent, whole and old, or whole and new. Metrics rows later than the last checkpoint are
-dropped on resume, then measured again.
+dropped on resume, then measured again. One process writes a run directory at a time
+(`RunStore.lock`); a second one is refused with a `RunInUseError` naming the first.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -39,6 +42,7 @@ from ..errors import (
     EoslabError,
     UnsafeFileError,
 )
+from ..runlock import LOCK_NAME, Holder, hold
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,7 +56,7 @@ _CKPT = re.compile(r"^step-(\d+)\.npz$")
 class RunExistsError(EoslabError, FileExistsError):
     """The output directory already holds files; eoslab never overwrites a run silently.
 
-    Fix: choose another ``--out``, or continue the run with ``eoslab resume DIR``.
+    Fix: choose another ``--out``, or (when it holds a run) continue it with ``eoslab resume DIR``.
     """
 
 
@@ -168,13 +172,41 @@ class RunStore:
     def exists(self) -> bool:
         return (self.path / "config.json").is_file()
 
-    def create(self, config: dict[str, Any]) -> None:
-        """Start a new run here; refuses (never prompts) when the directory holds anything."""
-        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+    def lock(self, purpose: str = "run") -> AbstractContextManager[Holder]:
+        """Hold this run directory's one-writer lock (``with store.lock("resume"): ...``).
+
+        An exclusive `fcntl.flock` on ``.eoslab-lock``, whose content names the holder; a second
+        process is refused at once with a `RunInUseError` naming it; a lock left by a killed
+        process is taken over (the kernel released it) with a warning. See `eoslab.runlock`.
+        """
+        return hold(self.path, purpose)
+
+    def check_new(self) -> None:
+        """Refuse (`RunExistsError`) a directory that holds anything but a lock file: a run
+        (continue it with ``eoslab resume``) or someone else's files (choose another --out)."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
             raise RunExistsError(
-                f"{self.path} already exists and is not empty; eoslab never overwrites a run. "
+                f"{self.path} exists and is not a directory; eoslab never overwrites files. "
+                "Choose another --out"
+            )
+        if not any(p.name != LOCK_NAME for p in self.path.iterdir()):
+            return
+        if self.exists():
+            raise RunExistsError(
+                f"{self.path} already holds a run; eoslab never overwrites a run. "
                 f"Choose another --out, or continue it with: eoslab resume {self.path}"
             )
+        raise RunExistsError(
+            f"{self.path} already exists, is not empty and is not a run directory (no "
+            "config.json); eoslab never overwrites files. Choose another --out"
+        )
+
+    def create(self, config: dict[str, Any]) -> None:
+        """Start a new run here; refuses (never prompts) when the directory holds anything but
+        its lock file. Called holding `lock`, the check cannot race with another process's."""
+        self.check_new()
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_dir.mkdir()
         self.checkpoint_dir.mkdir()
@@ -244,6 +276,31 @@ class RunStore:
             self.path / "manifest.json",
             json.dumps(manifest, indent=2, default=_json_default).encode(),
         )
+
+    def set_status(self, status: str, message: str) -> None:
+        """Record ``status`` and ``message`` in the manifest, keeping the rest; best effort, never
+        raises (it runs while another error is on its way out).
+
+        On a full disk the atomic write (a new file) can fail; the manifest is then rewritten in
+        place as compact JSON, which is shorter than the indented file it replaces, so it needs no
+        new block. A crash in the middle of that leaves a damaged manifest, which `verify` reports
+        and a resume rebuilds from the files on disk.
+        """
+        with contextlib.suppress(Exception):
+            man = {**self.read_manifest(), "status": status, "message": message}
+            man.pop("damaged", None)
+            try:
+                self.write_manifest(man)
+                return
+            except OSError:
+                pass
+            man = dict(man, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"), files=dict(self._sums))
+            data = json.dumps(man, separators=(",", ":"), default=_json_default).encode()
+            with open(self.path / "manifest.json", "r+b") as f:
+                f.write(data)
+                f.truncate()
+                f.flush()
+                os.fsync(f.fileno())
 
     # ---------------------------------------------------------------- metrics
     def write_part(self, rows: pd.DataFrame) -> Path | None:
