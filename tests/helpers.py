@@ -169,3 +169,71 @@ def assert_same_metrics(a, b):
             assert bad.size == 0, (col, bad[:5], xa[bad[:5]], ya[bad[:5]])
         else:
             np.testing.assert_array_equal(x.to_numpy(), y.to_numpy(), err_msg=col)
+
+
+# -- the eoslab command in a fresh interpreter (test_run_lock): Ctrl-C's handler restored, an
+#    optional pause after each checkpoint write, and the step each chunk of steps reached logged
+
+_CLI = """
+import runpy, signal, sys, time
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell ignores SIGINT
+import eoslab.runner.loop as _loop
+import eoslab.runner.store as _store
+
+_write, _advance = _store.RunStore.write_checkpoint, _loop._Lockstep.advance
+PAUSE, LOG = {pause!r}, {log!r}
+
+
+def _slow_write(self, step, arrays):
+    out = _write(self, step, arrays)
+    time.sleep(PAUSE)
+    return out
+
+
+def _logged_advance(self, t0, n, log_every):  # the pause falls inside the chunk of steps
+    time.sleep(PAUSE)
+    out = _advance(self, t0, n, log_every)
+    if LOG:
+        with open(LOG, "a") as f:
+            f.write(f"{{t0 + n}}\\n")
+    return out
+
+
+_store.RunStore.write_checkpoint = _slow_write
+_loop._Lockstep.advance = _logged_advance
+runpy.run_module("eoslab.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def eoslab_process(*args, cache=None, pause=0.0, log=None):
+    """``eoslab ARGS`` in a fresh interpreter (CPU, this checkout's ``src``), as a `Popen` with
+    text pipes: SIGINT's default handler restored (a shell's background job starts with it
+    ignored), ``pause`` seconds after each checkpoint write and at the start of each chunk of
+    steps (a test's signal then lands mid-chunk), the step each chunk reached appended to ``log``,
+    and JAX's persistent compilation cache in ``cache`` if given."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"),
+    )
+    env.pop("JAX_ENABLE_X64", None)
+    if cache is not None:
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(cache),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
+    code = _CLI.format(pause=float(pause), log=None if log is None else str(log))
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -6,12 +6,15 @@ data survives: a repaired run ends with exactly the metrics of the undamaged one
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 
 import pandas as pd
 import pytest
 
+import eoslab.runner.store as store_module
 from eoslab.cli import main
 from eoslab.runner import load_run
 
@@ -121,3 +124,56 @@ def test_plot_and_report_read_around_damage(reference, tmp_path, capsys, kind):
         assert "damaged" in err
     # read-only: nothing was moved aside
     assert not (run / "damaged").exists()
+
+
+@pytest.mark.parametrize("manifest", ["rewritten-in-place", "unwritable"])
+def test_a_full_disk_marks_the_run_interrupted_and_resume_finishes_it(
+    reference, tmp_path, capsys, monkeypatch, manifest
+):
+    """The disk fills at the second checkpoint and stays full: every later write fails. The run
+    exits 4 naming the original error; its manifest says "interrupted" with that error (rewritten
+    in place, as the atomic write needs a new file), or, when even that fails, is left as it was
+    and the original error is still the one reported. A resume then ends with exactly the
+    reference's metrics."""
+    cfg = tmp_path / "exp.json"
+    cfg.write_text(json.dumps(TINY))
+    run = tmp_path / "run"
+    write, full = store_module.atomic_write_bytes, []
+
+    def filling(path, data, **kw):
+        if path.name.startswith("step-") and path.name != "step-000000010.npz" or full:
+            full.append(path.name)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write(path, data, **kw)
+
+    monkeypatch.setattr(store_module, "atomic_write_bytes", filling)
+    if manifest == "unwritable":
+
+        def no_open(file, *a, **kw):  # the in-place rewrite fails too, once the disk is full
+            if full and os.path.basename(file) == "manifest.json":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+            return open(file, *a, **kw)
+
+        monkeypatch.setattr(store_module, "open", no_open, raising=False)
+    capsys.readouterr()
+    assert main(["run", "--config", str(cfg), "--out", str(run), "--quiet", "--no-plot"]) == 4
+    err = capsys.readouterr().err
+    _one_line_messages(err)
+    assert len(err.strip().splitlines()) == 1
+    assert "step-000000020.npz: No space left on device" in err  # the original error, unmasked
+    assert f"eoslab resume {run}" in err
+    assert full[0] == "step-000000020.npz" and "manifest.json" in full  # the manifest failed too
+    man = json.loads((run / "manifest.json").read_text())
+    assert man["checkpoint"] == "checkpoints/step-000000010.npz"
+    if manifest == "unwritable":
+        assert man["status"] == "running"  # best effort: as it was
+    else:
+        assert man["status"] == "interrupted"
+        assert "No space left on device" in man["message"] and "step 20" in man["message"]
+        assert f"eoslab resume {run}" in man["message"]
+    monkeypatch.undo()  # space freed
+    assert main(["resume", str(run), "--quiet", "--no-plot"]) == 0
+    _one_line_messages(capsys.readouterr().err)
+    back, ref = load_run(run), load_run(reference)
+    assert back.status == "completed"
+    pd.testing.assert_frame_equal(back.metrics, ref.metrics, check_exact=True)

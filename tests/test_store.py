@@ -89,7 +89,7 @@ def test_existing_directory_is_never_overwritten(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(RunExistsError, match="eoslab resume"):
+    with pytest.raises(RunExistsError, match="not a run directory.*another --out$"):
         train(_objective(), rules.gd(0.1), 5, out=out, probes=Probes(sharpness=False))
     assert (out / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
