@@ -135,7 +135,11 @@ def test_report_plot_resume_and_run_are_refused_while_another_process_writes(tmp
         assert (tmp_path / "rep" / "report.md").is_file()
     finally:
         _kill(other)
-    # a new run into a directory another process holds: refused too, nothing written
+
+
+def test_a_new_run_into_a_directory_another_process_holds_is_refused(tmp_path, capsys):
+    cfg = tmp_path / "exp.json"
+    cfg.write_text(json.dumps(TINY))
     new = tmp_path / "new"
     new.mkdir()
     other = _holder(new)
@@ -259,9 +263,13 @@ def test_two_concurrent_resumes_one_runs_the_other_is_refused(uninterrupted, tmp
     half = tmp_path / "half.json"
     half.write_text(json.dumps({**BASE, "steps": 200, "flush_seconds": 0}))
     run = tmp_path / "run"
-    first = eoslab_process("run", "--config", half, "--out", run, "--quiet", "--no-plot")
-    code, err = _finish(first)
-    assert code == 0, err
+    # two new runs into one directory at once: one makes it, the other is refused (in use
+    # while the first holds it, or already a run once it has let go)
+    args = ("run", "--config", half, "--out", run, "--quiet", "--no-plot")
+    done = [_finish(p) for p in [eoslab_process(*args, cache=cache, pause=0.2) for _ in "ab"]]
+    assert sorted(c for c, _ in done) in ([0, 2], [0, 4]), done
+    refused = [e for c, e in done if c != 0][0].strip().splitlines()
+    assert len(refused) == 1 and ("in use by pid" in refused[0] or "holds a run" in refused[0])
     # both at once; whichever takes the lock first holds it for over 10 s (pauses)
     args = ("resume", run, "--steps", "400", "--quiet", "--no-plot")
     both = [eoslab_process(*args, cache=cache, pause=0.5) for _ in range(2)]
