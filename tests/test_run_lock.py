@@ -19,13 +19,17 @@ import time
 import warnings
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pandas as pd
 import pytest
 
+from eoslab import Objective
 from eoslab.cli import main
-from eoslab.errors import DamagedRunWarning, RunInUseError
+from eoslab.dynamics import rules
+from eoslab.errors import DamagedRunWarning, RunInterrupted, RunInUseError
 from eoslab.runlock import LOCK_NAME, hold, read_holder
-from eoslab.runner import load_run
+from eoslab.runner import Probes, load_run, train
 from helpers import assert_same_metrics, eoslab_process
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -318,3 +322,73 @@ def test_a_sigkilled_holder_is_taken_over_by_the_next_resume(uninterrupted, tmp_
     back = load_run(run)
     assert back.status == "completed"
     assert_same_metrics(back.metrics, ref.metrics)
+
+
+# ------------------------------------------------------------------ the Python API, in process
+
+
+def _quadform(w, data):
+    A, w_star = data
+    d = w - w_star
+    return 0.5 * d @ A @ d
+
+
+def _objective():
+    rng = np.random.default_rng(3)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    A = Q @ np.diag([9.0, 5.0, 3.0, 1.0, 0.5, 0.1]) @ Q.T
+    data = (jnp.asarray(A), jnp.asarray(rng.normal(size=6)))
+    return Objective.from_data_fn(_quadform, data, jnp.asarray(rng.normal(size=6)))
+
+
+def _signal_at(step: int, sig: int):
+    def probe(w, objective, cache):  # a signal from outside, as it would come mid-run
+        if cache["step"] == step:
+            os.kill(os.getpid(), sig)
+        return {}
+
+    return probe
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_train_saves_every_row_on_a_signal_and_resumes_bit_for_bit(tmp_path, sig):
+    """`eoslab.train` (so `run` and `experiments.execute`, which train goes through) behaves as
+    the CLI does: the signal at the probe of step 50 lets the chunk 50..59 finish, then every
+    row and a checkpoint at 60 are written; the previous handlers are back afterwards."""
+    obj, rule = _objective(), rules.heavy_ball(0.15, 0.5)
+    kw = dict(probe_every=10, flush_seconds=1e6, probes=Probes(k=2), accuracy=False)
+    ref = train(obj, rule, 120, out=tmp_path / "ref", **kw)
+    before = signal.getsignal(sig)
+    with pytest.raises(RunInterrupted) as stopped:
+        train(obj, rule, 120, out=tmp_path / "cut", custom_probes=(_signal_at(50, sig),), **kw)
+    assert stopped.value.signum == sig and stopped.value.exit_code == 128 + sig
+    assert isinstance(stopped.value, KeyboardInterrupt)
+    assert signal.getsignal(sig) == before  # restored
+    man = json.loads((tmp_path / "cut" / "manifest.json").read_text())
+    assert man["status"] == "interrupted" and man["checkpoint_step"] == 60
+    assert signal.Signals(sig).name in man["message"] and "eoslab resume" in man["message"]
+    kept = pd.read_parquet(tmp_path / "cut" / "metrics")
+    assert sorted(kept["step"]) == list(range(60))  # nothing measured was lost
+    back = train(obj, rule, 120, out=tmp_path / "cut", resume=True, **kw)
+    assert back.status == "completed"
+    assert_same_metrics(back.metrics, ref.metrics)
+    np.testing.assert_array_equal(np.asarray(back.w), np.asarray(ref.w))
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    """A shell's background job starts with SIGINT ignored; a run leaves it so."""
+    obj, rule = _objective(), rules.gd(0.1)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run = train(
+            obj,
+            rule,
+            40,
+            out=tmp_path / "run",
+            probes=Probes(sharpness=False),
+            custom_probes=(_signal_at(20, signal.SIGINT),),
+            accuracy=False,
+        )
+        assert run.status == "completed" and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
