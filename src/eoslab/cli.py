@@ -35,7 +35,7 @@ EXIT_CODES = {
     ),
     130: "interrupted by SIGINT (Ctrl-C): every row measured and a checkpoint are saved; "
     "resumable with: eoslab resume DIR",
-    143: "interrupted by SIGTERM: the same",
+    143: "interrupted by SIGTERM (saved and resumable, as for 130)",
 }
 
 DESCRIPTION = (
