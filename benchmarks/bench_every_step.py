@@ -100,7 +100,7 @@ def bench_workload(make, chunks: int, samples: int) -> dict:
     guard = (
         res.next_vector if bool(jnp.any(res.next_vector != 0)) else jnp.roll(res.vectors[:, 0], 1)
     )
-    tstate = tracker.warm(res.vectors, guard)
+    tstate = tracker.warm(res.vectors, guard, res.operator_norm)
     jax.block_until_ready(advance(proc, obj, state, CHUNK)[0])  # compile both
     jax.block_until_ready(advance(proc, obj, state, CHUNK, False, tracker, tstate)[0])
 

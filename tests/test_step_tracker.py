@@ -80,7 +80,9 @@ def _history(seq):
     seq = [jnp.asarray(x)[None, :] for x in seq]
     past = (seq[-2::-1] + [jnp.zeros_like(seq[0])] * 4)[:4]
     rows = jnp.concatenate([seq[-1], jnp.zeros_like(seq[-1])])
-    return StepTrackerState(rows, jnp.stack(past), jnp.asarray(min(len(seq) - 1, 4)))
+    return StepTrackerState(
+        rows, jnp.stack(past), jnp.asarray(min(len(seq) - 1, 4)), jnp.zeros((), rows.dtype)
+    )
 
 
 def test_predict_continues_a_drift_with_a_growing_alternation():

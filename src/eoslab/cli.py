@@ -138,8 +138,9 @@ class Sharpness:
     """Which process's point (default: the first)."""
     k: int = 3
     """How many top eigenvalues."""
-    tol: float = 1e-6
-    """Relative tolerance (each value is printed with its certified bound)."""
+    tol: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
+    """Relative tolerance of each certified bound (default 1e-6 for a float64 run, 1e-5 for
+    float32, whose rounding cannot certify below 1.9e-6)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,10 +409,15 @@ def _cmd_sharpness(args: Sharpness) -> int:
         obj = build(exp).objective.base()
         w = jnp.asarray(np.asarray(run.points[name]), obj.dtype)
         res = top_eigenpairs(obj, w, min(args.k, obj.dim), tol=args.tol)
-    print(f"{args.dir} [{name}] at step {run.step}: {int(res.matvecs)} HVPs")
+    print(f"{args.dir} [{name}] at step {run.step}, {obj.dtype}: {int(res.matvecs)} HVPs")
     print(f"{'i':>3}  {'eigenvalue':>14}  {'certified bound':>16}  {'residual':>10}")
     for i, (v, b, r) in enumerate(zip(res.values, res.error_bound, res.residuals, strict=True)):
         print(f"{i + 1:>3}  {float(v):>14.8g}  {float(b):>16.3g}  {float(r):>10.3g}")
+    if not bool(res.converged):
+        print(
+            "  not every bound met the tolerance: the HVP budget ran out, or rounding in "
+            f"{obj.dtype} keeps it above (its floor is {float(res.error_bound.min()):.1e} here)"
+        )
     return 0
 
 

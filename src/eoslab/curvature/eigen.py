@@ -14,6 +14,7 @@ from ..objective import LossLike
 from ._checks import check_k
 from .lanczos import default_m_max, lanczos_top, ritz_vectors
 from .operator import Operator, as_operator
+from .rounding import check_tol, default_tol, rounding_floor
 
 __all__ = ["EigResult", "top_eigenpairs", "bottom_eigenpairs", "METHODS"]
 
@@ -27,11 +28,16 @@ class EigResult(eqx.Module):
         values: $\lambda_1 \ge \dots \ge \lambda_k$, shape ``(k,)``.
         vectors: unit eigenvectors as columns, shape ``(D, k)``.
         residuals: $\|H v_i - \lambda_i v_i\|$, shape ``(k,)``.
-        error_bound: bound on $|\lambda_i^{\rm true} - \lambda_i|$ from residuals and gaps.
+        error_bound: certified bound: some eigenvalue of $H$ lies within it of ``values[i]``
+            (the residual plus what rounding in the working precision can hide, see
+            `eoslab.curvature.rounding`).
         matvecs: Hessian-vector products spent.
-        converged: whether every bound met the tolerance.
+        converged: whether every bound met the tolerance (False when the budget ran out, or when
+            rounding keeps a bound above ``tol * |value|``).
         next_value: the $(k{+}1)$-th Ritz value (a lower bound on $\lambda_{k+1}$; NaN if none).
         next_vector: its Ritz vector (the guard a warm start should include; zeros if none).
+        operator_norm: $\|H\|$ as estimated by the largest $|\theta|$ the solver saw (the scale
+            of the rounding term in ``error_bound``).
     """
 
     values: Float[Array, " k"]
@@ -42,6 +48,7 @@ class EigResult(eqx.Module):
     converged: Array
     next_value: Float[Array, ""]
     next_vector: Float[Array, " d"]
+    operator_norm: Float[Array, ""]
 
     @property
     def relative_error_bound(self) -> Array:
@@ -71,7 +78,7 @@ def _check_v0(v0, d: int, k: int) -> None:
 
 
 @eqx.filter_jit
-def _lanczos_jit(op, v0, key, sign, *, k, tol, m_max, max_matvecs, keep):
+def _lanczos_jit(op, v0, key, sign, tol, *, k, m_max, max_matvecs, keep):
     mv = lambda x: sign * op.mv(x)
     st = lanczos_top(
         mv, v0, k, tol=tol, m_max=m_max, max_matvecs=max_matvecs, key=key, restart_keep=keep
@@ -89,17 +96,18 @@ def _lanczos_jit(op, v0, key, sign, *, k, tol, m_max, max_matvecs, keep):
         residuals=st.res[:k],
         error_bound=st.bound[:k],
         matvecs=st.matvecs,
-        converged=st.converged,
+        converged=jnp.all(st.bound[:k] <= tol * jnp.abs(st.theta[:k])),
         next_value=sign * nxt,
         next_vector=nxt_vec,
+        operator_norm=st.norm,
     )
 
 
 def _certify_block(op, X, sign, tol, extra_mv):
-    """Rayleigh-Ritz on a block X, then exact residuals (one HVP per column).
+    """Rayleigh-Ritz on a block X, then explicit residuals (one HVP per column).
 
-    A block of k vectors says nothing about the gap to the rest of the spectrum, so the bound is
-    the residual itself: some eigenvalue lies within $r_i$ of $\theta_i$.
+    The bound is the residual plus the rounding floor: some eigenvalue lies within it of
+    $\theta_i$ ($\\|H\\|$ is estimated by the block's largest $|\theta|$).
     """
     HX = sign * op.mm(X)
     theta, Q = jnp.linalg.eigh(X.T @ HX)
@@ -108,9 +116,9 @@ def _certify_block(op, X, sign, tol, extra_mv):
     X, HX = X @ Q, HX @ Q
     res = jnp.linalg.norm(HX - X * theta[None, :], axis=0)
     k = X.shape[1]
-    bound = res
-    eps = jnp.finfo(X.dtype).eps
-    ok = (bound <= tol * jnp.abs(theta)) | (bound <= 50 * eps * jnp.max(jnp.abs(theta)))
+    norm = jnp.max(jnp.abs(theta))
+    bound = res + rounding_floor(norm, X.dtype)
+    ok = bound <= tol * jnp.abs(theta)
     return EigResult(
         values=sign * theta,
         vectors=X,
@@ -120,6 +128,7 @@ def _certify_block(op, X, sign, tol, extra_mv):
         converged=jnp.all(ok),
         next_value=jnp.asarray(jnp.nan, X.dtype),
         next_vector=jnp.zeros((X.shape[0],), X.dtype),
+        operator_norm=norm,
     )
 
 
@@ -163,7 +172,10 @@ def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
     d = op.dim
     k = check_k(k, d)
     check_choice("method", method, METHODS)
+    if tol is None:
+        tol = default_tol(op.dtype)
     check_positive("tol", tol)
+    check_tol(tol, op.dtype)
     if max_matvecs is not None and (not isinstance(max_matvecs, int) or max_matvecs < k):
         raise ConfigError("max_matvecs", max_matvecs, f"None or an integer >= k (= {k})")
     _check_v0(v0, d, k)
@@ -180,8 +192,8 @@ def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
             start,
             key,
             sign,
+            jnp.asarray(tol, dtype),
             k=k,
-            tol=float(tol),
             m_max=m_max,
             max_matvecs=int(budget),
             keep=keep,
@@ -213,15 +225,19 @@ def top_eigenpairs(
     k: int = 1,
     *,
     v0: Float[Array, " d"] | Float[Array, "d j"] | None = None,
-    tol: float = 1e-6,
+    tol: float | None = None,
     method: Literal["lanczos", "lobpcg", "power"] = "lanczos",
     max_matvecs: int | None = None,
     key: Array | None = None,
 ) -> EigResult:
     r"""The $k$ largest (algebraic) eigenpairs of $H = \nabla^2 L(w)$, with certificates.
 
-    Stops when each value's ``error_bound`` $\le$ ``tol`` $\cdot|\lambda_i|$ (or reaches float
-    precision) or when ``max_matvecs`` HVPs are spent (then ``converged`` is False).
+    Stops when each value's ``error_bound`` $\le$ ``tol`` $\cdot|\lambda_i|$, when its residual
+    reaches the rounding level of the dtype, or when ``max_matvecs`` HVPs are spent; ``converged``
+    says whether every bound met ``tol``. A bound is certified in the working precision: some
+    eigenvalue of $H$ lies within it (the residual plus `eoslab.curvature.rounding`'s floor
+    $c\,\epsilon\,\|H\|$). That it is the $i$-th largest assumes, as every Krylov method does,
+    that the Krylov space has not missed an eigenvalue above it.
 
     Args:
         loss: an `Operator` ($H$ itself, e.g. a `PreconditionedOperator`), an `Objective` or a
@@ -229,7 +245,9 @@ def top_eigenpairs(
         w: the point, shape ``(D,)``; omitted for an operator, an `Objective`'s ``w0`` if omitted.
         k: how many eigenpairs, ``1 <= k <= D``.
         v0: warm start: a vector or a block of columns (e.g. the previous eigenvectors).
-        tol: relative tolerance on the certified error of each eigenvalue.
+        tol: relative tolerance on the certified error of each eigenvalue; at least
+            `eoslab.curvature.rounding.min_tol` of the dtype (1.9e-6 for float32, 3.6e-15 for
+            float64), else `ConfigError`. Default: 1e-6 (float64), 1e-5 (float32).
         method: ``"lanczos"`` (thick-restart, full reorthogonalization), ``"lobpcg"``
             (``jax.experimental.sparse.linalg``; resolves repeated eigenvalues), or ``"power"``
             (block power iteration: a baseline that finds the largest *magnitudes*).
@@ -256,7 +274,7 @@ def bottom_eigenpairs(
     k: int = 1,
     *,
     v0: Float[Array, " d"] | Float[Array, "d j"] | None = None,
-    tol: float = 1e-6,
+    tol: float | None = None,
     method: Literal["lanczos", "lobpcg", "power"] = "lanczos",
     max_matvecs: int | None = None,
     key: Array | None = None,

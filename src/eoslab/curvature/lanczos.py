@@ -19,20 +19,15 @@ from jaxtyping import Array, Float, Int
 
 from ..errors import ConfigError
 from .operator import HessianOperator, Operator, PreconditionedOperator
+from .rounding import rounding_floor
 
 __all__ = [
     "LanczosState",
     "lanczos_top",
     "krylov_top",
     "default_m_max",
-    "ritz_error_bounds",
     "ritz_vectors",
-    "GUARD_RESOLUTION",
 ]
-
-#: A guard Ritz value counts in the gap once its residual is at most this fraction of its
-#: distance to the wanted value (its eigenvalue is then separated from the wanted one).
-GUARD_RESOLUTION = 0.1
 
 
 def default_m_max(k: int, d: int) -> int:
@@ -48,43 +43,19 @@ class LanczosState(NamedTuple):
     converged: Array  # bool
     theta: Float[Array, " m"]  # Ritz values, descending (padding below the active ones)
     S: Float[Array, "m m"]  # Ritz vectors of T (columns), matching theta
-    res: Float[Array, " m"]  # residual norms of the Ritz pairs
-    bound: Float[Array, " m"]  # error bounds of the Ritz values
+    res: Float[Array, " m"]  # residual norms of the Ritz pairs (beta |s_m|, no extra product)
+    bound: Float[Array, " m"]  # certified error bounds: res plus the rounding floor
+    norm: Float[Array, ""]  # ||H|| estimated by the largest |Ritz value| seen
     key: Array
 
 
-def ritz_error_bounds(theta: Array, res: Array, active: Array, n_wanted: int) -> Array:
-    r"""Error bound of each wanted Ritz value: $\min(r_i,\ r_i^2/\mathrm{gap}_i)$ (Kato-Temple).
-
-    $\mathrm{gap}_i$ is a lower bound on the distance from $\theta_i$ to the rest of the spectrum,
-    from the other wanted Ritz values ($|\theta_i-\theta_j| - r_j$) and from one *guard* Ritz
-    value below them (index ``n_wanted``), which counts only once it is resolved
-    ($r_j \le |\theta_i-\theta_j|/10$): an unresolved guard may sit far below the eigenvalue it
-    will converge to, and would make the gap look wider than it is. Without a usable gap the bound
-    is the residual $r_i$, which needs no assumption. Like every Krylov bound it assumes the
-    Krylov space has not missed an eigenvalue above the guard (Parlett, *The Symmetric Eigenvalue
-    Problem*, 11.7).
-    """
-    m = theta.shape[0]
-    idx = jnp.arange(m)
-    dist = jnp.abs(theta[:, None] - theta[None, :])
-    contrib = dist - res[None, :]
-    guard = idx[None, :] == n_wanted
-    resolved = res[None, :] <= GUARD_RESOLUTION * dist
-    contrib = jnp.where(guard & ~resolved, 0.0, contrib)
-    neighbour = active[None, :] & (idx[None, :] <= n_wanted) & (idx[:, None] != idx[None, :])
-    gap = jnp.min(jnp.where(neighbour, contrib, jnp.inf), axis=1)
-    known = jnp.isfinite(gap) & (gap > res)
-    quad = jnp.where(known, res**2 / jnp.where(known, gap, 1.0), res)
-    return jnp.minimum(res, quad)
-
-
-def _ritz(T: Array, j_active: Array, m: int, n_wanted: int):
+def _ritz(T: Array, j_active: Array, m: int):
     r"""Ritz decomposition of the multiplied ``j_active`` rows of ``T`` (shape ``(r, r)``).
 
     A Ritz pair $(\theta, V_j s)$ has residual $\|T_{[j:, :j]}\, s\|$: the coupling of the
     Ritz space to the pending basis rows, so no extra Hessian-vector product is needed.
-    Returns the top ``m`` pairs (``S`` restricted to the first ``m`` rows).
+    Returns the top ``m`` pairs (``S`` restricted to the first ``m`` rows), their residuals and
+    the largest $|\theta|$ of all of them (an estimate of $\|H\|$).
     """
     r = T.shape[0]
     idx = jnp.arange(r)
@@ -98,13 +69,12 @@ def _ritz(T: Array, j_active: Array, m: int, n_wanted: int):
     park = low - 1.0 - scale
     Ta = Ta + jnp.diag(jnp.where(active, 0.0, park))
     evals, evecs = jnp.linalg.eigh(Ta)
-    order = jnp.argsort(-evals)[:m]
-    theta, S = evals[order], evecs[:, order]
+    order = jnp.argsort(-evals)
+    norm = jnp.max(jnp.where(idx < j_active, jnp.abs(evals[order]), 0.0))  # parked ones last
+    theta, S = evals[order[:m]], evecs[:, order[:m]]
     coupling = jnp.where((~active)[:, None] & active[None, :], T, 0.0)
     res = jnp.linalg.norm(coupling @ S, axis=0)
-    active_sorted = jnp.arange(m) < j_active
-    bound = ritz_error_bounds(theta, res, active_sorted, n_wanted)
-    return theta, S[:m], res, bound, active_sorted
+    return theta, S[:m], res, norm
 
 
 def _orthonormalize_against(V: Array, x: Array) -> tuple[Array, Array]:
@@ -156,8 +126,9 @@ def lanczos_top(
     product adds its orthogonalised remainder as a new row: a block Krylov space grown one
     product at a time, so the Ritz space contains all start columns after ``p`` products.
 
-    Stops when every one of the top ``k`` Ritz values has ``bound <= tol * |theta|`` (or is at the
-    float floor), when the basis spans the whole space, or when ``max_matvecs`` is spent.
+    Stops when every one of the top ``k`` Ritz values has ``bound <= tol * |theta|`` (or its
+    residual is at the rounding floor, `rounding_floor`), when the basis spans the whole space,
+    or when ``max_matvecs`` is spent.
     """
     v0 = v0[:, None] if v0.ndim == 1 else v0
     d = v0.shape[0]
@@ -178,6 +149,7 @@ def lanczos_top(
         S=jnp.eye(m_max, dtype=dtype),
         res=zeros_m,
         bound=zeros_m,
+        norm=jnp.zeros((), dtype),
         key=key,
     )
 
@@ -204,9 +176,15 @@ def lanczos_top(
         beta = jnp.where(full, 0.0, beta)
         V = s.V.at[j + p].set(jnp.where(full, 0.0, nxt))
         T = T.at[j + p, j].set(beta).at[j, j + p].set(beta)
-        theta, S, res, bound, active = _ritz(T, j + 1, m_max, k)
-        floor = 50 * eps * jnp.max(jnp.abs(jnp.where(active, theta, 0.0)))
-        ok = (bound <= tol * jnp.abs(theta)) | (bound <= floor)
+        theta, S, res, norm = _ritz(T, j + 1, m_max)
+        # a restart keeps the top of the spectrum only: the norm seen before still holds
+        norm = jnp.maximum(s.norm, norm)
+        floor = rounding_floor(norm, dtype)
+        # The bound is the residual plus what rounding can hide; no gap enters it, because a gap
+        # read off Ritz values can hide an eigenvalue the Krylov space has not resolved yet.
+        bound = res + floor
+        # met, or the residual is at the rounding level, where more products cannot help
+        ok = (bound <= tol * jnp.abs(theta)) | (res <= floor)
         enough = j + 1 >= min(k + 1, d)  # the wanted values and a guard below them
         exact = j + 1 >= d  # every basis direction multiplied: the Ritz values are exact
         conv = enough & (jnp.all(jnp.where(jnp.arange(m_max) < k, ok, True)) | exact)
@@ -220,6 +198,7 @@ def lanczos_top(
             S=S,
             res=res,
             bound=bound,
+            norm=norm,
             key=key,
         )
 

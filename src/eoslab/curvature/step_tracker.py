@@ -13,9 +13,11 @@ step that costs no product: it removes the error along the bulk of the spectrum
 ($|\lambda|\ll\theta$), which along eos-gd halves the products a step needs (2.7 to 1.3 a
 step over 300 steps of its edge of stability).
 
-The certificate is the residual norm, from true products at $w_t$ only: $|\theta_i-\lambda|\le
-\lVert r_i\rVert$ for an eigenvalue $\lambda$ of $H_t$, never below the rounding level
-$100\,\epsilon\,|\theta_1|$ of the working precision. It assumes no gap (a guard Ritz value
+The certificate is the residual norm, from true products at $w_t$ only, plus what rounding in the
+working precision can hide (`eoslab.curvature.rounding`): $|\theta_i-\lambda|\le
+\lVert r_i\rVert + c\,\epsilon\,\lVert H_t\rVert$ for an eigenvalue $\lambda$ of $H_t$, with
+$\lVert H_t\rVert$ estimated by the largest $|\theta|$ seen (the warm start's Lanczos solve saw both
+ends of the spectrum). It assumes no gap (a guard Ritz value
 can sit below an eigenvalue the small subspace misses, and then a gap-based bound
 $r^2/\mathrm{gap}$ is too small: along eos-gd such bounds failed on 13 of 300 steps), only that
 the tracked vectors follow the top $k$ eigenvalues, as any warm start does.
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..errors import ConfigError, check_positive
+from .rounding import check_tol, rounding_floor
 
 __all__ = ["StepTracker", "StepTrackerState", "StepEig", "linearized_gradient"]
 
@@ -42,6 +45,7 @@ class StepTrackerState(NamedTuple):
     vectors: Float[Array, "k1 d"]  # the kept top k (H v / theta, see update), then the guard
     past: Float[Array, "4 k d"]  # the kept top k of the 4 steps before, newest first
     count: Int[Array, ""]  # how many of ``past`` are filled
+    norm: Float[Array, ""]  # ||H|| estimated by the largest |Ritz value| seen (rounding's scale)
 
 
 #: The extrapolation's coefficients are scaled down to $|c_1|+|c_2|\le$ this, so one odd step
@@ -85,21 +89,13 @@ def linearized_gradient(
 #: products alone certify them.
 _POLISH = 0.25
 
-#: The floor of every bound, in units of eps * |theta_1|: the rounding error of H X in the
-#: working precision (a float32 HVP is accurate to about 10 eps relative on the nets tested).
-_ROUNDING = 100
 
-
-def _rounding(theta: Array) -> Array:
-    return _ROUNDING * jnp.finfo(theta.dtype).eps * jnp.max(jnp.abs(theta))
-
-
-def _certify(theta: Array, resid: Array, tol: float) -> tuple[Array, Array]:
-    """Each value's bound, its residual norm but no tighter than the rounding of the products
-    themselves, and whether all bounds are within ``tol`` of their values."""
-    floor = _rounding(theta)
-    bound = jnp.maximum(resid, floor)
-    return bound, jnp.all(bound <= jnp.maximum(tol * jnp.abs(theta), floor))
+def _certify(theta: Array, resid: Array, norm: Array, tol: float) -> tuple[Array, Array]:
+    """Each value's bound, its residual norm plus the products' rounding floor, and whether all
+    bounds are within ``tol`` of their values or at the rounding level (no round can help)."""
+    floor = rounding_floor(norm, theta.dtype)
+    bound = resid + floor
+    return bound, jnp.all((bound <= tol * jnp.abs(theta)) | (resid <= floor))
 
 
 def _orth(X: Array) -> Array:
@@ -165,19 +161,25 @@ class StepTracker(eqx.Module):
 
     def init(self, d: int, dtype, key: Array) -> StepTrackerState:
         """A random orthonormal start (the first steps converge from it)."""
+        check_tol(self.tol, dtype)
         if d < self.block * self.max_rounds:
             raise ConfigError(
                 "dim", d, f"at least (k+1) * max_rounds = {self.block * self.max_rounds} parameters"
             )
         return self._fresh(_orth(jax.random.normal(key, (d, self.block), dtype)).T)
 
-    def warm(self, vectors: Float[Array, "d k"], guard: Float[Array, " d"]) -> StepTrackerState:
-        """A state from eigenvectors solved otherwise (e.g. by Lanczos at the first step)."""
-        return self._fresh(jnp.concatenate([vectors[:, : self.k].T, guard[None, :]], axis=0))
+    def warm(
+        self, vectors: Float[Array, "d k"], guard: Float[Array, " d"], norm: float | Array = 0.0
+    ) -> StepTrackerState:
+        """A state from eigenvectors solved otherwise (e.g. by Lanczos at the first step), with
+        that solve's estimate of $\\lVert H\rVert$ (`EigResult.operator_norm`)."""
+        check_tol(self.tol, vectors.dtype)
+        rows = jnp.concatenate([vectors[:, : self.k].T, guard[None, :]], axis=0)
+        return self._fresh(rows, norm)
 
-    def _fresh(self, rows: Array) -> StepTrackerState:
+    def _fresh(self, rows: Array, norm: float | Array = 0.0) -> StepTrackerState:
         past = jnp.zeros((4, self.k, rows.shape[1]), rows.dtype)
-        return StepTrackerState(rows, past, jnp.zeros((), jnp.int32))
+        return StepTrackerState(rows, past, jnp.zeros((), jnp.int32), jnp.asarray(norm, rows.dtype))
 
     def predict(self, state: StepTrackerState) -> Float[Array, "k d"]:
         r"""The start of the next step's top block, per vector, from the last five of it
@@ -223,7 +225,7 @@ class StepTracker(eqx.Module):
         c = jnp.where((best == n_fixed)[:, None], refit, cands[jnp.arange(self.k), best])
         return hist[0] + c[:, :1] * D[0] + c[:, 1:2] * D[1] + c[:, 2:] * D[2]
 
-    def _ritz(self, X: Array, HX: Array, active: Array, tol: float):
+    def _ritz(self, X: Array, HX: Array, active: Array, norm: Array, tol: float):
         k, k1 = self.k, self.k + 1
         # the guard Ritz value exists once k + 1 columns are multiplied
         valid = jnp.sum(active) > k
@@ -236,11 +238,13 @@ class StepTracker(eqx.Module):
         theta, S = theta[order], S[:, order]
         U, HU = X @ S, HX @ S
         R = HU - U * theta[None, :]
-        bound, ok = _certify(theta[:k], jnp.linalg.norm(R[:, :k], axis=0), tol)
+        seen = jnp.arange(k1) < jnp.sum(active)
+        norm = jnp.maximum(norm, jnp.max(jnp.where(seen, jnp.abs(theta), 0.0)))
+        bound, ok = _certify(theta[:k], jnp.linalg.norm(R[:, :k], axis=0), norm, tol)
         eig = (theta[:k], bound, jnp.where(valid, theta[k], jnp.nan))
-        return U, R, eig, ok
+        return U, R, eig, ok, norm
 
-    def _first_round(self, Q: Array, HQ: Array):
+    def _first_round(self, Q: Array, HQ: Array, norm: Array):
         """Rayleigh-Ritz on the predicted top block alone (rows), the round most steps end with."""
         if self.k == 1:
             theta, U, HU = jnp.sum(Q * HQ, axis=1), Q, HQ
@@ -249,8 +253,9 @@ class StepTracker(eqx.Module):
             theta, S = theta[::-1], S[:, ::-1]
             U, HU = S.T @ Q, S.T @ HQ
         R = HU - theta[:, None] * U
-        bound, ok = _certify(theta, jnp.linalg.norm(R, axis=1), self.tol)
-        return U, HU, R, (theta, bound, jnp.asarray(jnp.nan, theta.dtype)), ok
+        norm = jnp.maximum(norm, jnp.max(jnp.abs(theta)))
+        bound, ok = _certify(theta, jnp.linalg.norm(R, axis=1), norm, self.tol)
+        return U, HU, R, (theta, bound, jnp.asarray(jnp.nan, theta.dtype)), ok, norm
 
     def update(
         self,
@@ -269,19 +274,19 @@ class StepTracker(eqx.Module):
         Q = P / jnp.linalg.norm(P) if k == 1 else _orth(P.T).T
         d, dtype = Q.shape[1], Q.dtype
         guard = state.vectors[k]
-        U1, HU1, R1, eig1, ok = self._first_round(Q, matmat(Q.T).T)
+        U1, HU1, R1, eig1, ok, norm1 = self._first_round(Q, matmat(Q.T).T, state.norm)
 
         def more_rounds():
             mm = matmat if relinearize is None else relinearize()
 
             def body(c):
-                X, HX, active, _, R, _, _, n = c
+                X, HX, active, _, R, _, _, n, norm = c
                 Xn, good = _extend(X, active, R)  # in round 2, R's last column is the guard
                 X = jax.lax.dynamic_update_slice_in_dim(X, Xn, n * k1, axis=1)
                 HX = jax.lax.dynamic_update_slice_in_dim(HX, mm(Xn), n * k1, axis=1)
                 active = jax.lax.dynamic_update_slice_in_dim(active, good, n * k1, axis=0)
-                U, R, eig, polished = self._ritz(X, HX, active, _POLISH * self.tol)
-                return X, HX, active, U, R, eig, polished, n + 1
+                U, R, eig, polished, norm = self._ritz(X, HX, active, norm, _POLISH * self.tol)
+                return X, HX, active, U, R, eig, polished, n + 1, norm
 
             # the rounds work on columns, in an m-column subspace that exists only on the steps
             # that need it: filling it costs 2m vectors of memory traffic
@@ -289,16 +294,16 @@ class StepTracker(eqx.Module):
             HX = jnp.zeros((d, m), dtype).at[:, :k].set(HU1.T)
             active = jnp.arange(m) < k
             R = jnp.concatenate([R1, guard[None, :]]).T
-            init = (X, HX, active, R, R, eig1, jnp.asarray(False), jnp.asarray(1))
-            *_, U, R, eig, _, rounds = jax.lax.while_loop(
+            init = (X, HX, active, R, R, eig1, jnp.asarray(False), jnp.asarray(1), norm1)
+            *_, U, R, eig, _, rounds, norm = jax.lax.while_loop(
                 lambda c: (~c[6]) & (c[7] < self.max_rounds), body, init
             )
             # a guard that was never multiplied (a degenerate subspace) stays as it was
             g = jnp.where(jnp.isfinite(eig[2]), U[:, k], guard)
-            return U[:, :k].T, R[:, :k].T, g, eig, rounds
+            return U[:, :k].T, R[:, :k].T, g, eig, rounds, norm
 
-        U, R, guard, (values, bound, nxt), rounds = jax.lax.cond(
-            ok, lambda: (U1, R1, guard, eig1, jnp.asarray(1)), more_rounds
+        U, R, guard, (values, bound, nxt), rounds, norm = jax.lax.cond(
+            ok, lambda: (U1, R1, guard, eig1, jnp.asarray(1), norm1), more_rounds
         )
         # one free power step, Hv / theta = v + r / theta, shrinks the error along the bulk
         # of the spectrum (|lambda| << theta) to nothing: the next prediction starts from it
@@ -309,12 +314,12 @@ class StepTracker(eqx.Module):
         W = W * jnp.where(jnp.sum(W * state.vectors[:k], 1) < 0, -1.0, 1.0)[:, None]
         past = jnp.concatenate([state.vectors[None, :k], state.past[:3]])
         new = StepTrackerState(
-            jnp.concatenate([W, guard[None, :]]), past, jnp.minimum(state.count + 1, 4)
+            jnp.concatenate([W, guard[None, :]]), past, jnp.minimum(state.count + 1, 4), norm
         )
         return new, StepEig(
             values=values,
             error_bound=bound,
             next_value=nxt,
             matvecs=(rounds - 1) * k1 + k,
-            converged=_certify(values, bound, self.tol)[1],
+            converged=jnp.all(bound <= self.tol * jnp.abs(values)),
         )

@@ -11,6 +11,7 @@ from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
 from ..curvature._checks import check_w
+from ..curvature.rounding import clip_tol
 from ..errors import ConfigError, check_choice, check_positive
 from ..objective import LossLike, as_objective
 
@@ -84,7 +85,7 @@ def tangent_projector(
     k = 2
     while True:
         k = min(k, d)
-        res = top_eigenpairs(obj, x, k=k, tol=1e-8)
+        res = top_eigenpairs(obj, x, k=k, tol=clip_tol(1e-8, x.dtype))
         lam1 = float(res.values[0])
         below = jnp.nonzero(res.values <= rank_tol * lam1)[0]
         if below.size or k == d:

@@ -18,6 +18,7 @@ from jaxtyping import Array, Float
 
 from ..curvature import krylov_top, top_eigenpairs
 from ..curvature.operator import HessianOperator
+from ..curvature.rounding import clip_tol
 from ..errors import ConfigError, check_positive
 from ..objective import Objective
 from .process import Process, Row
@@ -112,7 +113,7 @@ class ProjectedGD(Process):
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> ProjectedGDState:
         base = objective.base()
         key = jax.random.PRNGKey(self.seed)
-        u0 = top_eigenpairs(base, w0, 1, tol=1e-8).vectors[:, 0]
+        u0 = top_eigenpairs(base, w0, 1, tol=clip_tol(1e-8, w0.dtype)).vectors[:, 0]
         w, u = project_to_stable_set(
             base, w0, u0, key, lr=self.lr, m=self._m(w0.shape[0]), iters=self.iters
         )

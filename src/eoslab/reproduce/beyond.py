@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import data, models
 from ..curvature import top_eigenpairs
+from ..curvature.rounding import clip_tol
 from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
 from ..dynamics.optimizer import Optimizer
 from ..dynamics.rules import adam, gd, heavy_ball
@@ -242,7 +243,7 @@ def _eos_onset(obj: Objective, lr: float, *, check_every: int = 10, max_steps: i
         max_steps,
         probe_every=check_every,
         log_every=check_every,
-        probes=Probes(tol=1e-6, alignment=False),
+        probes=Probes(tol=clip_tol(1e-6, obj.dtype), alignment=False),
         keep_points=True,
         stop=Stop(raise_on_divergence=True),
     )

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .. import models
+from ..curvature.rounding import clip_tol
 from ..data.sequences import TASKS, sequence_task
 from ..dynamics.optimizer import Optimizer
 from ..dynamics.rules import adam, gd
@@ -160,7 +161,7 @@ def gd_sharpening(
         steps,
         probe_every=every,
         log_every=1,
-        probes=Probes(tol=1e-6, alignment=False),
+        probes=Probes(tol=clip_tol(1e-6, obj.dtype), alignment=False),
         stop=Stop(raise_on_divergence=True),
         custom_probes=(_point,) if keep_points else (),
     )

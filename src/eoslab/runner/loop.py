@@ -238,6 +238,7 @@ class _Lockstep:
             self.probes[n].load(saved)
             if n in self.tstates and "step_vectors" in saved:
                 dtypes = {"count": jnp.int32}
+                saved.setdefault("step_norm", np.zeros(()))  # older runs: re-estimated as it goes
                 self.tstates[n] = StepTrackerState(
                     **{
                         f: jnp.asarray(saved[f"step_{f}"], dtypes.get(f, self.obj.dtype))
@@ -263,7 +264,7 @@ class _Lockstep:
             guard = res.next_vector
             if not bool(jnp.any(guard != 0)):
                 guard = jax.random.normal(jax.random.key(self.seed + 2 * i + 1), w.shape, w.dtype)
-            self.tstates[n] = tr.warm(res.vectors, guard)
+            self.tstates[n] = tr.warm(res.vectors, guard, res.operator_norm)
             return {
                 "sharpness": res.values[0],
                 "eigs": res.values,

@@ -23,6 +23,7 @@ from jaxtyping import Array
 
 from ..curvature import EigenTracker, stableness, top_eigenpairs
 from ..curvature.operator import HessianOperator, PreconditionedOperator
+from ..curvature.rounding import check_tol
 from ..dynamics.phi import phi_result
 from ..dynamics.process import Process
 from ..errors import ConfigError, check_positive
@@ -120,6 +121,8 @@ class ProbeSet:
         probe set has no tracker of its own and reads ``sharpness`` from the row."""
         self.cfg, self.custom = probes, tuple(custom)
         base = objective.base()
+        if probes.sharpness or probes.stableness or probes.phi:
+            check_tol(probes.tol, base.dtype, "probes.tol")
         self.tracker = None
         self.eff_tracker = None
         if probes.sharpness and not in_loop:

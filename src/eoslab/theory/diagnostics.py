@@ -22,6 +22,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
+from ..curvature.rounding import clip_tol
 from ..dynamics.manifold import DENSE_MAX_DIM
 from ..dynamics.phi import phi
 from ..errors import ConfigError, check_positive
@@ -38,7 +39,9 @@ def _lam1_all(obj, ws, dense: bool) -> np.ndarray:
     if dense:
         f = jax.jit(jax.vmap(lambda x: jnp.linalg.eigvalsh(jax.hessian(obj)(x))[-1]))
         return np.asarray(f(ws))
-    return np.array([float(top_eigenpairs(obj, w, 1, tol=1e-6).values[0]) for w in ws])
+    return np.array(
+        [float(top_eigenpairs(obj, w, 1, tol=clip_tol(1e-6, w.dtype)).values[0]) for w in ws]
+    )
 
 
 def eos_diagnostics(

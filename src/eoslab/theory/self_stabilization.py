@@ -16,6 +16,7 @@ from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
 from ..curvature._checks import check_w
+from ..curvature.rounding import clip_tol
 from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
 from ..dynamics.gradient_flow import GradientFlow
 from ..dynamics.optimizer import Optimizer
@@ -52,7 +53,7 @@ def stability_quantities(
     r"""$S, u, \nabla S_\perp, \alpha, \beta, \delta$ at $w$ ($\lambda_1$ by certified Lanczos)."""
     obj = as_objective(loss, w)
     w = check_w(w, obj)
-    u = top_eigenpairs(obj, w, 1, tol=1e-8, v0=v0).vectors[:, 0]
+    u = top_eigenpairs(obj, w, 1, tol=clip_tol(1e-8, w.dtype), v0=v0).vectors[:, 0]
     return eqx.filter_jit(stability_quantities_at)(obj, w, u)
 
 
@@ -69,7 +70,7 @@ def stable_projection(
     check_positive("lr", lr)
     iters = check_int("iters", iters)
     m = min(check_int("krylov_dim", krylov_dim, 2), obj.dim)
-    u = top_eigenpairs(obj, w, 1, tol=1e-8).vectors[:, 0]
+    u = top_eigenpairs(obj, w, 1, tol=clip_tol(1e-8, w.dtype)).vectors[:, 0]
     return _project_jit(obj, w, u, jax.random.PRNGKey(0), lr=float(lr), m=m, iters=iters)[0]
 
 
@@ -214,7 +215,14 @@ def gd_lockstep(
     }
     if self_stabilized:
         procs["dagger"] = ProjectedGD(float(lr))
-    res = run(procs, obj, steps, w0=w0, probe_every=every, probes=Probes(tol=1e-6, alignment=False))
+    res = run(
+        procs,
+        obj,
+        steps,
+        w0=w0,
+        probe_every=every,
+        probes=Probes(tol=clip_tol(1e-6, obj.dtype), alignment=False),
+    )
     if res.diverged:
         raise ConfigError("lr", lr, "a learning rate at which GD stays finite on this loss")
     rows = res.metrics
