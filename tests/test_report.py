@@ -68,6 +68,58 @@ def test_write_table_round_trips_and_marks_failures(tmp_path):
     assert not list((tmp_path / "t").glob("*.tmp"))
 
 
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    """The tables of a Markdown text as rows of cell texts, read by an independent parser
+    (markdown-it, GitHub tables) from the HTML it renders."""
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables: list[list[list[str]]] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.tables[-1][-1].append("".join(self.cell))
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Cells()
+    parser.feed(MarkdownIt("commonmark").enable("table").render(text))
+    return parser.tables
+
+
+def test_markdown_tables_escape_their_cells(tmp_path):
+    # flow-tracking's quantity holds pipes: unescaped, Markdown split the row and the "ok"
+    # column showed the error; a backslash must survive too
+    rows = [
+        dict(ROWS[0], quantity="normalized_gd |Phi(x_T) - X(1)|, lr=0.04"),
+        dict(ROWS[1], quantity="a \\ b | c\\|d"),
+    ]
+    md = tables.write_table(tmp_path / "t", rows, "a title").read_text()
+    (table,) = _markdown_tables(md)
+    assert table[0] == ["quantity", "predicted", "measured", "error", "tolerance", "ok"]
+    assert [len(r) for r in table] == [6, 6, 6]
+    assert [r[0] for r in table[1:]] == [r["quantity"] for r in rows]
+    assert [r[5] for r in table[1:]] == ["yes", "NO"]
+    assert [float(r[4]) for r in table[1:]] == [0.1, 1.0]
+    assert tables.markdown_cell("two\nlines") == "two lines"
+
+
 def test_write_frame_is_plain_csv(tmp_path):
     df = pd.DataFrame({"step": [0, 5], "loss": [1.0, 0.5]})
     path = tables.write_frame(df, tmp_path / "sub" / "f.csv")
