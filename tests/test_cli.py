@@ -276,3 +276,36 @@ def test_resume_extends_a_finished_run_to_the_numbers_of_a_longer_one(tmp_path, 
     a, b = load_run(short), load_run(full)
     pd.testing.assert_frame_equal(a.metrics, b.metrics, check_exact=True)
     assert a.config["config"]["steps"] == 40 and a.config["extended"][0]["from_steps"] == 20
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"notes.txt": "someone else's"},  # no config.json, no manifest.json
+        {"config.json": '{"lr": 0.1}'},  # another program's config, no manifest
+        {"config.json": '{"lr": 0.1}', "manifest.json": "{}"},  # no eoslab run record
+        {"manifest.json": "{}"},
+    ],
+)
+@pytest.mark.parametrize("command", ["plot", "report"])
+def test_plot_and_report_refuse_a_directory_that_is_not_a_run(tmp_path, capsys, files, command):
+    d = tmp_path / "theirs"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    before = sorted(tmp_path.rglob("*"))
+    assert main([command, str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eoslab: error: {d}: not a run directory") and err.count("\n") == 1
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no figures/
+    assert main([command, str(d), "--out", str(tmp_path / "out")]) == 2
+    assert main([command, str(tmp_path / "missing")]) == 2
+    assert sorted(tmp_path.rglob("*")) == before
+    capsys.readouterr()
+    if command == "plot":  # one run among several is not enough
+        run = tmp_path / "run"
+        cfg = str(_write(tmp_path, TINY))
+        assert main(["run", "--config", cfg, "--out", str(run), "--quiet", "--no-plot"]) == 0
+        before = sorted(tmp_path.rglob("*"))
+        assert main(["plot", str(run), str(d), "--out", str(tmp_path / "cmp.png")]) == 2
+        assert sorted(tmp_path.rglob("*")) == before

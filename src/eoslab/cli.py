@@ -247,12 +247,12 @@ def _execute(exp: Experiment, out: Path, *, resume: bool, quiet: bool, plot: boo
 
 def _plot(dirs: list[Path], out: Path | None) -> Path:
     from .report import plot_runs
+    from .runner import RunStore
 
     if not dirs:
         raise _UsageError("eoslab plot DIR [DIR ...]: give at least one run directory")
-    for d in dirs:
-        if not (d / "config.json").is_file():
-            raise _UsageError(f"{d}: not a run directory (no config.json)")
+    for d in dirs:  # before anything is written: NotARunError (exit 2) or DamagedRunError (4)
+        RunStore(d).require_run()
     name, given = ("overview.png" if len(dirs) == 1 else "compare.png"), out
     if out is None and len(dirs) == 1:
         out = dirs[0] / "figures" / name
@@ -562,9 +562,9 @@ def _dispatch(argv: list[str]) -> int:
             return 0
         if isinstance(args, Report):
             from .report.summary import write_report
+            from .runner import RunStore
 
-            if not (args.dir / "config.json").is_file():
-                raise _UsageError(f"{args.dir}: not a run directory (no config.json)")
+            RunStore(args.dir).require_run()  # nothing is written into a directory that is no run
             print(write_report(args.dir, args.out))
             return 0
         if isinstance(args, Sharpness):
