@@ -137,7 +137,23 @@ def test_divergence_exit_code_message_and_metrics(tmp_path, capsys):
     assert man["status"] == "diverged" and "diverged at step" in man["message"]
     df = pd.concat(pd.read_parquet(p) for p in (out / "metrics").glob("*.parquet"))
     assert len(df) > 50 and df["loss"].notna().all()
+    t_inf = int(man["message"].split("diverged at step ")[1].split(":")[0])
+    assert t_inf > 100  # w_1 grows 1.5x a step: float32's loss overflows after ~100 steps
+    probe = (t_inf - 1) // 10 * 10  # the last probe before it (probe_every 10)
+    # every value printed names its step: the last finite loss, and the sharpness (exactly
+    # h_1 = 25) at the last probe, not at the step the run stopped
+    (line,) = [ln for ln in text.splitlines() if ln.strip().startswith("gd:")]
+    assert f"at step {t_inf - 1};" in line
+    assert f"sharpness 25 at step {probe} (its last probe), threshold 20" in line
     assert main(["resume", str(out)]) == 3
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    from test_report import _markdown_tables
+
+    (table,) = _markdown_tables((out / "report.md").read_text())
+    row = dict(zip(table[0], table[1], strict=True))
+    assert row["last step"] == str(t_inf - 1) and row["probed at step"] == str(probe)
+    assert float(row["sharpness"]) == pytest.approx(25, rel=1e-5) and row["threshold"] == "20"
 
 
 def test_list_and_presets_round_trip(capsys):
@@ -309,3 +325,50 @@ def test_plot_and_report_refuse_a_directory_that_is_not_a_run(tmp_path, capsys, 
         before = sorted(tmp_path.rglob("*"))
         assert main(["plot", str(run), str(d), "--out", str(tmp_path / "cmp.png")]) == 2
         assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_description_report_and_title_say_what_ran_after_overrides(tmp_path, capsys, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from eoslab.cli import _parse
+    from eoslab.report import plots
+
+    # quadratic-diverge says "lr * lambda_1 = 2.5 > 2: diverges": at lr 0.05 that is false
+    preset = PRESETS["quadratic-diverge"]
+    assert "diverges" in preset.description
+    titles = []
+
+    def keep_title(fig, path):
+        titles.append(fig._suptitle.get_text())
+        plt.close(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save_figure", keep_title)
+    out = tmp_path / "q"
+    args = ["run", "quadratic-diverge", "--rule.lr", "0.05", "--steps", "20", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0  # lr h_1 = 1.25 < 2: no divergence
+    threshold = f"2/lr = {2 / 0.05:g}"  # 40
+    desc = json.loads((out / "config.json").read_text())["config"]["description"]
+    assert desc.startswith("preset quadratic-diverge with rule.lr = 0.05 (was 0.1): GD, lr = 0.05")
+    assert f"threshold {threshold}" in desc
+    assert "2.5" not in desc and "diverges" not in desc and "2/lr = 20" not in desc
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    head = md.split("## Config")[0]
+    assert f"ran: GD, lr = 0.05 (threshold {threshold})" in head and "20 steps" in head
+    assert "diverges" not in head and "lr = 0.1" not in head and "2/lr = 20" not in head
+    assert titles and all("lr = 0.05" in t and "lr = 0.1" not in t for t in titles)
+    # the preset unchanged, or only its budget: the preset's own words
+    assert _parse(["run", "quadratic-diverge"])[0].experiment.description == preset.description
+    steps_only = _parse(["run", "quadratic-diverge", "--steps", "50", "--probe-every", "5"])
+    assert steps_only[0].experiment.description == preset.description
+    # the user's own note is theirs
+    mine = _parse(["run", "quadratic-diverge", "--rule.lr", "0.05", "--description", "mine"])
+    assert mine[0].experiment.description == "mine"
+    # a config file's description is replaced the same way
+    cfg = _write(tmp_path, {**TINY, "description": "GD lr 0.5 on the toy net"})
+    run, _ = _parse(["run", "--config", str(cfg), "--rule.lr", "0.25"])
+    assert run.experiment.description.startswith(
+        "config exp.json with rule.lr = 0.25 (was 0.5): GD, lr = 0.25 (threshold 2/lr = 8)"
+    )

@@ -225,20 +225,11 @@ def _execute(exp: Experiment, out: Path, *, resume: bool, quiet: bool, plot: boo
         except KeyboardInterrupt:
             _err(f"interrupted; everything flushed is kept; continue with: eoslab resume {out}")
             return 130
-    df = run.metrics
+    from .report.summary import summary_lines
+
     print(f"{run.status}: {run.message}")
-    for name in dict.fromkeys(df["process"]) if "process" in df else []:
-        part = df[df["process"] == name]
-        line = (
-            f"  {name}: final loss {part['loss'].iloc[-1]:.6g} at step {int(part['step'].iloc[-1])}"
-        )
-        probed = part[part["sharpness"].notna()] if "sharpness" in part else part.iloc[0:0]
-        if len(probed):
-            p = probed.iloc[-1]
-            eff = p.get("eff_sharpness")
-            curv = eff if eff is not None and eff == eff else p["sharpness"]
-            line += f"; sharpness {curv:.4g} (threshold {p['threshold']:.4g})"
-        print(line)
+    for line in summary_lines(run.metrics):  # each value with the step it was measured at
+        print(f"  {line}")
     print(f"  run directory: {run.path}")
     if plot:
         print(f"  figure: {_plot([Path(run.path)], None)}")
@@ -408,6 +399,7 @@ def _cmd_demo(args: Demo) -> int:
     if args.steps is not None:
         exp = dataclasses.replace(exp, steps=args.steps)
     print(f"eoslab demo: preset {DEFAULT_PRESET!r}: {exp.description}")
+    exp = _described(exp, PRESETS[DEFAULT_PRESET], f"preset {DEFAULT_PRESET}")
     print(f"  writing to {out} ({exp.steps} steps; a few minutes on 2 CPU cores)")
     return _execute(exp, out, resume=False, quiet=False, plot=True)
 
@@ -513,6 +505,7 @@ def _parse(argv: list[str]) -> tuple[object, str]:
             prog=f"eoslab run --config {opts.config}",
             config=(tyro.conf.AvoidSubcommands,),
         )
+        exp = _described(exp, base, f"config {opts.config.name}")
         return Run(**dataclasses.asdict(opts), experiment=exp), opts.config.stem
     args = tyro.extras.subcommand_cli_from_dict(
         COMMANDS, args=argv, prog="eoslab", description=DESCRIPTION, config=config
@@ -521,7 +514,17 @@ def _parse(argv: list[str]) -> tuple[object, str]:
     if isinstance(args, Run):
         picked = [a for a in argv[1:] if a in PRESETS]
         name = picked[0] if picked else DEFAULT_PRESET
+        exp = _described(args.experiment, PRESETS[name], f"preset {name}")
+        args = dataclasses.replace(args, experiment=exp)
     return args, name
+
+
+def _described(exp: Experiment, base: Experiment, source: str) -> Experiment:
+    """``exp`` with the description that says what it runs (the effective config after the
+    overrides; `eoslab.experiments.describe.saved_description`)."""
+    from .experiments.describe import saved_description
+
+    return dataclasses.replace(exp, description=saved_description(exp, base, source))
 
 
 def _show_damage(message, category, filename, lineno, file=None, line=None) -> None:
