@@ -107,14 +107,20 @@ class RunInfo:
         rule = f"{self.rule_text} beside {beside}" if beside else self.rule_text
         return f"{self.problem}, loss {self.loss}; {rule}"
 
-    def process_label(self, name: str) -> str:
-        """A process of the run in words: the optimizer with its hyperparameters (``gd: GD, lr =
-        0.1``), another by what it is (``cf: central flow``)."""
+    def process_words(self, name: str) -> str:
+        """What a process of the run is: the optimizer with its hyperparameters (``GD, lr =
+        0.1``), another by its kind (``central flow``); its name when unknown."""
         if name in self.processes:
-            return f"{name}: {self.processes[name]}"
+            return self.processes[name]
         if name == self.rule:
-            return f"{name}: {self.rule_text}"
+            return self.rule_text
         return name
+
+    def process_label(self, name: str) -> str:
+        """A process by its name and what it is, e.g. ``gd (GD, lr = 0.1)``, ``cf (central
+        flow)``."""
+        words = self.process_words(name)
+        return f"{name} ({words})" if words != name else name
 
 
 def _and(items: list[str]) -> str:
