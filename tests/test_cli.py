@@ -94,7 +94,8 @@ def test_missing_config_and_conflicting_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # refused by tyro while it builds the config
         main(["run", "toy", "--rule.lr", "-1", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
-    assert "lr=-1.0 is not accepted" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert "lr=-1.0 is not accepted" in err and not (tmp_path / "x").exists()
     assert main(["resume", str(tmp_path)]) == 2
 
 
@@ -107,6 +108,14 @@ def test_bad_flag_value_is_a_usage_error(capsys):
     assert exc.value.code == 2
 
 
+def _exit_code(argv: list[str]) -> int:
+    """main's exit code, whether returned or raised by the parser (tyro exits on its own)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
 def test_model_options_and_mini_batches_are_checked_before_any_work(tmp_path, capsys):
     out = tmp_path / "x"
     for args, needles in (
@@ -114,14 +123,10 @@ def test_model_options_and_mini_batches_are_checked_before_any_work(tmp_path, ca
         (["--problem.model-options", "d_model", "0"], ["model_options.d_model=0", ">= 1"]),
         (["--batch-size", "1025"], ["batch_size=1025", "from 1 to n = 1024"]),
     ):
-        with pytest.raises(SystemExit) as exc:
-            main(["run", "transformer", *args, "--out", str(out)])
-        assert exc.value.code == 2
+        assert _exit_code(["run", "transformer", *args, "--out", str(out)]) == 2
         err = " ".join(capsys.readouterr().err.replace("│", " ").split())
         assert all(n in err for n in needles), err
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "gd-central-flow", "--batch-size", "8", "--out", str(out)])
-    assert exc.value.code == 2
+    assert _exit_code(["run", "gd-central-flow", "--batch-size", "8", "--out", str(out)]) == 2
     err = " ".join(capsys.readouterr().err.replace("│", " ").split())
     assert "compare=" in err and "full-batch GD" in err
     assert not out.exists()
@@ -372,3 +377,35 @@ def test_description_report_and_title_say_what_ran_after_overrides(tmp_path, cap
     assert run.experiment.description.startswith(
         "config exp.json with rule.lr = 0.25 (was 0.5): GD, lr = 0.25 (threshold 2/lr = 8)"
     )
+
+
+HELPS = [
+    ["run"],
+    *(["run", name] for name in PRESETS),
+    ["resume"],
+    ["plot"],
+    ["report"],
+    ["sharpness"],
+    ["data"],
+    ["demo"],
+    ["reproduce"],
+]
+
+
+@pytest.mark.parametrize("argv", HELPS, ids=" ".join)
+def test_help_shows_each_default_once_and_no_leaks(argv, capsys):
+    import re
+
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "type: ignore" not in text and "noqa" not in text
+    assert "None" not in text and "(default: )" not in text  # a default says what it means
+    for flag in re.split(r" (?=--?[a-z])", text):  # each flag's help: its default once at most
+        assert flag.count("(default") <= 1, flag
+    latex = re.findall(r"\\[A-Za-z|,{]|\$[^A-Z]|``", text)  # $EOSLAB_DATA is no math
+    assert not latex, latex
+    if argv[0] == "run":  # a preset's help lists the run's own options too
+        for flag in ("--out DIR", "--config FILE", "--data-dir DIR", "--no-plot", "--quiet"):
+            assert flag in text

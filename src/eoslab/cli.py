@@ -45,10 +45,12 @@ DESCRIPTION = (
     "exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
 )
 
-Preset = tyro.extras.subcommand_type_from_defaults(
-    dict(PRESETS), {name: exp.description for name, exp in PRESETS.items()}
-)
 Dir = Annotated[Path | None, tyro.conf.arg(metavar="DIR")]
+
+
+def _opt(metavar: str, default: str):  # noqa: ANN202 - a tyro marker
+    """A flag whose value is None unless given, its help saying what None means."""
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(default: {default})")
 
 
 class _UsageError(Exception):
@@ -59,24 +61,47 @@ class _UsageError(Exception):
 class RunOptions:
     """Options of ``eoslab run`` besides the experiment."""
 
-    out: Dir = None
-    """The run directory to create (default: runs/NAME-TIMESTAMP); never overwritten."""
-    config: Annotated[Path | None, tyro.conf.arg(metavar="FILE")] = None
-    """A JSON or YAML experiment config (or a run's config.json); flags after it override it."""
+    out: Annotated[Path | None, _opt("DIR", "runs/NAME-TIMESTAMP")] = None
+    """The run directory to create; never overwritten."""
+    config: Annotated[Path | None, _opt("FILE", "none, the preset")] = None
+    """A JSON or YAML experiment config (or a run's config.json) to run instead of a preset;
+    flags after it override it."""
     plot: bool = True
     """Write the run's figures when it ends."""
     quiet: bool = False
     """No progress bar."""
-    data_dir: Dir = None
+    data_dir: Annotated[Path | None, _opt("DIR", "problem.data_dir")] = None
     """Where the problem's on-disk dataset lives (sets problem.data_dir; checked before the run:
     a directory without the dataset's files is an error)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Run(RunOptions):
+class PresetRun(RunOptions):
+    """A preset's subcommand: the run's options, then every field of its experiment."""
+
+    experiment: Annotated[Experiment, tyro.conf.arg(name="")] = PRESETS[DEFAULT_PRESET]
+
+
+Preset = tyro.extras.subcommand_type_from_defaults(
+    {name: PresetRun(experiment=exp) for name, exp in PRESETS.items()},
+    {name: exp.description for name, exp in PRESETS.items()},
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCommand(RunOptions):
     """Run a preset (default eos-gd) with any field overridden, or a --config file."""
 
-    experiment: Annotated[Preset, tyro.conf.arg(name="")] = PRESETS[DEFAULT_PRESET]  # type: ignore[valid-type]
+    preset: Annotated[Preset, tyro.conf.arg(name="")] = PresetRun()  # type: ignore[valid-type]
+    """The preset to run (eoslab list); its fields are its flags: eoslab run PRESET --help."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run(RunOptions):
+    """What ``eoslab run`` runs: its options and the experiment (a preset with its overrides,
+    or a config file's)."""
+
+    experiment: Experiment = PRESETS[DEFAULT_PRESET]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +110,8 @@ class Resume:
 
     dir: tyro.conf.Positional[Path]
     """The run directory."""
-    steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
-    """Extend the step budget to this many steps (a finished run continues; default: recorded)."""
+    steps: Annotated[int | None, _opt("INT", "the recorded budget")] = None
+    """Extend the step budget to this many steps (a finished run continues)."""
     plot: bool = True
     """Write the run's figures when it ends."""
     quiet: bool = False
@@ -102,12 +127,20 @@ class List:
 class Plot:
     """Plot one run (one line per process), or several overlaid."""
 
-    dirs: tyro.conf.Positional[tuple[Path, ...]]
+    dirs: Annotated[
+        tyro.conf.Positional[tuple[Path, ...]],
+        tyro.conf.arg(metavar="DIR", help_behavior_hint="(one or more)"),
+    ]
     """Run directories."""
-    out: Annotated[Path | None, tyro.conf.arg(metavar="DIR|PNG")] = None
-    """A directory to write overview.png or compare.png into, or a .png file (default: one run's
-    DIR/figures/overview.png; several runs: a new directory compare-A-B beside them, never in a
-    run directory)."""
+    out: Annotated[
+        Path | None,
+        _opt(
+            "DIR|PNG",
+            "one run: DIR/figures/overview.png; several: a new directory compare-A-B beside "
+            "them, never in a run directory",
+        ),
+    ] = None
+    """A directory to write overview.png or compare.png into, or a .png file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +149,8 @@ class Report:
 
     dir: tyro.conf.Positional[Path]
     """The run directory."""
-    out: Dir = None
-    """Where to write (default: the run directory)."""
+    out: Annotated[Path | None, _opt("DIR", "the run directory")] = None
+    """Where to write report.md, report.html and figures/."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +159,8 @@ class Sharpness:
 
     dir: tyro.conf.Positional[Path]
     """The run directory."""
-    process: Annotated[str | None, tyro.conf.arg(metavar="NAME")] = None
-    """Which process's point (default: the first)."""
+    process: Annotated[str | None, _opt("NAME", "the first process")] = None
+    """Which process's point."""
     k: int = 3
     """How many top eigenvalues."""
     tol: float = 1e-6
@@ -140,10 +173,12 @@ class Data:
 
     action: tyro.conf.Positional[Literal["list", "fetch"]]
     """list or fetch."""
-    name: tyro.conf.Positional[str] = ""
+    name: Annotated[
+        tyro.conf.Positional[str], tyro.conf.arg(metavar="NAME", help_behavior_hint="(fetch only)")
+    ] = ""
     """The dataset to fetch."""
-    data_dir: Dir = None
-    """Where datasets live (default: $EOSLAB_DATA)."""
+    data_dir: Annotated[Path | None, _opt("DIR", "$EOSLAB_DATA")] = None
+    """Where datasets live."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +187,7 @@ class Demo:
 
     out: Path = Path("runs/demo")
     """Run directory (a timestamp is added if it exists)."""
-    steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
+    steps: Annotated[int | None, _opt("INT", "the preset's")] = None
     """Override the step budget."""
 
 
@@ -160,14 +195,17 @@ class Demo:
 class Reproduce:
     """Reproduce a paper experiment: figures plus a table of predicted vs measured numbers."""
 
-    name: tyro.conf.Positional[str] = ""
-    """The experiment (omit it to list them)."""
+    name: Annotated[
+        tyro.conf.Positional[str],
+        tyro.conf.arg(metavar="NAME", help_behavior_hint="(default: list them)"),
+    ] = ""
+    """The experiment."""
     quick: bool = False
     """The scaled-down variant (minutes on 2 CPU cores; no download needed: fashion-vgg reads
-    Fashion-MNIST from Debian's package, `make fashion-data`)."""
-    out: Dir = None
-    """Output directory (default: runs/reproduce-NAME[-quick]-TIMESTAMP); never overwritten."""
-    data_dir: Dir = None
+    Fashion-MNIST from Debian's package, make fashion-data)."""
+    out: Annotated[Path | None, _opt("DIR", "runs/reproduce-NAME[-quick]-TIMESTAMP")] = None
+    """Output directory; never overwritten."""
+    data_dir: Annotated[Path | None, _opt("DIR", "the dataset's usual places")] = None
     """Where the experiment's on-disk dataset lives (cifar-vgg: CIFAR-10, fashion-vgg:
     Fashion-MNIST); only this directory is searched, and one without the files is an error."""
 
@@ -447,7 +485,7 @@ def _cmd_reproduce(args: Reproduce) -> int:
 
 
 COMMANDS = {
-    "run": Run,
+    "run": RunCommand,
     "resume": Resume,
     "list": List,
     "plot": Plot,
@@ -488,7 +526,15 @@ def _split_run_options(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _parse(argv: list[str]) -> tuple[object, str]:
-    """The parsed command; for ``run``, also the run's name (preset or config file stem)."""
+    """The parsed command; for ``run``, also the run's name (preset or config file stem). The
+    help shows the first paragraph of each config's docstring, in plain Unicode."""
+    from .helptext import config_classes, plain_docstrings
+
+    with plain_docstrings(config_classes([*COMMANDS.values(), PresetRun, Experiment])):
+        return _parse_plain(argv)
+
+
+def _parse_plain(argv: list[str]) -> tuple[object, str]:
     config = ()
     if argv[:1] == ["run"]:
         own, rest = _split_run_options(argv[1:])
@@ -511,11 +557,20 @@ def _parse(argv: list[str]) -> tuple[object, str]:
         COMMANDS, args=argv, prog="eoslab", description=DESCRIPTION, config=config
     )
     name = DEFAULT_PRESET
-    if isinstance(args, Run):
+    if isinstance(args, RunCommand):
         picked = [a for a in argv[1:] if a in PRESETS]
         name = picked[0] if picked else DEFAULT_PRESET
-        exp = _described(args.experiment, PRESETS[name], f"preset {name}")
-        args = dataclasses.replace(args, experiment=exp)
+        preset = args.preset
+        # the run's options are hoisted before the preset (_split_run_options): the preset's own
+        # copies (listed in its help) keep their defaults unless given some other way
+        opts = {
+            f.name: getattr(preset, f.name)
+            if getattr(preset, f.name) != f.default
+            else getattr(args, f.name)
+            for f in dataclasses.fields(RunOptions)
+        }
+        exp = _described(preset.experiment, PRESETS[name], f"preset {name}")
+        args = Run(**opts, experiment=exp)
     return args, name
 
 
