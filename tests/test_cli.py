@@ -409,3 +409,16 @@ def test_help_shows_each_default_once_and_no_leaks(argv, capsys):
     if argv[0] == "run":  # a preset's help lists the run's own options too
         for flag in ("--out DIR", "--config FILE", "--data-dir DIR", "--no-plot", "--quiet"):
             assert flag in text
+
+
+def test_help_text_is_the_docstrings_first_paragraph_in_plain_unicode():
+    from eoslab.experiments import GD
+    from eoslab.helptext import plain, plain_docstrings
+
+    assert plain(r"$w_{t+1} = w_t - \eta\nabla L(w_t)$; ``lr`` `x`") == "wₜ₊₁ = wₜ - η∇L(wₜ); lr x"
+    assert plain(r"$P_t = \sqrt{\hat\nu_t} + \epsilon$, $\tfrac12\sigma^2$") == "Pₜ = √(ν̂ₜ) + ε, ½σ²"
+    assert plain(r"$\lambda_1(P^{-1}H)$ and $L_{\min}$") == "λ₁(P⁻¹H) and Lₘᵢₙ"
+    doc = GD.__doc__
+    with plain_docstrings([GD]):  # only while a command line is parsed
+        assert GD.__doc__ == "Gradient descent, wₜ₊₁ = wₜ - η∇L(wₜ); stable while λ₁ < 2/η."
+    assert GD.__doc__ == doc
