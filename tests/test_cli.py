@@ -416,7 +416,8 @@ def test_help_text_is_the_docstrings_first_paragraph_in_plain_unicode():
     from eoslab.helptext import plain, plain_docstrings
 
     assert plain(r"$w_{t+1} = w_t - \eta\nabla L(w_t)$; ``lr`` `x`") == "wₜ₊₁ = wₜ - η∇L(wₜ); lr x"
-    assert plain(r"$P_t = \sqrt{\hat\nu_t} + \epsilon$, $\tfrac12\sigma^2$") == "Pₜ = √(ν̂ₜ) + ε, ½σ²"
+    adam = plain(r"$P_t = \sqrt{\hat\nu_t} + \epsilon$, $\tfrac12\sigma^2$")
+    assert adam == "Pₜ = √(ν̂ₜ) + ε, ½σ²"
     assert plain(r"$\lambda_1(P^{-1}H)$ and $L_{\min}$") == "λ₁(P⁻¹H) and Lₘᵢₙ"
     doc = GD.__doc__
     with plain_docstrings([GD]):  # only while a command line is parsed
