@@ -45,10 +45,8 @@ DESCRIPTION = (
     "exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
 )
 
-Dir = Annotated[Path | None, tyro.conf.arg(metavar="DIR")]
 
-
-def _opt(metavar: str, default: str):  # noqa: ANN202 - a tyro marker
+def _opt(metavar: str, default: str) -> object:
     """A flag whose value is None unless given, its help saying what None means."""
     return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(default: {default})")
 
