@@ -94,7 +94,8 @@ def test_missing_config_and_conflicting_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # refused by tyro while it builds the config
         main(["run", "toy", "--rule.lr", "-1", "--out", str(tmp_path / "x")])
     assert exc.value.code == 2
-    assert "lr=-1.0 is not accepted" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert "lr=-1.0 is not accepted" in err and not (tmp_path / "x").exists()
     assert main(["resume", str(tmp_path)]) == 2
 
 
@@ -107,6 +108,14 @@ def test_bad_flag_value_is_a_usage_error(capsys):
     assert exc.value.code == 2
 
 
+def _exit_code(argv: list[str]) -> int:
+    """main's exit code, whether returned or raised by the parser (tyro exits on its own)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
 def test_model_options_and_mini_batches_are_checked_before_any_work(tmp_path, capsys):
     out = tmp_path / "x"
     for args, needles in (
@@ -114,14 +123,10 @@ def test_model_options_and_mini_batches_are_checked_before_any_work(tmp_path, ca
         (["--problem.model-options", "d_model", "0"], ["model_options.d_model=0", ">= 1"]),
         (["--batch-size", "1025"], ["batch_size=1025", "from 1 to n = 1024"]),
     ):
-        with pytest.raises(SystemExit) as exc:
-            main(["run", "transformer", *args, "--out", str(out)])
-        assert exc.value.code == 2
+        assert _exit_code(["run", "transformer", *args, "--out", str(out)]) == 2
         err = " ".join(capsys.readouterr().err.replace("│", " ").split())
         assert all(n in err for n in needles), err
-    with pytest.raises(SystemExit) as exc:
-        main(["run", "gd-central-flow", "--batch-size", "8", "--out", str(out)])
-    assert exc.value.code == 2
+    assert _exit_code(["run", "gd-central-flow", "--batch-size", "8", "--out", str(out)]) == 2
     err = " ".join(capsys.readouterr().err.replace("│", " ").split())
     assert "compare=" in err and "full-batch GD" in err
     assert not out.exists()
@@ -137,7 +142,23 @@ def test_divergence_exit_code_message_and_metrics(tmp_path, capsys):
     assert man["status"] == "diverged" and "diverged at step" in man["message"]
     df = pd.concat(pd.read_parquet(p) for p in (out / "metrics").glob("*.parquet"))
     assert len(df) > 50 and df["loss"].notna().all()
+    t_inf = int(man["message"].split("diverged at step ")[1].split(":")[0])
+    assert t_inf > 100  # w_1 grows 1.5x a step: float32's loss overflows after ~100 steps
+    probe = (t_inf - 1) // 10 * 10  # the last probe before it (probe_every 10)
+    # every value printed names its step: the last finite loss, and the sharpness (exactly
+    # h_1 = 25) at the last probe, not at the step the run stopped
+    (line,) = [ln for ln in text.splitlines() if ln.strip().startswith("gd:")]
+    assert f"at step {t_inf - 1};" in line
+    assert f"sharpness 25 at step {probe} (its last probe), threshold 20" in line
     assert main(["resume", str(out)]) == 3
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    from test_report import _markdown_tables
+
+    (table,) = _markdown_tables((out / "report.md").read_text())
+    row = dict(zip(table[0], table[1], strict=True))
+    assert row["last step"] == str(t_inf - 1) and row["probed at step"] == str(probe)
+    assert float(row["sharpness"]) == pytest.approx(25, rel=1e-5) and row["threshold"] == "20"
 
 
 def test_list_and_presets_round_trip(capsys):
@@ -276,3 +297,129 @@ def test_resume_extends_a_finished_run_to_the_numbers_of_a_longer_one(tmp_path, 
     a, b = load_run(short), load_run(full)
     pd.testing.assert_frame_equal(a.metrics, b.metrics, check_exact=True)
     assert a.config["config"]["steps"] == 40 and a.config["extended"][0]["from_steps"] == 20
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"notes.txt": "someone else's"},  # no config.json, no manifest.json
+        {"config.json": '{"lr": 0.1}'},  # another program's config, no manifest
+        {"config.json": '{"lr": 0.1}', "manifest.json": "{}"},  # no eoslab run record
+        {"manifest.json": "{}"},
+    ],
+)
+@pytest.mark.parametrize("command", ["plot", "report"])
+def test_plot_and_report_refuse_a_directory_that_is_not_a_run(tmp_path, capsys, files, command):
+    d = tmp_path / "theirs"
+    d.mkdir()
+    for name, text in files.items():
+        (d / name).write_text(text)
+    before = sorted(tmp_path.rglob("*"))
+    assert main([command, str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"eoslab: error: {d}: not a run directory") and err.count("\n") == 1
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, no figures/
+    assert main([command, str(d), "--out", str(tmp_path / "out")]) == 2
+    assert main([command, str(tmp_path / "missing")]) == 2
+    assert sorted(tmp_path.rglob("*")) == before
+    capsys.readouterr()
+    if command == "plot":  # one run among several is not enough
+        run = tmp_path / "run"
+        cfg = str(_write(tmp_path, TINY))
+        assert main(["run", "--config", cfg, "--out", str(run), "--quiet", "--no-plot"]) == 0
+        before = sorted(tmp_path.rglob("*"))
+        assert main(["plot", str(run), str(d), "--out", str(tmp_path / "cmp.png")]) == 2
+        assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_description_report_and_title_say_what_ran_after_overrides(tmp_path, capsys, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from eoslab.cli import _parse
+    from eoslab.report import plots
+
+    # quadratic-diverge says "lr * lambda_1 = 2.5 > 2: diverges": at lr 0.05 that is false
+    preset = PRESETS["quadratic-diverge"]
+    assert "diverges" in preset.description
+    titles = []
+
+    def keep_title(fig, path):
+        titles.append(fig._suptitle.get_text())
+        plt.close(fig)
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save_figure", keep_title)
+    out = tmp_path / "q"
+    args = ["run", "quadratic-diverge", "--rule.lr", "0.05", "--steps", "20", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0  # lr h_1 = 1.25 < 2: no divergence
+    threshold = f"2/lr = {2 / 0.05:g}"  # 40
+    desc = json.loads((out / "config.json").read_text())["config"]["description"]
+    assert desc.startswith("preset quadratic-diverge with rule.lr = 0.05 (was 0.1): GD, lr = 0.05")
+    assert f"threshold {threshold}" in desc
+    assert "2.5" not in desc and "diverges" not in desc and "2/lr = 20" not in desc
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    head = md.split("## Config")[0]
+    assert f"ran: GD, lr = 0.05 (threshold {threshold})" in head and "20 steps" in head
+    assert "diverges" not in head and "lr = 0.1" not in head and "2/lr = 20" not in head
+    assert titles and all("lr = 0.05" in t and "lr = 0.1" not in t for t in titles)
+    # the preset unchanged, or only its budget: the preset's own words
+    assert _parse(["run", "quadratic-diverge"])[0].experiment.description == preset.description
+    steps_only = _parse(["run", "quadratic-diverge", "--steps", "50", "--probe-every", "5"])
+    assert steps_only[0].experiment.description == preset.description
+    # the user's own note is theirs
+    mine = _parse(["run", "quadratic-diverge", "--rule.lr", "0.05", "--description", "mine"])
+    assert mine[0].experiment.description == "mine"
+    # a config file's description is replaced the same way
+    cfg = _write(tmp_path, {**TINY, "description": "GD lr 0.5 on the toy net"})
+    run, _ = _parse(["run", "--config", str(cfg), "--rule.lr", "0.25"])
+    assert run.experiment.description.startswith(
+        "config exp.json with rule.lr = 0.25 (was 0.5): GD, lr = 0.25 (threshold 2/lr = 8)"
+    )
+
+
+HELPS = [
+    ["run"],
+    *(["run", name] for name in PRESETS),
+    ["resume"],
+    ["plot"],
+    ["report"],
+    ["sharpness"],
+    ["data"],
+    ["demo"],
+    ["reproduce"],
+]
+
+
+@pytest.mark.parametrize("argv", HELPS, ids=" ".join)
+def test_help_shows_each_default_once_and_no_leaks(argv, capsys):
+    import re
+
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "type: ignore" not in text and "noqa" not in text
+    assert "None" not in text and "(default: )" not in text  # a default says what it means
+    for flag in re.split(r" (?=--?[a-z])", text):  # each flag's help: its default once at most
+        assert flag.count("(default") <= 1, flag
+    latex = re.findall(r"\\[A-Za-z|,{]|\$[^A-Z]|``", text)  # $EOSLAB_DATA is no math
+    assert not latex, latex
+    if argv[0] == "run":  # a preset's help lists the run's own options too
+        for flag in ("--out DIR", "--config FILE", "--data-dir DIR", "--no-plot", "--quiet"):
+            assert flag in text
+
+
+def test_help_text_is_the_docstrings_first_paragraph_in_plain_unicode():
+    from eoslab.experiments import GD
+    from eoslab.helptext import plain, plain_docstrings
+
+    assert plain(r"$w_{t+1} = w_t - \eta\nabla L(w_t)$; ``lr`` `x`") == "wₜ₊₁ = wₜ - η∇L(wₜ); lr x"
+    adam = plain(r"$P_t = \sqrt{\hat\nu_t} + \epsilon$, $\tfrac12\sigma^2$")
+    assert adam == "Pₜ = √(ν̂ₜ) + ε, ½σ²"
+    assert plain(r"$\lambda_1(P^{-1}H)$ and $L_{\min}$") == "λ₁(P⁻¹H) and Lₘᵢₙ"
+    doc = GD.__doc__
+    with plain_docstrings([GD]):  # only while a command line is parsed
+        assert GD.__doc__ == "Gradient descent, wₜ₊₁ = wₜ - η∇L(wₜ); stable while λ₁ < 2/η."
+    assert GD.__doc__ == doc

@@ -68,6 +68,58 @@ def test_write_table_round_trips_and_marks_failures(tmp_path):
     assert not list((tmp_path / "t").glob("*.tmp"))
 
 
+def _markdown_tables(text: str) -> list[list[list[str]]]:
+    """The tables of a Markdown text as rows of cell texts, read by an independent parser
+    (markdown-it, GitHub tables) from the HTML it renders."""
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables: list[list[list[str]]] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.tables[-1][-1].append("".join(self.cell))
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Cells()
+    parser.feed(MarkdownIt("commonmark").enable("table").render(text))
+    return parser.tables
+
+
+def test_markdown_tables_escape_their_cells(tmp_path):
+    # flow-tracking's quantity holds pipes: unescaped, Markdown split the row and the "ok"
+    # column showed the error; a backslash must survive too
+    rows = [
+        dict(ROWS[0], quantity="normalized_gd |Phi(x_T) - X(1)|, lr=0.04"),
+        dict(ROWS[1], quantity="a \\ b | c\\|d"),
+    ]
+    md = tables.write_table(tmp_path / "t", rows, "a title").read_text()
+    (table,) = _markdown_tables(md)
+    assert table[0] == ["quantity", "predicted", "measured", "error", "tolerance", "ok"]
+    assert [len(r) for r in table] == [6, 6, 6]
+    assert [r[0] for r in table[1:]] == [r["quantity"] for r in rows]
+    assert [r[5] for r in table[1:]] == ["yes", "NO"]
+    assert [float(r[4]) for r in table[1:]] == [0.1, 1.0]
+    assert tables.markdown_cell("two\nlines") == "two lines"
+
+
 def test_write_frame_is_plain_csv(tmp_path):
     df = pd.DataFrame({"step": [0, 5], "loss": [1.0, 0.5]})
     path = tables.write_frame(df, tmp_path / "sub" / "f.csv")
@@ -450,3 +502,128 @@ def test_compare_figure_labels_each_threshold(tmp_path, figures):
         if "threshold" in t
     ]
     assert levels == ["lr_eff $\\times$ threshold = 2"]  # 0.1 * 20 = 0.05 * 40: one line
+
+
+# ------------------------------------------------------------------ lockstep runs' figures
+def _lockstep_run(path, cfg, rows):
+    """A run directory of several processes in the store's layout, from the rows given."""
+    (path / "metrics").mkdir(parents=True)
+    last = int(rows["step"].max())
+    rows.to_parquet(path / "metrics" / f"part-000000000-{last:09d}.parquet")
+    (path / "config.json").write_text(json.dumps({"config": cfg, "eoslab_version": "0"}))
+    (path / "manifest.json").write_text(json.dumps({"status": "completed", "step": last}))
+    return path
+
+
+def _line(ax, label):
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == label]
+    return np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+
+
+def test_limiting_flow_figure_readable_sharpness_and_distances_against_tau(tmp_path, figures):
+    # ngd-limiting-flow's shape: normalized GD's 2/lr_eff is 302.7 at step 0 (a large gradient)
+    # and ~10 after, changing every step; lambda_1 ~ 8-10 for both processes
+    lr, steps, every = 0.02, np.arange(501), 50
+    probes = steps[steps % every == 0]
+    lam = {"ngd": 10.5 - 0.004 * probes, "flow": 9.9 - 0.004 * probes}
+    lam["ngd"][0] = 10.56
+    thr = 10.8 - 0.003 * steps + 0.7 * (steps % 2)  # the threshold at odd steps is never probed
+    thr[0] = 302.7
+    dist = np.where(probes == 0, 0.42, 0.011 + 1e-6 * probes)
+    phi = np.where(probes == 0, 0.0, 9e-4 + 1e-7 * probes)
+    at = np.isin(steps, probes)
+    ngd = pd.DataFrame({"step": steps, "process": "normalized_gd", "loss": 5e-4, "threshold": thr})
+    flow = pd.DataFrame({"step": steps, "process": "flow", "loss": 1e-16, "threshold": np.nan})
+    for df, name in ((ngd, "ngd"), (flow, "flow")):
+        df["sharpness"] = np.nan
+        df.loc[at, "sharpness"] = lam[name]
+    ngd["dist_flow"], ngd["phi_dist_flow"], flow["dist_normalized_gd"] = np.nan, np.nan, np.nan
+    ngd.loc[at, "dist_flow"], ngd.loc[at, "phi_dist_flow"] = dist, phi
+    flow.loc[at, "dist_normalized_gd"] = dist
+    flow["tau"] = np.where(at, lr**2 * steps, np.nan)
+    cfg = {
+        "problem": {"kind": "valley", "x0": 2.0, "y0": 0.3, "extra": 1},
+        "rule": {"kind": "normalized_gd", "lr": lr},
+        "compare": {"flow": {"kind": "ProjectedLimitingFlow", "algorithm": "normalized_gd"}},
+        "steps": 500,
+        "probe_every": every,
+    }
+    run = _lockstep_run(tmp_path / "ngd", cfg, pd.concat([ngd, flow]).sort_values("step"))
+    plots.plot_runs([run], tmp_path / "o.png")
+    (fig,) = figures
+    assert "normalized GD, lr = 0.02 beside flow (limiting flow of normalized GD)" in (
+        fig._suptitle.get_text()
+    )
+    ax = _sharp_axes(fig)
+    lo, hi = ax.get_ylim()
+    assert lo <= min(lam["flow"].min(), lam["ngd"].min()) and hi >= thr[probes[1:]].max()
+    assert hi < 12  # 302.7 is cut: lambda_1 and its threshold on a readable scale
+    (label,) = [t for t in _legend(ax) if "2/lr_eff" in t]
+    assert label.endswith("2/lr_eff = 2|∇L|/lr (302.7 at step 0: above the axis)")
+    x, y = _line(ax, label)  # drawn at the probes only, the cut value left out
+    np.testing.assert_array_equal(x, probes)
+    np.testing.assert_allclose(y[1:], thr[probes[1:]])
+    assert np.isnan(y[0])
+    for name, words in (("normalized_gd", "normalized GD, lr = 0.02"), ("flow", None)):
+        words = words or "limiting flow of normalized GD"
+        _, y = _line(ax, f"{name} ({words}): $\\lambda_1$ at the probes")
+        np.testing.assert_allclose(y, lam["ngd" if name == "normalized_gd" else "flow"])
+    dist_ax = _axes(fig)["distances between the processes"]
+    assert "τ" in dist_ax.get_xlabel() and dist_ax.get_yscale() == "log"
+    x, y = _line(dist_ax, "|normalized_gd − flow|")
+    np.testing.assert_allclose(x, lr**2 * probes)  # tau = lr^2 * step
+    np.testing.assert_allclose(y, dist)
+    x, y = _line(dist_ax, "|Φ(normalized_gd) − flow|")  # the 0 at step 0 has no log
+    np.testing.assert_allclose(x, lr**2 * probes[1:])
+    np.testing.assert_allclose(y, phi[1:])
+    assert any(t.startswith(f"lr = {lr:g}") for t in _legend(dist_ax))
+
+
+def test_central_flow_figure_names_processes_predicted_loss_and_distances(tmp_path, figures):
+    steps, lr = np.arange(200), 0.1
+    probes = steps[steps % 10 == 0]
+    gd_loss = (1 + 0.2 * (-1.0) ** steps) / (1 + steps)  # oscillating, as GD at the edge
+    rows = []
+    for name, loss in (("gd", gd_loss), ("gf", 0.9 / (1 + steps)), ("cf", 0.95 / (1 + steps))):
+        df = pd.DataFrame({"step": steps, "process": name, "loss": loss, "sharpness": np.nan})
+        df.loc[df["step"].isin(probes), "sharpness"] = 20.0
+        df["threshold"] = 2 / lr if name != "gf" else np.nan
+        for other in ("gd", "gf", "cf"):
+            if other != name:
+                pair = sorted((name, other))
+                df[f"dist_{other}"] = np.where(
+                    np.isin(steps, probes), 1e-3 * (1 + len(pair[0]) + 2 * len(pair[1])), np.nan
+                )
+                df.loc[df["step"] > 0, f"dist_{other}"] *= 1 + steps[steps > 0] / 100
+        if name == "cf":
+            df["pred_loss"] = 1.0 / (1 + steps)
+        rows.append(df)
+    cfg = {
+        "problem": MODEL,
+        "rule": {"kind": "gd", "lr": lr},
+        "compare": {"gf": {"kind": "GradientFlow"}, "cf": {"kind": "CentralFlow"}},
+        "steps": 199,
+        "probe_every": 10,
+    }
+    frame = pd.concat(rows).sort_values("step", kind="stable")
+    run = _lockstep_run(tmp_path / "cf", cfg, frame)
+    plots.plot_runs([run], tmp_path / "o.png")
+    (fig,) = figures
+    title = fig._suptitle.get_text()
+    assert "GD, lr = 0.1 beside gf (gradient flow) and cf (central flow)" in title
+    loss_ax = _axes(fig)["training loss"]
+    for label in ("gd (GD, lr = 0.1)", "gf (gradient flow)", "cf (central flow)"):
+        assert label in _legend(loss_ax)
+        assert f"{label}: $\\lambda_1$ at the probes" in _legend(_sharp_axes(fig))
+    x, y = _line(loss_ax, "cf (central flow): predicted time-average of gd's loss")
+    np.testing.assert_allclose(y, 1.0 / (1 + x))
+    x, y = _line(loss_ax, "gd (GD, lr = 0.1): loss averaged over 51 steps")
+    np.testing.assert_allclose(y, np.convolve(gd_loss, np.ones(51) / 51, mode="valid"))
+    np.testing.assert_array_equal(x, steps[25:-25])
+    dist_ax = _axes(fig)["distances between the processes"]
+    assert _legend(dist_ax) == ["|gd − gf|", "|gd − cf|", "|gf − cf|"]
+    for a, b in (("gd", "gf"), ("gd", "cf"), ("gf", "cf")):
+        x, y = _line(dist_ax, f"|{a} − {b}|")
+        base = 1e-3 * (1 + len(min(a, b)) + 2 * len(max(a, b)))
+        np.testing.assert_allclose(y, base * (1 + x / 100))
+        np.testing.assert_array_equal(x, probes)

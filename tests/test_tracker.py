@@ -110,7 +110,9 @@ def test_extrapolated_start_follows_a_rotating_eigenvector():
     quad = lambda w, A: 0.5 * w @ A @ w  # one function: every update reuses one compilation
 
     def run(extrapolate):
-        tr = EigenTracker(Objective.from_data_fn(quad, hessian(0), jnp.zeros(d), dtype="float64"), k=1, tol=1e-6)
+        tr = EigenTracker(
+            Objective.from_data_fn(quad, hessian(0), jnp.zeros(d), dtype="float64"), k=1, tol=1e-6
+        )
         spent = []
         for t in range(12):
             tr.loss = Objective.from_data_fn(quad, hessian(t), jnp.zeros(d), dtype="float64")

@@ -53,10 +53,10 @@ DESCRIPTION = (
     "exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items())
 )
 
-Preset = tyro.extras.subcommand_type_from_defaults(
-    dict(PRESETS), {name: exp.description for name, exp in PRESETS.items()}
-)
-Dir = Annotated[Path | None, tyro.conf.arg(metavar="DIR")]
+
+def _opt(metavar: str, default: str) -> object:
+    """A flag whose value is None unless given, its help saying what None means."""
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(default: {default})")
 
 
 class _UsageError(Exception):
@@ -67,24 +67,47 @@ class _UsageError(Exception):
 class RunOptions:
     """Options of ``eoslab run`` besides the experiment."""
 
-    out: Dir = None
-    """The run directory to create (default: runs/NAME-TIMESTAMP); never overwritten."""
-    config: Annotated[Path | None, tyro.conf.arg(metavar="FILE")] = None
-    """A JSON or YAML experiment config (or a run's config.json); flags after it override it."""
+    out: Annotated[Path | None, _opt("DIR", "runs/NAME-TIMESTAMP")] = None
+    """The run directory to create; never overwritten."""
+    config: Annotated[Path | None, _opt("FILE", "none, the preset")] = None
+    """A JSON or YAML experiment config (or a run's config.json) to run instead of a preset;
+    flags after it override it."""
     plot: bool = True
     """Write the run's figures when it ends."""
     quiet: bool = False
     """No progress bar."""
-    data_dir: Dir = None
+    data_dir: Annotated[Path | None, _opt("DIR", "problem.data_dir")] = None
     """Where the problem's on-disk dataset lives (sets problem.data_dir; checked before the run:
     a directory without the dataset's files is an error)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Run(RunOptions):
+class PresetRun(RunOptions):
+    """A preset's subcommand: the run's options, then every field of its experiment."""
+
+    experiment: Annotated[Experiment, tyro.conf.arg(name="")] = PRESETS[DEFAULT_PRESET]
+
+
+Preset = tyro.extras.subcommand_type_from_defaults(
+    {name: PresetRun(experiment=exp) for name, exp in PRESETS.items()},
+    {name: exp.description for name, exp in PRESETS.items()},
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCommand(RunOptions):
     """Run a preset (default eos-gd) with any field overridden, or a --config file."""
 
-    experiment: Annotated[Preset, tyro.conf.arg(name="")] = PRESETS[DEFAULT_PRESET]  # type: ignore[valid-type]
+    preset: Annotated[Preset, tyro.conf.arg(name="")] = PresetRun()  # type: ignore[valid-type]
+    """The preset to run (eoslab list); its fields are its flags: eoslab run PRESET --help."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run(RunOptions):
+    """What ``eoslab run`` runs: its options and the experiment (a preset with its overrides,
+    or a config file's)."""
+
+    experiment: Experiment = PRESETS[DEFAULT_PRESET]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +116,8 @@ class Resume:
 
     dir: tyro.conf.Positional[Path]
     """The run directory."""
-    steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
-    """Extend the step budget to this many steps (a finished run continues; default: recorded)."""
+    steps: Annotated[int | None, _opt("INT", "the recorded budget")] = None
+    """Extend the step budget to this many steps (a finished run continues)."""
     plot: bool = True
     """Write the run's figures when it ends."""
     quiet: bool = False
@@ -110,12 +133,20 @@ class List:
 class Plot:
     """Plot one run (one line per process), or several overlaid."""
 
-    dirs: tyro.conf.Positional[tuple[Path, ...]]
+    dirs: Annotated[
+        tyro.conf.Positional[tuple[Path, ...]],
+        tyro.conf.arg(metavar="DIR", help_behavior_hint="(one or more)"),
+    ]
     """Run directories."""
-    out: Annotated[Path | None, tyro.conf.arg(metavar="DIR|PNG")] = None
-    """A directory to write overview.png or compare.png into, or a .png file (default: one run's
-    DIR/figures/overview.png; several runs: a new directory compare-A-B beside them, never in a
-    run directory)."""
+    out: Annotated[
+        Path | None,
+        _opt(
+            "DIR|PNG",
+            "one run: DIR/figures/overview.png; several: a new directory compare-A-B beside "
+            "them, never in a run directory",
+        ),
+    ] = None
+    """A directory to write overview.png or compare.png into, or a .png file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,8 +155,8 @@ class Report:
 
     dir: tyro.conf.Positional[Path]
     """The run directory."""
-    out: Dir = None
-    """Where to write (default: the run directory)."""
+    out: Annotated[Path | None, _opt("DIR", "the run directory")] = None
+    """Where to write report.md, report.html and figures/."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +165,8 @@ class Sharpness:
 
     dir: tyro.conf.Positional[Path]
     """The run directory."""
-    process: Annotated[str | None, tyro.conf.arg(metavar="NAME")] = None
-    """Which process's point (default: the first)."""
+    process: Annotated[str | None, _opt("NAME", "the first process")] = None
+    """Which process's point."""
     k: int = 3
     """How many top eigenvalues."""
     tol: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
@@ -149,10 +180,12 @@ class Data:
 
     action: tyro.conf.Positional[Literal["list", "fetch"]]
     """list or fetch."""
-    name: tyro.conf.Positional[str] = ""
+    name: Annotated[
+        tyro.conf.Positional[str], tyro.conf.arg(metavar="NAME", help_behavior_hint="(fetch only)")
+    ] = ""
     """The dataset to fetch."""
-    data_dir: Dir = None
-    """Where datasets live (default: $EOSLAB_DATA)."""
+    data_dir: Annotated[Path | None, _opt("DIR", "$EOSLAB_DATA")] = None
+    """Where datasets live."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +194,7 @@ class Demo:
 
     out: Path = Path("runs/demo")
     """Run directory (a timestamp is added if it exists)."""
-    steps: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
+    steps: Annotated[int | None, _opt("INT", "the preset's")] = None
     """Override the step budget."""
 
 
@@ -169,14 +202,17 @@ class Demo:
 class Reproduce:
     """Reproduce a paper experiment: figures plus a table of predicted vs measured numbers."""
 
-    name: tyro.conf.Positional[str] = ""
-    """The experiment (omit it to list them)."""
+    name: Annotated[
+        tyro.conf.Positional[str],
+        tyro.conf.arg(metavar="NAME", help_behavior_hint="(default: list them)"),
+    ] = ""
+    """The experiment."""
     quick: bool = False
     """The scaled-down variant (minutes on 2 CPU cores; no download needed: fashion-vgg reads
-    Fashion-MNIST from Debian's package, `make fashion-data`)."""
-    out: Dir = None
-    """Output directory (default: runs/reproduce-NAME[-quick]-TIMESTAMP); never overwritten."""
-    data_dir: Dir = None
+    Fashion-MNIST from Debian's package, make fashion-data)."""
+    out: Annotated[Path | None, _opt("DIR", "runs/reproduce-NAME[-quick]-TIMESTAMP")] = None
+    """Output directory; never overwritten."""
+    data_dir: Annotated[Path | None, _opt("DIR", "the dataset's usual places")] = None
     """Where the experiment's on-disk dataset lives (cifar-vgg: CIFAR-10, fashion-vgg:
     Fashion-MNIST); only this directory is searched, and one without the files is an error."""
 
@@ -246,20 +282,11 @@ def _execute(exp: Experiment, out: Path, *, resume: bool, quiet: bool, plot: boo
                 f"fixed, continue with: eoslab resume {out}"
             )
             return 4
-    df = run.metrics
+    from .report.summary import summary_lines
+
     print(f"{run.status}: {run.message}")
-    for name in dict.fromkeys(df["process"]) if "process" in df else []:
-        part = df[df["process"] == name]
-        line = (
-            f"  {name}: final loss {part['loss'].iloc[-1]:.6g} at step {int(part['step'].iloc[-1])}"
-        )
-        probed = part[part["sharpness"].notna()] if "sharpness" in part else part.iloc[0:0]
-        if len(probed):
-            p = probed.iloc[-1]
-            eff = p.get("eff_sharpness")
-            curv = eff if eff is not None and eff == eff else p["sharpness"]
-            line += f"; sharpness {curv:.4g} (threshold {p['threshold']:.4g})"
-        print(line)
+    for line in summary_lines(run.metrics):  # each value with the step it was measured at
+        print(f"  {line}")
     print(f"  run directory: {run.path}")
     if plot:
         print(f"  figure: {_plot([Path(run.path)], None)}")
@@ -268,12 +295,12 @@ def _execute(exp: Experiment, out: Path, *, resume: bool, quiet: bool, plot: boo
 
 def _plot(dirs: list[Path], out: Path | None) -> Path:
     from .report import plot_runs
+    from .runner import RunStore
 
     if not dirs:
         raise _UsageError("eoslab plot DIR [DIR ...]: give at least one run directory")
-    for d in dirs:
-        if not (d / "config.json").is_file():
-            raise _UsageError(f"{d}: not a run directory (no config.json)")
+    for d in dirs:  # before anything is written: NotARunError (exit 2) or DamagedRunError (4)
+        RunStore(d).require_run()
     name, given = ("overview.png" if len(dirs) == 1 else "compare.png"), out
     if out is None and len(dirs) == 1:
         out = dirs[0] / "figures" / name
@@ -439,6 +466,7 @@ def _cmd_demo(args: Demo) -> int:
     if args.steps is not None:
         exp = dataclasses.replace(exp, steps=args.steps)
     print(f"eoslab demo: preset {DEFAULT_PRESET!r}: {exp.description}")
+    exp = _described(exp, PRESETS[DEFAULT_PRESET], f"preset {DEFAULT_PRESET}")
     print(f"  writing to {out} ({exp.steps} steps; a few minutes on 2 CPU cores)")
     return _execute(exp, out, resume=False, quiet=False, plot=True)
 
@@ -486,7 +514,7 @@ def _cmd_reproduce(args: Reproduce) -> int:
 
 
 COMMANDS = {
-    "run": Run,
+    "run": RunCommand,
     "resume": Resume,
     "list": List,
     "plot": Plot,
@@ -527,7 +555,15 @@ def _split_run_options(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _parse(argv: list[str]) -> tuple[object, str]:
-    """The parsed command; for ``run``, also the run's name (preset or config file stem)."""
+    """The parsed command; for ``run``, also the run's name (preset or config file stem). The
+    help shows the first paragraph of each config's docstring, in plain Unicode."""
+    from .helptext import config_classes, plain_docstrings
+
+    with plain_docstrings(config_classes([*COMMANDS.values(), PresetRun, Experiment])):
+        return _parse_plain(argv)
+
+
+def _parse_plain(argv: list[str]) -> tuple[object, str]:
     config = ()
     if argv[:1] == ["run"]:
         own, rest = _split_run_options(argv[1:])
@@ -544,15 +580,35 @@ def _parse(argv: list[str]) -> tuple[object, str]:
             prog=f"eoslab run --config {opts.config}",
             config=(tyro.conf.AvoidSubcommands,),
         )
+        exp = _described(exp, base, f"config {opts.config.name}")
         return Run(**dataclasses.asdict(opts), experiment=exp), opts.config.stem
     args = tyro.extras.subcommand_cli_from_dict(
         COMMANDS, args=argv, prog="eoslab", description=DESCRIPTION, config=config
     )
     name = DEFAULT_PRESET
-    if isinstance(args, Run):
+    if isinstance(args, RunCommand):
         picked = [a for a in argv[1:] if a in PRESETS]
         name = picked[0] if picked else DEFAULT_PRESET
+        preset = args.preset
+        # the run's options are hoisted before the preset (_split_run_options): the preset's own
+        # copies (listed in its help) keep their defaults unless given some other way
+        opts = {
+            f.name: getattr(preset, f.name)
+            if getattr(preset, f.name) != f.default
+            else getattr(args, f.name)
+            for f in dataclasses.fields(RunOptions)
+        }
+        exp = _described(preset.experiment, PRESETS[name], f"preset {name}")
+        args = Run(**opts, experiment=exp)
     return args, name
+
+
+def _described(exp: Experiment, base: Experiment, source: str) -> Experiment:
+    """``exp`` with the description that says what it runs (the effective config after the
+    overrides; `eoslab.experiments.describe.saved_description`)."""
+    from .experiments.describe import saved_description
+
+    return dataclasses.replace(exp, description=saved_description(exp, base, source))
 
 
 def _show_damage(message, category, filename, lineno, file=None, line=None) -> None:
@@ -593,9 +649,9 @@ def _dispatch(argv: list[str]) -> int:
             return 0
         if isinstance(args, Report):
             from .report.summary import write_report
+            from .runner import RunStore
 
-            if not (args.dir / "config.json").is_file():
-                raise _UsageError(f"{args.dir}: not a run directory (no config.json)")
+            RunStore(args.dir).require_run()  # nothing is written into a directory that is no run
             print(write_report(args.dir, args.out))
             return 0
         if isinstance(args, Sharpness):

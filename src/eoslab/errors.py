@@ -52,6 +52,14 @@ class NotConvergedError(EoslabError, RuntimeError):
     """An iterative solve did not reach its tolerance within its budget."""
 
 
+class NotARunError(EoslabError, ValueError):
+    """A directory given as a run is not one: a run directory holds ``config.json`` with an
+    eoslab run record and ``manifest.json``, both written by ``eoslab run``.
+
+    Fix: give the directory ``eoslab run`` wrote (its ``--out``); nothing was written.
+    """
+
+
 def check_choice(field: str, value: object, choices: tuple | list) -> None:
     """Raise `ConfigError` unless `value` is one of `choices`."""
     if value not in choices:

@@ -72,11 +72,11 @@ class ModelProblem:
     """A network from the model zoo on a dataset, full batch (needs eoslab.models, eoslab.data)."""
 
     model: str = "fc-tanh"
-    """Model name (see `eoslab.models`)."""
+    """Model name (see eoslab.models)."""
     dataset: str = "mnist1d"
-    """Dataset name (see ``eoslab data list``)."""
+    """Dataset name (see eoslab data list)."""
     n: Annotated[int | None, tyro.conf.arg(metavar="INT")] = 4000
-    """Number of training examples (default 4000; null in a config file: all)."""
+    """Number of training examples (null in a config file: all)."""
     subset: Literal["first", "balanced"] = "first"
     """How the n examples are chosen: the first n (Cohen et al.) or class-balanced (seeded)."""
     scaling: Literal["per-feature", "global"] = "per-feature"
@@ -84,9 +84,13 @@ class ModelProblem:
     pixel that few images touch is then not blown up; docs/data.md)."""
     loss: Literal["mse_half", "mse_sum", "cross_entropy"] = "mse_half"
     """Training loss; mse_half = mean over examples of 1/2 sum_c (f_c - y_c)^2."""
-    data_dir: Annotated[str | None, tyro.conf.arg(metavar="DIR")] = None
-    """Where on-disk datasets live (default: $EOSLAB_DATA)."""
-    model_options: dict[str, int] = dataclasses.field(default_factory=dict)
+    data_dir: Annotated[
+        str | None, tyro.conf.arg(metavar="DIR", help_behavior_hint="(default: $EOSLAB_DATA)")
+    ] = None
+    """Where on-disk datasets live."""
+    model_options: Annotated[
+        dict[str, int], tyro.conf.arg(help_behavior_hint="(default: none, the family's own)")
+    ] = dataclasses.field(default_factory=dict)
     """Integer options of the model family over its defaults (transformer: d_model, n_heads,
     n_layers, d_mlp; see eoslab.models.create), e.g. --problem.model-options d_model 64."""
 
@@ -225,17 +229,27 @@ class Experiment:
     """Parameter dtype (float64 runs inside jax.enable_x64; nothing global changes)."""
     flush_seconds: float = 10.0
     """Write metrics and a checkpoint at least this often (seconds)."""
-    description: str = ""
-    """A note saved with the run."""
+    description: Annotated[
+        str,
+        tyro.conf.arg(
+            help_behavior_hint="(default: the preset's or config file's; from the effective "
+            "config when an override changes the run)"
+        ),
+    ] = ""
+    """A note saved with the run (config.json, report.md)."""
     devices: int = 1
     """Shard the training examples over this many devices (eoslab.parallel)."""
-    microbatch: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
-    """Accumulate loss, gradient and HVPs over micro-batches of this many examples (default off)."""
-    batch_size: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
-    """None (default): full batch. An integer b: the rule steps on the batch loss
-    L_B = 1/b sum_{i in B} l_i of mini-batches of b examples, drawn by epochs without replacement
-    from `seed` (eoslab.dynamics.MiniBatch: SGD for rule gd); rows add batch_loss and
-    batch_grad_norm, while loss and grad_norm stay those of the full batch."""
+    microbatch: Annotated[
+        int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: off, one batch)")
+    ] = None
+    """Accumulate loss, gradient and HVPs over micro-batches of this many examples."""
+    batch_size: Annotated[
+        int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: full batch)")
+    ] = None
+    """Mini-batches of b examples: the rule steps on the batch loss
+    L_B = 1/b sum_{i in B} l_i, batches drawn by epochs without replacement from seed
+    (eoslab.dynamics.MiniBatch: SGD for rule gd); rows add batch_loss and batch_grad_norm, while
+    loss and grad_norm stay those of the full batch."""
     batch_sharpness: bool = True
     """With batch_size: at probed steps, the batch sharpness E_B[g_B^T H_B g_B / |g_B|^2] over
     random batches of batch_size (Andreyev & Beneventano find SGD holds it at 2/lr;

@@ -7,7 +7,6 @@ imports the runner. Several directories are overlaid, one colour per run (per pr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import warnings
@@ -18,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DamagedRunWarning
+from .lockstep import draw_distances, draw_predicted_loss, has_distances
 from .output import pyplot, save_figure
-from .run_info import RunInfo, describe_hyper, read_run_info, threshold_label
+from .run_info import read_run_info, threshold_label
+from .series import Series, by_process, floats, probed
 
 __all__ = ["plot_runs", "read_run_metrics", "run_label", "write_run_figures"]
 
@@ -49,12 +50,6 @@ def read_run_metrics(path: str | Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _by_process(df: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
-    if "process" not in df or df["process"].nunique() <= 1:
-        return [(None, df)]
-    return [(str(n), df[df["process"] == n]) for n in dict.fromkeys(df["process"])]
-
-
 def run_label(path: str | Path, process: str | None = None) -> str:
     """A short label: the directory, and the rule with its hyperparameters (or the process)."""
     path = Path(path)
@@ -76,49 +71,27 @@ def run_label(path: str | Path, process: str | None = None) -> str:
         return path.name
 
 
-def _probed(df: pd.DataFrame, col: str) -> pd.DataFrame:
-    if col not in df:
-        return df.iloc[0:0]
-    vals = pd.to_numeric(df[col], errors="coerce").astype(float)
-    return df[np.isfinite(vals.to_numpy())]
-
-
-@dataclasses.dataclass
-class _Series:
-    """One line of the figure: a process of a run, its rows and what its run says about it."""
-
-    label: str
-    color: str
-    df: pd.DataFrame
-    info: RunInfo
-    is_optimizer: bool
-
-
-def _series(dirs: Sequence[Path], colors: list[str]) -> list[_Series]:
-    """One series per process of each run; a lone series is unlabelled (the title names it)."""
+def _series(dirs: Sequence[Path], colors: list[str]) -> list[Series]:
+    """One series per process of each run, named by what it is (``cf (central flow)``, the
+    optimizer with its hyperparameters); a lone series is unlabelled (the title names it)."""
     out = []
     for d in dirs:
         info = read_run_info(d)
-        for proc, part in _by_process(read_run_metrics(d)):
-            is_opt = proc is None or proc == info.rule
+        parts = by_process(read_run_metrics(d))
+        for proc, part in parts:
+            is_opt = proc is None or proc == info.rule or len(parts) == 1
             c = colors[len(out) % len(colors)]
-            # a process by its name, the optimizer's with its hyperparameters; runs by directory
-            name = proc or info.rule or "?"
-            label = f"{name}, {describe_hyper(info.hyper)}" if is_opt and info.hyper else name
+            label = info.process_label(proc or info.rule or "?")
             if len(dirs) > 1:
                 label = f"{d.name}: {label}"
-            out.append(_Series(label, c, part, info, is_opt))
+            out.append(Series(proc, label, c, part, info, is_opt))
     if len(out) == 1:
         out[0].label = ""
     return out
 
 
-def _named(s: _Series, what: str) -> str:
+def _named(s: Series, what: str) -> str:
     return f"{s.label}: {what}" if s.label else what
-
-
-def _floats(s: pd.Series) -> np.ndarray:
-    return pd.to_numeric(s, errors="coerce").astype(float).to_numpy()
 
 
 def _marker_size(n: int) -> float:
@@ -136,12 +109,12 @@ def _constant(values: np.ndarray) -> float | None:
 
 def _curvature(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The column compared with the threshold (preconditioned sharpness for adaptive rules)."""
-    eff = _probed(df, "eff_sharpness")
-    return ("eff_sharpness", eff) if len(eff) else ("sharpness", _probed(df, "sharpness"))
+    eff = probed(df, "eff_sharpness")
+    return ("eff_sharpness", eff) if len(eff) else ("sharpness", probed(df, "sharpness"))
 
 
-def _draw_loss(ax, s: _Series) -> None:
-    loss = _floats(s.df["loss"]) if "loss" in s.df else np.array([])
+def _draw_loss(ax, s: Series) -> None:
+    loss = floats(s.df["loss"]) if "loss" in s.df else np.array([])
     steps = s.df["step"].to_numpy()
     ok = np.isfinite(loss) & (loss > 0)
     few = ok.sum() <= 30
@@ -156,7 +129,7 @@ def _draw_loss(ax, s: _Series) -> None:
     )
 
 
-def _draw_divergence(axes, series: list[_Series]) -> None:
+def _draw_divergence(axes, series: list[Series]) -> None:
     """A vertical line at the step each diverged run stopped, and its last finite loss."""
     for s in series:
         if not (s.info.diverged and s.is_optimizer):
@@ -181,7 +154,7 @@ def _draw_divergence(axes, series: list[_Series]) -> None:
                 color=_DIVERGED,
                 fontsize=8,
             )
-        loss = _floats(s.df["loss"]) if "loss" in s.df else np.array([])
+        loss = floats(s.df["loss"]) if "loss" in s.df else np.array([])
         ok = np.isfinite(loss) & (loss > 0)
         if ok.any():
             i = np.flatnonzero(ok)[-1]
@@ -190,13 +163,13 @@ def _draw_divergence(axes, series: list[_Series]) -> None:
             )
 
 
-def _draw_sharpness(ax, s: _Series, band_label: str | None) -> tuple[float, float, bool]:
+def _draw_sharpness(ax, s: Series, band_label: str | None) -> tuple[float, float, bool]:
     """Probed (preconditioned) sharpness as markers, with its certified band (labelled
     ``band_label``); returns its range and whether a band was drawn."""
     col, pr = _curvature(s.df)
     if not len(pr):
         return math.nan, math.nan, False
-    x, y = pr["step"].to_numpy(), _floats(pr[col])
+    x, y = pr["step"].to_numpy(), floats(pr[col])
     banded = False
     name = r"$\lambda_1(P^{-1}H)$" if col == "eff_sharpness" else r"$\lambda_1$"
     ax.plot(
@@ -209,7 +182,7 @@ def _draw_sharpness(ax, s: _Series, band_label: str | None) -> tuple[float, floa
         label=_named(s, f"{name} at the probes"),
     )
     if col == "sharpness" and "sharpness_error" in pr:
-        err = _floats(pr["sharpness_error"])
+        err = floats(pr["sharpness_error"])
         ok = np.isfinite(err)
         if ok.any():
             ax.fill_between(
@@ -227,7 +200,7 @@ def _draw_sharpness(ax, s: _Series, band_label: str | None) -> tuple[float, floa
     return float(np.nanmin(y)), float(np.nanmax(y)), banded
 
 
-def _band_label(series: list[_Series]) -> str | None:
+def _band_label(series: list[Series]) -> str | None:
     """One legend entry for the certified bands: the largest bound, and whether the bands are
     thinner than the lines (below 0.5% of the values)."""
     worst, scale, found = 0.0, 0.0, False
@@ -235,11 +208,11 @@ def _band_label(series: list[_Series]) -> str | None:
         col, pr = _curvature(s.df)
         if col != "sharpness" or "sharpness_error" not in pr or not len(pr):
             continue
-        err = _floats(pr["sharpness_error"])
+        err = floats(pr["sharpness_error"])
         if np.isfinite(err).any():
             found = True
             worst = max(worst, float(np.nanmax(err)))
-            scale = max(scale, float(np.nanmax(np.abs(_floats(pr[col])))))
+            scale = max(scale, float(np.nanmax(np.abs(floats(pr[col])))))
     if not found:
         return None
     thin = " (thinner than the line)" if worst < 0.005 * scale else ""
@@ -248,16 +221,19 @@ def _band_label(series: list[_Series]) -> str | None:
     return f"certified bound{owner}: ±{worst:.2g}{most}{thin}"
 
 
-def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.DataFrame]]:
+def _threshold_groups(series: list[Series]) -> list[tuple[str, str | None, pd.DataFrame]]:
     """Threshold lines to draw: ``(label, colour or None for black, rows)``; one line for the
-    runs that share a constant threshold."""
-    groups: dict[float, list[_Series]] = {}
+    runs that share a constant threshold. A threshold is drawn at the steps its curvature was
+    probed (normalized GD's 2/lr_eff changes every step: between probes it has no curve to meet)."""
+    groups: dict[float, list[Series]] = {}
     varying = []
     for s in series:
-        thr = _probed(s.df, "threshold")
+        thr = probed(s.df, "threshold")
+        at_probes = thr[thr["step"].isin(_curvature(s.df)[1]["step"])]
+        thr = at_probes if len(at_probes) else thr
         if not len(thr):
             continue
-        value = _constant(_floats(thr["threshold"]))
+        value = _constant(floats(thr["threshold"]))
         if value is None:
             varying.append((s, thr))
         else:
@@ -268,7 +244,7 @@ def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.D
         kinds = {m.info.rule for m in members if m.is_optimizer} or {members[0].info.rule}
         kind = kinds.pop() if len(kinds) == 1 else None
         label = threshold_label(kind, value)
-        steps = pd.concat([_probed(m.df, "threshold") for m in members])
+        steps = pd.concat([probed(m.df, "threshold") for m in members])
         if many:  # several thresholds: each in its first run's colour, named after its runs
             owner = next((m for m in members if m.is_optimizer), members[0])
             names = ", ".join(dict.fromkeys(m.info.path.name for m in members))
@@ -281,43 +257,67 @@ def _threshold_groups(series: list[_Series]) -> list[tuple[str, str | None, pd.D
     return lines
 
 
-def _draw_thresholds(ax, series: list[_Series], top: float) -> None:
-    """The thresholds, dashed and labelled with their values; one far above the curves (more
-    than 5x their top) is left off the axis, and its legend entry says so."""
-    hidden = False
+def _draw_thresholds(ax, series: list[Series], lo: float, hi: float) -> None:
+    """The thresholds, dashed and labelled with their values. The axis spans the curves
+    (``lo`` to ``hi``) and the thresholds' values up to 5x ``hi``: a threshold above that at
+    every probe is left off the axis, one above it at a few probes (normalized GD's 2/lr_eff at
+    step 0, while the gradient is large) is cut there; its legend entry says which."""
+    bottom, top, cut = lo, hi, False
     for label, color, rows in _threshold_groups(series):
         rows = rows.sort_values("step")
-        x, y = rows["step"].to_numpy(), _floats(rows["threshold"])
+        x, y = rows["step"].to_numpy(), floats(rows["threshold"])
         c = color or "black"
-        far = math.isfinite(top) and top > 0 and float(np.nanmedian(y)) > 5 * top
-        if far:
-            label += " (above the axis)"
-            hidden = True
+        finite = np.isfinite(y)
+        inside = finite & (y <= 5 * hi) if math.isfinite(hi) and hi > 0 else finite
+        if inside.any():
+            bottom, top = min(bottom, float(y[inside].min())), max(top, float(y[inside].max()))
+        out = finite & ~inside
+        if out.any():
+            cut = True
+            if not inside.any():
+                label += " (above the axis)"
+            elif out.sum() == 1:
+                label += f" ({float(y[out][0]):.4g} at step {int(x[out][0])}: above the axis)"
+            else:
+                label += f" (up to {float(y[out].max()):.4g}: above the axis at {out.sum()} probes)"
         if len(x) == 1 or _constant(y) is not None:
             ax.axhline(float(np.nanmedian(y)), color=c, ls="--", lw=1.3, label=label)
-        else:
-            ax.plot(x, y, color=c, ls="--", lw=1.3, label=label)
-    if hidden:  # a far-off threshold would flatten the curves
-        ax.set_ylim(0, 1.5 * top)
+            continue
+        # a cut value breaks the line, and an arrow at the top edge says where it went
+        ax.plot(x, np.where(out, np.nan, y), color=c, ls="--", lw=1.3, label=label)
+        if inside.any():
+            for xi, yi in list(zip(x[out], y[out], strict=True))[:3]:
+                ax.annotate(
+                    f"↑ {yi:.4g}",
+                    (xi, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(2, -12),
+                    textcoords="offset points",
+                    color=c,
+                    fontsize=8,
+                )
+    if cut and math.isfinite(bottom) and math.isfinite(top):  # far values would flatten curves
+        pad = 0.06 * (top - bottom) if top > bottom else 0.06 * abs(top) or 1.0
+        ax.set_ylim(bottom - pad, top + pad)
 
 
-def _draw_product(ax, s: _Series) -> float | None:
+def _draw_product(ax, s: Series) -> float | None:
     """lr_eff x the curvature at the probes; returns the threshold's level if it is constant."""
     col, pr = _curvature(s.df)
     if not len(pr) or "lr_eff" not in pr:
         return None
     x = pr["step"].to_numpy()
-    lr = _floats(pr["lr_eff"])
+    lr = floats(pr["lr_eff"])
     ax.plot(
         x,
-        lr * _floats(pr[col]),
+        lr * floats(pr[col]),
         color=s.color,
         lw=0.8,
         marker="o",
         ms=_marker_size(len(x)),
         label=s.label or None,
     )
-    level = lr * _floats(pr["threshold"]) if "threshold" in pr else np.array([np.nan])
+    level = lr * floats(pr["threshold"]) if "threshold" in pr else np.array([np.nan])
     return _constant(level)
 
 
@@ -330,11 +330,11 @@ def _draw_levels(ax, levels: dict[float, list[str]]) -> None:
         )
 
 
-def _draw_count(ax, s: _Series, col: str, *, percent: bool = False) -> None:
-    pr = _probed(s.df, col)
+def _draw_count(ax, s: Series, col: str, *, percent: bool = False) -> None:
+    pr = probed(s.df, col)
     if not len(pr):
         return
-    x, y = pr["step"].to_numpy(), _floats(pr[col])
+    x, y = pr["step"].to_numpy(), floats(pr[col])
     ax.plot(
         x,
         100 * y if percent else y,
@@ -363,7 +363,7 @@ def _empty_note(ax, text: str) -> None:
         ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
-def _title(series: list[_Series], dirs: Sequence[Path]) -> str:
+def _title(series: list[Series], dirs: Sequence[Path]) -> str:
     infos = [read_run_info(d) for d in dirs]
     problems = list(dict.fromkeys(f"{i.problem}, loss {i.loss}" for i in infos))
     lines = []
@@ -392,9 +392,13 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
     with its certified bound $\lambda_1 \pm$ ``sharpness_error`` as a band and the stability
     threshold dashed and labelled with its value (e.g. ``2/lr = 20``); the effective LR times
     the sharpness against the threshold's level (2 for GD); Hessian-vector products per probe.
+    A threshold far above the curves at a few probes is cut off the axis (and its legend says
+    where), so the curves keep a readable scale. Lockstep runs add the distances between their
+    processes (against the flow time tau beside a limiting flow) and, beside a central flow,
+    its predicted loss with the optimizer's loss averaged over 51 steps (`eoslab.report.lockstep`).
     A diverged run is marked by a vertical line at the step it stopped. The title names the
-    problem (model, dataset, n), the loss and the rule with its hyperparameters (``title``
-    replaces it).
+    problem (model, dataset, n), the loss, the rule with its hyperparameters and each process
+    beside it (``title`` replaces it).
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -402,13 +406,17 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
     dirs = [Path(d) for d in dirs]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     series = _series(dirs, colors)
-    with_acc = any(len(_probed(s.df, "accuracy")) for s in series)
-    if with_acc:
-        layout = [["loss", "acc", "mv"], ["sharp", "sharp", "prod"]]
-        fig, axes = plt.subplot_mosaic(layout, figsize=(17, 9.5), layout="constrained")
+    with_acc = any(len(probed(s.df, "accuracy")) for s in series)
+    with_dist = has_distances(series)
+    top = ["loss", *(["dist"] if with_dist else []), *(["acc"] if with_acc else [])]
+    if len(top) == 3:
+        layout = [top, ["sharp", "prod", "mv"]]
+    elif len(top) == 2:
+        layout = [[*top, "mv"], ["sharp", "sharp", "prod"]]
     else:
         layout = [["loss", "mv"], ["sharp", "prod"]]
-        fig, axes = plt.subplot_mosaic(layout, figsize=(13, 9), layout="constrained")
+    size = (17, 9.5) if len(layout[0]) == 3 else (13, 9)
+    fig, axes = plt.subplot_mosaic(layout, figsize=size, layout="constrained")
     lo, hi = math.inf, -math.inf
     levels: dict[float, list[str]] = {}
     band = _band_label(series)
@@ -425,8 +433,12 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
         _draw_count(axes["mv"], s, "sharpness_matvecs")
         if with_acc:
             _draw_count(axes["acc"], s, "accuracy", percent=True)
-    _draw_thresholds(axes["sharp"], series, hi)
+    _draw_thresholds(axes["sharp"], series, lo, hi)
     _draw_levels(axes["prod"], levels)
+    draw_predicted_loss(axes["loss"], series)
+    if with_dist:  # in colours after the processes'
+        k = len(series) % len(colors)
+        draw_distances(axes["dist"], series, colors[k:] + colors[:k], prefix=len(dirs) > 1)
     _draw_divergence(axes, series)
     adaptive = any(_curvature(s.df)[0] == "eff_sharpness" for s in series if len(s.df))
     losses = list(dict.fromkeys(s.info.loss for s in series))
@@ -452,12 +464,14 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
         axes["acc"].set(title="training accuracy", ylabel="training accuracy (%)")
     _plain_log_ticks(axes["loss"])
     steps = [float(v) for s in series for v in s.df["step"]] if series else []
+    by_step = {n: ax for n, ax in axes.items() if n != "dist"}  # distances may be against tau
     if steps and max(steps) - min(steps) < 2:  # one probe: an axis of a few whole steps
-        for ax in axes.values():
+        for ax in by_step.values():
             ax.set_xlim(min(steps) - 1, max(steps) + 1)
-    for name, ax in axes.items():
+    for ax in by_step.values():
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for name, ax in axes.items():
         ax.grid(alpha=0.3)
         _empty_note(ax, "no probes recorded" if name != "loss" else "no finite loss recorded")
         if ax.get_legend_handles_labels()[0]:

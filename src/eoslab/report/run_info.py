@@ -15,14 +15,17 @@ from typing import Any
 
 __all__ = [
     "LOSS_NAMES",
+    "PROCESS_NAMES",
     "RULE_NAMES",
     "RunInfo",
+    "describe_config",
     "describe_hyper",
     "describe_problem",
     "describe_rule",
     "read_run_info",
     "threshold_formula",
     "threshold_label",
+    "threshold_value",
 ]
 
 LOSS_NAMES = {
@@ -43,6 +46,17 @@ RULE_NAMES = {
 }
 """Display names of the update rules (``kind`` in a config)."""
 
+PROCESS_NAMES = {
+    "GradientFlow": "gradient flow",
+    "CentralFlow": "central flow",
+    "SDPCentralFlow": "central flow (SDCP)",
+    "ProjectedLimitingFlow": "limiting flow",
+    "RetractedLimitingFlow": "limiting flow (retracted)",
+    "ProjectedGD": "projected GD",
+    "SelfStabilization": "self-stabilization",
+}
+"""Display names of the processes run beside the optimizer (their ``kind`` in a config)."""
+
 _HYPER_NAMES = {"lr": "lr", "beta": "β", "beta1": "β1", "beta2": "β2"}
 
 
@@ -60,6 +74,8 @@ class RunInfo:
         status: how the run ended (``manifest.json``; ``unknown`` if unreadable).
         stop_step: the step the run stopped at (its last step).
         message: the manifest's one-line account.
+        processes: the processes beside the optimizer, name -> what it is (``{"cf": "central
+            flow"}``; empty for a lone optimizer).
     """
 
     path: Path
@@ -72,6 +88,7 @@ class RunInfo:
     status: str
     stop_step: int | None
     message: str
+    processes: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def diverged(self) -> bool:
@@ -84,9 +101,30 @@ class RunInfo:
 
     @property
     def title(self) -> str:
-        """Problem, loss and rule on one line, e.g. ``fc-tanh on mnist1d (n = 4000), loss MSE/2;
-        GD, lr = 0.1``."""
-        return f"{self.problem}, loss {self.loss}; {self.rule_text}"
+        """Problem, loss, rule and the processes beside it on one line, e.g. ``fc-tanh on mnist1d
+        (n = 1,000), loss MSE/2; GD, lr = 0.1 beside gf (gradient flow) and cf (central flow)``."""
+        beside = _and([f"{n} ({what})" for n, what in self.processes.items()])
+        rule = f"{self.rule_text} beside {beside}" if beside else self.rule_text
+        return f"{self.problem}, loss {self.loss}; {rule}"
+
+    def process_words(self, name: str) -> str:
+        """What a process of the run is: the optimizer with its hyperparameters (``GD, lr =
+        0.1``), another by its kind (``central flow``); its name when unknown."""
+        if name in self.processes:
+            return self.processes[name]
+        if name == self.rule:
+            return self.rule_text
+        return name
+
+    def process_label(self, name: str) -> str:
+        """A process by its name and what it is, e.g. ``gd (GD, lr = 0.1)``, ``cf (central
+        flow)``."""
+        words = self.process_words(name)
+        return f"{name} ({words})" if words != name else name
+
+
+def _and(items: list[str]) -> str:
+    return " and ".join(items) if len(items) <= 2 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _fmt(v: Any) -> str:
@@ -153,6 +191,47 @@ def threshold_formula(kind: str | None) -> str | None:
     }.get(kind or "")
 
 
+def threshold_value(kind: str | None, hyper: dict[str, Any]) -> float | None:
+    """A rule's constant stability threshold from its hyperparameters (the formulas of
+    `threshold_formula`); None when it changes from step to step or is unknown."""
+    lr = hyper.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
+        return None
+    beta = hyper.get("beta", 0.9)
+    beta1 = hyper.get("beta1", 0.9)
+    if kind in ("gd", "rmsprop"):
+        return 2 / lr
+    if kind == "heavy_ball":
+        return (2 + 2 * beta) / lr
+    if kind == "nesterov":
+        return (2 + 2 * beta) / ((1 + 2 * beta) * lr)
+    if kind == "adam":
+        return (2 + 2 * beta1) / ((1 - beta1) * lr)
+    return None
+
+
+def describe_config(cfg: dict, *, budget: bool = True) -> str:
+    """A recorded config (``config.json``'s ``config``) in words, all from its fields: the rule
+    with its hyperparameters and threshold, the processes beside it, the problem and loss, and
+    (``budget``) the steps and probing period. E.g. ``GD, lr = 0.2 (threshold 2/lr = 10);
+    fc-tanh on mnist1d (n = 4,000), loss MSE/2; 2,500 steps, probed every 10``."""
+    problem, loss = describe_problem(cfg)
+    kind, hyper = _rule_of(cfg)
+    formula, value = threshold_formula(kind), threshold_value(kind, hyper)
+    if formula is None:
+        rule = describe_rule(kind, hyper)
+    else:
+        rule = f"{describe_rule(kind, hyper)} (threshold {threshold_label(kind, value)})"
+    beside = _and([f"{n} ({what})" for n, what in _processes_of(cfg).items()])
+    text = f"{rule}{f' beside {beside}' if beside else ''}; {problem}, loss {loss}"
+    steps, every = cfg.get("steps"), cfg.get("probe_every")
+    if budget and isinstance(steps, int):
+        text += f"; {steps:,} steps"
+        if isinstance(every, int):
+            text += ", probed every step" if every == 1 else f", probed every {every:,}"
+    return text
+
+
 def threshold_label(kind: str | None, value: float | None) -> str:
     """The threshold's legend text: its formula and value, e.g. ``2/lr = 20``.
 
@@ -186,6 +265,28 @@ def _rule_of(cfg: dict) -> tuple[str | None, dict[str, Any]]:
     return None, {}
 
 
+def _processes_of(cfg: dict) -> dict[str, str]:
+    """The processes beside the optimizer: ``compare`` of an experiment, or the non-optimizer
+    ``processes`` of a run made in Python; name -> display name."""
+    procs = cfg.get("compare")
+    if not isinstance(procs, dict):
+        procs = {
+            n: p
+            for n, p in (cfg.get("processes") or {}).items()
+            if isinstance(p, dict) and p.get("kind") not in ("optimizer", "minibatch")
+        }
+    out = {}
+    for n, p in procs.items():
+        if not isinstance(p, dict):
+            continue
+        what = PROCESS_NAMES.get(str(p.get("kind")), str(p.get("kind", "?")))
+        algorithm = p.get("algorithm")  # the limiting flows: of which rule
+        if isinstance(algorithm, str):
+            what += f" of {RULE_NAMES.get(algorithm, algorithm)}"
+        out[str(n)] = what
+    return out
+
+
 def read_run_info(path: str | Path) -> RunInfo:
     """A run directory's `RunInfo`; a missing or damaged file leaves its fields unknown."""
     path = Path(path)
@@ -206,4 +307,5 @@ def read_run_info(path: str | Path) -> RunInfo:
         status=str(man.get("status", "unknown")),
         stop_step=int(step) if isinstance(step, int) else None,
         message=str(man.get("message", "")),
+        processes=_processes_of(cfg),
     )

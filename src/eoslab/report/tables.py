@@ -14,27 +14,52 @@ import pandas as pd
 
 from .output import write_text
 
-__all__ = ["COLUMNS", "read_table", "table_markdown", "write_frame", "write_table"]
+__all__ = [
+    "COLUMNS",
+    "markdown_cell",
+    "markdown_table",
+    "read_table",
+    "table_markdown",
+    "write_frame",
+    "write_table",
+]
 
 COLUMNS = ("quantity", "predicted", "measured", "error", "tolerance", "kind", "ok")
 """The columns of a predicted-vs-measured table, in order."""
 
 
+def markdown_cell(value: object) -> str:
+    r"""``value`` as the text of one Markdown table cell: a backslash is written ``\\`` and a
+    pipe ``\|`` (a bare ``|`` would end the cell: ``|Phi(x) - X|`` would split the row), a line
+    break a space."""
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(text.splitlines())
+
+
+def markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> list[str]:
+    """The lines of a Markdown (GitHub) table, every cell escaped by `markdown_cell`."""
+
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(markdown_cell(c) for c in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *(line(r) for r in rows)]
+
+
 def table_markdown(rows: Sequence[dict], title: str) -> str:
     """The Markdown text of a predicted-vs-measured table (numbers to 6 significant digits)."""
-    lines = [
-        f"# {title}",
-        "",
-        "| quantity | predicted | measured | error | tolerance | ok |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['quantity']} | {r['predicted']:.6g} | {r['measured']:.6g} | "
-            f"{r['error']:.2e} ({r['kind']}) | {r['tolerance']:.1e} | "
-            f"{'yes' if r['ok'] else 'NO'} |"
+    body = [
+        (
+            r["quantity"],
+            f"{r['predicted']:.6g}",
+            f"{r['measured']:.6g}",
+            f"{r['error']:.2e} ({r['kind']})",
+            f"{r['tolerance']:.1e}",
+            "yes" if r["ok"] else "NO",
         )
-    return "\n".join(lines) + "\n"
+        for r in rows
+    ]
+    header = ("quantity", "predicted", "measured", "error", "tolerance", "ok")
+    return "\n".join([f"# {title}", "", *markdown_table(header, body)]) + "\n"
 
 
 def write_table(out: Path, rows: Sequence[dict], title: str) -> Path:

@@ -56,14 +56,18 @@ class Probes:
     """How many top eigenvalues (the eigs column)."""
     tol: float = 1e-3
     """Relative tolerance of the eigenvalues (each comes with a certified bound)."""
-    grow_above: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
-    """Grow k while the next eigenvalue exceeds this (default: fixed k)."""
+    grow_above: Annotated[
+        float | None, tyro.conf.arg(metavar="FLOAT", help_behavior_hint="(default: k fixed)")
+    ] = None
+    """Grow k while the next eigenvalue exceeds this."""
     effective: bool = True
     """Adaptive rules: also track lambda_1(P^-1 H) (eff_sharpness)."""
     alignment: bool = True
     """g^T H g / (|g|^2 lambda_1) (grad_top_alignment; one more HVP)."""
-    max_matvecs: Annotated[int | None, tyro.conf.arg(metavar="INT")] = None
-    """Budget of HVPs per eigen-solve (default: the solver's)."""
+    max_matvecs: Annotated[
+        int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: the solver's)")
+    ] = None
+    """Budget of HVPs per eigen-solve."""
     stableness: bool = False
     """The stableness S_L(w, lr_eff) (stableness_points eigen-solves per probe)."""
     stableness_points: int = 5

@@ -41,10 +41,14 @@ class Stop:
     Divergence (a non-finite loss or point) always stops a run.
     """
 
-    loss_below: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
-    """Stop once the loss is at or below this (default: never)."""
-    accuracy_above: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
-    """Stop once the accuracy (from a probe) is at or above this (default: never)."""
+    loss_below: Annotated[
+        float | None, tyro.conf.arg(metavar="FLOAT", help_behavior_hint="(default: never)")
+    ] = None
+    """Stop once the loss is at or below this."""
+    accuracy_above: Annotated[
+        float | None, tyro.conf.arg(metavar="FLOAT", help_behavior_hint="(default: never)")
+    ] = None
+    """Stop once the accuracy (from a probe) is at or above this."""
     raise_on_divergence: bool = False
     """Raise DivergenceError instead of returning a diverged Run."""
 

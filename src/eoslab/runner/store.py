@@ -40,6 +40,7 @@ from ..errors import (
     DamagedRunError,
     DamagedRunWarning,
     EoslabError,
+    NotARunError,
     UnsafeFileError,
 )
 from ..runlock import LOCK_NAME, Holder, hold
@@ -171,6 +172,35 @@ class RunStore:
 
     def exists(self) -> bool:
         return (self.path / "config.json").is_file()
+
+    def require_run(self) -> dict[str, Any]:
+        """The run record (``config.json``) of this directory, checked to be a run directory:
+        ``config.json`` holding an eoslab run record (its ``config`` and ``eoslab_version``) and a
+        ``manifest.json`` (whole or damaged). Reads only.
+
+        Raises:
+            NotARunError: the directory is missing or is not a run directory (says why).
+            DamagedRunError: ``config.json`` is there but is not JSON.
+        """
+        if not self.path.is_dir():
+            raise NotARunError(f"{self.path}: no such run directory")
+        missing = [f for f in ("config.json", "manifest.json") if not (self.path / f).is_file()]
+        if missing:
+            raise NotARunError(
+                f"{self.path}: not a run directory (no {' and no '.join(missing)}); "
+                "give a directory written by eoslab run"
+            )
+        record = self.read_config()
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("config"), dict)
+            and "eoslab_version" in record
+        ):
+            raise NotARunError(
+                f"{self.path}: not a run directory (its config.json is no eoslab run record); "
+                "give a directory written by eoslab run"
+            )
+        return record
 
     def lock(self, purpose: str = "run") -> AbstractContextManager[Holder]:
         """Hold this run directory's one-writer lock (``with store.lock("resume"): ...``).
