@@ -153,7 +153,6 @@ def test_tracker_bounds_hold_along_a_float32_trajectory():
     objs = PROBLEMS["tanh-b"]()
     obj32, obj64 = objs["float32"], objs["float64"]
     hess = jax.jit(jax.hessian(obj64))
-    grad = jax.jit(jax.grad(obj32))
     tracker = EigenTracker(obj32, k=2, tol=1e-5)
     step = StepTracker(k=1, tol=1e-5, max_rounds=8)
     first = top_eigenpairs(obj32, k=1, tol=1e-5)
