@@ -169,9 +169,9 @@ class Sharpness:
     """Which process's point."""
     k: int = 3
     """How many top eigenvalues."""
-    tol: Annotated[float | None, tyro.conf.arg(metavar="FLOAT")] = None
-    """Relative tolerance of each certified bound (default 1e-6 for a float64 run, 1e-5 for
-    float32, whose rounding cannot certify below 1.9e-6)."""
+    tol: Annotated[float | None, _opt("FLOAT", "1e-6 in float64, 1e-5 in float32")] = None
+    """Relative tolerance of each certified bound (float32's rounding cannot certify below
+    1.9e-6)."""
 
 
 @dataclasses.dataclass(frozen=True)
