@@ -18,7 +18,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..curvature import krylov_top, top_eigenpairs
-from ..curvature.lanczos import LanczosState, lanczos_top, ritz_vectors
+from ..curvature.lanczos import lanczos_top, ritz_vectors
 from ..curvature.operator import HessianOperator, PreconditionedOperator
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
@@ -37,7 +37,7 @@ __all__ = [
 
 class CentralFlowState(NamedTuple):
     w: Float[Array, " d"]  # w(t)
-    v: Array  # warm start of the next eigen-solve: (d,), or (d, 2) = [u, guard] (CentralFlow)
+    v: Array  # warm start of the next eigen-solve: (d,), or the tracked block (d, p) (CentralFlow)
     key: Array  # PRNG key of the Krylov restarts
 
 
@@ -71,16 +71,44 @@ class _GDCentralFlowBase(Process):
         return CentralFlowState(w0, V[:, 0] if k == 1 else jnp.sum(V, axis=1), key)
 
 
-def _ritz_and_power_step(st: LanczosState, p: int) -> tuple[Array, Array, Array]:
-    r"""The top Ritz pair $(u, \theta_1)$ of a finished Lanczos and the next warm block
-    $\mathrm{orth}(HY)$, $Y$ = the top ``p`` Ritz vectors: one subspace-iteration step for free,
-    since $HV_j=\sum_i T_{ij}V_i$ over every basis row (the pending ones included)."""
-    m = st.S.shape[0]
-    Y = ritz_vectors(st, p)
-    u = Y[:, 0] / jnp.linalg.norm(Y[:, 0])
-    HY = st.V.T @ (st.T[:, :m] @ st.S[:, :p])
-    Q, _ = jnp.linalg.qr(HY)
-    return u, st.theta[0], Q
+class _Tracked(NamedTuple):
+    u: Array  # unit top Ritz vector
+    lam: Array  # its Ritz value theta_1
+    guard: Array  # the block's lowest Ritz value theta_p
+    block: Array  # the next warm block (d, p), orthonormal
+    matvecs: Array
+
+
+def _track_top(H: HessianOperator, Y: Array, key: Array, *, tol: float, m: int) -> _Tracked:
+    r"""One substep of the warm eigen-solve: Rayleigh-Ritz on the whole carried block $Y$
+    (``p`` HVPs, one batched product), then a subspace-iteration step to the next block.
+
+    $Y^\top HY=S\Theta S^\top$ gives Ritz pairs $(\theta_i, z_i=Ys_i)$ and $Hz_i=(HY)s_i$ for
+    free, so the top pair's residual $\lVert Hz_1-\theta_1z_1\rVert$ is exact. Above
+    ``tol``$\cdot|\theta_1|$ block Lanczos from $[z_1, z_2]$ refines $(u,\lambda_1)$ (at most
+    ``m`` HVPs). The next block is $\mathrm{orth}[u, Hz_2,\dots,Hz_p]$: every column is
+    multiplied at every substep, so no eigenvalue whose eigenvector lies in the block's span can
+    rise past $\theta_1$ unseen (Rayleigh-Ritz), and one that rises from below is drawn into the
+    span by the subspace step once it passes the guard $\theta_p$.
+    """
+    HY = H.mm(Y)
+    T = Y.T @ HY
+    theta, S = jnp.linalg.eigh(0.5 * (T + T.T))
+    theta, S = theta[::-1], S[:, ::-1]
+    Z, HZ = Y @ S, HY @ S
+    res = jnp.linalg.norm(HZ[:, 0] - theta[0] * Z[:, 0])
+    good = res <= tol * jnp.abs(theta[0])
+
+    def refine(_):
+        st = lanczos_top(
+            H.mv, Z[:, :2], 1, tol=tol, m_max=m, max_matvecs=m, key=key, restart_keep=2
+        )
+        v = ritz_vectors(st, 1)[:, 0]
+        return v / jnp.linalg.norm(v), st.theta[0], st.matvecs
+
+    u, lam, extra = jax.lax.cond(good, lambda _: (Z[:, 0], theta[0], jnp.array(0)), refine, None)
+    Q, _ = jnp.linalg.qr(jnp.concatenate([u[:, None], HZ[:, 1:]], axis=1))
+    return _Tracked(u, lam, theta[-1], Q, Y.shape[1] + extra)
 
 
 class CentralFlow(_GDCentralFlowBase):
@@ -91,52 +119,48 @@ class CentralFlow(_GDCentralFlowBase):
     $C=2(2-\eta\lambda_1)/(dt\,\eta^2)+2\langle\nabla S,\nabla L\rangle$, and
     $w\leftarrow w-dt\,\eta(\nabla L+\tfrac12\sigma^2\nabla S)$. The row gives ``pred_loss``
     $=L(w)+\sigma^2/\eta$ (the predicted time average of GD's loss), ``trace_sigma``
-    $=\sigma^2$, ``cf_sharpness`` (the solve's $\lambda_1$), ``pred_grad_sq`` and
-    ``cf_matvecs`` (the eigen-solves' HVPs over the step's substeps).
+    $=\sigma^2$, ``cf_sharpness`` (the solve's $\lambda_1$), ``cf_guard`` (the warm block's
+    lowest Ritz value), ``pred_grad_sq`` and ``cf_matvecs`` (the eigen-solves' HVPs over the
+    step's substeps).
 
-    The eigen-solve is block Lanczos warm-started from a block of two vectors carried in the
-    state: it applies $H$ to both, then grows the Krylov space one HVP at a time until the bound
-    on $\lambda_1$ (residual, or residual$^2$/gap once the guard Ritz value is resolved) is at
-    most ``eig_tol`` $\cdot\lambda_1$, or ``krylov_dim`` HVPs are spent. The next block is
-    $\mathrm{orth}(HY)$ for the top two Ritz vectors $Y$ (a subspace-iteration step that costs no
-    HVP), so a warm substep usually spends 2 HVPs; the step stays one ``lax.scan``.
+    The eigen-solve tracks the top ``block`` eigenvectors: each substep applies $H$ to the whole
+    carried block (one batched product), takes its top Ritz pair, refines it by block Lanczos
+    when its residual exceeds ``eig_tol`` $\cdot\lambda_1$ (at most ``krylov_dim`` HVPs), and
+    carries one subspace-iteration step of the block, which costs no HVP. A warm substep spends
+    ``block`` HVPs; the step stays one ``lax.scan``. The block must hold every eigenvalue near
+    $2/\eta$ with a guard below them: ``cf_guard`` $\cdot\,\eta/2$ close to 1 says it is too
+    narrow (``docs/theory.md``, "Central flows").
     """
 
     eig_tol: float = 5e-3
-    """Relative bound on the error of lambda_1 at which a substep's eigen-solve stops."""
+    """Relative residual of lambda_1 above which a substep refines it by Lanczos."""
+    block: int = 8
+    """Top eigenvectors tracked by the warm eigen-solve (capped at the dimension)."""
     record_vectors: bool = False
     """Add the oscillation direction u to every row (small problems)."""
 
     def __check_init__(self) -> None:
         self._check()
         check_positive("eig_tol", self.eig_tol)
+        check_int("block", self.block, 2)
 
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> CentralFlowState:
         key = jax.random.PRNGKey(self.seed)
-        p = min(2, w0.shape[0])
+        p = min(self.block, w0.shape[0])
         V = top_eigenpairs(objective.base(), w0, p, tol=1e-6).vectors
         return CentralFlowState(w0, V, key)
 
     def step(self, objective: Objective, state: CentralFlowState):
         base, lr, dt = objective.base(), self.lr, 1.0 / self.substeps
         d, p = state.v.shape
-        m = max(min(self.krylov_dim, d), p)
+        m = max(min(self.krylov_dim, d), min(2, d))
 
         def sub(carry, _):
             w, V, key = carry
             key, k1 = jax.random.split(key)
             H = HessianOperator(base, w)
-            st = lanczos_top(
-                H.mv,
-                V,
-                1,
-                tol=self.eig_tol,
-                m_max=m,
-                max_matvecs=m,
-                key=k1,
-                restart_keep=max(1, min(m - 1, 2)),
-            )
-            u, lam, V = _ritz_and_power_step(st, p)
+            tr = _track_top(H, V, k1, tol=self.eig_tol, m=m)
+            u, lam = tr.u, tr.lam
             loss, g = jax.value_and_grad(base)(w)
             _, gS = H.grad_quadratic_form(u)
             a, b = jnp.vdot(gS, g), jnp.vdot(gS, gS)
@@ -148,12 +172,13 @@ class CentralFlow(_GDCentralFlowBase):
                 "pred_loss": loss + x / lr,
                 "trace_sigma": x,
                 "cf_sharpness": lam,
+                "cf_guard": tr.guard,
                 "pred_grad_sq": jnp.vdot(drift, drift) + 4.0 * x / lr**2,
-                "cf_matvecs": st.matvecs,
+                "cf_matvecs": tr.matvecs,
             }
             if self.record_vectors:
                 rec["u"] = u
-            return (w - dt * lr * drift, V, key), rec
+            return (w - dt * lr * drift, tr.block, key), rec
 
         (w, V, key), recs = jax.lax.scan(
             sub, (state.w, state.v, state.key), None, length=self.substeps
