@@ -18,6 +18,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..curvature import krylov_top, top_eigenpairs
+from ..curvature.rounding import clip_tol
 from ..curvature.lanczos import lanczos_top, ritz_vectors
 from ..curvature.operator import HessianOperator, PreconditionedOperator
 from ..errors import ConfigError, check_int, check_positive
@@ -67,7 +68,7 @@ class _GDCentralFlowBase(Process):
 
     def _start(self, objective: Objective, w0: Array, k: int) -> CentralFlowState:
         key = jax.random.PRNGKey(self.seed)
-        V = top_eigenpairs(objective.base(), w0, k, tol=1e-6).vectors
+        V = top_eigenpairs(objective.base(), w0, k, tol=clip_tol(1e-6, w0.dtype)).vectors
         return CentralFlowState(w0, V[:, 0] if k == 1 else jnp.sum(V, axis=1), key)
 
 
@@ -147,7 +148,7 @@ class CentralFlow(_GDCentralFlowBase):
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> CentralFlowState:
         key = jax.random.PRNGKey(self.seed)
         p = min(self.block, w0.shape[0])
-        V = top_eigenpairs(objective.base(), w0, p, tol=1e-6).vectors
+        V = top_eigenpairs(objective.base(), w0, p, tol=clip_tol(1e-6, w0.dtype)).vectors
         return CentralFlowState(w0, V, key)
 
     def step(self, objective: Objective, state: CentralFlowState):
