@@ -263,6 +263,40 @@ def test_retraction_refuses_a_bad_tolerance_and_has_no_fixed_projection_time():
         RetractedLimitingFlow(algorithm="normalized_gd", lr=0.1, projection_time=1.0)
 
 
+def test_float32_objectives_stay_float32_under_64_bit_mode():
+    # tests run with jax_enable_x64 on; diffrax promotes its state to its times' dtype, so
+    # Python-float times once made phi of a float32 objective float64, and the retraction flow's
+    # HVP then paired a float64 point with a float32 eigenvector (mnist-flow under pytest)
+    import jax
+
+    from eoslab import Objective
+    from eoslab.theory import gradient_flow
+
+    assert jax.config.jax_enable_x64
+    obj = Objective.from_fn(valley, jnp.array([2.0, 0.3]), dtype="float32")
+    r = phi_result(obj, obj.w0, gtol=1e-5)
+    assert r.x.dtype == r.t.dtype == r.grad_norm.dtype == jnp.float32
+    assert float(r.x[0]) == pytest.approx(valley_phi_x(2.0, 0.3), abs=1e-5)
+    ts = np.array([0.0, 0.5])
+    path = gradient_flow(obj, obj.w0, ts)
+    assert path.dtype == jnp.float32
+    # independent: the float64 flow from the same start
+    np.testing.assert_allclose(path, gradient_flow(valley, jnp.array([2.0, 0.3]), ts), rtol=1e-4)
+    fl = limiting_flow(
+        obj,
+        obj.w0,
+        algorithm="normalized_gd",
+        tau=0.2,
+        n_save=3,
+        integrator="retraction",
+        h=0.05,
+        phi_gtol=1e-4,
+    )
+    X0 = valley_phi_x(2.0, 0.3)
+    for i, t in enumerate(np.asarray(fl.tau, np.float64)):
+        assert float(fl.X[i, 0]) == pytest.approx(ngd_flow_x(X0, t), abs=5e-3 * t + 1e-4)
+
+
 def test_phi_tolerances_follow_the_precision():
     import jax
 
