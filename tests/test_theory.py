@@ -130,12 +130,24 @@ def test_optimizers_track_the_flow_within_order_lr(rule_fn, algorithm):
     assert e2 <= 0.6 * e1  # at least linear in lr (measured ratios 0.25-0.35)
 
 
+def _coarse_flow(loss, x0, algorithm, tau):
+    # eos_diagnostics' own flow (1,000 saved steps) only feeds flow_dist, which these tests do
+    # not check: a coarse one keeps them cheap
+    return limiting_flow(loss, x0, algorithm=algorithm, tau=tau, n_save=3)
+
+
 def test_eos_identities_normalized_gd():
     lr = 0.01
     it = iterate(valley, jnp.array([2.0, 0.3]), normalized_gd(lr), 10_000)
     tail = it.w[-50:]
     df = eos_diagnostics(
-        valley, tail, algorithm="normalized_gd", lr=lr, phi_every=49, steps=np.arange(9_950, 10_000)
+        valley,
+        tail,
+        algorithm="normalized_gd",
+        lr=lr,
+        phi_every=49,
+        steps=np.arange(9_950, 10_000),
+        flow=_coarse_flow(valley, tail[0], "normalized_gd", lr**2 * 49),
     )
     # every step has length exactly lr, and sqrt L_t + sqrt L_t+1 = lr sqrt(lambda_1 / 2)
     np.testing.assert_allclose(
@@ -154,7 +166,13 @@ def test_eos_identities_sqrt_loss_gd():
     it = iterate(valley, jnp.array([2.0, 0.3]), sqrt_loss_gd(lr), 10_000)
     tail = it.w[-50:]
     df = eos_diagnostics(
-        valley, tail, algorithm="sqrt_loss_gd", lr=lr, phi_every=49, steps=np.arange(9_950, 10_000)
+        valley,
+        tail,
+        algorithm="sqrt_loss_gd",
+        lr=lr,
+        phi_every=49,
+        steps=np.arange(9_950, 10_000),
+        flow=_coarse_flow(valley, tail[0], "sqrt_loss_gd", lr**2 * 49),
     )
     lam = 2 * (1 + np.asarray(tail[:-1, 0]) ** 2)
     np.testing.assert_allclose(
@@ -177,6 +195,7 @@ def test_stableness_identity_and_alignment_with_a_second_normal_direction():
         lr=lr,
         phi_every=125,
         steps=np.arange(steps // 2, steps + 1),
+        flow=_coarse_flow(valley2, it.w[steps // 2], "normalized_gd", lr**2 * (steps // 2)),
     )
     ok = df["stab_sum"].notna()
     assert np.all(np.abs(df["stab_sum"][ok] - 1) <= 5 * lr)
