@@ -164,8 +164,9 @@ def test_warm_eigen_solve_matches_dense_hessian():
         [jnp.array([2 * ys / (LR * np.tanh(ys)) - C0 + 0.3, 0.1]), 0.05 * jnp.ones(15)]
     )
     cf = central_flow(many_directions, w0, lr=LR, steps=60)
+    hessian = jax.jit(jax.hessian(many_directions))
     for i in range(0, 60, 6):
-        lam, vec = np.linalg.eigh(np.asarray(jax.hessian(many_directions)(jnp.asarray(cf.w[i]))))
+        lam, vec = np.linalg.eigh(np.asarray(hessian(jnp.asarray(cf.w[i]))))
         assert cf.sharpness[i] == pytest.approx(lam[-1], rel=5e-3)
         assert abs(float(np.dot(cf.U[i, :, 0], vec[:, -1]))) > 1 - 1e-3
     assert np.all(cf.sharpness[1:] <= 2 / LR * (1 + 1e-4))  # w0 starts above the edge

@@ -171,6 +171,7 @@ def test_list_and_presets_round_trip(capsys):
         assert from_dict(json.loads(json.dumps(to_dict(exp)))) == exp
 
 
+@pytest.mark.subprocess
 def test_help_covers_every_run_flag():
     from dataclasses import fields
 
@@ -189,6 +190,7 @@ def test_help_covers_every_run_flag():
             assert f"--{f.name.replace('_', '-')}" in proc.stdout
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_parses_and_its_help_covers_every_field(preset):
     from dataclasses import fields

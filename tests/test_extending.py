@@ -208,6 +208,7 @@ def test_the_store_holds_all_three_processes(reference):
     assert procs["gd"]["rule"] == "gd"
 
 
+@pytest.mark.subprocess
 def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
     cut = tmp_path / "cut"
     code = f"_m.lockstep_run({str(cut)!r})"

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ["cvxpy", "matplotlib", "sklearn", "diffrax", "pandas", "pyarrow", "optax", "scipy"]
 
 
@@ -25,11 +27,13 @@ def _loaded_after(*steps: str) -> list[list[str]]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.subprocess
 def test_import_eoslab_loads_no_heavy_dependency():
     (after_import,) = _loaded_after("import eoslab")
     assert after_import == []
 
 
+@pytest.mark.subprocess
 def test_lazy_subpackages_load_on_first_use():
     import eoslab
 

@@ -79,6 +79,7 @@ def toy_runs(request, tmp_path_factory):
     return {"manifest": man, "killed_at": killed_at, "ref": load_run(ref), "cut": load_run(cut)}
 
 
+@pytest.mark.subprocess
 def test_three_processes_in_one_store_resume_after_sigkill_bit_for_bit(toy_runs):
     assert toy_runs["manifest"]["status"] == "running"
     assert 0 < toy_runs["killed_at"] < STEPS
@@ -101,6 +102,7 @@ def _top_eig(w) -> float:
     return float(np.linalg.eigvalsh(np.asarray(_toy_hessian(jnp.asarray(w))))[-1])
 
 
+@pytest.mark.subprocess
 def test_three_process_metrics_against_recomputation(toy_runs):
     ref = toy_runs["ref"]
     rows = {n: ref.process(n) for n in NAMES}

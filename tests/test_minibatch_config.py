@@ -236,6 +236,8 @@ sys.exit(main(["run", "sgd-eoss", "--problem.n", "50", "--batch-size", "8", "--s
 """
 
 
+@pytest.mark.subprocess
+@pytest.mark.multidevice
 @pytest.mark.slow
 def test_sgd_on_four_host_devices_gives_the_numbers_of_one(tmp_path):
     """50 examples over 4 devices: padded with 2 zero-weight rows the sampler never draws."""

@@ -176,6 +176,8 @@ def reference() -> dict:
     return {"get": get, "ns": ns}
 
 
+@pytest.mark.subprocess
+@pytest.mark.multidevice
 @pytest.mark.parametrize(
     "variant,n",
     [("sharded5", 50), ("sharded4", 50), ("sharded2", 50), ("micro", 50), ("micro_sharded4", 50)],
@@ -206,12 +208,16 @@ def test_agrees_with_full_batch(reference, tmp_path, variant, n):
         assert got["eig_spec"] == []  # eigenvectors replicated
 
 
+@pytest.mark.subprocess
+@pytest.mark.multidevice
 def test_float32_agreement(tmp_path):
     r = _result(_run(FLOAT32, [], tmp_path, devices=4))
     for key, (dl, dg) in r.items():
         assert dl <= 1e-5 and dg <= 1e-5, key
 
 
+@pytest.mark.subprocess
+@pytest.mark.multidevice
 def test_two_processes_reproduce_single_process(reference, tmp_path):
     port = str(free_port())
     procs = [

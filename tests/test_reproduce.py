@@ -18,7 +18,16 @@ def test_all_paper_experiments_are_listed():
         reproduce.get("no-such-experiment")
 
 
-@pytest.mark.parametrize("name", ["valley", "quadratic", "flow-tracking", "cifar-vgg"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "valley",
+        "quadratic",
+        "flow-tracking",
+        # a VGG's eigen-trackers compiled (~30 s of CPU); the table and figure path is the same
+        pytest.param("cifar-vgg", marks=pytest.mark.slow),
+    ],
+)
 def test_quick_variants_write_figures_and_pass_their_tables(name, tmp_path):
     rows = reproduce.run(name, tmp_path, quick=True)
     assert rows and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
@@ -128,15 +137,16 @@ def test_ngd_beside_flow_projects_the_iterate_and_guards_the_flow():
         np.testing.assert_allclose(wide["tau"], [0.0, 0.005, 0.01])
         ws = eoslab.theory.iterate(obj, start, eoslab.rules.normalized_gd(0.05), 4).w
         np.testing.assert_allclose(w_end, ws[-1], rtol=1e-10)
+        hessian = jax.jit(jax.hessian(obj))
         for i, t in ((1, 2), (2, 4)):
             p = phi(obj, ws[t], gtol=gtol)
-            ev = np.linalg.eigvalsh(np.asarray(jax.hessian(obj)(p)))[::-1]
+            ev = np.linalg.eigvalsh(np.asarray(hessian(p)))[::-1]
             assert wide["phi_sharpness_ngd"][i] == pytest.approx(ev[0], rel=1e-5)
             assert wide["phi_lambda2_ngd"][i] == pytest.approx(ev[1], rel=1e-4)
             assert wide["phi_grad_norm_ngd"][i] < gtol
         # the flow's guard columns are L and |grad L| at its points; X(0) = Phi(start)
         X0 = phi(obj, start, gtol=gtol)
-        ev0 = np.linalg.eigvalsh(np.asarray(jax.hessian(obj)(X0)))[::-1]
+        ev0 = np.linalg.eigvalsh(np.asarray(hessian(X0)))[::-1]
         assert wide["sharpness_flow"][0] == pytest.approx(ev0[0], rel=1e-5)
         assert wide["phi_sharpness_ngd"][0] == wide["sharpness_flow"][0]
         assert wide["loss_flow"][0] == pytest.approx(float(obj(X0)), rel=1e-6)

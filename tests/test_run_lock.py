@@ -61,6 +61,7 @@ def _kill(proc: subprocess.Popen) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.subprocess
 def test_a_second_writer_is_refused_in_one_line_and_a_killed_holder_is_taken_over(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
@@ -117,6 +118,7 @@ TINY = {
 }
 
 
+@pytest.mark.subprocess
 def test_report_plot_resume_and_run_are_refused_while_another_process_writes(tmp_path, capsys):
     cfg = tmp_path / "exp.json"
     cfg.write_text(json.dumps(TINY))
@@ -141,6 +143,7 @@ def test_report_plot_resume_and_run_are_refused_while_another_process_writes(tmp
         _kill(other)
 
 
+@pytest.mark.subprocess
 def test_a_new_run_into_a_directory_another_process_holds_is_refused(tmp_path, capsys):
     cfg = tmp_path / "exp.json"
     cfg.write_text(json.dumps(TINY))
@@ -226,6 +229,7 @@ def _wait_for_step(proc: subprocess.Popen, log: Path, step: int) -> int:
     raise AssertionError(f"step {step} not reached within 300 s")
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_every_row_and_resume_is_bit_identical(uninterrupted, tmp_path, sig):
@@ -261,6 +265,7 @@ def test_a_signal_saves_every_row_and_resume_is_bit_identical(uninterrupted, tmp
     assert_same_metrics(back.metrics, ref.metrics)  # bit for bit
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_two_concurrent_resumes_one_runs_the_other_is_refused(uninterrupted, tmp_path):
     base, cfg, cache, ref = uninterrupted
@@ -294,6 +299,7 @@ def test_two_concurrent_resumes_one_runs_the_other_is_refused(uninterrupted, tmp
     assert_same_metrics(back.metrics, ref.metrics)
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_a_sigkilled_holder_is_taken_over_by_the_next_resume(uninterrupted, tmp_path):
     base, cfg, cache, ref = uninterrupted

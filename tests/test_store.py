@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +15,7 @@ from eoslab import Objective
 from eoslab.dynamics import rules
 from eoslab.errors import UnsafeFileError
 from eoslab.runner import Probes, RunExistsError, RunStore, load_run, train
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+from helpers import eoslab_process
 
 
 def _loss(w, data):
@@ -143,35 +138,12 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path):
     pd.testing.assert_frame_equal(again.metrics, run.metrics)
 
 
-def _cli(*args, cache=None, **kw):
-    env = dict(os.environ, PYTHONPATH=SRC, JAX_PLATFORMS="cpu")
-    if cache is not None:  # share compiled programs between the processes (same executables)
-        env.update(
-            JAX_COMPILATION_CACHE_DIR=str(cache),
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        )
-    # Ctrl-C's handler restored: a shell's background job (`make test &`) starts with SIGINT
-    # ignored, and Python then installs no KeyboardInterrupt for it
-    cli = (
-        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-        "runpy.run_module('eoslab.cli', run_name='__main__', alter_sys=True)"
-    )
-    return subprocess.Popen(
-        [sys.executable, "-c", cli, *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
-
+@pytest.mark.subprocess
 def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     cfg = {
         "problem": {"kind": "toy-mlp"},
         "rule": {"kind": "heavy_ball", "lr": 0.2, "beta": 0.5},
-        "steps": 1000,
+        "steps": 400,
         "probe_every": 20,
         "flush_seconds": 0,
     }
@@ -179,9 +151,10 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     path.write_text(json.dumps(cfg))
     common = ["--config", str(path), "--quiet", "--no-plot"]
     cache = tmp_path / "jax-cache"
-    victim = _cli("run", *common, "--out", str(tmp_path / "cut"), cache=cache)
+    # a pause after each chunk of 20 steps keeps the run going until the kill lands
+    victim = eoslab_process("run", *common, "--out", tmp_path / "cut", cache=cache, pause=0.1)
     manifest = tmp_path / "cut" / "manifest.json"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300
     killed_at = None
     while time.monotonic() < deadline:
         if manifest.is_file():
@@ -200,12 +173,12 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     assert killed_at is not None, "the run ended before it could be killed"
     assert victim.returncode == -signal.SIGKILL
     man = json.loads(manifest.read_text())
-    assert man["status"] == "running" and man["step"] < 1000
-    resumed = _cli("resume", str(tmp_path / "cut"), "--quiet", "--no-plot", cache=cache)
-    ref = _cli("run", *common, "--out", str(tmp_path / "ref"), cache=cache)  # uninterrupted
-    out, err = resumed.communicate(timeout=120)
+    assert man["status"] == "running" and man["step"] < 400
+    resumed = eoslab_process("resume", tmp_path / "cut", "--quiet", "--no-plot", cache=cache)
+    ref = eoslab_process("run", *common, "--out", tmp_path / "ref", cache=cache)  # uninterrupted
+    out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    ref.communicate(timeout=120)
+    ref.communicate(timeout=300)
     assert ref.returncode == 0
     a, b = load_run(tmp_path / "ref"), load_run(tmp_path / "cut")
     assert a.status == b.status == "completed"
@@ -215,22 +188,26 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     # probes restart from the checkpointed warm start: equal to the eigen-solver's tolerance
     # (bit-equal in every run we made but one, made under heavy CPU load)
     pd.testing.assert_series_equal(a.metrics["sharpness"], b.metrics["sharpness"], rtol=2e-3)
-    assert list(b.metrics["step"]) == list(range(1001))
+    assert list(b.metrics["step"]) == list(range(401))
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
     cfg = {
         "problem": {"kind": "toy-mlp"},
         "rule": {"kind": "gd", "lr": 0.2},
-        "steps": 3000,
+        "steps": 400,
         "probe_every": 20,
         "flush_seconds": 0,
     }
     path = tmp_path / "exp.json"
     path.write_text(json.dumps(cfg))
-    out = tmp_path / "cut"
-    victim = _cli("run", "--config", str(path), "--out", str(out), "--quiet", "--no-plot")
-    deadline = time.monotonic() + 90
+    out, cache = tmp_path / "cut", tmp_path / "jax-cache"
+    # a pause after each chunk of 20 steps keeps the run going until the signal lands
+    victim = eoslab_process(
+        "run", "--config", path, "--out", out, "--quiet", "--no-plot", cache=cache, pause=0.1
+    )
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list((out / "checkpoints").glob("*.npz")):
         if victim.poll() is not None:
             break
@@ -241,7 +218,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
     assert f"eoslab resume {out}" in err and "Traceback" not in err
     man = json.loads((out / "manifest.json").read_text())
     assert man["status"] == "interrupted" and str(out) in man["message"]
-    resumed = _cli("resume", str(out), "--quiet", "--no-plot")
+    resumed = eoslab_process("resume", out, "--quiet", "--no-plot", cache=cache)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert json.loads((out / "manifest.json").read_text())["status"] == "completed"

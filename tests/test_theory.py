@@ -130,12 +130,24 @@ def test_optimizers_track_the_flow_within_order_lr(rule_fn, algorithm):
     assert e2 <= 0.6 * e1  # at least linear in lr (measured ratios 0.25-0.35)
 
 
+def _coarse_flow(loss, x0, algorithm, tau):
+    # eos_diagnostics' own flow (1,000 saved steps) only feeds flow_dist, which these tests do
+    # not check: a coarse one keeps them cheap
+    return limiting_flow(loss, x0, algorithm=algorithm, tau=tau, n_save=3)
+
+
 def test_eos_identities_normalized_gd():
     lr = 0.01
     it = iterate(valley, jnp.array([2.0, 0.3]), normalized_gd(lr), 10_000)
     tail = it.w[-50:]
     df = eos_diagnostics(
-        valley, tail, algorithm="normalized_gd", lr=lr, phi_every=49, steps=np.arange(9_950, 10_000)
+        valley,
+        tail,
+        algorithm="normalized_gd",
+        lr=lr,
+        phi_every=49,
+        steps=np.arange(9_950, 10_000),
+        flow=_coarse_flow(valley, tail[0], "normalized_gd", lr**2 * 49),
     )
     # every step has length exactly lr, and sqrt L_t + sqrt L_t+1 = lr sqrt(lambda_1 / 2)
     np.testing.assert_allclose(
@@ -154,7 +166,13 @@ def test_eos_identities_sqrt_loss_gd():
     it = iterate(valley, jnp.array([2.0, 0.3]), sqrt_loss_gd(lr), 10_000)
     tail = it.w[-50:]
     df = eos_diagnostics(
-        valley, tail, algorithm="sqrt_loss_gd", lr=lr, phi_every=49, steps=np.arange(9_950, 10_000)
+        valley,
+        tail,
+        algorithm="sqrt_loss_gd",
+        lr=lr,
+        phi_every=49,
+        steps=np.arange(9_950, 10_000),
+        flow=_coarse_flow(valley, tail[0], "sqrt_loss_gd", lr**2 * 49),
     )
     lam = 2 * (1 + np.asarray(tail[:-1, 0]) ** 2)
     np.testing.assert_allclose(
@@ -177,6 +195,7 @@ def test_stableness_identity_and_alignment_with_a_second_normal_direction():
         lr=lr,
         phi_every=125,
         steps=np.arange(steps // 2, steps + 1),
+        flow=_coarse_flow(valley2, it.w[steps // 2], "normalized_gd", lr**2 * (steps // 2)),
     )
     ok = df["stab_sum"].notna()
     assert np.all(np.abs(df["stab_sum"][ok] - 1) <= 5 * lr)
@@ -261,6 +280,40 @@ def test_retraction_refuses_a_bad_tolerance_and_has_no_fixed_projection_time():
         RetractedLimitingFlow(algorithm="normalized_gd", lr=0.1, phi_gtol=0.0)
     with pytest.raises(TypeError):
         RetractedLimitingFlow(algorithm="normalized_gd", lr=0.1, projection_time=1.0)
+
+
+def test_float32_objectives_stay_float32_under_64_bit_mode():
+    # tests run with jax_enable_x64 on; diffrax promotes its state to its times' dtype, so
+    # Python-float times once made phi of a float32 objective float64, and the retraction flow's
+    # HVP then paired a float64 point with a float32 eigenvector (mnist-flow under pytest)
+    import jax
+
+    from eoslab import Objective
+    from eoslab.theory import gradient_flow
+
+    assert jax.config.jax_enable_x64
+    obj = Objective.from_fn(valley, jnp.array([2.0, 0.3]), dtype="float32")
+    r = phi_result(obj, obj.w0, gtol=1e-5)
+    assert r.x.dtype == r.t.dtype == r.grad_norm.dtype == jnp.float32
+    assert float(r.x[0]) == pytest.approx(valley_phi_x(2.0, 0.3), abs=1e-5)
+    ts = np.array([0.0, 0.5])
+    path = gradient_flow(obj, obj.w0, ts)
+    assert path.dtype == jnp.float32
+    # independent: the float64 flow from the same start
+    np.testing.assert_allclose(path, gradient_flow(valley, jnp.array([2.0, 0.3]), ts), rtol=1e-4)
+    fl = limiting_flow(
+        obj,
+        obj.w0,
+        algorithm="normalized_gd",
+        tau=0.2,
+        n_save=3,
+        integrator="retraction",
+        h=0.05,
+        phi_gtol=1e-4,
+    )
+    X0 = valley_phi_x(2.0, 0.3)
+    for i, t in enumerate(np.asarray(fl.tau, np.float64)):
+        assert float(fl.X[i, 0]) == pytest.approx(ngd_flow_x(X0, t), abs=5e-3 * t + 1e-4)
 
 
 def test_phi_tolerances_follow_the_precision():

@@ -158,6 +158,11 @@ def test_causal():
 # --------------------------------------------------------------------- derivatives
 
 
+# each loss compiles the decoder's dense Hessian (~30 s of CPU): the mean squared error runs by
+# default, cross-entropy (the same derivative code under a softmax) with -m slow
+_SLOW_LOSS = pytest.param("cross_entropy", marks=pytest.mark.slow)
+
+
 @functools.cache
 def derivatives(loss):
     """The tiny problem with its compiled dense Hessian, gradient and loss along a plane (one
@@ -170,7 +175,7 @@ def derivatives(loss):
     return params, obj, w, dense, grad, plane, third
 
 
-@pytest.mark.parametrize("loss", ["mse_half", "cross_entropy"])
+@pytest.mark.parametrize("loss", ["mse_half", _SLOW_LOSS])
 def test_hvp_against_dense_hessian_and_gradient_differences(loss):
     _, obj, w, dense_fn, grad, _, _ = derivatives(loss)
     dense = dense_fn(w)
@@ -188,7 +193,7 @@ def test_hvp_against_dense_hessian_and_gradient_differences(loss):
         np.testing.assert_allclose(fd, dense @ v, rtol=1e-6, atol=1e-7 * scale)
 
 
-@pytest.mark.parametrize("loss", ["mse_half", "cross_entropy"])
+@pytest.mark.parametrize("loss", ["mse_half", _SLOW_LOSS])
 def test_third_derivative_against_finite_differences(loss):
     r"""$\nabla_w u^\top H(w) u$ along $e$ against central differences of the dense
     $u^\top H(w \pm h e) u$, and of loss values alone (a mixed third-difference stencil), for

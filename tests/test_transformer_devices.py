@@ -77,6 +77,8 @@ def _run(tmp_path: Path, name: str, devices: int, n: int) -> Path:
     return out
 
 
+@pytest.mark.subprocess
+@pytest.mark.multidevice
 @pytest.mark.slow
 def test_four_devices_give_the_numbers_of_one(tmp_path):
     import eoslab

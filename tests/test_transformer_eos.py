@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from eoslab import models, reproduce
+from eoslab import Objective, models, reproduce
 from eoslab.data.sequences import sequence_arrays
 from eoslab.dynamics.rules import adam
 from eoslab.errors import ConfigError
@@ -79,6 +79,40 @@ def test_objective_is_the_documented_decoder():
         assert float(obj(obj.w0)) == pytest.approx(want, rel=1e-12)
 
 
+def test_gd_sharpening_against_plain_gd_on_a_known_quadratic():
+    # the columns of gd_sharpening where lambda_1 is known: L = 1/2 w^T A w, lambda_1 = 9
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    A = Q @ np.diag([9.0, 5.0, 3.0, 1.0, 0.5, 0.1]) @ Q.T
+    lr, steps = 0.1, 4
+    with jax.enable_x64(True):
+        obj = Objective.from_data_fn(
+            _quadratic, jnp.asarray(A), rng.normal(size=6), dtype="float64"
+        )
+        g = gd_sharpening(obj, lr=lr, steps=steps, every=2, keep_points=True)
+    w, losses, points = np.asarray(obj.w0), [], {}
+    for t in range(steps + 1):  # GD by hand
+        losses.append(0.5 * w @ A @ w)
+        points[t] = w
+        w = w - lr * (A @ w)
+    assert g["step"].tolist() == list(range(steps + 1))
+    np.testing.assert_allclose(g["loss"], losses, rtol=1e-12)
+    probed = g[g["sharpness"].notna()]
+    assert probed["step"].tolist() == [0, 2, 4]
+    np.testing.assert_allclose(probed["sharpness"], 9.0, rtol=1e-6)
+    for t, p in zip(probed["step"], probed["point"], strict=True):
+        np.testing.assert_allclose(np.asarray(p), points[t], rtol=1e-12)
+    with pytest.raises(ConfigError) as e:
+        gd_sharpening(obj, lr=lr, steps=steps, every=3)
+    assert e.value.field == "every"
+
+
+def _quadratic(w, A):
+    return 0.5 * w @ A @ w
+
+
+@pytest.mark.slow  # ~50 s of CPU: the decoder's eigen-solvers and dense Hessian compiled; the
+# quadratic above checks the same columns by default
 def test_gd_sharpening_against_plain_gd_and_dense_hessians():
     lr, steps = 0.5, 20
     with jax.enable_x64(True):

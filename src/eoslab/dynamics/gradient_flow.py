@@ -59,8 +59,8 @@ class GradientFlow(Process):
         sol = diffrax.diffeqsolve(
             gradient_field(base),
             ode_solver(self.solver, state.w.shape[0], self.rtol, self.atol),
-            t0=0.0,
-            t1=self.lr,
+            t0=jnp.zeros((), state.w.dtype),
+            t1=jnp.asarray(self.lr, state.w.dtype),
             dt0=None,
             y0=state.w,
             stepsize_controller=diffrax.PIDController(rtol=self.rtol, atol=self.atol),

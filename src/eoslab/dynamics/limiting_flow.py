@@ -150,11 +150,11 @@ class ProjectedLimitingFlow(_LimitingFlowBase):
         base = objective.base()
         c, log = flow_constant(self.algorithm)
         term = diffrax.ODETerm(lambda t, y, args: flow_field(base, y, c, log, self.rank_tol)[0])
-        dt = self.dtau(state.t)
+        dt = jnp.asarray(self.dtau(state.t), state.X.dtype)
         sol = diffrax.diffeqsolve(
             term,
             diffrax.Tsit5(),
-            t0=0.0,
+            t0=jnp.zeros((), state.X.dtype),
             t1=dt,
             dt0=None,
             y0=state.X,

@@ -88,8 +88,10 @@ def _phi(obj, w, *, gtol, t_max, solver, rtol, atol, max_steps):
     sol = diffrax.diffeqsolve(
         gradient_field(obj),
         ode_solver(solver, w.shape[0], rtol, atol),
-        t0=0.0,
-        t1=t_max,
+        # diffrax promotes y0 to the times' dtype: times in w's dtype keep a float32 point float32
+        # when 64-bit mode is on (Python-float times would make it float64)
+        t0=jnp.zeros((), w.dtype),
+        t1=jnp.asarray(t_max, w.dtype),
         dt0=None,
         y0=w,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
@@ -181,11 +183,11 @@ def solve_at(term, solver, y0, ts, *, rtol, atol, max_steps):
     sol = diffrax.diffeqsolve(
         term,
         solver,
-        t0=0.0,
-        t1=ts[-1],
+        t0=jnp.zeros((), y0.dtype),
+        t1=jnp.asarray(ts[-1], y0.dtype),
         dt0=None,
         y0=y0,
-        saveat=diffrax.SaveAt(ts=ts),
+        saveat=diffrax.SaveAt(ts=jnp.asarray(ts, y0.dtype)),
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
     )
