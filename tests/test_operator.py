@@ -46,9 +46,12 @@ def test_hessian_operator_products_match_dense():
     op = as_operator(f, w)
     V = np.random.default_rng(1).normal(size=(w.size, 3))
     check_products(op, H, V)
-    g, Hv = eqx.filter_jit(lambda o, v: o.gradient_and_mv(v))(op, jnp.asarray(V[:, 1]))
+    value, g, Hv = eqx.filter_jit(lambda o, X: (lambda v, g, mm: (v, g, mm(X)))(*o.linearize()))(
+        op, jnp.asarray(V[:, 1:])
+    )
+    assert float(value) == pytest.approx(float(f(w)), rel=1e-13)
     np.testing.assert_allclose(g, jax.jit(jax.grad(f))(w), rtol=1e-12)
-    np.testing.assert_allclose(Hv, H @ V[:, 1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(Hv, H @ V[:, 1:], rtol=1e-10, atol=1e-12)
     w2 = w + 0.1
     check_products(op.at(w2), np.asarray(hessian(w2)), V)
 

@@ -4,7 +4,7 @@ A full-batch loss is a reduction over examples, $L(w) = \frac1N\sum_i \ell_i(w)$
 gradient, HVPs and third derivatives. `shard_objective` places every per-example array of an
 objective along a 1-D ``Mesh(devices, ("data",))`` with ``NamedSharding(mesh, P("data"))`` and
 replicates everything else (parameters ``w0``, frozen parameters). The jitted eoslab code
-(``jax.grad``, `hvp`, `hvp_block`, `top_eigenpairs`, `EigenTracker`, the training rules) then
+(``jax.grad``, an operator's ``mv``/``mm``, `top_eigenpairs`, `EigenTracker`, the rules) then
 runs unchanged: XLA's SPMD partitioner computes each device's partial sums and joins them with an
 ``all-reduce``, and everything of parameter shape (gradients, eigenvectors, Lanczos bases) stays
 replicated. `compiled_collectives` shows the collectives in a compiled program.
