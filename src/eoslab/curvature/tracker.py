@@ -48,9 +48,12 @@ def align_vectors(
 class EigenTracker:
     r"""Tracks the top-$k$ eigenpairs of $\nabla^2 L(w_t)$ (or of operators $H_t$) as $t$ moves.
 
+    The solver that carries state: each ``update`` is one `top_eigenpairs` call with ``solver``
+    (`Lanczos` by default), warm-started from the last, and returns its `EigResult`.
     ``update(w)`` solves at the point ``w`` of ``loss`` (an operator's ``at(w)`` if ``loss`` is
     one); ``update(op)`` solves for the operator ``op`` itself, e.g. a
     `PreconditionedOperator` whose preconditioner changes from step to step (no ``loss`` needed).
+    `state` and `load_state` carry the warm start through a checkpoint.
 
     Each `update` warm-starts block Lanczos from the previous eigenvectors and the guard Ritz vector
     below them, extrapolated linearly from the two previous updates ($2v_t - v_{t-1}$; the start
