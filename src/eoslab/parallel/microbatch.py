@@ -1,6 +1,6 @@
 r"""Micro-batching: the full-batch loss, gradient and HVP accumulated over blocks of examples.
 
-For a mean objective (see `eoslab.parallel.weighted`: ``from_model`` with a per-example-mean
+For a mean objective (see `eoslab.mean_objective`: ``from_model`` with a per-example-mean
 loss on a model without full-batch BatchNorm)
 
 $$L(w) = \frac1N\sum_{i=1}^N \ell_i(w) = \sum_{b=1}^{\lceil N/B\rceil} \frac{n_b}{N}\,\bar\ell_b(w),
@@ -28,9 +28,9 @@ import numpy as np
 
 from ..curvature.operator import HessianOperator
 from ..errors import ConfigError
+from ..mean_objective import chunk_sum, mean_parts, num_examples, weighted_objective
 from ..objective import Objective
 from .sharding import is_sharded, shard_objective
-from .weighted import chunk_sum, mean_parts, num_examples, weighted_objective
 
 __all__ = ["MicrobatchPlan", "microbatched", "plan_microbatch"]
 
