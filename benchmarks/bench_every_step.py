@@ -32,11 +32,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_curvature import best_time, eigsh_baseline
+from bench_curvature import best_time, eigsh_baseline, hessian_mv
 
 from eoslab import Objective
-from eoslab.curvature import hvp, top_eigenpairs
-from eoslab.curvature.step_tracker import StepTracker, linearized_gradient
+from eoslab.curvature import HessianOperator, top_eigenpairs
+from eoslab.curvature.step_tracker import StepTracker
 from eoslab.dynamics.optimizer import Optimizer
 from eoslab.dynamics.process import advance
 from eoslab.dynamics.rules import gd
@@ -83,7 +83,7 @@ def flop_ratio(obj: Objective, w) -> float:
     gradient's: the arithmetic floor of a step that certifies with one product."""
     v = jnp.ones_like(w)
     grad = flops(lambda w: jax.grad(obj)(w), w)
-    both = flops(lambda w, v: linearized_gradient(obj, w)[2](v[:, None]), w, v)
+    both = flops(lambda w, v: HessianOperator(obj, w).linearize()[2](v[:, None]), w, v)
     return both / grad
 
 
@@ -125,7 +125,7 @@ def bench_workload(make, chunks: int, samples: int) -> dict:
         state = new
     lams, bounds, mvs = (np.concatenate(x) for x in (lams, bounds, mvs))
     v = jax.random.normal(jax.random.PRNGKey(7), w.shape, w.dtype)
-    t_hvp = best_time(lambda: hvp(obj, proc.point(state), v), 5)
+    t_hvp = best_time(lambda: hessian_mv(obj, proc.point(state), v), 5)
     t_grad = best_time(lambda: jax.grad(obj)(proc.point(state)), 5)
     plain, probed = float(np.median(plain_s)), float(np.median(probed_s))
     mv_med = float(np.median(mvs))

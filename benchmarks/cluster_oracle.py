@@ -20,9 +20,9 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import tyro
+from bench_curvature import hessian_mv
 
 from eoslab.curvature.eigen import top_eigenpairs
-from eoslab.curvature.hvp import hvp
 from eoslab.dynamics.optimizer import Optimizer
 from eoslab.dynamics.process import advance
 from eoslab.dynamics.rules import gd
@@ -82,7 +82,7 @@ def main(workload: str = "fc-tanh 5k", start: int = 170, steps: int = 12, k: int
                 continue
             p = f(hist)
             p = jnp.asarray(p / np.linalg.norm(p), w.dtype)
-            hp = hvp(obj, w, p)
+            hp = hessian_mv(obj, w, p)
             theta = jnp.vdot(p, hp)
             cells.append(f"{float(jnp.linalg.norm(hp - theta * p) / theta):.1e}")
         print(

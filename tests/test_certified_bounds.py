@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from eoslab import Objective
-from eoslab.curvature import EigenTracker, top_eigenpairs
+from eoslab.curvature import EigenTracker, HessianOperator, top_eigenpairs
 from eoslab.curvature.rounding import check_tol, default_tol, min_tol
-from eoslab.curvature.step_tracker import StepTracker, linearized_gradient
+from eoslab.curvature.step_tracker import StepTracker
 from eoslab.errors import ConfigError
 from eoslab.models import create
 
@@ -160,7 +160,7 @@ def test_tracker_bounds_hold_along_a_float32_trajectory():
 
     @jax.jit
     def every_step(w, tstate):
-        _, g, mm = linearized_gradient(obj32, w)
+        _, g, mm = HessianOperator(obj32, w).linearize()
         tstate, eig = step.update(mm, tstate)
         return g, tstate, eig
 

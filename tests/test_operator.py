@@ -1,6 +1,8 @@
-"""HessianOperator / PreconditionedOperator against dense Hessians and finite differences."""
+"""HessianOperator / PreconditionedOperator against dense Hessians and finite differences; a new
+operator defined in this file only; tags that the solvers read."""
 
 import functools
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -10,10 +12,19 @@ import pytest
 
 from eoslab import ConfigError, Objective
 from eoslab.curvature import (
+    LOBPCG,
+    AbstractOperator,
+    EigenTracker,
     HessianOperator,
+    Lanczos,
     PreconditionedOperator,
     as_operator,
+    bottom_eigenpairs,
+    grad_top_eigenvalue,
+    hutchinson_trace,
     krylov_top,
+    spectral_density,
+    top_eigenpairs,
 )
 from helpers import quadratic_with_spectrum, small_mlp_loss
 
@@ -46,9 +57,12 @@ def test_hessian_operator_products_match_dense():
     op = as_operator(f, w)
     V = np.random.default_rng(1).normal(size=(w.size, 3))
     check_products(op, H, V)
-    g, Hv = eqx.filter_jit(lambda o, v: o.gradient_and_mv(v))(op, jnp.asarray(V[:, 1]))
+    value, g, Hv = eqx.filter_jit(lambda o, X: (lambda v, g, mm: (v, g, mm(X)))(*o.linearize()))(
+        op, jnp.asarray(V[:, 1:])
+    )
+    assert float(value) == pytest.approx(float(f(w)), rel=1e-13)
     np.testing.assert_allclose(g, jax.jit(jax.grad(f))(w), rtol=1e-12)
-    np.testing.assert_allclose(Hv, H @ V[:, 1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(Hv, H @ V[:, 1:], rtol=1e-10, atol=1e-12)
     w2 = w + 0.1
     check_products(op.at(w2), np.asarray(hessian(w2)), V)
 
@@ -147,3 +161,109 @@ def test_bad_operators_and_arguments_raise_clear_errors():
     with pytest.raises(ConfigError) as info:
         krylov_top(op, w[:-1], 5, 1, jax.random.PRNGKey(0))
     assert info.value.field == "v0.shape"
+
+
+class ScaledHessian(AbstractOperator):
+    """A new operator, defined here only: c * H (a diagonal-scaled Hessian with equal entries)."""
+
+    objective: Objective
+    w: jax.Array
+    c: float = 3.0
+    tags: ClassVar[frozenset[str]] = frozenset({"symmetric"})
+
+    def linearize(self):
+        value, grad, hmm = HessianOperator(self.objective, self.w).linearize()
+        return value, grad, lambda X: self.c * hmm(X)
+
+    def as_matrix(self):
+        return self.c * jax.hessian(self.objective)(self.w)
+
+    def at(self, w):
+        return ScaledHessian(self.objective, w, self.c)
+
+    def grad_quadratic_form(self, u):
+        val, g = HessianOperator(self.objective, self.w).grad_quadratic_form(u)
+        return self.c * val, self.c * g
+
+    def step_direction(self):
+        return self.c * jax.grad(self.objective)(self.w)
+
+    def check(self):
+        HessianOperator(self.objective, self.w).check()
+
+
+class Shear(AbstractOperator):
+    """A non-symmetric operator (a fixed matrix), to see the eigensolvers refuse it."""
+
+    A: jax.Array
+    w: jax.Array
+    tags: ClassVar[frozenset[str]] = frozenset()
+
+    def linearize(self):
+        zero = jnp.zeros((), self.w.dtype)
+        return zero, jnp.zeros_like(self.w), lambda X: self.A @ X
+
+    def as_matrix(self):
+        return self.A
+
+    def at(self, w):
+        return Shear(self.A, w)
+
+    def grad_quadratic_form(self, u):
+        return u @ self.A @ u, jnp.zeros_like(self.w)
+
+    def step_direction(self):
+        return jnp.zeros_like(self.w)
+
+    def check(self):
+        pass
+
+
+def test_a_new_operator_is_one_subclass_and_every_solver_takes_it():
+    f, w, _, hessian = problem()
+    obj = Objective.from_fn(f, np.asarray(w))
+    op = ScaledHessian(obj, w)
+    M = 3.0 * np.asarray(hessian(w))
+    V = np.random.default_rng(4).normal(size=(w.size, 3))
+    check_products(op, M, V)
+    dense = np.sort(np.linalg.eigvalsh(M))[::-1]
+    for solver in (Lanczos(), LOBPCG()):
+        res = top_eigenpairs(op, k=2, tol=1e-9, solver=solver)
+        np.testing.assert_allclose(res.values, dense[:2], rtol=1e-8)
+    bottom = bottom_eigenpairs(op, k=1, tol=1e-9)
+    np.testing.assert_allclose(bottom.values, dense[-1:], rtol=1e-8, atol=1e-10)
+    tracked = EigenTracker(op, k=1, tol=1e-9).update(w + 0.1)  # at() moves it
+    top_there = np.linalg.eigvalsh(3.0 * np.asarray(hessian(w + 0.1)))[-1]
+    assert float(tracked.values[0]) == pytest.approx(top_there, rel=1e-8)
+    key = jax.random.PRNGKey(0)
+    Z = np.asarray(jax.random.rademacher(key, (w.size, 6), jnp.float64))
+    est = hutchinson_trace(op, n_probes=6, key=key)
+    assert float(est.value) == pytest.approx(np.mean(np.sum(Z * (M @ Z), 0)), rel=1e-10)
+
+
+def test_tags_are_read_eigensolvers_refuse_a_non_symmetric_operator():
+    A = jnp.asarray(np.triu(np.random.default_rng(5).normal(size=(12, 12))))
+    op = Shear(A, jnp.zeros(12))
+    for call in (
+        lambda: top_eigenpairs(op, k=1),
+        lambda: bottom_eigenpairs(op, k=1),
+        lambda: EigenTracker(op).update(jnp.zeros(12)),
+        lambda: krylov_top(op, jnp.ones(12), 5, 1, jax.random.PRNGKey(0)),
+        lambda: spectral_density(op),
+        lambda: grad_top_eigenvalue(op, jnp.ones(12)),
+    ):
+        with pytest.raises(ConfigError, match="symmetric") as info:
+            call()
+        assert info.value.field == "operator"
+    # the trace needs no symmetry: E z^T A z = tr A
+    key = jax.random.PRNGKey(1)
+    Z = np.asarray(jax.random.rademacher(key, (12, 8), jnp.float64))
+    est = hutchinson_trace(op, n_probes=8, key=key)
+    assert float(est.value) == pytest.approx(np.mean(np.sum(Z * (np.asarray(A) @ Z), 0)))
+
+    class Odd(Shear):
+        tags: ClassVar[frozenset[str]] = frozenset({"symetric"})
+
+    with pytest.raises(ConfigError) as info:
+        as_operator(Odd(A, jnp.zeros(12)))
+    assert info.value.field == "Odd.tags"

@@ -15,10 +15,7 @@ from eoslab.curvature import (
     as_operator,
     bottom_eigenpairs,
     grad_top_eigenvalue,
-    hessian_dense,
     hutchinson_trace,
-    hvp,
-    hvp_block,
     spectral_density,
     stableness,
     top_eigenpairs,
@@ -53,13 +50,9 @@ def test_eigenpairs_of_an_operator_and_of_an_objective_alone():
     same(bottom_eigenpairs(f, w, 2, tol=1e-10), bottom)
 
 
-def test_hvp_functions_and_third_derivatives_take_an_operator():
+def test_third_derivatives_take_an_operator():
     f, obj, w, _, H = problem()
     op = as_operator(obj)
-    V = np.random.default_rng(0).normal(size=(w.size, 2))
-    np.testing.assert_allclose(hvp(op, V[:, 0]), H @ V[:, 0], rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(hvp_block(op, V), H @ V, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(hessian_dense(op), H, rtol=1e-10, atol=1e-12)
     v1 = np.linalg.eigh(H)[1][:, -1]
     g = grad_top_eigenvalue(f, w, v1)
     same(grad_top_eigenvalue(op, v1), g)

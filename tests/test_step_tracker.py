@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from eoslab import Objective
-from eoslab.curvature.step_tracker import StepTracker, StepTrackerState, linearized_gradient
+from eoslab.curvature import as_operator
+from eoslab.curvature.step_tracker import StepTracker, StepTrackerState
 from eoslab.dynamics.optimizer import Optimizer
 from eoslab.dynamics.rules import gd, normalized_gd, sqrt_loss_gd
 from eoslab.errors import ConfigError
@@ -17,9 +18,9 @@ from eoslab.runner import Probes, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, small_mlp_loss
 
 
-def test_linearized_gradient_matches_value_grad_and_dense_hessian():
+def test_linearize_matches_value_grad_and_dense_hessian():
     loss, w = small_mlp_loss(n=20, hidden=5)
-    value, grad, matmat = linearized_gradient(loss, w)
+    value, grad, matmat = as_operator(loss, w).linearize()
     H = np.asarray(jax.hessian(loss)(w))
     X = np.random.default_rng(0).normal(size=(w.size, 3))
     np.testing.assert_allclose(value, loss(w), rtol=1e-13)

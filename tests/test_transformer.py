@@ -13,7 +13,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from eoslab import Objective, models
-from eoslab.curvature import HessianOperator, hvp, hvp_block
+from eoslab.curvature import HessianOperator
 from eoslab.data.sequences import sequence_arrays, sequence_task
 from eoslab.errors import ConfigError
 
@@ -182,10 +182,10 @@ def test_hvp_against_dense_hessian_and_gradient_differences(loss):
     assert np.allclose(dense, dense.T, atol=1e-12)
     V = jax.random.normal(jax.random.key(5), (obj.dim, 3), jnp.float64)
     op = HessianOperator(obj, w)
-    np.testing.assert_allclose(hvp_block(op, V), dense @ V, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(op.mm(V), dense @ V, rtol=1e-10, atol=1e-12)
     for j in range(3):
         v = V[:, j]
-        np.testing.assert_allclose(hvp(op, v), dense @ v, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(op.mv(v), dense @ v, rtol=1e-10, atol=1e-12)
         # and the dense Hessian itself against central differences of the gradient
         h = 1e-5
         fd = (grad(w + h * v) - grad(w - h * v)) / (2 * h)

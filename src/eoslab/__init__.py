@@ -3,13 +3,12 @@
 Public names are re-exported here; import from ``eoslab`` or its subpackages, not private modules.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import curvature as curvature
 from . import data as data
 from . import losses as losses
 from . import models as models
 from . import theory as theory
+from ._version import __version__ as __version__
 from .dynamics import rules as rules
 from .errors import ConfigError as ConfigError
 from .errors import DivergenceError as DivergenceError
@@ -41,11 +40,6 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
-
-try:
-    __version__ = version("eoslab")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "ConfigError",

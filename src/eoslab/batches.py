@@ -1,7 +1,7 @@
 r"""Mini-batches of a mean objective: the batch loss $L_B$ and reproducible draws of batches.
 
 For a *mean objective* (`Objective.from_model` with a per-example-mean loss, see
-`eoslab.parallel.weighted`)
+`eoslab.mean_objective`)
 
 $$L(w) = \frac1N\sum_{i=1}^N \ell_i(w), \qquad
   L_B(w) = \frac1{|B|}\sum_{i\in B} \ell_i(w)\quad (B \subseteq \{1..N\}),$$
@@ -31,8 +31,8 @@ import numpy as np
 from jaxtyping import Array, Int
 
 from .errors import ConfigError
+from .mean_objective import batch_size_of, mean_parts, num_examples
 from .objective import Objective
-from .parallel.weighted import batch_size_of, mean_parts, num_examples
 
 __all__ = [
     "batch_data",

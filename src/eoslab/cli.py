@@ -632,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(argv: list[str]) -> int:
     if argv[:1] in (["--version"], ["-V"]):
-        from . import __version__
+        from ._version import __version__
 
         print(f"eoslab {__version__}")
         return 0

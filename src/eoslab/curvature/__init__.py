@@ -1,8 +1,12 @@
-"""Curvature at a point: HVPs, eigenpairs, trackers, traces, densities, stableness.
+"""Curvature at a point: operators, eigenpairs, trackers, traces, densities, stableness.
 
-Every solver takes an `Operator` (`HessianOperator` $\\nabla^2L(w)$ or a
-`PreconditionedOperator` $P^{-1/2}HP^{-1/2}$), or a loss (a callable ``loss(w)`` or an
-`eoslab.Objective`) and a point ``w``; an `Objective` alone means its ``w0``.
+Every solver takes an operator (an `AbstractOperator`: `HessianOperator` $\\nabla^2L(w)$, a
+`PreconditionedOperator` $P^{-1/2}HP^{-1/2}$, or a subclass of your own), or a loss (a callable
+``loss(w)`` or an `eoslab.Objective`) and a point ``w``; an `Objective` alone means its ``w0``.
+Products are the operator's own: ``op.mv(v)``, ``op.mm(V)``, ``op.as_matrix()``,
+``op.linearize()``. Eigenpairs come from one entry point, `top_eigenpairs` (and
+`bottom_eigenpairs`), with a solver Module (`Lanczos`, `LOBPCG`, `Power`) and one result type,
+`EigResult`.
 """
 
 from .batch_sharpness import BatchEstimate as BatchEstimate
@@ -12,17 +16,17 @@ from .batch_sharpness import batch_sharpness_probe as batch_sharpness_probe
 from .batch_sharpness import gradient_noise_interaction as gradient_noise_interaction
 from .density import SpectralDensity as SpectralDensity
 from .density import spectral_density as spectral_density
-from .eigen import METHODS as METHODS
+from .eigen import LOBPCG as LOBPCG
+from .eigen import AbstractEigenSolver as AbstractEigenSolver
 from .eigen import EigResult as EigResult
+from .eigen import Lanczos as Lanczos
+from .eigen import Power as Power
 from .eigen import bottom_eigenpairs as bottom_eigenpairs
 from .eigen import top_eigenpairs as top_eigenpairs
-from .hvp import grad_top_eigenvalue as grad_top_eigenvalue
-from .hvp import hessian_dense as hessian_dense
-from .hvp import hvp as hvp
-from .hvp import hvp_block as hvp_block
+from .eigenvalue_gradient import grad_top_eigenvalue as grad_top_eigenvalue
 from .lanczos import krylov_top as krylov_top
+from .operator import AbstractOperator as AbstractOperator
 from .operator import HessianOperator as HessianOperator
-from .operator import Operator as Operator
 from .operator import PreconditionedOperator as PreconditionedOperator
 from .operator import as_operator as as_operator
 from .stableness import Stableness as Stableness
@@ -33,12 +37,15 @@ from .tracker import EigenTracker as EigenTracker
 from .tracker import align_vectors as align_vectors
 
 __all__ = [
-    "METHODS",
+    "AbstractEigenSolver",
+    "AbstractOperator",
     "BatchEstimate",
     "EigResult",
     "EigenTracker",
     "HessianOperator",
-    "Operator",
+    "LOBPCG",
+    "Lanczos",
+    "Power",
     "PreconditionedOperator",
     "SpectralDensity",
     "Stableness",
@@ -51,10 +58,7 @@ __all__ = [
     "bottom_eigenpairs",
     "gradient_noise_interaction",
     "grad_top_eigenvalue",
-    "hessian_dense",
     "hutchinson_trace",
-    "hvp",
-    "hvp_block",
     "krylov_top",
     "spectral_density",
     "stableness",

@@ -121,8 +121,8 @@ def _rayleigh_chunk(objective: Objective, w: Array, key: Array, n: int, b: int) 
     r"""$g_B^\top H_B g_B / \|g_B\|^2$ for `_CHUNK` random batches (one HVP each)."""
 
     def one(idx):
-        f = jax.grad(batch_objective(objective, idx))
-        g, hg = jax.jvp(f, (w,), (f(w),))
+        _, g, matmat = HessianOperator(batch_objective(objective, idx), w).linearize()
+        hg = matmat(g[:, None])[:, 0]
         gg = jnp.vdot(g, g)
         return jnp.where(gg > 0, jnp.vdot(g, hg) / jnp.where(gg > 0, gg, 1.0), 0.0)
 
@@ -132,11 +132,11 @@ def _rayleigh_chunk(objective: Objective, w: Array, key: Array, n: int, b: int) 
 @eqx.filter_jit
 def _gni_chunk(objective: Objective, w: Array, key: Array, n: int, b: int) -> Array:
     r"""$g_B^\top H g_B$ (full-batch $H$) for `_CHUNK` random batches."""
-    _, lin = jax.linearize(jax.grad(objective), w)
+    _, _, matmat = HessianOperator(objective, w).linearize()
 
     def one(idx):
         gb = jax.grad(batch_objective(objective, idx))(w)
-        return jnp.vdot(gb, lin(gb))
+        return jnp.vdot(gb, matmat(gb[:, None])[:, 0])
 
     return jax.vmap(one)(random_batches(key, n, b, _CHUNK))
 

@@ -19,7 +19,7 @@ from jaxtyping import Array, Float
 from ..errors import ConfigError
 from ..objective import LossLike
 from .lanczos import lanczos_top
-from .operator import Operator, as_operator
+from .operator import AbstractOperator, as_operator
 
 __all__ = ["SpectralDensity", "spectral_density"]
 
@@ -60,7 +60,7 @@ def _slq(op, probes, m):
 
 
 def spectral_density(
-    loss: LossLike | Operator,
+    loss: LossLike | AbstractOperator,
     w: Float[Array, " d"] | None = None,
     key: Array | None = None,
     *,
@@ -75,7 +75,7 @@ def spectral_density(
     Spends ``n_probes * lanczos_steps`` HVPs (``lanczos_steps`` is capped at $D$). Moments up to
     degree $2m-1$ are exact per probe; the probe average is unbiased for $\mathrm{tr}(H^p)/D$.
     """
-    op = as_operator(loss, w)
+    op = as_operator(loss, w, tags=frozenset({"symmetric"}))
     for name, val in (("n_probes", n_probes), ("lanczos_steps", lanczos_steps)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ConfigError(name, val, "an integer >= 1")

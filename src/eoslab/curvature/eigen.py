@@ -1,24 +1,32 @@
-"""Top and bottom Hessian eigenpairs: Lanczos (default), LOBPCG, or power iteration (baseline)."""
+"""Top and bottom eigenpairs of a symmetric operator: one entry point (`top_eigenpairs`, and
+`bottom_eigenpairs` on $-H$), solvers as Modules (`Lanczos`, the default; `LOBPCG`; `Power`, a
+baseline), one result type (`EigResult`, with certified bounds)."""
 
 from __future__ import annotations
 
-from typing import Literal
+import abc
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from ..errors import ConfigError, check_choice, check_positive
+from ..errors import ConfigError, check_positive
 from ..objective import LossLike
 from ._checks import check_k
 from .lanczos import default_m_max, lanczos_top, ritz_vectors
-from .operator import Operator, as_operator
+from .operator import AbstractOperator, as_operator
 from .rounding import check_tol, default_tol, rounding_floor
 
-__all__ = ["EigResult", "top_eigenpairs", "bottom_eigenpairs", "METHODS"]
-
-METHODS = ("lanczos", "lobpcg", "power")
+__all__ = [
+    "AbstractEigenSolver",
+    "EigResult",
+    "LOBPCG",
+    "Lanczos",
+    "Power",
+    "bottom_eigenpairs",
+    "top_eigenpairs",
+]
 
 
 class EigResult(eqx.Module):
@@ -167,23 +175,77 @@ def _power_jit(op, X0, sign, *, tol, max_iters):
     return _certify_block(op, X, sign, tol, k * i)
 
 
-def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
-    op = as_operator(loss, w)
-    d = op.dim
-    k = check_k(k, d)
-    check_choice("method", method, METHODS)
-    if tol is None:
-        tol = default_tol(op.dtype)
-    check_positive("tol", tol)
-    check_tol(tol, op.dtype)
-    if max_matvecs is not None and (not isinstance(max_matvecs, int) or max_matvecs < k):
-        raise ConfigError("max_matvecs", max_matvecs, f"None or an integer >= k (= {k})")
-    _check_v0(v0, d, k)
-    key = jax.random.PRNGKey(0) if key is None else key
-    dtype = op.dtype
-    sign = jnp.asarray(sign, dtype)  # traced: top and bottom pairs share compiled code
-    if method == "lanczos":
-        m_max = default_m_max(k, d)
+def _block_start(v0, d, k, dtype, key) -> Array:
+    """A random ``(D, k)`` block whose first columns are the warm start's."""
+    X0 = jax.random.normal(key, (d, k), dtype)
+    if v0 is not None:
+        v0 = jnp.asarray(v0, dtype).reshape(d, -1)
+        j = min(k, v0.shape[1])
+        X0 = X0.at[:, :j].set(v0[:, :j])
+    return X0
+
+
+class AbstractEigenSolver(eqx.Module):
+    r"""How `top_eigenpairs` and `bottom_eigenpairs` find eigenpairs of a symmetric operator.
+
+    A subclass (final) implements ``check(k, dim)``, which raises `ConfigError` for what it
+    cannot solve (before any work), and ``solve(op, k, *, v0, tol, max_matvecs, key, sign)``,
+    which returns the top ``k`` eigenpairs of ``sign * op`` as an `EigResult` with values
+    multiplied back by ``sign``; ``v0`` is a warm start (a vector, a block of columns, or None)
+    and ``max_matvecs`` the budget of products (None: the solver's default).
+    """
+
+    @abc.abstractmethod
+    def check(self, k: int, dim: int) -> None:
+        """Raise `ConfigError` unless this solver can find ``k`` pairs of a ``dim``-dim operator."""
+
+    @abc.abstractmethod
+    def solve(
+        self,
+        op: AbstractOperator,
+        k: int,
+        *,
+        v0: Array | None,
+        tol: float,
+        max_matvecs: int | None,
+        key: Array,
+        sign: Array,
+    ) -> EigResult:
+        """The top ``k`` eigenpairs of ``sign * op`` (values multiplied back by ``sign``)."""
+
+
+class Lanczos(AbstractEigenSolver):
+    r"""Thick-restart Lanczos with full reorthogonalization (`eoslab.curvature.lanczos`).
+
+    Residuals come from the projected matrix, with no extra product. Single-vector Lanczos cannot
+    separate an eigenvalue of multiplicity > 1 (it returns one copy, then the next distinct value);
+    use `LOBPCG` when exact multiplicities matter. Default budget: ``max(1000, 2 D)`` products.
+
+    Attributes:
+        basis_size: basis vectors before a thick restart (None: ``max(3k + 20, 40)``, at most D).
+    """
+
+    basis_size: int | None = None
+
+    def __check_init__(self) -> None:
+        if self.basis_size is not None and (
+            isinstance(self.basis_size, bool)
+            or not isinstance(self.basis_size, int)
+            or self.basis_size < 2
+        ):
+            raise ConfigError("basis_size", self.basis_size, "None or an integer >= 2")
+
+    def check(self, k: int, dim: int) -> None:
+        m = self._basis(k, dim)
+        if m <= k and m < dim:
+            raise ConfigError("basis_size", self.basis_size, f"an integer > k (= {k}), or None")
+
+    def _basis(self, k: int, d: int) -> int:
+        return default_m_max(k, d) if self.basis_size is None else min(self.basis_size, d)
+
+    def solve(self, op, k, *, v0, tol, max_matvecs, key, sign) -> EigResult:
+        d, dtype = op.dim, op.dtype
+        m_max = self._basis(k, d)
         budget = max_matvecs if max_matvecs is not None else max(1000, 2 * d)
         keep = int(min(m_max - 1, max(k + 5, 2 * k)))
         start = _initial_vector(v0, d, dtype, key)
@@ -198,35 +260,72 @@ def _solve(loss, w, k, v0, tol, method, max_matvecs, key, sign) -> EigResult:
             max_matvecs=int(budget),
             keep=keep,
         )
-    # Block methods start from a block of k columns.
-    X0 = jax.random.normal(key, (d, k), dtype)
-    if v0 is not None:
-        v0 = jnp.asarray(v0, dtype).reshape(d, -1)
-        j = min(k, v0.shape[1])
-        X0 = X0.at[:, :j].set(v0[:, :j])
-    budget = max_matvecs if max_matvecs is not None else 1000 * k
-    if method == "lobpcg":
-        if 5 * k >= d:
+
+
+class LOBPCG(AbstractEigenSolver):
+    """LOBPCG (``jax.experimental.sparse.linalg.lobpcg_standard``), then Rayleigh-Ritz with
+    explicit residuals; resolves repeated eigenvalues. Needs $k < D/5$. Default budget:
+    ``1000 k`` products."""
+
+    def check(self, k: int, dim: int) -> None:
+        if 5 * k >= dim:
             raise ConfigError(
                 "k",
                 k,
-                f"k < D/5 (= {d / 5:g}) for method='lobpcg'",
-                "Use method='lanczos' for small problems.",
+                f"k < D/5 (= {dim / 5:g}) for LOBPCG",
+                "Use Lanczos() for small problems.",
             )
+
+    def solve(self, op, k, *, v0, tol, max_matvecs, key, sign) -> EigResult:
+        X0 = _block_start(v0, op.dim, k, op.dtype, key)
+        budget = max_matvecs if max_matvecs is not None else 1000 * k
         iters = max(1, (budget - 2 * k) // (4 * k))
         return _lobpcg_jit(op, X0, sign, tol=float(tol), max_iters=int(iters))
-    iters = max(1, (budget - k) // k)
-    return _power_jit(op, X0, sign, tol=float(tol), max_iters=int(iters))
+
+
+class Power(AbstractEigenSolver):
+    """Block power (subspace) iteration with the classic stopping rule on successive estimates:
+    a baseline that finds the eigenvalues largest in *magnitude*, not a correct top-k solver.
+    Default budget: ``1000 k`` products."""
+
+    def check(self, k: int, dim: int) -> None:
+        del k, dim
+
+    def solve(self, op, k, *, v0, tol, max_matvecs, key, sign) -> EigResult:
+        X0 = _block_start(v0, op.dim, k, op.dtype, key)
+        budget = max_matvecs if max_matvecs is not None else 1000 * k
+        iters = max(1, (budget - k) // k)
+        return _power_jit(op, X0, sign, tol=float(tol), max_iters=int(iters))
+
+
+def _solve(loss, w, k, v0, tol, solver, max_matvecs, key, sign) -> EigResult:
+    op = as_operator(loss, w, tags=frozenset({"symmetric"}))
+    d = op.dim
+    k = check_k(k, d)
+    solver = Lanczos() if solver is None else solver
+    if not isinstance(solver, AbstractEigenSolver):
+        raise ConfigError("solver", solver, "an eigensolver: Lanczos(), LOBPCG() or Power()")
+    if tol is None:
+        tol = default_tol(op.dtype)
+    check_positive("tol", tol)
+    check_tol(tol, op.dtype)
+    if max_matvecs is not None and (not isinstance(max_matvecs, int) or max_matvecs < k):
+        raise ConfigError("max_matvecs", max_matvecs, f"None or an integer >= k (= {k})")
+    _check_v0(v0, d, k)
+    solver.check(k, d)
+    key = jax.random.PRNGKey(0) if key is None else key
+    sign = jnp.asarray(sign, op.dtype)  # traced: top and bottom pairs share compiled code
+    return solver.solve(op, k, v0=v0, tol=tol, max_matvecs=max_matvecs, key=key, sign=sign)
 
 
 def top_eigenpairs(
-    loss: LossLike | Operator,
+    loss: LossLike | AbstractOperator,
     w: Float[Array, " d"] | None = None,
     k: int = 1,
     *,
     v0: Float[Array, " d"] | Float[Array, "d j"] | None = None,
     tol: float | None = None,
-    method: Literal["lanczos", "lobpcg", "power"] = "lanczos",
+    solver: AbstractEigenSolver | None = None,
     max_matvecs: int | None = None,
     key: Array | None = None,
 ) -> EigResult:
@@ -240,23 +339,23 @@ def top_eigenpairs(
     that the Krylov space has not missed an eigenvalue above it.
 
     Args:
-        loss: an `Operator` ($H$ itself, e.g. a `PreconditionedOperator`), an `Objective` or a
-            callable ``loss(w)``.
+        loss: a symmetric operator ($H$ itself, e.g. a `PreconditionedOperator`; any
+            `AbstractOperator` tagged ``"symmetric"``), an `Objective` or a callable ``loss(w)``.
         w: the point, shape ``(D,)``; omitted for an operator, an `Objective`'s ``w0`` if omitted.
         k: how many eigenpairs, ``1 <= k <= D``.
         v0: warm start: a vector or a block of columns (e.g. the previous eigenvectors).
         tol: relative tolerance on the certified error of each eigenvalue; at least
             `eoslab.curvature.rounding.min_tol` of the dtype (1.9e-6 for float32, 3.6e-15 for
             float64), else `ConfigError`. Default: 1e-6 (float64), 1e-5 (float32).
-        method: ``"lanczos"`` (thick-restart, full reorthogonalization), ``"lobpcg"``
-            (``jax.experimental.sparse.linalg``; resolves repeated eigenvalues), or ``"power"``
-            (block power iteration: a baseline that finds the largest *magnitudes*).
-        max_matvecs: budget of Hessian-vector products.
+        solver: `Lanczos` (thick-restart, full reorthogonalization; None means ``Lanczos()``),
+            `LOBPCG` (resolves repeated eigenvalues) or `Power` (block power iteration: a
+            baseline that finds the largest *magnitudes*).
+        max_matvecs: budget of Hessian-vector products (None: the solver's default).
         key: PRNG key for the random start and breakdown restarts.
 
     Note:
         Single-vector Lanczos cannot separate an eigenvalue of multiplicity > 1 (it returns one
-        copy, then the next distinct value); use ``method="lobpcg"`` when exact multiplicities
+        copy, then the next distinct value); use ``solver=LOBPCG()`` when exact multiplicities
         matter.
 
     >>> import jax.numpy as jnp
@@ -265,17 +364,17 @@ def top_eigenpairs(
     >>> round(float(r.values[0]), 4)
     3.0
     """
-    return _solve(loss, w, k, v0, tol, method, max_matvecs, key, 1.0)
+    return _solve(loss, w, k, v0, tol, solver, max_matvecs, key, 1.0)
 
 
 def bottom_eigenpairs(
-    loss: LossLike | Operator,
+    loss: LossLike | AbstractOperator,
     w: Float[Array, " d"] | None = None,
     k: int = 1,
     *,
     v0: Float[Array, " d"] | Float[Array, "d j"] | None = None,
     tol: float | None = None,
-    method: Literal["lanczos", "lobpcg", "power"] = "lanczos",
+    solver: AbstractEigenSolver | None = None,
     max_matvecs: int | None = None,
     key: Array | None = None,
 ) -> EigResult:
@@ -283,4 +382,4 @@ def bottom_eigenpairs(
 
     Same arguments and certificates as `top_eigenpairs` (it runs on $-H$).
     """
-    return _solve(loss, w, k, v0, tol, method, max_matvecs, key, -1.0)
+    return _solve(loss, w, k, v0, tol, solver, max_matvecs, key, -1.0)

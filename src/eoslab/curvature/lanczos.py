@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..errors import ConfigError
-from .operator import HessianOperator, Operator, PreconditionedOperator
+from .operator import AbstractOperator, as_operator
 from .rounding import rounding_floor
 
 __all__ = [
@@ -225,7 +225,7 @@ def lanczos_top(
 
 
 def krylov_top(
-    mv: Callable[[Array], Array] | Operator,
+    mv: Callable[[Array], Array] | AbstractOperator,
     v0: Float[Array, " d"],
     m: int,
     k: int,
@@ -242,7 +242,8 @@ def krylov_top(
     m = min(int(m), d)
     if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= m:
         raise ConfigError("k", k, f"an integer in [1, {m}] (at most min(m, D) Ritz pairs)")
-    if isinstance(mv, (HessianOperator, PreconditionedOperator)):
+    if isinstance(mv, AbstractOperator):
+        as_operator(mv, tags=frozenset({"symmetric"}))
         if mv.dim != d:
             raise ConfigError("v0.shape", v0.shape, f"({mv.dim},): the operator's dimension")
         mv = mv.mv

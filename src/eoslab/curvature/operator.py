@@ -1,8 +1,10 @@
-r"""The Hessian of an objective at a point, as a symmetric linear operator.
+r"""Operators: the curvature of an objective at a point, as a linear operator with tags.
 
-Every curvature solver (Lanczos, LOBPCG, power iteration, the tracker, traces, SLQ, stableness)
-takes an operator. This module is the one place where a Hessian-vector product and the gradient of
-a Rayleigh quotient $\nabla_w\,u^\top\nabla^2L(w)\,u = \nabla^3L(w)[u,u]$ are written.
+Every curvature solver (Lanczos, LOBPCG, power iteration, the trackers, traces, SLQ, stableness)
+takes an `AbstractOperator`. This module is the one place where a Hessian-vector product and the
+gradient of a Rayleigh quotient $\nabla_w\,u^\top\nabla^2L(w)\,u = \nabla^3L(w)[u,u]$ are
+written: `HessianOperator.linearize` (and the third derivative beside it); every other product
+(`mv`, `mm`, a preconditioned one, the every-step tracker's) applies that linearization.
 
 >>> import jax.numpy as jnp
 >>> from eoslab import Objective
@@ -12,8 +14,8 @@ a Rayleigh quotient $\nabla_w\,u^\top\nabla^2L(w)\,u = \nabla^3L(w)[u,u]$ are wr
 [2.4, 10.0]
 """
 
-from __future__ import annotations
-
+import abc
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -26,15 +28,98 @@ from ..objective import LossLike, Objective, as_objective
 from ._checks import check_w, concrete
 
 __all__ = [
+    "AbstractOperator",
     "HessianOperator",
     "PreconditionedOperator",
-    "Operator",
+    "TAGS",
     "as_operator",
 ]
 
+#: The tags an operator may declare: ``"symmetric"`` ($A^\top = A$: real eigenvalues, what the
+#: eigensolvers need) and ``"positive_semidefinite"`` (e.g. a Gauss-Newton matrix).
+TAGS = frozenset({"symmetric", "positive_semidefinite"})
 
-class HessianOperator(eqx.Module):
-    r"""$H = \nabla^2 L(w)$ of ``objective`` at ``w``: ``mv``, ``mm`` and third derivatives.
+Linearization = tuple[Array, Array, Callable[[Array], Array]]
+"""``(value, gradient, matmat)``: $L(w)$, $\\nabla L(w)$ and $X \\mapsto AX$ from one pass."""
+
+
+class AbstractOperator(eqx.Module):
+    r"""A linear operator $A$ on $\mathbb{R}^D$ tied to a point $w$: the curvature there.
+
+    A subclass (final: nothing below it overrides what it implements) declares
+
+    - ``w``: the point, shape ``(D,)`` (a field or a property);
+    - ``tags``: a ``ClassVar`` frozenset drawn from `TAGS`; the eigensolvers refuse an operator
+      without ``"symmetric"``;
+
+    and implements
+
+    - ``linearize() -> (value, gradient, matmat)``: the loss and its gradient at $w$ and
+      ``matmat(X) = A X`` for a block ``X`` of shape ``(D, k)``, all from one linearization, so a
+      step that needs the gradient gets the products for the price of their tangents;
+    - ``as_matrix()``: the dense $A$ (small problems and tests);
+    - ``at(w)``: the same operator at another point;
+    - ``grad_quadratic_form(u)``: $(u^\top A u,\ \nabla_w\,u^\top A(w)\,u)$, $u$ fixed;
+    - ``step_direction()``: the direction gradient descent steps along (against), whose
+      stability $A$ governs;
+    - ``check()``: raise `ConfigError` unless the operator is well formed (run before any work).
+
+    The base class gives ``dim``, ``dtype``, ``mm`` and ``mv`` (both from ``linearize``: one
+    block, one linearization) and ``quadratic_form``.
+    """
+
+    # (no `from __future__ import annotations` here: equinox reads these annotations unquoted)
+    w: eqx.AbstractVar[Float[Array, " d"]]
+    tags: eqx.AbstractClassVar[frozenset[str]]
+
+    @property
+    def dim(self) -> int:
+        """$D$."""
+        return int(self.w.shape[0])
+
+    @property
+    def dtype(self) -> Any:
+        return self.w.dtype
+
+    @abc.abstractmethod
+    def linearize(self) -> Linearization:
+        r"""$(L(w), \nabla L(w), X \mapsto AX)$ from one linearization at $w$."""
+
+    @abc.abstractmethod
+    def as_matrix(self) -> Float[Array, "d d"]:
+        """The dense matrix (small problems and tests only)."""
+
+    @abc.abstractmethod
+    def at(self, w: Float[Array, " d"]) -> "AbstractOperator":
+        """The same operator at another point."""
+
+    @abc.abstractmethod
+    def grad_quadratic_form(self, u: Float[Array, " d"]) -> tuple[Array, Array]:
+        r"""$(u^\top A u,\ \nabla_w\, u^\top A(w)\, u)$ with $u$ fixed."""
+
+    @abc.abstractmethod
+    def step_direction(self) -> Float[Array, " d"]:
+        """The direction a gradient step moves against, whose stability this operator governs."""
+
+    @abc.abstractmethod
+    def check(self) -> None:
+        """Raise `ConfigError` unless the operator is well formed (before any work)."""
+
+    def mm(self, V: Float[Array, "d k"]) -> Float[Array, "d k"]:
+        r"""$AV$ for a block of columns, from one linearization."""
+        return self.linearize()[2](V)
+
+    def mv(self, v: Float[Array, " d"]) -> Float[Array, " d"]:
+        r"""$Av$."""
+        return self.mm(v[:, None])[:, 0]
+
+    def quadratic_form(self, u: Float[Array, " d"]) -> Float[Array, ""]:
+        r"""$u^\top A u$."""
+        return jnp.vdot(u, self.mv(u))
+
+
+class HessianOperator(AbstractOperator):
+    r"""$H = \nabla^2 L(w)$ of ``objective`` at ``w``: products and third derivatives.
 
     Attributes:
         objective: the loss $L$ (an `eoslab.Objective`: its data are traced, never baked in).
@@ -43,40 +128,19 @@ class HessianOperator(eqx.Module):
 
     objective: Objective
     w: Float[Array, " d"]
-    symmetric: ClassVar[bool] = True
+    tags: ClassVar[frozenset[str]] = frozenset({"symmetric"})
 
-    @property
-    def dim(self) -> int:
-        return int(self.w.shape[0])
+    def linearize(self) -> Linearization:
+        r"""$(L(w), \nabla L(w), X \mapsto HX)$: ``jax.linearize`` of ``jax.value_and_grad``
+        (forward over reverse); the columns of a block are vmapped."""
+        (value, grad), jvp = jax.linearize(jax.value_and_grad(self.objective), self.w)
 
-    @property
-    def dtype(self) -> Any:
-        return self.w.dtype
+        def matmat(X: Array) -> Array:
+            if X.shape[1] == 1:  # vmap's batched matmuls cost ~15% more than one product on CPU
+                return jvp(X[:, 0])[1][:, None]
+            return jax.vmap(lambda x: jvp(x)[1], in_axes=1, out_axes=1)(X)
 
-    def gradient(self) -> Float[Array, " d"]:
-        r"""$\nabla L(w)$."""
-        return jax.grad(self.objective)(self.w)
-
-    def step_direction(self) -> Float[Array, " d"]:
-        r"""$\nabla L(w)$: gradient descent steps along $-\nabla L$, whose stability $H$ governs."""
-        return self.gradient()
-
-    def mv(self, v: Float[Array, " d"]) -> Float[Array, " d"]:
-        r"""$Hv$ by forward-over-reverse (``jax.jvp`` of ``jax.grad``)."""
-        return jax.jvp(jax.grad(self.objective), (self.w,), (v,))[1]
-
-    def gradient_and_mv(self, v: Float[Array, " d"]) -> tuple[Array, Array]:
-        r"""$(\nabla L(w), Hv)$ from one forward-over-reverse pass."""
-        return jax.jvp(jax.grad(self.objective), (self.w,), (v,))
-
-    def mm(self, V: Float[Array, "d k"]) -> Float[Array, "d k"]:
-        r"""$HV$ for a block of columns: $\nabla L$ is linearized once and the columns vmapped."""
-        _, lin = jax.linearize(jax.grad(self.objective), self.w)
-        return jax.vmap(lin, in_axes=1, out_axes=1)(V)
-
-    def quadratic_form(self, u: Float[Array, " d"]) -> Float[Array, ""]:
-        r"""$u^\top H u$."""
-        return jnp.vdot(u, self.mv(u))
+        return value, grad, matmat
 
     def grad_quadratic_form(self, u: Float[Array, " d"]) -> tuple[Array, Array]:
         r"""$(u^\top H u,\ \nabla_w\, u^\top\nabla^2L(w)\,u = \nabla^3L(w)[u,u])$ with $u$ fixed.
@@ -90,16 +154,24 @@ class HessianOperator(eqx.Module):
 
         return jax.value_and_grad(rayleigh)(self.w)
 
+    def step_direction(self) -> Float[Array, " d"]:
+        r"""$\nabla L(w)$: gradient descent steps along $-\nabla L$, whose stability $H$ governs."""
+        return jax.grad(self.objective)(self.w)
+
     def as_matrix(self) -> Float[Array, "d d"]:
         """The dense matrix (``jax.hessian``; small problems and tests only)."""
         return jax.hessian(self.objective)(self.w)
 
-    def at(self, w: Float[Array, " d"]) -> HessianOperator:
+    def at(self, w: Float[Array, " d"]) -> "HessianOperator":
         """The same objective's Hessian at another point."""
         return HessianOperator(self.objective, w)
 
+    def check(self) -> None:
+        """The point must be a finite vector of the objective's dimension."""
+        check_w(self.w, self.objective)
 
-class PreconditionedOperator(eqx.Module):
+
+class PreconditionedOperator(AbstractOperator):
     r"""$P^{-1/2} H P^{-1/2}$ for a positive diagonal $P$: symmetric, same spectrum as $P^{-1}H$.
 
     An eigenvector $z$ of this operator gives $P^{-1/2}z$, an eigenvector of $P^{-1}H$.
@@ -111,15 +183,7 @@ class PreconditionedOperator(eqx.Module):
 
     hessian: HessianOperator
     p: Float[Array, " d"] = eqx.field(converter=jnp.asarray)  # an array, so jit traces it
-    symmetric: ClassVar[bool] = True
-
-    @property
-    def dim(self) -> int:
-        return self.hessian.dim
-
-    @property
-    def dtype(self) -> Any:
-        return self.hessian.dtype
+    tags: ClassVar[frozenset[str]] = frozenset({"symmetric"})
 
     @property
     def w(self) -> Array:
@@ -132,43 +196,50 @@ class PreconditionedOperator(eqx.Module):
     def _s(self) -> Array:
         return 1.0 / jnp.sqrt(jnp.asarray(self.p, self.dtype))
 
-    def step_direction(self) -> Float[Array, " d"]:
-        r"""$P^{-1}\nabla L(w)$: the preconditioned step, whose stability this operator governs."""
-        return self.hessian.gradient() / jnp.asarray(self.p, self.dtype)
-
-    def mv(self, v: Float[Array, " d"]) -> Float[Array, " d"]:
-        s = self._s()
-        return s * self.hessian.mv(s * v)
-
-    def mm(self, V: Float[Array, "d k"]) -> Float[Array, "d k"]:
+    def linearize(self) -> Linearization:
+        r"""$(L(w), \nabla L(w), X \mapsto P^{-1/2}HP^{-1/2}X)$ from $H$'s linearization."""
+        value, grad, hmm = self.hessian.linearize()
         s = (self._s() * jnp.ones(self.dim, self.dtype))[:, None]
-        return s * self.hessian.mm(s * V)
-
-    def quadratic_form(self, u: Float[Array, " d"]) -> Float[Array, ""]:
-        return jnp.vdot(u, self.mv(u))
+        return value, grad, lambda X: s * hmm(s * X)
 
     def grad_quadratic_form(self, u: Float[Array, " d"]) -> tuple[Array, Array]:
         r"""$(u^\top P^{-1/2}HP^{-1/2}u,\ \nabla_w$ of it$)$ at fixed $P$."""
         return self.hessian.grad_quadratic_form(self._s() * u)
 
+    def step_direction(self) -> Float[Array, " d"]:
+        r"""$P^{-1}\nabla L(w)$: the preconditioned step, whose stability this operator governs."""
+        return self.hessian.step_direction() / jnp.asarray(self.p, self.dtype)
+
     def as_matrix(self) -> Float[Array, "d d"]:
         s = self._s() * jnp.ones(self.dim, self.dtype)
         return s[:, None] * self.hessian.as_matrix() * s[None, :]
 
-    def at(self, w: Float[Array, " d"]) -> PreconditionedOperator:
+    def at(self, w: Float[Array, " d"]) -> "PreconditionedOperator":
         """The same objective and preconditioner at another point."""
         return PreconditionedOperator(self.hessian.at(w), self.p)
 
+    def check(self) -> None:
+        """$H$'s point, and a positive diagonal of shape ``()`` or ``(D,)``."""
+        self.hessian.check()
+        p = jnp.asarray(self.p)
+        if p.shape not in ((), (self.dim,)):
+            raise ConfigError("p.shape", p.shape, f"() or ({self.dim},): the diagonal of P")
+        if concrete(p) and not bool(jnp.all(jnp.isfinite(p) & (p > 0))):
+            raise ConfigError("p", "<has entries <= 0 or not finite>", "a positive diagonal")
 
-Operator = HessianOperator | PreconditionedOperator
 
-
-def as_operator(loss: LossLike | Operator, w: Array | None = None) -> Operator:
+def as_operator(
+    loss: LossLike | AbstractOperator,
+    w: Array | None = None,
+    *,
+    tags: frozenset[str] = frozenset(),
+) -> AbstractOperator:
     """An operator from an operator, an `Objective` (at ``w``, default its ``w0``) or ``loss(w)``.
 
-    Checks the point (and a preconditioner) before any work: `ConfigError` on bad input.
+    Checks the point (and an operator's own `check`) before any work, and that the operator
+    carries ``tags`` (e.g. ``{"symmetric"}`` for an eigensolver): `ConfigError` on bad input.
     """
-    if isinstance(loss, (HessianOperator, PreconditionedOperator)):
+    if isinstance(loss, AbstractOperator):
         if w is not None:
             raise ConfigError(
                 "w",
@@ -176,7 +247,8 @@ def as_operator(loss: LossLike | Operator, w: Array | None = None) -> Operator:
                 "no point: an operator already has its point",
                 "Pass the arguments after the operator by keyword (e.g. k=2).",
             )
-        _check_operator(loss)
+        loss.check()
+        _check_tags(loss, tags)
         return loss
     if w is None:
         if not isinstance(loss, Objective):
@@ -187,16 +259,20 @@ def as_operator(loss: LossLike | Operator, w: Array | None = None) -> Operator:
     return HessianOperator(obj, jnp.asarray(w, obj.dtype))
 
 
-def _check_operator(op: Operator) -> None:
-    """Raise `ConfigError` unless the point is a finite vector of the objective's dimension and a
-    preconditioner's diagonal is positive, of shape ``()`` or ``(D,)``."""
-    check_w(op.w, op.objective)
-    if isinstance(op, PreconditionedOperator):
-        p = jnp.asarray(op.p)
-        if p.shape not in ((), (op.dim,)):
-            raise ConfigError("p.shape", p.shape, f"() or ({op.dim},): the diagonal of P")
-        if concrete(p) and not bool(jnp.all(jnp.isfinite(p) & (p > 0))):
-            raise ConfigError("p", "<has entries <= 0 or not finite>", "a positive diagonal")
+def _check_tags(op: AbstractOperator, tags: frozenset[str]) -> None:
+    declared = frozenset(op.tags)
+    if not declared <= TAGS:
+        unknown = sorted(declared - TAGS)
+        raise ConfigError(f"{type(op).__name__}.tags", unknown, f"tags from {sorted(TAGS)}")
+    missing = frozenset(tags) - declared
+    if missing:
+        raise ConfigError(
+            "operator",
+            f"{type(op).__name__} (tags {sorted(declared)})",
+            f"an operator tagged {sorted(tags)}",
+            "The eigensolvers assume a symmetric operator (real eigenvalues, orthogonal "
+            "eigenvectors).",
+        )
 
 
 def _describe(x: Any) -> Any:

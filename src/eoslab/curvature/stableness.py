@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike
 from .lanczos import default_m_max, lanczos_top, ritz_vectors
-from .operator import Operator, as_operator
+from .operator import AbstractOperator, as_operator
 
 __all__ = ["Stableness", "stableness"]
 
@@ -52,7 +52,7 @@ def _stableness(op, eta, key, *, n_points, tol, m_max, budget):
 
 
 def stableness(
-    loss: LossLike | Operator,
+    loss: LossLike | AbstractOperator,
     w: Float[Array, " d"] | None = None,
     eta: float | None = None,
     *,
@@ -69,7 +69,7 @@ def stableness(
     ``loss`` may be an operator (pass ``eta`` by keyword): for a `PreconditionedOperator` the step
     is $w - s P^{-1}\nabla L(w)$ and $\lambda_1$ that of $P^{-1/2}\nabla^2 L P^{-1/2}$ ($P$ fixed).
     """
-    op = as_operator(loss, w)
+    op = as_operator(loss, w, tags=frozenset({"symmetric"}))
     check_positive("eta", eta)
     if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 2:
         raise ConfigError("n_points", n_points, "an integer >= 2 (the segment's endpoints)")

@@ -36,7 +36,7 @@ from jaxtyping import Array, Float, Int
 from ..errors import ConfigError, check_positive
 from .rounding import check_tol, rounding_floor
 
-__all__ = ["StepTracker", "StepTrackerState", "StepEig", "linearized_gradient"]
+__all__ = ["StepTracker", "StepTrackerState", "StepEig"]
 
 
 class StepTrackerState(NamedTuple):
@@ -64,24 +64,6 @@ class StepEig(NamedTuple):
     next_value: Float[Array, ""]  # the guard Ritz value (<= lambda_{k+1}); NaN if not multiplied
     matvecs: Int[Array, ""]
     converged: Array
-
-
-def linearized_gradient(
-    loss: Callable[[Array], Array], w: Float[Array, " d"]
-) -> tuple[Array, Array, Callable[[Array], Array]]:
-    r"""$L(w)$, $\nabla L(w)$ and $X\mapsto\nabla^2L(w)X$ from one linearization of $\nabla L$.
-
-    The gradient is the linearization's primal output, so a step that needs both the gradient and
-    Hessian products pays for the backward pass once.
-    """
-    (value, grad), jvp = jax.linearize(jax.value_and_grad(loss), w)
-
-    def matmat(X: Array) -> Array:
-        if X.shape[1] == 1:  # vmap's batched matmuls cost ~15% more than one product on CPU
-            return jvp(X[:, 0])[1][:, None]
-        return jax.vmap(lambda x: jvp(x)[1], in_axes=1, out_axes=1)(X)
-
-    return value, grad, matmat
 
 
 #: Once a step needs a second round, rounds go on until the top residuals are below
@@ -266,7 +248,8 @@ class StepTracker(eqx.Module):
         """Certified top-$k$ eigenvalues of the operator ``matmat`` from the warm ``state``.
 
         ``relinearize``, if given, builds the same operator anew for the later rounds. A
-        ``matmat`` from `linearized_gradient` is then used once, so XLA fuses that product with
+        ``matmat`` from an operator's ``linearize()`` (`eoslab.curvature.HessianOperator`) is
+        then used once, so XLA fuses that product with
         the gradient instead of storing the linearization for rounds most steps skip (along
         eos-gd the stored one cost 0.2 of a plain step, every step)."""
         k, k1, m = self.k, self.block, self.block * self.max_rounds

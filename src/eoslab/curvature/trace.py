@@ -11,7 +11,7 @@ from jaxtyping import Array, Float
 
 from ..errors import ConfigError, check_choice
 from ..objective import LossLike
-from .operator import Operator, as_operator
+from .operator import AbstractOperator, as_operator
 
 __all__ = ["TraceEstimate", "hutchinson_trace"]
 
@@ -45,7 +45,7 @@ def _hutchpp(op, S, G):
 
 
 def hutchinson_trace(
-    loss: LossLike | Operator,
+    loss: LossLike | AbstractOperator,
     w: Float[Array, " d"] | None = None,
     n_probes: int | None = None,
     key: Array | None = None,

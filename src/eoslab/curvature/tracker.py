@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,12 +10,10 @@ from jaxtyping import Array, Float
 
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike
-from .eigen import EigResult, top_eigenpairs
-from .operator import HessianOperator, Operator, PreconditionedOperator, as_operator
+from .eigen import AbstractEigenSolver, EigResult, Lanczos, top_eigenpairs
+from .operator import AbstractOperator, as_operator
 
 __all__ = ["EigenTracker", "align_vectors"]
-
-_OPERATORS = (HessianOperator, PreconditionedOperator)
 
 
 def align_vectors(
@@ -52,9 +48,12 @@ def align_vectors(
 class EigenTracker:
     r"""Tracks the top-$k$ eigenpairs of $\nabla^2 L(w_t)$ (or of operators $H_t$) as $t$ moves.
 
+    The solver that carries state: each ``update`` is one `top_eigenpairs` call with ``solver``
+    (`Lanczos` by default), warm-started from the last, and returns its `EigResult`.
     ``update(w)`` solves at the point ``w`` of ``loss`` (an operator's ``at(w)`` if ``loss`` is
     one); ``update(op)`` solves for the operator ``op`` itself, e.g. a
     `PreconditionedOperator` whose preconditioner changes from step to step (no ``loss`` needed).
+    `state` and `load_state` carry the warm start through a checkpoint.
 
     Each `update` warm-starts block Lanczos from the previous eigenvectors and the guard Ritz vector
     below them, extrapolated linearly from the two previous updates ($2v_t - v_{t-1}$; the start
@@ -72,22 +71,25 @@ class EigenTracker:
 
     def __init__(
         self,
-        loss: LossLike | Operator | None = None,
+        loss: LossLike | AbstractOperator | None = None,
         k: int = 1,
         tol: float = 1e-3,
         *,
         grow_above: float | None = None,
         max_k: int = 20,
-        method: Literal["lanczos", "lobpcg", "power"] = "lanczos",
+        solver: AbstractEigenSolver | None = None,
         align_rtol: float = 1e-3,
         max_matvecs: int | None = None,
         seed: int = 0,
     ) -> None:
-        if loss is not None and not (callable(loss) or isinstance(loss, _OPERATORS)):
+        if loss is not None and not (callable(loss) or isinstance(loss, AbstractOperator)):
             raise ConfigError("loss", loss, "None, an operator, an Objective or a callable loss(w)")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError("k", k, "an integer >= 1")
         check_positive("tol", tol)
+        solver = Lanczos() if solver is None else solver
+        if not isinstance(solver, AbstractEigenSolver):
+            raise ConfigError("solver", solver, "an eigensolver: Lanczos(), LOBPCG() or Power()")
         if grow_above is not None:
             check_positive("grow_above", grow_above)
         if not isinstance(max_k, int) or max_k < k:
@@ -97,7 +99,7 @@ class EigenTracker:
         self.tol = tol
         self.grow_above = grow_above
         self.max_k = max_k
-        self.method = method
+        self.solver = solver
         self.align_rtol = align_rtol
         self.max_matvecs = max_matvecs
         self._key = jax.random.PRNGKey(seed)
@@ -107,9 +109,9 @@ class EigenTracker:
         self.total_matvecs = 0
         self.updates = 0
 
-    def _operator(self, point: Array | Operator) -> Operator:
+    def _operator(self, point: Array | AbstractOperator) -> AbstractOperator:
         # top_eigenpairs checks the operator before any work.
-        if isinstance(point, _OPERATORS):
+        if isinstance(point, AbstractOperator):
             return point
         if self.loss is None:
             raise ConfigError(
@@ -117,11 +119,11 @@ class EigenTracker:
                 "<a point>",
                 "an operator (this tracker has no loss: EigenTracker(loss) takes points)",
             )
-        if isinstance(self.loss, _OPERATORS):
+        if isinstance(self.loss, AbstractOperator):
             return self.loss.at(jnp.asarray(point, self.loss.dtype))
         return as_operator(self.loss, point)
 
-    def _solve(self, op: Operator, k: int) -> EigResult:
+    def _solve(self, op: AbstractOperator, k: int) -> EigResult:
         self._key, sub = jax.random.split(self._key)
         v0 = self.vectors
         if v0 is not None and self.previous is not None and self.previous.shape == v0.shape:
@@ -133,7 +135,7 @@ class EigenTracker:
             k=k,
             v0=v0,
             tol=self.tol,
-            method=self.method,
+            solver=self.solver,
             max_matvecs=self.max_matvecs,
             key=sub,
         )
@@ -164,7 +166,7 @@ class EigenTracker:
             return jnp.concatenate([res.vectors, res.next_vector[:, None]], axis=1)
         return res.vectors
 
-    def update(self, point: Float[Array, " d"] | Operator) -> EigResult:
+    def update(self, point: Float[Array, " d"] | AbstractOperator) -> EigResult:
         """Eigenpairs at the point ``w`` of ``loss``, or of an operator; warm-started."""
         op = self._operator(point)
         dim = op.dim

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..curvature.operator import HessianOperator, Operator, PreconditionedOperator
+from ..curvature.operator import AbstractOperator, HessianOperator, PreconditionedOperator
 from ..errors import ConfigError
 from ..losses import safe_sqrt
 from ..objective import Objective
@@ -58,7 +58,7 @@ class RuleProcess(Process):
         nxt, _ = self.rule_step(objective, state)
         return self.rule.preconditioner(nxt.inner)
 
-    def operator(self, objective: Objective, state: Any) -> Operator:
+    def operator(self, objective: Objective, state: Any) -> AbstractOperator:
         r"""$H$, or $P^{-1/2}HP^{-1/2}$ (the spectrum of $P^{-1}H$) for adaptive rules."""
         H = HessianOperator(objective.base(), state.w)
         p = self.preconditioner(objective, state)

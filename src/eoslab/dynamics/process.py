@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..curvature.operator import HessianOperator, Operator
-from ..curvature.step_tracker import StepTracker, StepTrackerState, linearized_gradient
+from ..curvature.operator import AbstractOperator, HessianOperator
+from ..curvature.step_tracker import StepTracker, StepTrackerState
 from ..objective import Objective
 
 __all__ = ["Process", "Row", "advance", "measure", "base_row"]
@@ -70,7 +70,7 @@ class Process(eqx.Module):
         """``n`` steps on the host (processes with ``compiled = False`` override this)."""
         raise NotImplementedError(f"{type(self).__name__} is compiled: use eoslab.dynamics.advance")
 
-    def operator(self, objective: Objective, state: Any) -> Operator:
+    def operator(self, objective: Objective, state: Any) -> AbstractOperator:
         """The operator whose top eigenvalue is compared with the threshold (default: $H$)."""
         return self.hessian(objective, state)
 
@@ -103,9 +103,9 @@ def sharpness_row(
     r"""The certified top eigenvalues of $\nabla^2L(w)$ by ``tracker`` from ``tstate``, as row
     columns (``sharpness``, ``eigs``, ``sharpness_error``, ``sharpness_matvecs``), with $L(w)$
     and $\nabla L(w)$ from the same linearization."""
-    base = objective.base()
-    loss, grad, matmat = linearized_gradient(base, w)
-    tstate, eig = tracker.update(matmat, tstate, lambda: linearized_gradient(base, w)[2])
+    op = HessianOperator(objective.base(), w)
+    loss, grad, matmat = op.linearize()
+    tstate, eig = tracker.update(matmat, tstate, lambda: op.linearize()[2])
     row = {
         "sharpness": eig.values[0],
         "eigs": eig.values,

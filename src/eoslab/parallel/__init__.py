@@ -7,6 +7,7 @@
 * `initialize(coordinator, num_processes, process_id)`: multi-host via ``jax.distributed``.
 """
 
+from ..mean_objective import batch_size_of as batch_size_of
 from .distributed import free_port as free_port
 from .distributed import initialize as initialize
 from .distributed import shutdown as shutdown
@@ -17,7 +18,6 @@ from .sharding import compiled_collectives as compiled_collectives
 from .sharding import data_mesh as data_mesh
 from .sharding import is_sharded as is_sharded
 from .sharding import shard_objective as shard_objective
-from .weighted import batch_size_of as batch_size_of
 
 __all__ = [
     "MicrobatchPlan",

@@ -1,6 +1,6 @@
 r"""Micro-batching: the full-batch loss, gradient and HVP accumulated over blocks of examples.
 
-For a mean objective (see `eoslab.parallel.weighted`: ``from_model`` with a per-example-mean
+For a mean objective (see `eoslab.mean_objective`: ``from_model`` with a per-example-mean
 loss on a model without full-batch BatchNorm)
 
 $$L(w) = \frac1N\sum_{i=1}^N \ell_i(w) = \sum_{b=1}^{\lceil N/B\rceil} \frac{n_b}{N}\,\bar\ell_b(w),
@@ -10,8 +10,9 @@ so $\nabla L$, $\nabla^2 L\,v$ and every higher derivative are the same size-wei
 blocks' derivatives. `microbatched` returns an `Objective` computing exactly this inside one
 compiled ``lax.scan`` over blocks of $B$ rows (the last block is completed with zero-weight
 padding rows); the scan body is rematerialised, so the working memory of a gradient or an HVP is
-that of one block. Every eoslab function (``jax.grad``, `hvp`, `top_eigenpairs`,
-`EigenTracker`, training rules) then works unchanged on the returned objective.
+that of one block. Every eoslab function (``jax.grad``, an operator's products,
+`top_eigenpairs`, `EigenTracker`, training rules) then works unchanged on the returned objective:
+its Hessian products are `HessianOperator`'s, and the sum over blocks is the objective's own.
 
 Other objectives are refused with `ConfigError`: a general ``fn(w, data)`` need not be a mean
 over anything.
@@ -25,10 +26,11 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from ..curvature.operator import HessianOperator
 from ..errors import ConfigError
+from ..mean_objective import chunk_sum, mean_parts, num_examples, weighted_objective
 from ..objective import Objective
 from .sharding import is_sharded, shard_objective
-from .weighted import chunk_sum, mean_parts, num_examples, weighted_objective
 
 __all__ = ["MicrobatchPlan", "microbatched", "plan_microbatch"]
 
@@ -57,11 +59,13 @@ def _block_hvp_temp_bytes(obj: Objective, b: int) -> float:
     ms = jax.ShapeDtypeStruct((b,), obj.dtype)
     w = jax.ShapeDtypeStruct(obj.w0.shape, obj.dtype)
 
+    def block_loss(u, data):
+        frozen, xb, yb, mb = data
+        return chunk_sum(parts.apply, parts.loss, eqx.combine(parts.unravel(u), frozen), xb, yb, mb)
+
     def f(w, v, frozen, xb, yb, mb):
-        loss = lambda u: chunk_sum(
-            parts.apply, parts.loss, eqx.combine(parts.unravel(u), frozen), xb, yb, mb
-        )
-        return jax.jvp(jax.grad(loss), (w,), (v,))[1]
+        block = Objective(fn=block_loss, data=(frozen, xb, yb, mb), w0=w)
+        return HessianOperator(block, w).mv(v)
 
     frozen = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), obj.data["frozen"]

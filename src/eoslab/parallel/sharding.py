@@ -4,7 +4,7 @@ A full-batch loss is a reduction over examples, $L(w) = \frac1N\sum_i \ell_i(w)$
 gradient, HVPs and third derivatives. `shard_objective` places every per-example array of an
 objective along a 1-D ``Mesh(devices, ("data",))`` with ``NamedSharding(mesh, P("data"))`` and
 replicates everything else (parameters ``w0``, frozen parameters). The jitted eoslab code
-(``jax.grad``, `hvp`, `hvp_block`, `top_eigenpairs`, `EigenTracker`, the training rules) then
+(``jax.grad``, an operator's ``mv``/``mm``, `top_eigenpairs`, `EigenTracker`, the rules) then
 runs unchanged: XLA's SPMD partitioner computes each device's partial sums and joins them with an
 ``all-reduce``, and everything of parameter shape (gradients, eigenvectors, Lanczos bases) stays
 replicated. `compiled_collectives` shows the collectives in a compiled program.
@@ -16,7 +16,7 @@ Which arrays are per-example:
     length $N$. Scalars are replicated.
 
 Example counts not divisible by the number of devices $n$: a mean objective (``from_model`` with
-a per-example-mean loss, see `eoslab.parallel.weighted`) is padded with
+a per-example-mean loss, see `eoslab.mean_objective`) is padded with
 $\lceil N/n\rceil n - N$ zero-weight examples and evaluated as $\sum_i m_i\ell_i$,
 $m_i = 1/N$ on real examples, $0$ on padding: the same function of $w$. Any other objective is
 refused with `ConfigError` (XLA shardings must divide the axis evenly, and a general
@@ -40,8 +40,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ..errors import ConfigError
+from ..mean_objective import batch_size_of, mean_parts, weighted_objective
 from ..objective import Objective
-from .weighted import batch_size_of, mean_parts, weighted_objective
 
 __all__ = ["compiled_collectives", "data_mesh", "shard_objective", "is_sharded"]
 

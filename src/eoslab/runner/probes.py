@@ -22,7 +22,7 @@ import tyro
 from jaxtyping import Array
 
 from ..curvature import EigenTracker, stableness, top_eigenpairs
-from ..curvature.operator import HessianOperator, PreconditionedOperator
+from ..curvature.operator import HessianOperator
 from ..curvature.rounding import check_tol
 from ..dynamics.phi import phi_result
 from ..dynamics.process import Process
@@ -96,7 +96,8 @@ class Probes:
 
 @eqx.filter_jit
 def _alignment(op: HessianOperator, lam: Array) -> Array:
-    g, hg = op.gradient_and_mv(op.gradient())
+    _, g, matmat = op.linearize()
+    hg = matmat(g[:, None])[:, 0]
     return jnp.vdot(g, hg) / (jnp.vdot(g, g) * lam)
 
 
@@ -107,7 +108,7 @@ def _operator(process: Process, objective: Objective, state: Any):
 
 @eqx.filter_jit
 def _gradient(op: HessianOperator) -> Array:
-    return op.gradient()
+    return op.step_direction()
 
 
 class ProbeSet:
@@ -169,7 +170,7 @@ class ProbeSet:
                     float(_alignment(H, jnp.asarray(lam, H.dtype))) if ok else math.nan
                 )
             op = _operator(process, objective, state) if self.cfg.effective else None
-            if isinstance(op, PreconditionedOperator):
+            if op is not None and not isinstance(op, HessianOperator):  # not H itself
                 eres = self.eff_tracker.update(op)
                 out["eff_sharpness"] = float(eres.values[0])
                 out["sharpness_matvecs"] = out.get(

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from .._version import __version__
 from ..errors import (
     ConfigError,
     DamagedRunError,
@@ -240,8 +241,6 @@ class RunStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_dir.mkdir()
         self.checkpoint_dir.mkdir()
-        from .. import __version__
-
         record = {
             "config": config,
             "eoslab_version": __version__,

@@ -6,13 +6,13 @@ $(2+2\beta_1)/((1-\beta_1)\eta)$, where $P$ preconditions the step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..curvature import EigResult, top_eigenpairs
+from ..curvature import AbstractEigenSolver, EigResult, top_eigenpairs
 from ..curvature._checks import check_w
 from ..curvature.operator import HessianOperator, PreconditionedOperator
 from ..dynamics.optimizer import Optimizer
@@ -49,7 +49,7 @@ def preconditioned_sharpness(
     *,
     tol: float = 1e-6,
     v0: Array | None = None,
-    method: Literal["lanczos", "lobpcg", "power"] = "lanczos",
+    solver: AbstractEigenSolver | None = None,
 ) -> PreconditionedSharpness:
     r"""$\lambda_{1..k}(P^{-1}H)$ for a positive diagonal $P$ (Adam: $P=\sqrt{\hat\nu}+\epsilon$),
     by Lanczos on the `PreconditionedOperator` $P^{-1/2}HP^{-1/2}$."""
@@ -61,7 +61,7 @@ def preconditioned_sharpness(
     if not bool(jnp.all(jnp.isfinite(P))) or not bool(jnp.all(P > 0)):
         raise ConfigError("P_diag", "<array>", "finite, strictly positive entries")
     op = PreconditionedOperator(HessianOperator(obj, w), P)
-    res = top_eigenpairs(op, k=k, tol=tol, v0=v0, method=method)
+    res = top_eigenpairs(op, k=k, tol=tol, v0=v0, solver=solver)
     return PreconditionedSharpness(res.values, res.vectors, res)
 
 

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ..errors import ConfigError
-from ..losses import SqrtLoss, cross_entropy, mse_half, mse_sum, safe_sqrt
-from ..objective import ModelLoss, Objective
+from .errors import ConfigError
+from .losses import SqrtLoss, cross_entropy, mse_half, mse_sum, safe_sqrt
+from .objective import ModelLoss, Objective
 
 __all__ = [
     "MEAN_LOSSES",
