@@ -183,9 +183,7 @@ def test_warm_eigen_solve_spends_one_block_product_per_substep():
     assert np.all(mv >= 4 * 8) and np.all(mv <= 4 * (8 + 30))
 
 
-def _tanh_mlp(
-    n: int, widths: tuple[int, ...], seed: int = 0, subset: str = "first"
-) -> Objective:
+def _tanh_mlp(n: int, widths: tuple[int, ...], seed: int = 0, subset: str = "first") -> Objective:
     """A tanh MLP on ``n`` MNIST-1D examples (10 outputs; ``subset`` and ``seed`` pick them and
     the initialization), MSE, float64."""
     from eoslab import data, models

@@ -18,9 +18,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..curvature import krylov_top, top_eigenpairs
-from ..curvature.rounding import clip_tol
 from ..curvature.lanczos import lanczos_top, ritz_vectors
 from ..curvature.operator import HessianOperator, PreconditionedOperator
+from ..curvature.rounding import clip_tol
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
 from .process import Process, Row
