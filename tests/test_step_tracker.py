@@ -11,7 +11,7 @@ import pytest
 from eoslab import Objective
 from eoslab.curvature.step_tracker import StepTracker, StepTrackerState, linearized_gradient
 from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.rules import gd, normalized_gd, sqrt_loss_gd
+from eoslab.dynamics.rules import GD, NormalizedGD, SqrtLossGD
 from eoslab.errors import ConfigError
 from eoslab.runner import Probes, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, small_mlp_loss
@@ -138,7 +138,7 @@ def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
     loss, w0 = small_mlp_loss(n=24, hidden=6)
     obj = Objective.from_fn(loss, w0, dtype="float64")
     r = run(
-        Optimizer(gd(0.5)),
+        Optimizer(GD(0.5)),
         obj,
         150,
         probe_every=50,
@@ -156,7 +156,7 @@ def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
     assert np.median(m["sharpness_matvecs"][1:]) <= 8
 
 
-@pytest.mark.parametrize("rule", [gd(0.5), normalized_gd(0.05), sqrt_loss_gd(0.1)])
+@pytest.mark.parametrize("rule", [GD(0.5), NormalizedGD(0.05), SqrtLossGD(0.1)])
 def test_the_fused_step_takes_the_same_steps(rule):
     """The step given the linearization's gradient = the step that computes its own."""
     loss, w0 = small_mlp_loss(n=24, hidden=6, seed=3)
@@ -178,7 +178,7 @@ def test_resume_continues_the_step_tracker_bit_for_bit(tmp_path):
     loss, w0 = small_mlp_loss(n=24, hidden=6)
     obj = Objective.from_fn(loss, w0, dtype="float64")
     kw = dict(probe_every=10, probes=Probes(every_step=True, tol=1e-6), flush_seconds=0)
-    whole = run(Optimizer(gd(1.0)), obj, 40, out=tmp_path / "a", **kw).metrics
+    whole = run(Optimizer(GD(1.0)), obj, 40, out=tmp_path / "a", **kw).metrics
 
     calls = {"n": 0}
 
@@ -190,9 +190,9 @@ def test_resume_continues_the_step_tracker_bit_for_bit(tmp_path):
         return {}
 
     with pytest.raises(KeyboardInterrupt):
-        run(Optimizer(gd(1.0)), obj, 40, out=tmp_path / "b", custom_probes=(interrupt,), **kw)
+        run(Optimizer(GD(1.0)), obj, 40, out=tmp_path / "b", custom_probes=(interrupt,), **kw)
     again = dict(out=tmp_path / "b", resume=True, custom_probes=(interrupt,))
-    resumed = run(Optimizer(gd(1.0)), obj, 40, **again, **kw).metrics
+    resumed = run(Optimizer(GD(1.0)), obj, 40, **again, **kw).metrics
     assert_same_metrics(whole, resumed)
 
 
@@ -210,7 +210,7 @@ def test_checkpoint_round_trip_and_older_column_layout():
     obj = Objective.from_fn(loss, w0, dtype="float64")
 
     def lockstep():
-        return _Lockstep({"gd": Optimizer(gd(0.5))}, obj, w0, Probes(every_step=True), 0, False)
+        return _Lockstep({"gd": Optimizer(GD(0.5))}, obj, w0, Probes(every_step=True), 0, False)
 
     lock = lockstep()
     for _ in range(3):  # the Lanczos start, then two tracker steps: a history to keep
