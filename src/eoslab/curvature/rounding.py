@@ -71,6 +71,6 @@ def check_tol(tol: float, dtype: Any, name: str = "tol") -> float:
             name,
             tol,
             f">= {floor:.1e} for {np.dtype(dtype).name} (what its rounding lets a bound certify)",
-            "Use float64 (dtype='float64') for tighter bounds.",
+            "Tighter bounds need float64 (e.g. a run with --dtype float64).",
         )
     return float(tol)
