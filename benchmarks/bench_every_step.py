@@ -39,7 +39,7 @@ from eoslab.curvature import HessianOperator, top_eigenpairs
 from eoslab.curvature.step_tracker import StepTracker
 from eoslab.dynamics.optimizer import Optimizer
 from eoslab.dynamics.process import advance
-from eoslab.dynamics.rules import gd
+from eoslab.dynamics.rules import GD
 
 CHUNK = 10
 
@@ -89,7 +89,7 @@ def flop_ratio(obj: Objective, w) -> float:
 
 def bench_workload(make, chunks: int, samples: int) -> dict:
     obj, lr, warmup = make()
-    proc = Optimizer(gd(lr))
+    proc = Optimizer(GD(lr))
     state = proc.init(obj, obj.w0)
     if warmup:
         state = advance(proc, obj, state, warmup)[0]

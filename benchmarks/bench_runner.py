@@ -57,9 +57,9 @@ def _timed(obj, steps: int, probe_every: int, sharpness: bool) -> float:
 
     probes = Probes(sharpness=sharpness, alignment=False)
     # warm-up: compile the scan of this length and the probes
-    train(obj, rules.gd(0.1), min(steps, 2 * probe_every), probe_every=probe_every, probes=probes)
+    train(obj, rules.GD(0.1), min(steps, 2 * probe_every), probe_every=probe_every, probes=probes)
     t0 = time.perf_counter()
-    run = train(obj, rules.gd(0.1), steps, probe_every=probe_every, probes=probes)
+    run = train(obj, rules.GD(0.1), steps, probe_every=probe_every, probes=probes)
     jax.block_until_ready(run.w)
     return time.perf_counter() - t0
 

@@ -25,7 +25,7 @@ from bench_curvature import hessian_mv
 from eoslab.curvature.eigen import top_eigenpairs
 from eoslab.dynamics.optimizer import Optimizer
 from eoslab.dynamics.process import advance
-from eoslab.dynamics.rules import gd
+from eoslab.dynamics.rules import GD
 
 HISTORY = 5  # the predictors read v_(t-1) ... v_(t-5), as StepTracker keeps them
 
@@ -53,7 +53,7 @@ def main(workload: str = "fc-tanh 5k", start: int = 170, steps: int = 12, k: int
     import bench_every_step
 
     obj, lr, _ = bench_every_step.workloads(False)[workload]()
-    proc = Optimizer(gd(lr))
+    proc = Optimizer(GD(lr))
     state = advance(proc, obj, proc.init(obj, obj.w0), start)[0]
     predictors = {**PREDICTORS, "fitted recurrence": _recurrence}
     hist: list[np.ndarray] = []

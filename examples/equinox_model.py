@@ -47,7 +47,7 @@ def make_objective(seed: int = 0) -> Objective:
 def main(steps: int = 300, lr: float = 0.3, probe_every: int = 25) -> eoslab.Run:
     """Train, print the sharpness beside 2/lr at every probe, and return the run."""
     objective = make_objective()
-    run = eoslab.train(objective, rules.gd(lr), steps, probe_every=probe_every, probes=Probes(k=1))
+    run = eoslab.train(objective, rules.GD(lr), steps, probe_every=probe_every, probes=Probes(k=1))
     probed = run.metrics[run.metrics["sharpness"].notna()]
     print(f"Equinox MLP, {objective.dim} parameters, GD lr {lr}: 2/lr = {2 / lr:g}")
     print(f"{'step':>6} {'loss':>10} {'sharpness':>10}")

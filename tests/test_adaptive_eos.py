@@ -5,20 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eoslab.dynamics.rules import adam, heavy_ball
+from eoslab.dynamics.rules import Adam, HeavyBall
 from eoslab.errors import ConfigError
-from eoslab.theory import (
-    adam_threshold,
-    heavy_ball_threshold,
-    preconditioned_sharpness,
-    track_preconditioned_sharpness,
-)
+from eoslab.theory import preconditioned_sharpness, track_preconditioned_sharpness
 from helpers import small_mlp_loss
 
 
 def test_preconditioned_sharpness_matches_dense():
     f, w = small_mlp_loss()
-    rule = adam(1e-2)
+    rule = Adam(1e-2)
     state = rule.init(w)
     for _ in range(5):
         w, state, _ = rule.step(w, state, jax.grad(f)(w), f(w))
@@ -30,9 +25,9 @@ def test_preconditioned_sharpness_matches_dense():
 
 
 def test_thresholds():
-    assert adam_threshold(0.01, 0.9) == pytest.approx(3800.0)
-    assert heavy_ball_threshold(0.1, 0.9) == pytest.approx(38.0)
-    assert adam(0.01, 0.9).step(jnp.ones(2), adam(0.01).init(jnp.ones(2)), jnp.ones(2), 0.0)[
+    assert Adam(0.01, 0.9).threshold() == pytest.approx(3800.0)
+    assert HeavyBall(0.1, 0.9).threshold() == pytest.approx(38.0)
+    assert Adam(0.01, 0.9).step(jnp.ones(2), Adam(0.01).init(jnp.ones(2)), jnp.ones(2), 0.0)[
         2
     ].threshold == pytest.approx(3800.0)
 
@@ -40,7 +35,7 @@ def test_thresholds():
 def test_track_on_quadratic_heavy_ball():
     A = jnp.diag(jnp.array([3.0, 1.0]))
     df = track_preconditioned_sharpness(
-        lambda w: 0.5 * w @ A @ w, jnp.ones(2), heavy_ball(0.1, 0.5), 20, every=10
+        lambda w: 0.5 * w @ A @ w, jnp.ones(2), HeavyBall(0.1, 0.5), 20, every=10
     )
     assert list(df["sharpness"]) == pytest.approx([3.0, 3.0])
     assert list(df["threshold"]) == pytest.approx([30.0, 30.0])
@@ -55,7 +50,7 @@ def test_bad_inputs():
         preconditioned_sharpness(f, w, jnp.ones(3))
     assert e.value.field == "P_diag.shape"
     with pytest.raises(ConfigError) as e:
-        adam_threshold(0.1, 1.5)
+        Adam(0.1, 1.5)
     assert e.value.field == "beta1"
     with pytest.raises(ConfigError) as e:
         track_preconditioned_sharpness(f, w, "adam", 10)

@@ -27,7 +27,7 @@ def _quadratic() -> Objective:
 def test_train_refuses_a_budget_below_one_step_before_any_work(tmp_path, steps):
     out = tmp_path / "run"
     with pytest.raises(ConfigError) as err:
-        train(_quadratic(), rules.gd(0.1), steps, out=out)
+        train(_quadratic(), rules.GD(0.1), steps, out=out)
     assert err.value.field == "steps" and err.value.accepted == "an integer >= 1"
     assert not out.exists()
 
@@ -98,14 +98,14 @@ NO_SHARPNESS = Probes(sharpness=False)  # accuracy alone: no eigen-solver to com
 
 def test_train_measures_a_classifiers_accuracy_by_default():
     obj, x, y = _classifier()
-    run = train(obj, rules.gd(0.5), 20, probe_every=10, probes=NO_SHARPNESS)
+    run = train(obj, rules.GD(0.5), 20, probe_every=10, probes=NO_SHARPNESS)
     probed = run.metrics[run.metrics["accuracy"].notna()]
     assert list(probed["step"]) == [0, 10, 20]
     w_end = np.asarray(run.w, np.float64)
     assert probed["accuracy"].iloc[-1] == pytest.approx(_numpy_accuracy(w_end, x, y), abs=1e-6)
     w0 = np.asarray(obj.w0, np.float64)
     assert probed["accuracy"].iloc[0] == pytest.approx(_numpy_accuracy(w0, x, y), abs=1e-6)
-    off = train(obj, rules.gd(0.5), 20, probe_every=10, probes=NO_SHARPNESS, accuracy=False)
+    off = train(obj, rules.GD(0.5), 20, probe_every=10, probes=NO_SHARPNESS, accuracy=False)
     assert "accuracy" not in off.metrics
 
 
@@ -134,7 +134,7 @@ def test_api_and_cli_give_the_same_accuracy_column():
     )
     via_cli = execute(exp).metrics
     objective = build(exp).objective
-    via_api = train(objective, rules.gd(0.2), 10, probe_every=5, probes=NO_SHARPNESS).metrics
+    via_api = train(objective, rules.GD(0.2), 10, probe_every=5, probes=NO_SHARPNESS).metrics
     a = via_cli.loc[via_cli["accuracy"].notna(), ["step", "accuracy"]].to_numpy()
     b = via_api.loc[via_api["accuracy"].notna(), ["step", "accuracy"]].to_numpy()
     np.testing.assert_array_equal(a[:, 0], [0, 5, 10])

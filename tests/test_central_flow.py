@@ -8,7 +8,7 @@ import pytest
 from eoslab import Objective
 from eoslab.dynamics.central_flow import CentralFlow
 from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.rules import gd
+from eoslab.dynamics.rules import GD
 from eoslab.errors import ConfigError
 from eoslab.runner import Probes, run
 from eoslab.theory import (
@@ -78,7 +78,7 @@ def test_central_flow_time_average_matches_gd_on_orbit():
     w0 = jnp.array([xs, ys, 0.3])
     steps = 300
     cf = central_flow(toy, w0, lr=LR, steps=steps)
-    it = iterate(toy, w0, gd(LR), steps)
+    it = iterate(toy, w0, GD(LR), steps)
     gd_avg = float(np.mean(np.asarray(it.loss)[100:steps]))
     pred = float(np.mean(cf.pred_loss[100:]))
     assert gd_avg == pytest.approx(C0 * KAPPA, rel=0.1)
@@ -255,7 +255,7 @@ def test_predicted_loss_has_no_one_step_spike(widths, seed, subset):
     lr, steps, half = 0.5, 1200, 20
     obj = _tanh_mlp(300, widths, seed, subset)
     res = run(
-        {"gd": Optimizer(gd(lr)), "cf": CentralFlow(lr=lr)},
+        {"gd": Optimizer(GD(lr)), "cf": CentralFlow(lr=lr)},
         obj,
         steps,
         probe_every=steps,

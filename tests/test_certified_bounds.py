@@ -144,7 +144,7 @@ def test_tolerances_below_the_dtype_are_refused_before_any_work():
         from eoslab.runner import Probes, run
 
         obj = PROBLEMS["tanh-a"]()["float32"]
-        run(Optimizer(rules.gd(0.1)), obj, 2, probes=Probes(tol=1e-7))
+        run(Optimizer(rules.GD(0.1)), obj, 2, probes=Probes(tol=1e-7))
 
 
 def test_tracker_bounds_hold_along_a_float32_trajectory():

@@ -39,7 +39,14 @@ def test_run_config_end_to_end(tmp_path, capsys):
     assert "completed" in text and "figure:" in text
     assert (out / "figures" / "overview.png").stat().st_size > 10_000
     rec = json.loads((out / "config.json").read_text())
-    assert rec["config"]["rule"] == {"kind": "gd", "lr": 0.5}
+    # the rule records its display name and threshold beside its fields (2/lr = 2/0.5 = 4)
+    assert rec["config"]["rule"] == {
+        "kind": "gd",
+        "lr": 0.5,
+        "name": "GD",
+        "threshold_formula": "2/lr",
+        "threshold": 4.0,
+    }
     assert from_dict(rec["config"]) == from_dict(TINY)
     df = pd.concat(pd.read_parquet(p) for p in (out / "metrics").glob("*.parquet"))
     assert sorted(df["step"]) == list(range(41))
@@ -301,6 +308,24 @@ def test_resume_extends_a_finished_run_to_the_numbers_of_a_longer_one(tmp_path, 
     assert a.config["config"]["steps"] == 40 and a.config["extended"][0]["from_steps"] == 20
 
 
+def test_a_run_recorded_before_rules_recorded_their_threshold_still_resumes(tmp_path):
+    """A config.json from before rules recorded their display name and threshold (the rule's
+    kind and fields only, as eoslab wrote it then) loads, extends to the numbers of a longer run
+    and records the rule in full from then on."""
+    cfg = _write(tmp_path, TINY)
+    old, full = tmp_path / "old", tmp_path / "full"
+    flags = ["--quiet", "--no-plot"]
+    assert main(["run", "--config", str(cfg), "--steps", "20", "--out", str(old), *flags]) == 0
+    record = json.loads((old / "config.json").read_text())
+    record["config"]["rule"] = {"kind": "gd", "lr": 0.5}  # what the old code wrote
+    (old / "config.json").write_text(json.dumps(record))
+    assert main(["resume", str(old), "--steps", "40", *flags]) == 0
+    assert main(["run", "--config", str(cfg), "--out", str(full), *flags]) == 0
+    a, b = load_run(old), load_run(full)
+    pd.testing.assert_frame_equal(a.metrics, b.metrics, check_exact=True)
+    assert a.config["config"]["rule"]["threshold"] == 2 / 0.5
+
+
 @pytest.mark.parametrize(
     "files",
     [
@@ -414,7 +439,7 @@ def test_help_shows_each_default_once_and_no_leaks(argv, capsys):
 
 
 def test_help_text_is_the_docstrings_first_paragraph_in_plain_unicode():
-    from eoslab.experiments import GD
+    from eoslab.dynamics.rules import GD
     from eoslab.helptext import plain, plain_docstrings
 
     assert plain(r"$w_{t+1} = w_t - \eta\nabla L(w_t)$; ``lr`` `x`") == "wₜ₊₁ = wₜ - η∇L(wₜ); lr x"

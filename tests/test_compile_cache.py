@@ -1,6 +1,6 @@
 """Compiled steps are never shared between rules that differ (the old cache keyed on __code__)."""
 
-from __future__ import annotations
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
@@ -19,15 +19,33 @@ def _objective():
     return Objective.from_data_fn(_half_sq, jnp.asarray(1.0), np.ones(2), dtype="float64")
 
 
-def _closure_rule(lr: float) -> rules.Rule:
-    """A custom rule as a user writes it: a factory closing over its learning rate."""
+class Mine(rules.Rule):
+    """A custom rule as a user writes it: its learning rate a field."""
 
-    def step(w, state, g, loss):
+    lr: float
+
+    kind: ClassVar[str] = "mine"
+    name: ClassVar[str] = "mine"
+    threshold_formula: ClassVar[str] = "2/lr"
+    adaptive: ClassVar[bool] = False
+
+    def init(self, w):
+        return ()
+
+    def step(self, w, state, g, loss):
         del loss
-        lr_t = jnp.asarray(lr, w.dtype)
+        lr_t = jnp.asarray(self.lr, w.dtype)
         return w - lr_t * g, state, rules.StepInfo(lr_t, 2.0 / lr_t)
 
-    return rules.Rule("mine", lambda w: (), step, None, {})
+    def preconditioner(self, state):
+        return None
+
+    def threshold(self):
+        return 2.0 / self.lr
+
+
+def _closure_rule(lr: float) -> rules.Rule:
+    return Mine(lr)
 
 
 def _final(rule) -> np.ndarray:
@@ -35,15 +53,15 @@ def _final(rule) -> np.ndarray:
     return np.asarray(run.w)
 
 
-def test_closure_rules_with_different_lr_give_different_results():
+def test_rules_with_different_lr_give_different_results():
     # w_5 = (1 - lr)^5 w_0 on 1/2 |w|^2
     np.testing.assert_allclose(_final(_closure_rule(0.1)), 0.9**5, rtol=1e-12)
     np.testing.assert_allclose(_final(_closure_rule(0.5)), 0.5**5, rtol=1e-12)
 
 
 def test_optax_rules_with_different_schedules_give_different_results():
-    a = rules.from_optax(optax.sgd(optax.constant_schedule(0.1)), name="sched")
-    b = rules.from_optax(optax.sgd(optax.linear_schedule(0.5, 0.0, 5)), name="sched")
+    a = rules.OptaxRule(optax.sgd(optax.constant_schedule(0.1)), kind="sched")
+    b = rules.OptaxRule(optax.sgd(optax.linear_schedule(0.5, 0.0, 5)), kind="sched")
     np.testing.assert_allclose(_final(a), 0.9**5, rtol=1e-12)
     # lr_t = 0.5 (1 - t/5): prod_t (1 - lr_t)
     expect = np.prod([1 - 0.5 * (1 - t / 5) for t in range(5)])

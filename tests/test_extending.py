@@ -1,4 +1,4 @@
-"""Extending eoslab: a new update rule (one init/step pair) and a new process (one class), both
+"""Extending eoslab: a new update rule (one class) and a new process (one class), both
 defined here and nowhere else, run in lockstep with a built-in optimizer through the one loop:
 probed, stored, resumed after SIGKILL and plotted, each number against a closed form on a
 quadratic $L(w) = \\tfrac12 w^\\top A w$ of known spectrum."""
@@ -6,7 +6,7 @@ quadratic $L(w) = \\tfrac12 w^\\top A w$ of known spectrum."""
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ from jaxtyping import Array
 from eoslab import Objective
 from eoslab.dynamics.optimizer import Optimizer
 from eoslab.dynamics.process import Process
-from eoslab.dynamics.rules import Rule, StepInfo, gd
+from eoslab.dynamics.rules import GD, Rule, StepInfo
 from eoslab.report import plot_runs
 from eoslab.runner import Probes, RunStore, load_run, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, run_python
@@ -34,18 +34,30 @@ STEPS, PROBE_EVERY = 60, 10
 # --------------------------------------------------------------------------- the user's code
 
 
-def decaying_gd(lr0: float, decay: float) -> Rule:
-    """GD with a decaying learning rate, lr_t = lr0 / (1 + decay t): a user's new rule."""
+class DecayingGD(Rule):
+    """GD with a decaying learning rate, lr_t = lr / (1 + decay t): a user's new rule."""
 
-    def init(w):
+    lr: float
+    decay: float
+
+    kind: ClassVar[str] = "decaying_gd"
+    name: ClassVar[str] = "GD, decaying lr"
+    threshold_formula: ClassVar[str] = "2/lr_t"
+    adaptive: ClassVar[bool] = False
+
+    def init(self, w):
         return jnp.zeros((), jnp.int32)  # the step count
 
-    def step(w, t, g, loss):
+    def step(self, w, t, g, loss):
         del loss
-        lr_t = lr0 / (1.0 + decay * t.astype(w.dtype))
+        lr_t = self.lr / (1.0 + self.decay * t.astype(w.dtype))
         return w - lr_t * g, t + 1, StepInfo(lr_t, 2.0 / lr_t)
 
-    return Rule("decaying_gd", init, step, None, {"lr": lr0, "decay": decay})
+    def preconditioner(self, state):
+        return None
+
+    def threshold(self):
+        return None  # changes every step
 
 
 class EulerFlowState(NamedTuple):
@@ -96,8 +108,8 @@ def _objective() -> Objective:
 def lockstep_run(out, resume=False):
     """The run every test here looks at (the SIGKILL victim runs it too, in its own process)."""
     processes = {
-        "gd": Optimizer(gd(LR)),
-        "decay": Optimizer(decaying_gd(LR0, DECAY)),
+        "gd": Optimizer(GD(LR)),
+        "decay": Optimizer(DecayingGD(LR0, DECAY)),
         "euler": EulerFlow(lr=LR, substeps=SUBSTEPS),
     }
     return run(
@@ -204,8 +216,16 @@ def test_the_store_holds_all_three_processes(reference):
         np.testing.assert_array_equal(back.points[name], np.asarray(w))
     procs = json.loads((reference.path / "config.json").read_text())["config"]["processes"]
     assert procs["euler"] == {"kind": "EulerFlow", "lr": LR, "substeps": SUBSTEPS}
-    assert procs["decay"]["rule"] == "decaying_gd" and procs["decay"]["decay"] == DECAY
-    assert procs["gd"]["rule"] == "gd"
+    assert procs["decay"] == {
+        "kind": "optimizer",
+        "rule": "decaying_gd",
+        "lr": LR0,
+        "decay": DECAY,
+        "name": "GD, decaying lr",
+        "threshold_formula": "2/lr_t",
+        "threshold": None,
+    }
+    assert procs["gd"]["rule"] == "gd" and procs["gd"]["threshold"] == 2 / LR
 
 
 @pytest.mark.subprocess

@@ -15,7 +15,7 @@ from eoslab import Objective
 from eoslab.dynamics.central_flow import CentralFlow
 from eoslab.dynamics.gradient_flow import GradientFlow
 from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.rules import gd
+from eoslab.dynamics.rules import GD
 from eoslab.runner import Probes, RunStore, load_run, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, run_python
 
@@ -42,7 +42,7 @@ def _orbit_start() -> np.ndarray:
 def toy_run(out, resume=False, sharpness=False):
     """The three-process run (the subprocesses of the SIGKILL test run it too)."""
     processes = {
-        "gd": Optimizer(gd(LR)),
+        "gd": Optimizer(GD(LR)),
         "flow": GradientFlow(lr=LR),
         "central": CentralFlow(lr=LR),
     }
@@ -202,7 +202,7 @@ def _gd_losses(obj, lr, steps):
 def test_the_same_rule_is_compiled_once_and_rules_that_differ_never_share_code():
     w0 = np.array([1.0, 1.0, -1.0])
     objs = [_quadratic(w0), _quadratic(2 * w0, eigs=(2.0, 1.5, 0.1), seed=2)]
-    a, b = gd(0.3), gd(0.5)
+    a, b = GD(0.3), GD(0.5)
     procs = [Optimizer(a), Optimizer(a), Optimizer(b)]
 
     def go(proc, obj):
@@ -233,7 +233,7 @@ DIV_AT = 512
 
 def _diverging_run(out, probe_every, resume=False):
     obj = Objective.from_data_fn(_quad, jnp.asarray(DIV_A), np.ones(3), dtype="float64")
-    procs = {"flow": GradientFlow(lr=0.1), "gd": Optimizer(gd(DIV_LR))}
+    procs = {"flow": GradientFlow(lr=0.1), "gd": Optimizer(GD(DIV_LR))}
     kw = dict(probe_every=probe_every, probes=Probes(sharpness=False), out=out, resume=resume)
     if resume:
         return run(procs, obj, 2000, **kw)

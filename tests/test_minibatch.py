@@ -154,7 +154,7 @@ def test_random_batches_are_uniform_subsets():
 def test_sgd_steps_on_its_batches_and_epochs_cover_the_data():
     obj, x, y = problem(n=18)
     lr = 0.05
-    proc = MiniBatch(rules.gd(lr), B, seed=7)
+    proc = MiniBatch(rules.GD(lr), B, seed=7)
     state = proc.init(obj, obj.w0)
     step = eqx.filter_jit(lambda p, o, s: p.step(o, s))
     seen = []
@@ -174,8 +174,8 @@ def test_sgd_steps_on_its_batches_and_epochs_cover_the_data():
         assert len(set(epoch)) == 16  # without replacement inside an epoch
     assert any(not np.array_equal(seen[i], seen[i + 4]) for i in range(4))  # reshuffled
     # reproducible from the seed; another seed draws other batches
-    again = MiniBatch(rules.gd(lr), B, seed=7)
-    other = MiniBatch(rules.gd(lr), B, seed=8)
+    again = MiniBatch(rules.GD(lr), B, seed=7)
+    other = MiniBatch(rules.GD(lr), B, seed=8)
     for p, same in ((again, True), (other, False)):
         s = p.init(obj, obj.w0)
         bs = []
@@ -187,7 +187,7 @@ def test_sgd_steps_on_its_batches_and_epochs_cover_the_data():
 
 @pytest.mark.parametrize(
     "rule",
-    [rules.gd(0.3), rules.heavy_ball(0.1, beta=0.9), rules.adam(0.01)],
+    [rules.GD(0.3), rules.HeavyBall(0.1, beta=0.9), rules.Adam(0.01)],
     ids=["gd", "heavy_ball", "adam"],
 )
 def test_full_batch_minibatch_is_the_optimizer(rule):
@@ -204,7 +204,7 @@ def test_full_batch_minibatch_is_the_optimizer(rule):
 
 def test_resume_is_bit_identical_with_the_probe(tmp_path):
     obj, _, _ = problem()
-    proc = {"sgd": MiniBatch(rules.heavy_ball(0.1, beta=0.5), B, seed=2)}
+    proc = {"sgd": MiniBatch(rules.HeavyBall(0.1, beta=0.5), B, seed=2)}
     probe = batch_sharpness_probe(
         B, rel_err=0.05, max_batches=40, seed=5, lambda_max_batches=8, gni_max_batches=40
     )
@@ -235,7 +235,7 @@ def test_probe_in_the_loop_against_dense_values():
     probe = batch_sharpness_probe(
         N, max_batches=12, lambda_max_batches=3, lambda_tol=1e-8, gni_max_batches=3
     )
-    res = run(MiniBatch(rules.gd(0.1), N), obj, 0, probes=Probes(tol=1e-8), custom_probes=(probe,))
+    res = run(MiniBatch(rules.GD(0.1), N), obj, 0, probes=Probes(tol=1e-8), custom_probes=(probe,))
     row = res.metrics.iloc[0]
     g = jax.grad(ref_loss)(obj.w0, x, y)
     Hf = jax.hessian(ref_loss)(obj.w0, x, y)
@@ -249,13 +249,13 @@ def test_probe_in_the_loop_against_dense_values():
 def test_bad_input_names_the_field():
     obj, _, _ = problem()
     with pytest.raises(ConfigError, match="batch_size"):
-        MiniBatch(rules.gd(0.1), N + 1).init(obj, obj.w0)
+        MiniBatch(rules.GD(0.1), N + 1).init(obj, obj.w0)
     with pytest.raises(ConfigError, match="batch_size"):
-        MiniBatch(rules.gd(0.1), 0)
+        MiniBatch(rules.GD(0.1), 0)
     with pytest.raises(ConfigError, match="rule"):
         MiniBatch("sgd", 4)
     with pytest.raises(ConfigError, match="transform"):
-        MiniBatch(rules.gd(0.1), 4).init(obj.sqrt(), obj.w0)
+        MiniBatch(rules.GD(0.1), 4).init(obj.sqrt(), obj.w0)
     plain = Objective.from_fn(lambda w: jnp.sum(w**2), jnp.ones(3))
     with pytest.raises(ConfigError, match="objective"):
         batch_sharpness(plain, None, 1)
@@ -268,7 +268,7 @@ def test_bad_input_names_the_field():
 def test_microbatched_objective_steps_like_the_plain_one():
     obj, _, _ = problem(n=18)
     mobj = microbatched(obj, batch_size=4)  # 18 rows padded with zero weight to 20
-    proc = MiniBatch(rules.heavy_ball(0.1, beta=0.5), 4, seed=3)
+    proc = MiniBatch(rules.HeavyBall(0.1, beta=0.5), 4, seed=3)
     s1, r1, _ = advance(proc, obj, proc.init(obj, obj.w0), 9, keep_points=True)
     s2, r2, _ = advance(proc, mobj, proc.init(mobj, obj.w0), 9, keep_points=True)
     for col in ("w", "loss", "batch_loss", "grad_norm"):

@@ -27,33 +27,12 @@ _spec.loader.exec_module(names)
 # one object under two different public names: none today
 ALIASES: dict[str, str] = {}
 
-_RULES = "rules helper: the configs are exported by eoslab.rules only"
-_THRESHOLDS = "theory helper: the thresholds travel with the rules, theory/ dissolved"
-TWO_ADDRESSES: dict[str, str] = {
-    "eoslab.dynamics.rules.Adam = eoslab.experiments.Adam": _RULES,
-    "eoslab.dynamics.rules.GD = eoslab.experiments.GD": _RULES,
-    "eoslab.dynamics.rules.HeavyBall = eoslab.experiments.HeavyBall": _RULES,
-    "eoslab.dynamics.rules.Nesterov = eoslab.experiments.Nesterov": _RULES,
-    "eoslab.dynamics.rules.NormalizedGD = eoslab.experiments.NormalizedGD": _RULES,
-    "eoslab.dynamics.rules.RMSProp = eoslab.experiments.RMSProp": _RULES,
-    "eoslab.dynamics.rules.RuleConfig = eoslab.experiments.RuleConfig": _RULES,
-    "eoslab.dynamics.rules.SqrtLossGD = eoslab.experiments.SqrtLossGD": _RULES,
-    "eoslab.dynamics.rules.adam_threshold = eoslab.theory.adam_threshold": _THRESHOLDS,
-    "eoslab.dynamics.rules.heavy_ball_threshold = eoslab.theory.heavy_ball_threshold": _THRESHOLDS,
-}
+TWO_ADDRESSES: dict[str, str] = {}
 
-_FACTORY = "rules helper: one strict Module per rule, no factory duplicate"
 _WRAPPER = "theory helper: the front door and its result type go (theory/ dissolved)"
 _RESULT = "kept: a function and the result type it returns, one concept (diffrax's Solution)"
 _MODEL = "kept: the architecture and its initializer, which returns (model, parameters)"
 TWINS: dict[str, str] = {
-    "eoslab.dynamics.rules.Adam ~ eoslab.dynamics.rules.adam": _FACTORY,
-    "eoslab.dynamics.rules.GD ~ eoslab.dynamics.rules.gd": _FACTORY,
-    "eoslab.dynamics.rules.HeavyBall ~ eoslab.dynamics.rules.heavy_ball": _FACTORY,
-    "eoslab.dynamics.rules.Nesterov ~ eoslab.dynamics.rules.nesterov": _FACTORY,
-    "eoslab.dynamics.rules.NormalizedGD ~ eoslab.dynamics.rules.normalized_gd": _FACTORY,
-    "eoslab.dynamics.rules.RMSProp ~ eoslab.dynamics.rules.rmsprop": _FACTORY,
-    "eoslab.dynamics.rules.SqrtLossGD ~ eoslab.dynamics.rules.sqrt_loss_gd": _FACTORY,
     "eoslab.dynamics.CentralFlow ~ eoslab.theory.central_flow": _WRAPPER,
     "eoslab.dynamics.GradientFlow ~ eoslab.theory.gradient_flow": _WRAPPER,
     "eoslab.dynamics.RMSPropCentralFlow ~ eoslab.theory.rmsprop_central_flow": _WRAPPER,

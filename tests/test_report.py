@@ -13,6 +13,7 @@ from matplotlib.collections import PolyCollection
 
 import eoslab.report as report
 from eoslab.cli import main
+from eoslab.dynamics.rules import GD, Adam, HeavyBall, Nesterov, NormalizedGD, RMSProp
 from eoslab.report import beyond_figures, paper_figures, plots, run_info, tables
 
 ROWS = [
@@ -192,7 +193,9 @@ def test_beyond_figures_render(tmp_path):
         }
     )
     loss = 1 / (1 + np.arange(100.0))
-    paths = beyond_figures.central_flow_figures(tmp_path / "cf", wide, loss, loss, window=2, lr=0.5)
+    paths = beyond_figures.central_flow_figures(
+        tmp_path / "cf", wide, loss, loss, window=2, rule=GD(0.5).describe()
+    )
     assert [p.name for p in paths] == ["loss.png", "sharpness.png", "distance.png"]
     _pngs_ok(paths)
     df = pd.DataFrame(
@@ -208,11 +211,14 @@ def test_beyond_figures_render(tmp_path):
     )
     _pngs_ok(
         beyond_figures.self_stabilization_figures(
-            tmp_path / "ss", df, df["x"] ** 2, df["loss_gd"], lr=0.5
+            tmp_path / "ss", df, df["x"] ** 2, df["loss_gd"], rule=GD(0.5).describe()
         )
     )
     frame = pd.DataFrame({"step": s, "sharpness": 3 + 0.01 * s, "threshold": 4 + 0 * s})
-    paths = beyond_figures.adam_eos_figures(tmp_path / "a", {"adam": frame, "heavy_ball": frame})
+    records = {"adam": Adam(0.001).describe(), "heavy_ball": HeavyBall(0.1).describe()}
+    paths = beyond_figures.adam_eos_figures(
+        tmp_path / "a", {"adam": frame, "heavy_ball": frame}, records
+    )
     assert [p.name for p in paths] == ["adam_sharpness.png", "heavy_ball_sharpness.png"]
     _pngs_ok(paths)
 
@@ -312,7 +318,7 @@ def test_run_figure_labels_title_threshold_band_markers_accuracy(tmp_path, figur
     sharp, err = np.array([6.5, 9.0, 14.0, 19.5]), np.array([0.01, 0.02, 0.005, 0.03])
     acc = np.array([0.1, 0.4, 0.55, 0.7])
     run = _fake_run(
-        tmp_path / "a", rule={"kind": "gd", "lr": 0.1}, steps=steps, sharp=sharp, err=err, acc=acc
+        tmp_path / "a", rule=GD(0.1).describe(), steps=steps, sharp=sharp, err=err, acc=acc
     )
     plots.plot_runs([run], tmp_path / "o.png")
     (fig,) = figures
@@ -340,13 +346,13 @@ def test_run_figure_labels_title_threshold_band_markers_accuracy(tmp_path, figur
 def test_run_figure_adaptive_and_heavy_ball_thresholds(tmp_path, figures):
     adam = _fake_run(
         tmp_path / "adam",
-        rule={"kind": "adam", "lr": 0.01, "beta1": 0.9},
+        rule=Adam(0.01, 0.9).describe(),
         steps=[0, 10],
         sharp=[50.0, 300.0],
     )
     hb = _fake_run(
         tmp_path / "hb",
-        rule={"kind": "heavy_ball", "lr": 0.05, "beta": 0.5},
+        rule=HeavyBall(0.05, 0.5).describe(),
         steps=[0, 10],
         sharp=[5.0, 20.0],
     )
@@ -363,7 +369,7 @@ def test_run_figure_marks_divergence_and_shows_one_probe(tmp_path, figures):
     loss = [40.0, 4e3, 4e5, np.inf]
     run = _fake_run(
         tmp_path / "d",
-        rule={"kind": "gd", "lr": 0.1},
+        rule=GD(0.1).describe(),
         steps=[0],
         sharp=[25.0],
         err=[1e-3],
@@ -390,14 +396,14 @@ def test_run_figure_marks_divergence_and_shows_one_probe(tmp_path, figures):
 def test_compare_writes_beside_the_runs_never_inside(tmp_path, capsys):
     a = _fake_run(
         tmp_path / "runs" / "a",
-        rule={"kind": "gd", "lr": 0.1},
+        rule=GD(0.1).describe(),
         steps=[0, 10],
         sharp=[5.0, 6.0],
         err=[0.1, 0.1],
     )
     b = _fake_run(
         tmp_path / "runs" / "b",
-        rule={"kind": "gd", "lr": 0.05},
+        rule=GD(0.05).describe(),
         steps=[0, 10],
         sharp=[5.0, 5.5],
         err=[0.1, 0.1],
@@ -415,12 +421,32 @@ def test_compare_writes_beside_the_runs_never_inside(tmp_path, capsys):
     assert not (a / "figures").exists()
 
 
-def test_threshold_labels():
-    assert run_info.threshold_label("gd", 2 / 0.1) == "2/lr = 20"
-    assert run_info.threshold_label("rmsprop", 2 / 0.004) == "2/lr = 500"
-    assert run_info.threshold_label("nesterov", 3.8 / (2.8 * 0.1)) == "(2+2β)/((1+2β) lr) = 13.57"
-    assert run_info.threshold_label("normalized_gd", None) == "2/lr_eff = 2|∇L|/lr"
+def test_threshold_labels_are_the_recorded_formula_and_value():
+    def label(rule):
+        rec = run_info.rule_record(rule.describe())
+        return run_info.threshold_label(rec.threshold_formula, rec.threshold)
+
+    assert label(GD(0.1)) == "2/lr = 20"
+    assert label(RMSProp(0.004)) == "2/lr = 500"
+    assert label(Nesterov(0.1, 0.9)) == "(2+2β)/((1+2β) lr) = 13.57"  # 3.8 / 0.28
+    assert label(NormalizedGD(0.1)) == "2/lr_eff = 2|∇L|/lr"  # changes every step: no value
     assert run_info.threshold_label(None, 7.0) == "threshold = 7"
+
+
+def test_a_rule_recorded_without_name_or_threshold_falls_back_to_its_kind(tmp_path, figures):
+    """config.json written before rules recorded their display name and threshold (kind and
+    fields only): the figure names the rule by its kind and the threshold by its value."""
+    run = _fake_run(
+        tmp_path / "old", rule={"kind": "gd", "lr": 0.1}, steps=[0, 10], sharp=[5.0, 15.0]
+    )
+    info = run_info.read_run_info(run)
+    assert info.rule.text == "gd, lr = 0.1" and info.rule.threshold_formula is None
+    plots.plot_runs([run], tmp_path / "o.png")
+    (fig,) = figures
+    assert "gd, lr = 0.1" in fig._suptitle.get_text()
+    assert "threshold = 20" in _legend(_sharp_axes(fig))  # the value from the metrics
+    cfg = json.loads((run / "config.json").read_text())["config"]
+    assert run_info.describe_config(cfg, budget=False).startswith("gd, lr = 0.1; ")
 
 
 def test_valley_figure_start_inside_and_round_colorbar(tmp_path, figures):
@@ -472,14 +498,16 @@ def test_beyond_thresholds_name_their_value(tmp_path, figures):
     s = np.arange(0, 50, 10)
     adam = pd.DataFrame({"step": s, "sharpness": 3000 + s, "threshold": 3.8 / (0.1 * 0.001)})
     hb = pd.DataFrame({"step": s, "sharpness": 30 + s, "threshold": 3.8 / 0.1})
-    beyond_figures.adam_eos_figures(tmp_path, {"adam": adam, "heavy_ball": hb})
+    records = {"adam": Adam(0.001, 0.9).describe(), "heavy_ball": HeavyBall(0.1, 0.9).describe()}
+    beyond_figures.adam_eos_figures(tmp_path, {"adam": adam, "heavy_ball": hb}, records)
     a, h = (_legend(fig.axes[0]) for fig in figures)
     assert "(2+2β1)/((1-β1) lr) = 38000" in a
     assert "(2+2β)/lr = 38" in h
     wide = pd.DataFrame({c: np.ones(5) for c in ("pred_loss_cf", "loss_cf", "loss_gf")})
     wide = wide.assign(step=s, sharpness_gd=4.0, sharpness_cf=4.0, sharpness_gf=3.0)
     wide = wide.assign(gd_gf=0.1, gd_cf=0.1)
-    beyond_figures.central_flow_figures(tmp_path, wide, np.ones(50), np.ones(50), window=2, lr=0.5)
+    gd = GD(0.5).describe()
+    beyond_figures.central_flow_figures(tmp_path, wide, np.ones(50), np.ones(50), window=2, rule=gd)
     assert "2/lr = 4" in _legend(figures[3].axes[0])  # sharpness.png
     for fig in figures:
         assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
@@ -487,7 +515,7 @@ def test_beyond_thresholds_name_their_value(tmp_path, figures):
 
 def test_compare_figure_labels_each_threshold(tmp_path, figures):
     runs = [
-        _fake_run(tmp_path / name, rule={"kind": "gd", "lr": lr}, steps=[0, 10], sharp=[5.0, 15.0])
+        _fake_run(tmp_path / name, rule=GD(lr).describe(), steps=[0, 10], sharp=[5.0, 15.0])
         for name, lr in (("a", 0.1), ("b", 0.05), ("c", 0.1))
     ]
     plots.plot_runs(runs, tmp_path / "cmp.png")
@@ -543,7 +571,7 @@ def test_limiting_flow_figure_readable_sharpness_and_distances_against_tau(tmp_p
     flow["tau"] = np.where(at, lr**2 * steps, np.nan)
     cfg = {
         "problem": {"kind": "valley", "x0": 2.0, "y0": 0.3, "extra": 1},
-        "rule": {"kind": "normalized_gd", "lr": lr},
+        "rule": NormalizedGD(lr).describe(),
         "compare": {"flow": {"kind": "ProjectedLimitingFlow", "algorithm": "normalized_gd"}},
         "steps": 500,
         "probe_every": every,
@@ -600,7 +628,7 @@ def test_central_flow_figure_names_processes_predicted_loss_and_distances(tmp_pa
         rows.append(df)
     cfg = {
         "problem": MODEL,
-        "rule": {"kind": "gd", "lr": lr},
+        "rule": GD(lr).describe(),
         "compare": {"gf": {"kind": "GradientFlow"}, "cf": {"kind": "CentralFlow"}},
         "steps": 199,
         "probe_every": 10,

@@ -128,14 +128,14 @@ def test_ngd_beside_flow_projects_the_iterate_and_guards_the_flow():
         obj = eoslab.Objective.from_model(
             apply, params, (ds.x_train, jax.numpy.asarray(y)), "mse_sum", dtype="float64"
         )
-        start = eoslab.theory.iterate(obj, obj.w0, eoslab.rules.gd(0.02), 300).w[-1]
+        start = eoslab.theory.iterate(obj, obj.w0, eoslab.rules.GD(0.02), 300).w[-1]
         gtol = 1e-6
         wide, w_end = ngd_beside_flow(
             obj, start, lr=0.05, steps=4, every=2, h=0.0025, gtol=gtol, tol=1e-8
         )
         assert wide["step"].tolist() == [0, 2, 4]
         np.testing.assert_allclose(wide["tau"], [0.0, 0.005, 0.01])
-        ws = eoslab.theory.iterate(obj, start, eoslab.rules.normalized_gd(0.05), 4).w
+        ws = eoslab.theory.iterate(obj, start, eoslab.rules.NormalizedGD(0.05), 4).w
         np.testing.assert_allclose(w_end, ws[-1], rtol=1e-10)
         hessian = jax.jit(jax.hessian(obj))
         for i, t in ((1, 2), (2, 4)):

@@ -361,7 +361,7 @@ def test_train_saves_every_row_on_a_signal_and_resumes_bit_for_bit(tmp_path, sig
     """`eoslab.train` (so `run` and `experiments.execute`, which train goes through) behaves as
     the CLI does: the signal at the probe of step 50 lets the chunk 50..59 finish, then every
     row and a checkpoint at 60 are written; the previous handlers are back afterwards."""
-    obj, rule = _objective(), rules.heavy_ball(0.15, 0.5)
+    obj, rule = _objective(), rules.HeavyBall(0.15, 0.5)
     kw = dict(probe_every=10, flush_seconds=1e6, probes=Probes(k=2), accuracy=False)
     ref = train(obj, rule, 120, out=tmp_path / "ref", **kw)
     before = signal.getsignal(sig)
@@ -383,7 +383,7 @@ def test_train_saves_every_row_on_a_signal_and_resumes_bit_for_bit(tmp_path, sig
 
 def test_an_ignored_sigint_stays_ignored(tmp_path):
     """A shell's background job starts with SIGINT ignored; a run leaves it so."""
-    obj, rule = _objective(), rules.gd(0.1)
+    obj, rule = _objective(), rules.GD(0.1)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         run = train(

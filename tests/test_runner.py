@@ -38,7 +38,7 @@ def _diag_quadratic(loss_min=0.0):
 def test_gd_on_quadratic_matches_closed_form():
     lr, steps = 0.15, 40
     run = train(
-        _diag_quadratic(), rules.gd(lr), steps, probe_every=10, probes=Probes(k=2, tol=1e-5)
+        _diag_quadratic(), rules.GD(lr), steps, probe_every=10, probes=Probes(k=2, tol=1e-5)
     )
     assert run.status == "completed" and run.step == steps
     df = run.metrics
@@ -66,7 +66,7 @@ def test_gd_on_quadratic_matches_closed_form():
 def test_divergence_stops_cleanly_and_keeps_metrics():
     lr = 0.25  # lr * lambda_1 = 2.5 > 2
     with pytest.warns(RuntimeWarning, match="diverged at step"):
-        run = train(_diag_quadratic(), rules.gd(lr), 2000, probe_every=10)
+        run = train(_diag_quadratic(), rules.GD(lr), 2000, probe_every=10)
     assert run.diverged
     assert "diverged at step" in run.message and "kept" in run.message
     df = run.metrics
@@ -76,7 +76,7 @@ def test_divergence_stops_cleanly_and_keeps_metrics():
     assert np.all(np.isfinite(np.asarray(run.w)))
     assert run.step < 2000
     with pytest.raises(DivergenceError, match="diverged"):
-        train(_diag_quadratic(), rules.gd(lr), 2000, stop=Stop(raise_on_divergence=True))
+        train(_diag_quadratic(), rules.GD(lr), 2000, stop=Stop(raise_on_divergence=True))
 
 
 def test_adam_preconditioned_sharpness_closed_form():
@@ -88,7 +88,7 @@ def test_adam_preconditioned_sharpness_closed_form():
     lr, b1, b2, eps = 0.01, 0.9, 0.99, 1e-8
     obj = _quadratic(A, w0, dtype="float64")
     A = np.asarray(obj.data[0])
-    rule = rules.adam(lr, b1, b2, eps)
+    rule = rules.Adam(lr, b1, b2, eps)
     run = train(obj, rule, 20, probe_every=10, probes=Probes(tol=1e-8))
     # replay by hand: the probe at step t uses the preconditioner of the step taken from w_t
     w, s = jnp.asarray(w0), rule.init(jnp.asarray(w0))
@@ -111,7 +111,7 @@ def test_adam_preconditioned_sharpness_closed_form():
 
 def test_adam_first_step_preconditioner_diagonal():
     """On a diagonal quadratic, the first Adam step has P = |g| = h |w|: P^-1 H = diag(1/|w|)."""
-    run = train(_diag_quadratic(), rules.adam(0.001), 1, probe_every=1)  # probed at step 0
+    run = train(_diag_quadratic(), rules.Adam(0.001), 1, probe_every=1)  # probed at step 0
     assert run.metrics["eff_sharpness"].iloc[0] == pytest.approx(1 / 0.5, rel=1e-3)
 
 
@@ -119,8 +119,8 @@ def test_sqrt_objective_reports_base_loss_and_matches_sqrt_rule():
     lmin = 0.3
     obj = _diag_quadratic(loss_min=lmin)
     lr = 0.05
-    a = train(obj.sqrt(), rules.gd(lr), 30, probe_every=10)
-    b = train(obj, rules.sqrt_loss_gd(lr, loss_min=lmin), 30, probe_every=10)
+    a = train(obj.sqrt(), rules.GD(lr), 30, probe_every=10)
+    b = train(obj, rules.SqrtLossGD(lr), 30, probe_every=10)  # L_min: the objective's
     np.testing.assert_allclose(np.asarray(a.w), np.asarray(b.w), rtol=1e-5, atol=1e-6)
     for col in ("loss", "grad_norm", "lr_eff", "threshold", "sharpness"):
         np.testing.assert_allclose(a.metrics[col], b.metrics[col], rtol=2e-4, err_msg=col)
@@ -129,7 +129,7 @@ def test_sqrt_objective_reports_base_loss_and_matches_sqrt_rule():
 
 
 def test_normalized_gd_threshold_column():
-    run = train(_diag_quadratic(), rules.normalized_gd(0.01), 10, probe_every=5)
+    run = train(_diag_quadratic(), rules.NormalizedGD(0.01), 10, probe_every=5)
     df = run.metrics
     np.testing.assert_allclose(df["threshold"], 2 * df["grad_norm"] / 0.01, rtol=1e-5)
     np.testing.assert_allclose(df["lr_eff"], 0.01 / df["grad_norm"], rtol=1e-5)
@@ -144,7 +144,7 @@ def test_stop_on_loss_goal_and_custom_probe():
 
     run = train(
         _diag_quadratic(),
-        rules.gd(0.1),
+        rules.GD(0.1),
         1000,
         probe_every=5,
         custom_probes=(probe,),
@@ -156,7 +156,7 @@ def test_stop_on_loss_goal_and_custom_probe():
     assert "wnorm" in run.metrics and calls[0] == 0
     run = train(
         _diag_quadratic(),
-        rules.gd(0.1),
+        rules.GD(0.1),
         1000,
         probe_every=5,
         custom_probes=(probe,),
@@ -168,7 +168,7 @@ def test_stop_on_loss_goal_and_custom_probe():
 def test_log_every_and_stableness():
     run = train(
         _diag_quadratic(),
-        rules.gd(0.1),
+        rules.GD(0.1),
         20,
         probe_every=10,
         log_every=5,
@@ -182,9 +182,9 @@ def test_log_every_and_stableness():
 def test_bad_arguments():
     obj = _diag_quadratic()
     with pytest.raises(ConfigError, match="steps"):
-        train(obj, rules.gd(0.1), -1)
+        train(obj, rules.GD(0.1), -1)
     with pytest.raises(ConfigError, match="probe_every"):
-        train(obj, rules.gd(0.1), 10, probe_every=0)
+        train(obj, rules.GD(0.1), 10, probe_every=0)
     with pytest.raises(ConfigError, match="rule"):
         train(obj, "gd", 10)
     with pytest.raises(ConfigError, match="probes.k"):
@@ -195,7 +195,7 @@ def test_heavy_ball_runs_in_float64_on_a_plain_callable():
     f = lambda w: 0.5 * jnp.sum(jnp.asarray(H, jnp.float64) * w * w)
     run = train(
         f,
-        rules.heavy_ball(0.05, 0.5),
+        rules.HeavyBall(0.05, 0.5),
         20,
         w0=jnp.asarray(W0, jnp.float64),
         probes=Probes(sharpness=False),

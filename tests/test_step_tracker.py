@@ -12,7 +12,7 @@ from eoslab import Objective
 from eoslab.curvature import as_operator
 from eoslab.curvature.step_tracker import StepTracker, StepTrackerState
 from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.rules import gd, normalized_gd, sqrt_loss_gd
+from eoslab.dynamics.rules import GD, NormalizedGD, SqrtLossGD
 from eoslab.errors import ConfigError
 from eoslab.runner import Probes, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, small_mlp_loss
@@ -139,7 +139,7 @@ def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
     loss, w0 = small_mlp_loss(n=24, hidden=6)
     obj = Objective.from_fn(loss, w0, dtype="float64")
     r = run(
-        Optimizer(gd(0.5)),
+        Optimizer(GD(0.5)),
         obj,
         150,
         probe_every=50,
@@ -161,7 +161,7 @@ def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
 @pytest.mark.parametrize(
     # gd and sqrt-loss GD (its own objective) by default; normalized GD uses the gradient as gd does
     "rule",
-    [gd(0.5), pytest.param(normalized_gd(0.05), marks=pytest.mark.slow), sqrt_loss_gd(0.1)],
+    [GD(0.5), pytest.param(NormalizedGD(0.05), marks=pytest.mark.slow), SqrtLossGD(0.1)],
 )
 def test_the_fused_step_takes_the_same_steps(rule):
     """The step given the linearization's gradient = the step that computes its own."""
@@ -184,7 +184,7 @@ def test_resume_continues_the_step_tracker_bit_for_bit(tmp_path):
     loss, w0 = small_mlp_loss(n=24, hidden=6)
     obj = Objective.from_fn(loss, w0, dtype="float64")
     kw = dict(probe_every=10, probes=Probes(every_step=True, tol=1e-6), flush_seconds=0)
-    whole = run(Optimizer(gd(1.0)), obj, 40, out=tmp_path / "a", **kw).metrics
+    whole = run(Optimizer(GD(1.0)), obj, 40, out=tmp_path / "a", **kw).metrics
 
     calls = {"n": 0}
 
@@ -196,9 +196,9 @@ def test_resume_continues_the_step_tracker_bit_for_bit(tmp_path):
         return {}
 
     with pytest.raises(KeyboardInterrupt):
-        run(Optimizer(gd(1.0)), obj, 40, out=tmp_path / "b", custom_probes=(interrupt,), **kw)
+        run(Optimizer(GD(1.0)), obj, 40, out=tmp_path / "b", custom_probes=(interrupt,), **kw)
     again = dict(out=tmp_path / "b", resume=True, custom_probes=(interrupt,))
-    resumed = run(Optimizer(gd(1.0)), obj, 40, **again, **kw).metrics
+    resumed = run(Optimizer(GD(1.0)), obj, 40, **again, **kw).metrics
     assert_same_metrics(whole, resumed)
 
 
@@ -216,7 +216,7 @@ def test_checkpoint_round_trip_and_older_column_layout():
     obj = Objective.from_fn(loss, w0, dtype="float64")
 
     def lockstep():
-        return _Lockstep({"gd": Optimizer(gd(0.5))}, obj, w0, Probes(every_step=True), 0, False)
+        return _Lockstep({"gd": Optimizer(GD(0.5))}, obj, w0, Probes(every_step=True), 0, False)
 
     lock = lockstep()
     for _ in range(3):  # the Lanczos start, then two tracker steps: a history to keep

@@ -40,7 +40,7 @@ def test_store_files_and_plain_pandas(tmp_path):
     out = tmp_path / "run"
     run = train(
         _objective(),
-        rules.gd(0.5),
+        rules.GD(0.5),
         60,
         probe_every=10,
         out=out,
@@ -85,12 +85,12 @@ def test_existing_directory_is_never_overwritten(tmp_path):
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     with pytest.raises(RunExistsError, match="not a run directory.*another --out$"):
-        train(_objective(), rules.gd(0.1), 5, out=out, probes=Probes(sharpness=False))
+        train(_objective(), rules.GD(0.1), 5, out=out, probes=Probes(sharpness=False))
     assert (out / "precious.txt").read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    run = train(_objective(), rules.gd(0.1), 5, out=empty, probes=Probes(sharpness=False))
+    run = train(_objective(), rules.GD(0.1), 5, out=empty, probes=Probes(sharpness=False))
     assert run.status == "completed"
     # train(out=) draws the figure eoslab run draws
     assert (empty / "figures" / "overview.png").stat().st_size > 0
@@ -106,7 +106,7 @@ def test_pickled_checkpoint_is_refused(tmp_path):
 
 
 def test_resume_after_interrupt_is_bit_identical(tmp_path):
-    obj, rule = _objective(), rules.heavy_ball(0.3, 0.5)
+    obj, rule = _objective(), rules.HeavyBall(0.3, 0.5)
     ref = train(obj, rule, 200, probe_every=10, out=tmp_path / "ref", flush_seconds=0)
 
     def boom(w, objective, cache):

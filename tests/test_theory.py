@@ -7,7 +7,7 @@ from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
 
 from eoslab import ConfigError
-from eoslab.dynamics.rules import normalized_gd, sqrt_loss_gd
+from eoslab.dynamics.rules import NormalizedGD, SqrtLossGD
 from eoslab.errors import NotConvergedError
 from eoslab.theory import (
     eos_diagnostics,
@@ -121,7 +121,7 @@ def _phase2_error(rule_fn, lr, algorithm):
 
 
 @pytest.mark.parametrize(
-    "rule_fn, algorithm", [(normalized_gd, "normalized_gd"), (sqrt_loss_gd, "sqrt_loss_gd")]
+    "rule_fn, algorithm", [(NormalizedGD, "normalized_gd"), (SqrtLossGD, "sqrt_loss_gd")]
 )
 def test_optimizers_track_the_flow_within_order_lr(rule_fn, algorithm):
     e1 = _phase2_error(rule_fn, 0.02, algorithm)
@@ -138,7 +138,7 @@ def _coarse_flow(loss, x0, algorithm, tau):
 
 def test_eos_identities_normalized_gd():
     lr = 0.01
-    it = iterate(valley, jnp.array([2.0, 0.3]), normalized_gd(lr), 10_000)
+    it = iterate(valley, jnp.array([2.0, 0.3]), NormalizedGD(lr), 10_000)
     tail = it.w[-50:]
     df = eos_diagnostics(
         valley,
@@ -163,7 +163,7 @@ def test_eos_identities_normalized_gd():
 
 def test_eos_identities_sqrt_loss_gd():
     lr = 0.01
-    it = iterate(valley, jnp.array([2.0, 0.3]), sqrt_loss_gd(lr), 10_000)
+    it = iterate(valley, jnp.array([2.0, 0.3]), SqrtLossGD(lr), 10_000)
     tail = it.w[-50:]
     df = eos_diagnostics(
         valley,
@@ -187,7 +187,7 @@ def test_eos_identities_sqrt_loss_gd():
 def test_stableness_identity_and_alignment_with_a_second_normal_direction():
     lr = 0.02
     steps = int(1 / lr**2)
-    it = iterate(valley2, jnp.array([2.0, 0.3, 0.3]), normalized_gd(lr), steps)
+    it = iterate(valley2, jnp.array([2.0, 0.3, 0.3]), NormalizedGD(lr), steps)
     df = eos_diagnostics(
         valley2,
         it.w[steps // 2 :],
@@ -209,7 +209,7 @@ def test_quadratic_two_cycle_theorem_3_1():
     A = jnp.diag(jnp.array([1.0, 0.4]))
     quad = lambda w: 0.5 * w @ A @ w
     lr = 1.0
-    it = iterate(quad, jnp.array([0.37, -0.81]), normalized_gd(lr), 80)
+    it = iterate(quad, jnp.array([0.37, -0.81]), NormalizedGD(lr), 80)
     xt = np.asarray(it.w) @ np.asarray(A) / lr  # x~ = A x / eta
     norms = np.linalg.norm(xt, axis=1)
     np.testing.assert_allclose(norms[-10:-1] + norms[-9:], 1.0, atol=1e-9)  # sums to lambda_1
@@ -223,7 +223,7 @@ def test_lockstep_distances():
     )
     m = out.metrics
     assert list(m["step"]) == [0, 100, 200, 300, 400]
-    ws = iterate(valley, jnp.array([2.0, 0.3]), sqrt_loss_gd(lr), 400, save_every=100).w
+    ws = iterate(valley, jnp.array([2.0, 0.3]), SqrtLossGD(lr), 400, save_every=100).w
     # Phi of the iterates follows the flow to O(lr); gradient flow is left behind at Phi(x0)
     assert np.all(m["phi_flow"] <= lr)
     assert m["opt_gf"].iloc[-1] > 10 * m["phi_flow"].iloc[-1]

@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from eoslab import Objective, models, reproduce
 from eoslab.data.sequences import sequence_arrays
-from eoslab.dynamics.rules import adam
+from eoslab.dynamics.rules import Adam
 from eoslab.errors import ConfigError
 from eoslab.reproduce.transformer import (
     QUICK,
@@ -144,7 +144,7 @@ def test_adam_preconditioned_sharpness_on_the_decoder_against_dense():
     lr, b1, b2, eps, steps = 1e-2, 0.9, 0.999, 1e-7, 10
     with jax.enable_x64(True):
         obj = transformer_objective(TINY)
-        df = track_preconditioned_sharpness(obj, obj.w0, adam(lr, b1, b2, eps), steps, every=5)
+        df = track_preconditioned_sharpness(obj, obj.w0, Adam(lr, b1, b2, eps), steps, every=5)
         grad, hess = jax.jit(jax.grad(obj)), dense_hessian(obj)
         w, m, v, want = np.asarray(obj.w0), 0.0, 0.0, {}
         for t in range(1, steps + 1):

@@ -1,4 +1,5 @@
-r"""Mini-batch update rules: $w_{t+1} = \mathrm{step}(w_t, s_t, \nabla L_{B_t}(w_t), L_{B_t}(w_t))$.
+r"""Mini-batch update rules: $w_{t+1} = \mathrm{step}(w_t, s_t, \nabla L_{B_t}(w_t),
+L_{B_t}(w_t) - L_{\min})$.
 
 $L_B(w) = \frac1{|B|}\sum_{i\in B}\ell_i(w)$ is the batch loss of a mean objective
 (`eoslab.batches`). Batches are drawn by epochs without replacement from ``seed``: each epoch is a
@@ -41,8 +42,8 @@ class MiniBatchState(NamedTuple):
 
 
 class MiniBatch(RuleProcess):
-    """Runs an update rule (`eoslab.rules`: ``gd`` is SGD, ``heavy_ball`` SGD with momentum,
-    ``adam``, ...) on mini-batches of ``batch_size`` examples drawn from ``seed`` by epochs
+    """Runs an update rule (`eoslab.rules`: ``GD`` is SGD, ``HeavyBall`` SGD with momentum,
+    ``Adam``, ...) on mini-batches of ``batch_size`` examples drawn from ``seed`` by epochs
     without replacement (see the module docstring)."""
 
     rule: Rule
@@ -51,7 +52,7 @@ class MiniBatch(RuleProcess):
 
     def __check_init__(self) -> None:
         if not isinstance(self.rule, Rule):
-            raise ConfigError("rule", self.rule, "an update rule from eoslab.rules (rules.gd(0.1))")
+            raise ConfigError("rule", self.rule, "an update rule from eoslab.rules (rules.GD(0.1))")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
             raise ConfigError("batch_size", self.batch_size, "a positive integer")
         if self.batch_size < 1:
@@ -79,7 +80,7 @@ class MiniBatch(RuleProcess):
         w = state.w
         idx, key, perm, pos = next_batch(state.key, state.perm, state.pos, self.batch_size)
         batch_loss, gb = jax.value_and_grad(batch_objective(objective, idx))(w)
-        w_new, inner, info = self.rule.step(w, state.inner, gb, batch_loss)
+        w_new, inner, info = self.rule.step(w, state.inner, gb, batch_loss - objective.loss_min)
         loss, g = jax.value_and_grad(objective.base())(w) if base is None else base
         row = {
             "loss": loss,
@@ -94,10 +95,11 @@ class MiniBatch(RuleProcess):
         return new, row
 
     def describe(self) -> dict[str, Any]:
+        record = {k: v for k, v in self.rule.describe().items() if k != "kind"}
         return {
             "kind": "minibatch",
-            "rule": self.rule.name,
-            **self.rule.hyper,
+            "rule": self.rule.kind,
+            **record,
             "batch_size": self.batch_size,
             "seed": self.seed,
         }

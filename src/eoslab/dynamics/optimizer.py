@@ -1,4 +1,5 @@
-r"""An update rule as a process: $w_{t+1} = \mathrm{step}(w_t, s_t, \nabla L(w_t), L(w_t))$.
+r"""An update rule as a process: $w_{t+1} = \mathrm{step}(w_t, s_t, \nabla L(w_t), L(w_t)-L_{\min})$
+($L_{\min}$ the objective's ``loss_min``).
 
 On ``objective.sqrt()`` the rule steps on $\sqrt{L - L_{\min}}$ while the row describes the base
 loss $L$: $\nabla L = 2\sqrt{\cdot}\,\nabla\sqrt{\cdot}$, and the effective LR on $L$ is
@@ -53,7 +54,7 @@ class RuleProcess(Process):
 
     def preconditioner(self, objective: Objective, state: Any) -> Array | None:
         """The diagonal $P$ of the step taken from ``state`` (None for rules without one)."""
-        if self.rule.preconditioner is None:
+        if not self.rule.adaptive:
             return None
         nxt, _ = self.rule_step(objective, state)
         return self.rule.preconditioner(nxt.inner)
@@ -72,7 +73,7 @@ class Optimizer(RuleProcess):
 
     def __check_init__(self) -> None:
         if not isinstance(self.rule, Rule):
-            raise ConfigError("rule", self.rule, "an update rule from eoslab.rules (rules.gd(0.1))")
+            raise ConfigError("rule", self.rule, "an update rule from eoslab.rules (rules.GD(0.1))")
 
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> OptimizerState:
         return OptimizerState(w0, self.rule.init(w0), jnp.zeros((), w0.dtype))
@@ -90,7 +91,7 @@ class Optimizer(RuleProcess):
             loss, g = s, jnp.where(s > 0, 0.5 / jnp.where(s > 0, s, 1.0), 0.0) * base[1]
         else:
             loss, g = base
-        w_new, inner, info = self.rule.step(w, state.inner, g, loss)
+        w_new, inner, info = self.rule.step(w, state.inner, g, loss - objective.loss_min)
         lr_eff, thr = info.lr_eff, info.threshold
         if sqrt:
             s2 = 2.0 * loss
@@ -108,4 +109,5 @@ class Optimizer(RuleProcess):
         return OptimizerState(w_new, inner, state.gf_time + lr_eff), row
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "optimizer", "rule": self.rule.name, **self.rule.hyper}
+        record = {k: v for k, v in self.rule.describe().items() if k != "kind"}
+        return {"kind": "optimizer", "rule": self.rule.kind, **record}

@@ -1,4 +1,4 @@
-r"""Update rules: pure ``init``/``step`` pairs on a flat parameter vector.
+r"""Update rules: one equinox Module per rule, on a flat parameter vector.
 
 Every rule is (a special case of) preconditioned GD with momentum,
 
@@ -12,29 +12,37 @@ $\lambda_1(P^{-1}H)$ is below $2/\eta$ and $(2+2\beta_1)/((1-\beta_1)\eta)$ (Coh
 Adaptive rules expose $P$ (a diagonal, as a vector) through ``rule.preconditioner(state)``; it is
 the preconditioner of the step that produced ``state``.
 
-A rule is a `Rule` (a ``NamedTuple`` of functions, in the spirit of
-``optax.GradientTransformation``)::
+A rule is one class, a subclass of the abstract `Rule` (an equinox Module, so a frozen
+dataclass): its fields are its hyperparameters, checked when it is made (`ConfigError` naming the
+field), and the same object steps, is the CLI's config (tyro; a field's docstring is its help)
+and is recorded in ``config.json``::
 
+    rule = GD(lr=0.1)
     state = rule.init(w)
     w, state, info = rule.step(w, state, g, loss)   # info: StepInfo(lr_eff, threshold)
 
-``g`` is $\nabla L(w)$ and ``loss`` is $L(w)$ (used by sqrt-loss GD). Where optax implements
-exactly the same update (GD, heavy ball, Nesterov, RMSProp, Adam), the rule runs optax inside.
+``g`` is $\nabla L(w)$ and ``loss`` is $L(w) - L_{\min}$, the loss above its minimum: the
+processes (`eoslab.dynamics.Optimizer`, `MiniBatch`) subtract the objective's ``loss_min`` (0
+unless set); only sqrt-loss GD reads it. Where optax implements exactly the same update (GD, heavy
+ball, Nesterov, RMSProp, Adam), the rule runs optax inside; `OptaxRule` runs any optax
+transformation. Each rule states its display ``name``, its ``threshold_formula`` and, when it is
+constant, its ``threshold()``; `Rule.describe` records them beside the fields. `RULES` maps each
+``kind`` to its class, derived from the subclasses of `Rule` whose kind is a class constant.
 
 >>> import jax.numpy as jnp
->>> r = gd(0.1)
+>>> r = GD(lr=0.1)
 >>> w, s, info = r.step(jnp.ones(2), r.init(jnp.ones(2)), jnp.array([1.0, 2.0]), jnp.array(0.5))
->>> [round(float(x), 4) for x in w], round(float(info.threshold), 4)
-([0.9, 0.8], 20.0)
+>>> [round(float(x), 4) for x in w], round(float(info.threshold), 4), r.threshold_formula
+([0.9, 0.8], 20.0, '2/lr')
 """
 
-from __future__ import annotations
-
+import abc
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -44,6 +52,8 @@ if TYPE_CHECKING:
     import optax
 
 __all__ = [
+    "Rule",
+    "StepInfo",
     "GD",
     "NormalizedGD",
     "SqrtLossGD",
@@ -51,20 +61,8 @@ __all__ = [
     "Nesterov",
     "RMSProp",
     "Adam",
-    "RuleConfig",
-    "Rule",
-    "StepInfo",
-    "gd",
-    "normalized_gd",
-    "sqrt_loss_gd",
-    "heavy_ball",
-    "nesterov",
-    "rmsprop",
-    "adam",
+    "OptaxRule",
     "RULES",
-    "from_optax",
-    "adam_threshold",
-    "heavy_ball_threshold",
 ]
 
 
@@ -75,28 +73,60 @@ class StepInfo(NamedTuple):
     threshold: Float[Array, ""]  # stability threshold for the (effective) sharpness
 
 
-class Rule(NamedTuple):
-    """An update rule: ``init(w) -> state``, ``step(w, state, g, loss) -> (w, state, info)``.
+class Rule(eqx.Module):
+    """An update rule (abstract; each concrete rule is a final subclass).
 
-    Attributes:
-        name: short name (``"gd"``, ``"adam"``, ...).
-        init: ``init(w) -> state`` (a pytree of arrays).
-        step: ``step(w, state, g, loss) -> (w_new, state_new, StepInfo)``; pure, jit-able.
-        preconditioner: ``P(state) -> (D,)`` diagonal of the preconditioner of the step that
-            produced ``state``, or ``None`` for rules without one (then $P = I$).
-        hyper: the hyperparameters, for records.
+    A subclass gives its hyperparameters as fields (checked in ``__check_init__``), its
+    ``kind``, ``name``, ``threshold_formula`` and ``adaptive`` (class constants, or fields or
+    properties where they depend on the instance), and the methods `init`, `step`,
+    `preconditioner` and `threshold`.
     """
 
-    name: str
-    init: Callable[[Array], Any]
-    step: Callable[[Array, Any, Array, Array], tuple[Array, Any, StepInfo]]
-    preconditioner: Callable[[Any], Array] | None
-    hyper: dict[str, Any]
+    kind: eqx.AbstractVar[str]
+    """Short name: a config's ``kind`` and the process's default name (``gd``, ``adam``)."""
+    name: eqx.AbstractVar[str]
+    """Display name, for figures and reports (``GD``, ``normalized GD``)."""
+    threshold_formula: eqx.AbstractVar[str]
+    """The stability threshold in words (``2/lr``, ``(2+2β)/lr``)."""
+    adaptive: eqx.AbstractVar[bool]
+    r"""Whether the rule has a preconditioner (then its threshold is for $\lambda_1(P^{-1}H)$)."""
 
-    @property
-    def adaptive(self) -> bool:
-        """Whether the rule has a preconditioner (its threshold is for $\\lambda_1(P^{-1}H)$)."""
-        return self.preconditioner is not None
+    derived_keys: ClassVar[tuple[str, ...]] = ("name", "threshold_formula", "threshold")
+    """The keys `describe` adds to the fields: recorded for readers, recomputed on loading."""
+
+    @abc.abstractmethod
+    def init(self, w: Float[Array, " d"]) -> Any:
+        """The rule's state at $w_0$ (a pytree of arrays)."""
+
+    @abc.abstractmethod
+    def step(
+        self, w: Float[Array, " d"], state: Any, g: Float[Array, " d"], loss: Float[Array, ""]
+    ) -> tuple[Float[Array, " d"], Any, StepInfo]:
+        r"""One step: ``(w_new, state_new, StepInfo)`` from $w$, $\nabla L(w)$ and
+        $L(w) - L_{\min}$; pure and jit-able."""
+
+    @abc.abstractmethod
+    def preconditioner(self, state: Any) -> Float[Array, " d"] | None:
+        """The diagonal $P$ of the step that produced ``state``; None without one ($P = I$)."""
+
+    @abc.abstractmethod
+    def threshold(self) -> float | None:
+        """The stability threshold from the hyperparameters; None when it changes every step
+        (then each step reports it in its `StepInfo`)."""
+
+    def describe(self) -> dict[str, Any]:
+        """The record of the rule (``config.json``): its ``kind``, its fields (plain values), its
+        display ``name``, ``threshold_formula`` and constant ``threshold`` (None if none)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        plain = (bool, int, float, str, type(None))
+        hyper = {k: v for k, v in fields.items() if k != "kind" and isinstance(v, plain)}
+        return {
+            "kind": self.kind,
+            **hyper,
+            "name": self.name,
+            "threshold_formula": self.threshold_formula,
+            "threshold": self.threshold(),
+        }
 
 
 def _check_beta(name: str, beta: float) -> None:
@@ -109,82 +139,52 @@ def _scalar(x: float, like: Array) -> Array:
     return jnp.asarray(x, dtype=like.dtype)
 
 
-def from_optax(
-    tx: optax.GradientTransformation,
-    *,
-    name: str = "optax",
-    lr: float = float("nan"),
-    threshold: float = float("nan"),
-    preconditioner: Callable[[Any], Array] | None = None,
-    hyper: dict[str, Any] | None = None,
-) -> Rule:
-    r"""Any optax transformation as a rule: $w_{t+1} = w_t + u_t$, $(u_t, s_{t+1}) =$
-    ``tx.update(g_t, s_t, w_t)``. ``lr`` and ``threshold`` are only reported (NaN: unknown).
-
-    >>> import jax.numpy as jnp, optax
-    >>> r = from_optax(optax.sgd(0.5), lr=0.5, threshold=4.0)
-    >>> float(r.step(jnp.array([2.0]), r.init(jnp.zeros(1)), jnp.array([1.0]), 0.0)[0][0])
-    1.5
-    """
-
-    def init(w):
-        return tx.init(w)
-
-    def step(w, state, g, loss):
-        del loss
-        updates, state = tx.update(g, state, w)
-        info = StepInfo(_scalar(lr, w), _scalar(threshold, w))
-        return w + updates.astype(w.dtype), state, info
-
-    return Rule(name, init, step, preconditioner, dict(hyper or {}))
+def _optax_step(
+    tx: "optax.GradientTransformation", w: Array, state: Any, g: Array, lr: float, thr: float
+) -> tuple[Array, Any, StepInfo]:
+    r"""$w + u$ with $(u, s') =$ ``tx.update(g, s, w)``, reporting ``lr`` and ``thr``."""
+    updates, state = tx.update(g, state, w)
+    return w + updates.astype(w.dtype), state, StepInfo(_scalar(lr, w), _scalar(thr, w))
 
 
 class _Empty(NamedTuple):
     pass
 
 
-def heavy_ball_threshold(lr: float, beta: float = 0.9) -> float:
-    r"""Heavy ball's stability threshold for $\lambda_1(H)$: $(2+2\beta)/\eta$."""
-    check_positive("lr", lr)
-    _check_beta("beta", beta)
-    return (2.0 + 2.0 * beta) / lr
-
-
-def adam_threshold(lr: float, beta1: float = 0.9) -> float:
-    r"""Adam's stability threshold for $\lambda_1(P^{-1}H)$: $(2+2\beta_1)/((1-\beta_1)\eta)$."""
-    check_positive("lr", lr)
-    _check_beta("beta1", beta1)
-    return (2.0 + 2.0 * beta1) / ((1.0 - beta1) * lr)
-
-
-@dataclasses.dataclass(frozen=True)
-class GD:
+class GD(Rule):
     r"""Gradient descent, $w_{t+1} = w_t - \eta\nabla L(w_t)$; stable while $\lambda_1 < 2/\eta$."""
 
     lr: float = 0.1
     """Learning rate eta."""
 
     kind: ClassVar[str] = "gd"
+    name: ClassVar[str] = "GD"
+    threshold_formula: ClassVar[str] = "2/lr"
+    adaptive: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __check_init__(self) -> None:
         check_positive("lr", self.lr)
 
-    def build(self, loss_min: float = 0.0) -> Rule:
-        """The rule's ``init``/``step`` pair (runs ``optax.sgd``)."""
+    def threshold(self) -> float:
+        return 2.0 / self.lr
+
+    def init(self, w):
+        return self._transform().init(w)
+
+    def step(self, w, state, g, loss):
+        del loss
+        return _optax_step(self._transform(), w, state, g, self.lr, self.threshold())
+
+    def preconditioner(self, state) -> None:
+        return None
+
+    def _transform(self) -> "optax.GradientTransformation":
         import optax
 
-        del loss_min
-        return from_optax(
-            optax.sgd(self.lr),
-            name=self.kind,
-            lr=self.lr,
-            threshold=2.0 / self.lr,
-            hyper=dataclasses.asdict(self),
-        )
+        return optax.sgd(self.lr)
 
 
-@dataclasses.dataclass(frozen=True)
-class NormalizedGD:
+class NormalizedGD(Rule):
     r"""Normalized GD, $w_{t+1} = w_t - \eta\,\nabla L/\|\nabla L\|$: steps of length $\eta$.
 
     Effective LR $\eta_t = \eta/\|\nabla L(w_t)\|$, threshold $2/\eta_t = 2\|\nabla L\|/\eta$.
@@ -195,64 +195,70 @@ class NormalizedGD:
     """Step length eta."""
 
     kind: ClassVar[str] = "normalized_gd"
+    name: ClassVar[str] = "normalized GD"
+    threshold_formula: ClassVar[str] = "2/lr_eff = 2|∇L|/lr"
+    adaptive: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __check_init__(self) -> None:
         check_positive("lr", self.lr)
 
-    def build(self, loss_min: float = 0.0) -> Rule:
-        """The rule's ``init``/``step`` pair."""
-        del loss_min
-        lr = self.lr
+    def threshold(self) -> None:
+        return None
 
-        def step(w, state, g, loss):
-            del loss
-            norm = jnp.linalg.norm(g)
-            safe = jnp.where(norm > 0, norm, 1.0)
-            lr_eff = jnp.where(norm > 0, lr / safe, 0.0).astype(w.dtype)
-            thr = jnp.where(norm > 0, 2.0 * norm / lr, jnp.inf).astype(w.dtype)
-            return w - lr_eff * g, state, StepInfo(lr_eff, thr)
+    def init(self, w):
+        return _Empty()
 
-        return Rule(self.kind, lambda w: _Empty(), step, None, dataclasses.asdict(self))
+    def step(self, w, state, g, loss):
+        del loss
+        norm = jnp.linalg.norm(g)
+        safe = jnp.where(norm > 0, norm, 1.0)
+        lr_eff = jnp.where(norm > 0, self.lr / safe, 0.0).astype(w.dtype)
+        thr = jnp.where(norm > 0, 2.0 * norm / self.lr, jnp.inf).astype(w.dtype)
+        return w - lr_eff * g, state, StepInfo(lr_eff, thr)
+
+    def preconditioner(self, state) -> None:
+        return None
 
 
-@dataclasses.dataclass(frozen=True)
-class SqrtLossGD:
+class SqrtLossGD(Rule):
     r"""GD on $\sqrt{L - L_{\min}}$: $w_{t+1} = w_t - \eta\,\nabla L / (2\sqrt{L - L_{\min}})$.
 
     Effective LR $\eta_t = \eta / (2\sqrt{L(w_t) - L_{\min}})$ on $L$, threshold $2/\eta_t$ for
     $\lambda_1(\nabla^2 L)$. At or below $L_{\min}$ the step is zero (the subgradient of the
-    safe square root). ``loss`` passed to ``step`` must be $L$, not its square root; $L_{\min}$ is
-    the objective's ``loss_min``.
+    safe square root). ``loss`` passed to ``step`` is $L - L_{\min}$ (the processes subtract the
+    objective's ``loss_min``), not its square root.
     """
 
     lr: float = 0.1
     """Learning rate eta on sqrt(L - L_min)."""
 
     kind: ClassVar[str] = "sqrt_loss_gd"
+    name: ClassVar[str] = "GD on sqrt(L)"
+    threshold_formula: ClassVar[str] = "2/lr_eff = 4 sqrt(L)/lr"
+    adaptive: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __check_init__(self) -> None:
         check_positive("lr", self.lr)
 
-    def build(self, loss_min: float = 0.0) -> Rule:
-        r"""The rule's ``init``/``step`` pair for the given $L_{\min}$."""
-        if not (isinstance(loss_min, (int, float)) and math.isfinite(loss_min)):
-            raise ConfigError("loss_min", loss_min, "a finite number")
-        lr = self.lr
+    def threshold(self) -> None:
+        return None
 
-        def step(w, state, g, loss):
-            u = jnp.asarray(loss, w.dtype) - loss_min
-            pos = u > 0
-            root = jnp.sqrt(jnp.where(pos, u, 1.0))
-            lr_eff = jnp.where(pos, lr / (2.0 * root), 0.0).astype(w.dtype)
-            thr = jnp.where(pos, 4.0 * root / lr, jnp.inf).astype(w.dtype)
-            return w - lr_eff * g, state, StepInfo(lr_eff, thr)
+    def init(self, w):
+        return _Empty()
 
-        hyper = {**dataclasses.asdict(self), "loss_min": loss_min}
-        return Rule(self.kind, lambda w: _Empty(), step, None, hyper)
+    def step(self, w, state, g, loss):
+        u = jnp.asarray(loss, w.dtype)
+        pos = u > 0
+        root = jnp.sqrt(jnp.where(pos, u, 1.0))
+        lr_eff = jnp.where(pos, self.lr / (2.0 * root), 0.0).astype(w.dtype)
+        thr = jnp.where(pos, 4.0 * root / self.lr, jnp.inf).astype(w.dtype)
+        return w - lr_eff * g, state, StepInfo(lr_eff, thr)
+
+    def preconditioner(self, state) -> None:
+        return None
 
 
-@dataclasses.dataclass(frozen=True)
-class HeavyBall:
+class HeavyBall(Rule):
     r"""Polyak heavy ball, $m_t = \beta m_{t-1} + \nabla L(w_t)$, $w_{t+1} = w_t - \eta m_t$.
 
     Equivalently $w_{t+1} = w_t - \eta\nabla L(w_t) + \beta(w_t - w_{t-1})$; threshold
@@ -265,25 +271,36 @@ class HeavyBall:
     """Momentum beta, in [0, 1)."""
 
     kind: ClassVar[str] = "heavy_ball"
+    name: ClassVar[str] = "heavy ball"
+    threshold_formula: ClassVar[str] = "(2+2β)/lr"
+    adaptive: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __check_init__(self) -> None:
         check_positive("lr", self.lr)
         _check_beta("beta", self.beta)
 
-    def build(self, loss_min: float = 0.0) -> Rule:
-        """The rule's ``init``/``step`` pair."""
+    def threshold(self) -> float:
+        return (2.0 + 2.0 * self.beta) / self.lr
+
+    def init(self, w):
+        return self._transform().init(w)
+
+    def step(self, w, state, g, loss):
+        del loss
+        return _optax_step(self._transform(), w, state, g, self.lr, self.threshold())
+
+    def preconditioner(self, state) -> None:
+        return None
+
+    def _transform(self) -> "optax.GradientTransformation":
         import optax
 
-        del loss_min
-        tx = optax.sgd(self.lr, momentum=self.beta) if self.beta > 0 else optax.sgd(self.lr)
-        thr = heavy_ball_threshold(self.lr, self.beta)
-        return from_optax(
-            tx, name=self.kind, lr=self.lr, threshold=thr, hyper=dataclasses.asdict(self)
-        )
+        if self.beta > 0:
+            return optax.sgd(self.lr, momentum=self.beta)
+        return optax.sgd(self.lr)
 
 
-@dataclasses.dataclass(frozen=True)
-class Nesterov:
+class Nesterov(Rule):
     r"""Nesterov momentum, $m_t = \beta m_{t-1} + g_t$, $w_{t+1} = w_t - \eta(g_t + \beta m_t)$.
 
     Threshold $(2 + 2\beta)/((1 + 2\beta)\eta)$ (``optax.sgd(lr, momentum=beta, nesterov=True)``).
@@ -295,24 +312,36 @@ class Nesterov:
     """Momentum beta, in [0, 1)."""
 
     kind: ClassVar[str] = "nesterov"
+    name: ClassVar[str] = "Nesterov"
+    threshold_formula: ClassVar[str] = "(2+2β)/((1+2β) lr)"
+    adaptive: ClassVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __check_init__(self) -> None:
         check_positive("lr", self.lr)
         _check_beta("beta", self.beta)
 
-    def build(self, loss_min: float = 0.0) -> Rule:
-        """The rule's ``init``/``step`` pair."""
+    def threshold(self) -> float:
+        return (2.0 + 2.0 * self.beta) / ((1.0 + 2.0 * self.beta) * self.lr)
+
+    def init(self, w):
+        return self._transform().init(w)
+
+    def step(self, w, state, g, loss):
+        del loss
+        return _optax_step(self._transform(), w, state, g, self.lr, self.threshold())
+
+    def preconditioner(self, state) -> None:
+        return None
+
+    def _transform(self) -> "optax.GradientTransformation":
         import optax
 
-        del loss_min
-        lr, beta = self.lr, self.beta
-        tx = optax.sgd(lr, momentum=beta, nesterov=True) if beta > 0 else optax.sgd(lr)
-        thr = (2.0 + 2.0 * beta) / ((1.0 + 2.0 * beta) * lr)
-        return from_optax(tx, name=self.kind, lr=lr, threshold=thr, hyper=dataclasses.asdict(self))
+        if self.beta > 0:
+            return optax.sgd(self.lr, momentum=self.beta, nesterov=True)
+        return optax.sgd(self.lr)
 
 
-@dataclasses.dataclass(frozen=True)
-class RMSProp:
+class RMSProp(Rule):
     r"""RMSProp, $\nu_t = \beta_2\nu_{t-1} + (1-\beta_2) g_t^2$, $w_{t+1} = w_t - \eta g_t / P_t$.
 
     $P_t = \sqrt{\hat\nu_t} + \epsilon$ with $\hat\nu_t = \nu_t/(1-\beta_2^t)$ when
@@ -330,42 +359,45 @@ class RMSProp:
     """Divide the average by 1 - beta2^t."""
 
     kind: ClassVar[str] = "rmsprop"
+    name: ClassVar[str] = "RMSProp"
+    threshold_formula: ClassVar[str] = "2/lr"
+    adaptive: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __check_init__(self) -> None:
         check_positive("lr", self.lr)
         _check_beta("beta2", self.beta2)
         check_positive("eps", self.eps, allow_zero=True)
 
-    def build(self, loss_min: float = 0.0) -> Rule:
-        """The rule's ``init``/``step`` pair and preconditioner."""
+    def threshold(self) -> float:
+        return 2.0 / self.lr
+
+    def init(self, w):
+        return self._transform().init(w)
+
+    def step(self, w, state, g, loss):
+        del loss
+        return _optax_step(self._transform(), w, state, g, self.lr, self.threshold())
+
+    def preconditioner(self, state):
+        rms = state[0]
+        nu = rms.nu
+        if self.bias_correction:
+            nu = nu / (1.0 - self.beta2 ** rms.count.astype(nu.dtype))
+        return jnp.sqrt(nu) + self.eps
+
+    def _transform(self) -> "optax.GradientTransformation":
         import optax
 
-        del loss_min
-        beta2, eps, bc = self.beta2, self.eps, bool(self.bias_correction)
-        tx = optax.chain(
-            optax.scale_by_rms(decay=beta2, eps=eps, eps_in_sqrt=False, bias_correction=bc),
-            optax.scale(-self.lr),
+        rms = optax.scale_by_rms(
+            decay=self.beta2,
+            eps=self.eps,
+            eps_in_sqrt=False,
+            bias_correction=bool(self.bias_correction),
         )
-
-        def precond(state):
-            rms = state[0]
-            nu = rms.nu
-            if bc:
-                nu = nu / (1.0 - beta2 ** rms.count.astype(nu.dtype))
-            return jnp.sqrt(nu) + eps
-
-        return from_optax(
-            tx,
-            name=self.kind,
-            lr=self.lr,
-            threshold=2.0 / self.lr,
-            preconditioner=precond,
-            hyper=dataclasses.asdict(self),
-        )
+        return optax.chain(rms, optax.scale(-self.lr))
 
 
-@dataclasses.dataclass(frozen=True)
-class Adam:
+class Adam(Rule):
     r"""Adam: $m_t = \beta_1 m_{t-1} + (1-\beta_1)g_t$,
     $\nu_t = \beta_2\nu_{t-1} + (1-\beta_2)g_t^2$, $w_{t+1} = w_t - \eta\,\hat m_t / P_t$,
     $P_t = \sqrt{\hat\nu_t} + \epsilon$ (bias-corrected).
@@ -384,87 +416,104 @@ class Adam:
     """Added to the root of the second moment."""
 
     kind: ClassVar[str] = "adam"
+    name: ClassVar[str] = "Adam"
+    threshold_formula: ClassVar[str] = "(2+2β1)/((1-β1) lr)"
+    adaptive: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __check_init__(self) -> None:
         check_positive("lr", self.lr)
         _check_beta("beta1", self.beta1)
         _check_beta("beta2", self.beta2)
         check_positive("eps", self.eps, allow_zero=True)
 
-    def build(self, loss_min: float = 0.0) -> Rule:
-        """The rule's ``init``/``step`` pair and preconditioner."""
+    def threshold(self) -> float:
+        return (2.0 + 2.0 * self.beta1) / ((1.0 - self.beta1) * self.lr)
+
+    def init(self, w):
+        return self._transform().init(w)
+
+    def step(self, w, state, g, loss):
+        del loss
+        return _optax_step(self._transform(), w, state, g, self.lr, self.threshold())
+
+    def preconditioner(self, state):
+        st = state[0]
+        nu_hat = st.nu / (1.0 - self.beta2 ** st.count.astype(st.nu.dtype))
+        return jnp.sqrt(nu_hat) + self.eps
+
+    def _transform(self) -> "optax.GradientTransformation":
         import optax
 
-        del loss_min
-        beta2, eps = self.beta2, self.eps
-        tx = optax.adam(self.lr, b1=self.beta1, b2=beta2, eps=eps)
-
-        def precond(state):
-            st = state[0]
-            nu_hat = st.nu / (1.0 - beta2 ** st.count.astype(st.nu.dtype))
-            return jnp.sqrt(nu_hat) + eps
-
-        return from_optax(
-            tx,
-            name=self.kind,
-            lr=self.lr,
-            threshold=adam_threshold(self.lr, self.beta1),
-            preconditioner=precond,
-            hyper=dataclasses.asdict(self),
-        )
+        return optax.adam(self.lr, b1=self.beta1, b2=self.beta2, eps=self.eps)
 
 
-RuleConfig = Union[GD, NormalizedGD, SqrtLossGD, HeavyBall, Nesterov, RMSProp, Adam]  # noqa: UP007
-"""The rules as typed configs: ``GD(lr=0.1).build()`` is the `Rule`."""
+class OptaxRule(Rule):
+    r"""Any optax transformation as a rule: $w_{t+1} = w_t + u_t$, $(u_t, s_{t+1}) =$
+    ``tx.update(g_t, s_t, w_t)``. ``lr`` and ``threshold_value`` are only reported (NaN when
+    None); ``precondition(state)``, if given, is the diagonal $P$ of the step that produced
+    ``state``. Its ``kind`` is its own (not a config choice: a transformation is no JSON value).
 
-
-def gd(lr: float) -> Rule:
-    r"""Gradient descent at learning rate ``lr`` (`GD`).
-
-    >>> import jax.numpy as jnp
-    >>> r = gd(0.5)
+    >>> import jax.numpy as jnp, optax
+    >>> r = OptaxRule(optax.sgd(0.5), kind="sgd", lr=0.5, threshold_value=4.0)
     >>> float(r.step(jnp.array([2.0]), r.init(jnp.zeros(1)), jnp.array([1.0]), 0.0)[0][0])
     1.5
     """
-    return GD(lr=lr).build()
+
+    tx: "optax.GradientTransformation"
+    """The transformation; its updates are added to w."""
+    kind: str = "optax"
+    """Short name (the process's default name)."""
+    lr: float | None = None
+    """The learning rate to report as lr_eff (None: NaN)."""
+    threshold_value: float | None = None
+    """The stability threshold to report (None: NaN, unknown)."""
+    threshold_formula: str = "threshold"
+    """The threshold in words, for figures."""
+    precondition: Callable[[Any], Array] | None = None
+    """P(state) for adaptive transformations (None: P = I)."""
+
+    def __check_init__(self) -> None:
+        if not (isinstance(self.kind, str) and self.kind):
+            raise ConfigError("kind", self.kind, "a non-empty string")
+        if self.lr is not None:
+            check_positive("lr", self.lr)
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @property
+    def adaptive(self) -> bool:
+        return self.precondition is not None
+
+    def threshold(self) -> float | None:
+        return self.threshold_value
+
+    def init(self, w):
+        return self.tx.init(w)
+
+    def step(self, w, state, g, loss):
+        del loss
+        lr = math.nan if self.lr is None else self.lr
+        thr = math.nan if self.threshold_value is None else self.threshold_value
+        return _optax_step(self.tx, w, state, g, lr, thr)
+
+    def preconditioner(self, state):
+        return None if self.precondition is None else self.precondition(state)
 
 
-def normalized_gd(lr: float) -> Rule:
-    """Normalized GD with step length ``lr`` (`NormalizedGD`)."""
-    return NormalizedGD(lr=lr).build()
+def _config_rules() -> dict[str, type[Rule]]:
+    """The concrete subclasses of `Rule` (at any depth) whose ``kind`` is a class constant."""
+    out: dict[str, type[Rule]] = {}
+    todo = list(Rule.__subclasses__())
+    while todo:
+        cls = todo.pop(0)
+        todo += cls.__subclasses__()
+        per_instance = "kind" in {f.name for f in dataclasses.fields(cls)}
+        if not per_instance and isinstance(getattr(cls, "kind", None), str):
+            out[cls.kind] = cls
+    return out
 
 
-def sqrt_loss_gd(lr: float, loss_min: float = 0.0) -> Rule:
-    """GD on sqrt(L - loss_min) at learning rate ``lr`` (`SqrtLossGD`)."""
-    return SqrtLossGD(lr=lr).build(loss_min)
-
-
-def heavy_ball(lr: float, *args: Any, **hyper: Any) -> Rule:
-    """Heavy ball at learning rate ``lr``; ``beta`` as in `HeavyBall`."""
-    return HeavyBall(lr, *args, **hyper).build()
-
-
-def nesterov(lr: float, *args: Any, **hyper: Any) -> Rule:
-    """Nesterov momentum at learning rate ``lr``; ``beta`` as in `Nesterov`."""
-    return Nesterov(lr, *args, **hyper).build()
-
-
-def rmsprop(lr: float, *args: Any, **hyper: Any) -> Rule:
-    """RMSProp at learning rate ``lr``; ``beta2``, ``eps``, ``bias_correction`` as in `RMSProp`."""
-    return RMSProp(lr, *args, **hyper).build()
-
-
-def adam(lr: float, *args: Any, **hyper: Any) -> Rule:
-    """Adam at learning rate ``lr``; ``beta1``, ``beta2``, ``eps`` as in `Adam`."""
-    return Adam(lr, *args, **hyper).build()
-
-
-RULES: dict[str, Callable[..., Rule]] = {
-    "gd": gd,
-    "normalized_gd": normalized_gd,
-    "sqrt_loss_gd": sqrt_loss_gd,
-    "heavy_ball": heavy_ball,
-    "nesterov": nesterov,
-    "rmsprop": rmsprop,
-    "adam": adam,
-}
+RULES: dict[str, type[Rule]] = _config_rules()
+"""The rules a config can name, by ``kind``: ``RULES["adam"] is Adam``."""

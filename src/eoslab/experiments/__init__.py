@@ -2,19 +2,11 @@
 
 from .build import Built as Built
 from .build import build as build
-from .config import GD as GD
-from .config import Adam as Adam
 from .config import CompareProcess as CompareProcess
 from .config import Experiment as Experiment
-from .config import HeavyBall as HeavyBall
 from .config import ModelProblem as ModelProblem
-from .config import Nesterov as Nesterov
-from .config import NormalizedGD as NormalizedGD
 from .config import Problem as Problem
 from .config import QuadraticProblem as QuadraticProblem
-from .config import RMSProp as RMSProp
-from .config import RuleConfig as RuleConfig
-from .config import SqrtLossGD as SqrtLossGD
 from .config import ToyMLPProblem as ToyMLPProblem
 from .config import ValleyProblem as ValleyProblem
 from .config import from_dict as from_dict
@@ -26,21 +18,13 @@ from .presets import get_preset as get_preset
 
 __all__ = [
     "DEFAULT_PRESET",
-    "GD",
     "PRESETS",
-    "Adam",
     "Built",
     "CompareProcess",
     "Experiment",
-    "HeavyBall",
     "ModelProblem",
-    "Nesterov",
-    "NormalizedGD",
     "Problem",
     "QuadraticProblem",
-    "RMSProp",
-    "RuleConfig",
-    "SqrtLossGD",
     "ToyMLPProblem",
     "ValleyProblem",
     "build",

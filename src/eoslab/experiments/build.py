@@ -147,13 +147,12 @@ def build(exp: Experiment) -> Built:
         obj = microbatched(obj, batch_size=exp.microbatch)
     if exp.devices != 1:
         obj = shard_objective(obj, devices=exp.devices)
-    rule = exp.rule.build(obj.loss_min)
     custom: tuple = (acc,) if (acc is not None and exp.accuracy) else ()
     if exp.batch_size is None:
-        processes: dict[str, Process] = {exp.rule.kind: Optimizer(rule)}
+        processes: dict[str, Process] = {exp.rule.kind: Optimizer(exp.rule)}
     else:
         _check_batches(obj, exp.batch_size)
-        processes = {exp.rule.kind: MiniBatch(rule, exp.batch_size, exp.seed)}
+        processes = {exp.rule.kind: MiniBatch(exp.rule, exp.batch_size, exp.seed)}
         if exp.batch_sharpness:
             custom += (_batch_probe(exp),)
         info["batch_size"] = exp.batch_size

@@ -1,18 +1,21 @@
 """Typed experiment configs: frozen dataclasses, validated, saved with every run.
 
-An `Experiment` says what to train (a `problem`), how (a `rule`, the rules' own typed configs from
-`eoslab.dynamics.rules`), what to run beside it in lockstep (``compare``: processes from
+An `Experiment` says what to train (a `problem`), how (a `rule`: one of `eoslab.rules`, whose
+fields are its config), what to run beside it in lockstep (``compare``: processes from
 `eoslab.dynamics`, keyed by name), for how long, and what to measure (`eoslab.runner.Probes`) and
 when to stop (`eoslab.runner.Stop`). Each of those classes is the one place its defaults and
 validation live; the CLI is generated from them (tyro). A config round-trips through plain
-JSON/YAML dicts (`to_dict` / `from_dict`); a union field is a dict with a ``kind`` key. `from_dict`
-is strict: an unknown key, a missing ``kind`` or a value of the wrong type or range raises
-`ConfigError` naming the field (``rule.lr``), before any work starts. No config text is evaluated.
+JSON/YAML dicts (`to_dict` / `from_dict`); a union field is a dict with a ``kind`` key, and a rule
+also records its display ``name``, ``threshold_formula`` and ``threshold`` (derived: ignored on
+loading, except that a ``threshold`` must be the rule's own). `from_dict` is strict: an unknown
+key, a missing ``kind`` or a value of the wrong type or range raises `ConfigError` naming the
+field (``rule.lr``), before any work starts. No config text is evaluated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -23,16 +26,7 @@ from ..data import registry as data_registry
 from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
 from ..dynamics.gradient_flow import GradientFlow
 from ..dynamics.limiting_flow import ProjectedLimitingFlow, RetractedLimitingFlow
-from ..dynamics.rules import (
-    GD,
-    Adam,
-    HeavyBall,
-    Nesterov,
-    NormalizedGD,
-    RMSProp,
-    RuleConfig,
-    SqrtLossGD,
-)
+from ..dynamics.rules import GD, RULES, Rule
 from ..dynamics.self_stabilization import ProjectedGD, SelfStabilization
 from ..errors import ConfigError, check_positive
 from ..models.registry import int_option_names
@@ -44,14 +38,6 @@ __all__ = [
     "ToyMLPProblem",
     "ValleyProblem",
     "Problem",
-    "GD",
-    "NormalizedGD",
-    "SqrtLossGD",
-    "HeavyBall",
-    "Nesterov",
-    "RMSProp",
-    "Adam",
-    "RuleConfig",
     "CompareProcess",
     "Probes",
     "Stop",
@@ -196,6 +182,9 @@ CompareProcess = Union[  # noqa: UP007
 ]
 """Processes that run in lockstep beside the optimizer (`eoslab.dynamics`)."""
 
+_RULE = Union[tuple(RULES.values())]  # noqa: UP007
+"""The rules a config can name: the registry `eoslab.rules.RULES`, one class per ``kind``."""
+
 
 # ------------------------------------------------------------------------------ experiment
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +193,7 @@ class Experiment:
 
     problem: Annotated[Problem, tyro.conf.AvoidSubcommands] = ModelProblem()
     """What to train."""
-    rule: Annotated[RuleConfig, tyro.conf.AvoidSubcommands] = GD()
+    rule: Annotated[_RULE, tyro.conf.AvoidSubcommands] = dataclasses.field(default_factory=GD)
     """The update rule and its hyperparameters (its process is named after its kind)."""
     compare: dict[str, Annotated[CompareProcess, tyro.conf.AvoidSubcommands]] = dataclasses.field(
         default_factory=dict
@@ -316,7 +305,10 @@ class Experiment:
 
 # ------------------------------------------------------------------------------ (de)serialize
 def to_dict(cfg: Any) -> Any:
-    """A JSON-ready dict; union members carry their ``kind``."""
+    """A JSON-ready dict; union members carry their ``kind``, a rule its record
+    (`eoslab.rules.Rule.describe`: its fields, display name and threshold)."""
+    if isinstance(cfg, Rule):
+        return cfg.describe()
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         out: dict[str, Any] = {}
         if _is_union_member(type(cfg)):
@@ -343,7 +335,7 @@ def _kind(cls: type) -> str:
 
 
 def _is_union_member(cls: type) -> bool:
-    return any(cls in _union_args(u) for u in (Problem, RuleConfig, CompareProcess))
+    return any(cls in _union_args(u) for u in (Problem, _RULE, CompareProcess))
 
 
 def _describe(tp: Any) -> str:
@@ -428,6 +420,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 def _from_dict_cls(cls: type, value: Any, path: str) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(path or "config", value, f"a mapping of {cls.__name__} fields")
+    recorded = None
+    if issubclass(cls, Rule):  # its name and threshold are recorded, not read back
+        recorded = value.get("threshold")
+        value = {k: v for k, v in value.items() if k not in Rule.derived_keys}
     hints = typing.get_type_hints(cls)
     hints = {k: v for k, v in hints.items() if typing.get_origin(v) is not ClassVar}
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -444,9 +440,25 @@ def _from_dict_cls(cls: type, value: Any, path: str) -> Any:
         if name in value
     }
     try:
-        return cls(**kwargs)
+        out = cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{prefix}{e.field}", e.value, e.accepted) from None
+    if recorded is not None:
+        _check_recorded_threshold(out, recorded, path)
+    return out
+
+
+def _check_recorded_threshold(rule: Rule, recorded: Any, path: str) -> None:
+    """A ``threshold`` in a config must be the rule's own (it is derived, never set)."""
+    own = rule.threshold()
+    ok = isinstance(recorded, (int, float)) and not isinstance(recorded, bool)
+    if not (ok and own is not None and math.isclose(recorded, own, rel_tol=1e-9)):
+        raise ConfigError(
+            f"{path}.threshold" if path else "threshold",
+            recorded,
+            f"{own!r}, the rule's own ({rule.threshold_formula}), or no threshold key: it is "
+            "derived from the rule's fields",
+        )
 
 
 def from_dict(value: Any, cls: type = Experiment) -> Any:

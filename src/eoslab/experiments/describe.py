@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..dynamics.rules import Rule
 from ..report.run_info import describe_config
 from .config import Experiment, to_dict
 
@@ -41,9 +42,12 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def changed_fields(base: Experiment, exp: Experiment) -> dict[str, tuple[Any, Any]]:
     """The fields of ``exp`` that differ from ``base``, by dotted name (``rule.lr``): ``(base's
-    value, exp's value)``; a field one of them lacks is None there."""
+    value, exp's value)``; a field one of them lacks is None there. What a rule records beside
+    its fields (its name and threshold, `Rule.derived_keys`) follows from them: not a field."""
+    derived = {f"rule.{k}" for k in Rule.derived_keys}
     a, b = _flat(to_dict(base)), _flat(to_dict(exp))
-    return {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)}
+    keys = [k for k in dict.fromkeys([*a, *b]) if k not in derived]
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
 
 
 def _fmt(v: Any) -> str:

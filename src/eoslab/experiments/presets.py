@@ -13,15 +13,13 @@ from __future__ import annotations
 from ..dynamics.central_flow import CentralFlow
 from ..dynamics.gradient_flow import GradientFlow
 from ..dynamics.limiting_flow import ProjectedLimitingFlow
+from ..dynamics.rules import GD, NormalizedGD, SqrtLossGD
 from ..errors import ConfigError
 from ..runner import Probes
 from .config import (
-    GD,
     Experiment,
     ModelProblem,
-    NormalizedGD,
     QuadraticProblem,
-    SqrtLossGD,
     ToyMLPProblem,
     ValleyProblem,
 )

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .output import pyplot, save_figure
-from .run_info import threshold_label
+from .run_info import rule_record, threshold_label
 
 __all__ = ["adam_eos_figures", "central_flow_figures", "self_stabilization_figures"]
 
@@ -27,15 +28,16 @@ def central_flow_figures(
     gd_loss_avg: np.ndarray,
     *,
     window: int,
-    lr: float,
+    rule: Mapping[str, Any],
 ) -> list[Path]:
     r"""``loss.png``, ``sharpness.png``, ``distance.png``: GD (every step: ``gd_loss`` and its
     ``2*window+1``-step average) against the central flow and gradient flow (``wide``: the
     lockstep frame with ``step``, ``pred_loss_cf``, ``loss_cf``, ``loss_gf``,
-    ``sharpness_{gd,cf,gf}``, ``gd_gf``, ``gd_cf``)."""
+    ``sharpness_{gd,cf,gf}``, ``gd_gf``, ``gd_cf``); ``rule``: GD's record
+    (`eoslab.rules.Rule.describe`), whose threshold is drawn."""
     plt = pyplot()
     out = Path(out)
-    thr = 2.0 / lr
+    rec = rule_record(rule)
     s = wide["step"]
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -51,7 +53,7 @@ def central_flow_figures(
     ax.plot(s, wide["sharpness_gd"], label="GD")
     ax.plot(s, wide["sharpness_cf"], "--", label="central flow")
     ax.plot(s, wide["sharpness_gf"], label="gradient flow")
-    ax.axhline(thr, color="k", ls=":", label=threshold_label("gd", thr))
+    ax.axhline(rec.threshold, color="k", ls=":", label=rec.label)
     ax.set(xlabel="step", ylabel="sharpness")
     ax.legend(fontsize=7)
     paths.append(save_figure(fig, out / "sharpness.png"))
@@ -65,13 +67,20 @@ def central_flow_figures(
 
 
 def self_stabilization_figures(
-    out: Path, df: pd.DataFrame, x2_avg: np.ndarray, loss_avg: np.ndarray, *, lr: float
+    out: Path,
+    df: pd.DataFrame,
+    x2_avg: np.ndarray,
+    loss_avg: np.ndarray,
+    *,
+    rule: Mapping[str, Any],
 ) -> list[Path]:
     r"""``oscillation.png`` ($x_t^2$, its average ``x2_avg`` and $\delta^2$), ``loss.png`` (GD,
     its average ``loss_avg`` and the constrained trajectory) and ``sharpness.png`` against
-    $2/\eta$; ``df`` is the self-stabilization frame with a ``gd_step`` column."""
+    GD's threshold ($2/\eta$, from ``rule``: GD's record, `eoslab.rules.Rule.describe`); ``df``
+    is the self-stabilization frame with a ``gd_step`` column."""
     plt = pyplot()
     out = Path(out)
+    rec = rule_record(rule)
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(df["gd_step"], df["x"] ** 2, lw=0.4, alpha=0.5, label="x_t^2 (GD)")
@@ -90,17 +99,20 @@ def self_stabilization_figures(
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(df["gd_step"], df["sharpness_gd"], label="GD")
     ax.plot(df["gd_step"], df["sharpness_dagger"], "--", label="constrained trajectory")
-    ax.axhline(2.0 / lr, color="k", ls=":", label=threshold_label("gd", 2.0 / lr))
+    ax.axhline(rec.threshold, color="k", ls=":", label=rec.label)
     ax.set(xlabel="step", ylabel="sharpness")
     ax.legend(fontsize=7)
     paths.append(save_figure(fig, out / "sharpness.png"))
     return paths
 
 
-def adam_eos_figures(out: Path, frames: Mapping[str, pd.DataFrame]) -> list[Path]:
+def adam_eos_figures(
+    out: Path, frames: Mapping[str, pd.DataFrame], rules: Mapping[str, Mapping[str, Any]]
+) -> list[Path]:
     """``<name>_sharpness.png`` for each frame (``step``, ``sharpness``, ``threshold``): the
-    (preconditioned, for ``adam``) sharpness against the rule's threshold, labelled with its
-    formula and value (``name`` is the rule's kind: ``adam``, ``heavy_ball``)."""
+    (preconditioned, for ``adam``) sharpness against the rule's threshold, labelled with the
+    formula the rule records (``rules[name]``: `eoslab.rules.Rule.describe`) and its value
+    (``name`` is the rule's kind: ``adam``, ``heavy_ball``)."""
     plt = pyplot()
     out = Path(out)
     paths = []
@@ -116,7 +128,8 @@ def adam_eos_figures(out: Path, frames: Mapping[str, pd.DataFrame]) -> list[Path
         )
         thr = np.asarray(d["threshold"], dtype=float)
         value = float(thr[0]) if thr.size and np.allclose(thr, thr[0]) else None
-        ax.plot(d["step"], thr, "k:", label=threshold_label(name, value))
+        formula = rule_record(rules[name]).threshold_formula
+        ax.plot(d["step"], thr, "k:", label=threshold_label(formula, value))
         ax.set(
             xlabel="step",
             ylabel=r"$\lambda_1(P^{-1}H)$" if name == "adam" else r"$\lambda_1$",

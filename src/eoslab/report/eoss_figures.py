@@ -7,25 +7,31 @@ Draws from the curves computed by ``eoslab.reproduce.eoss``; settings and checks
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from .output import pyplot, save_figure
-from .run_info import threshold_label
+from .run_info import rule_record
 
 __all__ = ["eoss_figures"]
 
 
-def eoss_figures(out: Path, curves: pd.DataFrame, *, lr: float, stable_from: float) -> list[Path]:
+def eoss_figures(
+    out: Path, curves: pd.DataFrame, *, rule: Mapping[str, Any], stable_from: float
+) -> list[Path]:
     r"""``eoss.png``: one panel per batch size (``curves["batch_size"]``), each with every run's
     (``curves["seed"]``) batch sharpness (``batch_sharpness``, the first run with a band $\pm2$
     ``batch_sharpness_stderr``), full-batch $\lambda_{\max}$ (``sharpness``) and $2/\eta$ against
     ``step``, the stable phase (steps $\ge$ ``stable_from``) shaded; ``loss.png``: the full-batch
-    loss of every run."""
+    loss of every run. ``rule``: the SGD rule's record (`eoslab.rules.Rule.describe`: its lr and
+    threshold)."""
     plt = pyplot()
     out = Path(out)
-    thr = 2.0 / lr
+    rec = rule_record(rule)
+    thr, lr = rec.threshold, rec.hyper["lr"]
     sizes = sorted(curves["batch_size"].unique())
     top = float(curves[["batch_sharpness", "sharpness"]].max().max())
     ymax = min(1.15 * max(top, thr), 2.5 * thr)  # a sharp start would squash the stable phase
@@ -57,7 +63,7 @@ def eoss_figures(out: Path, curves: pd.DataFrame, *, lr: float, stable_from: flo
                 label=r"$\lambda_{\max}$" if first else None,
                 **style,
             )
-        ax.axhline(thr, color="k", ls="--", lw=1, label=threshold_label("gd", thr))
+        ax.axhline(thr, color="k", ls="--", lw=1, label=rec.label)
         seeds = ", ".join(str(seed) for seed, _ in runs)
         ax.set_title(f"SGD, batch size {b}, lr {lr:g}\n(seeds {seeds}; band: seed {runs[0][0]})")
         ax.set_xlabel("SGD step (iterations)")

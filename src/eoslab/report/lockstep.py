@@ -77,7 +77,7 @@ def draw_distances(ax, series: Sequence[Series], colors: Sequence[str], *, prefi
         if tau is not None:
             x = tau.reindex(x).to_numpy()
             taus.append((rows["step"].to_numpy(), x))
-            lr = s.info.hyper.get("lr")
+            lr = s.info.rule.hyper.get("lr")
             lr_ref = float(lr) if isinstance(lr, (int, float)) else lr_ref
         ok = np.isfinite(x) & np.isfinite(y) & (y > 0)
         name = f"{s.info.path.name}: {label}" if prefix else label
@@ -116,7 +116,7 @@ def draw_predicted_loss(ax, series: Sequence[Series]) -> None:
     for s in predicted:
         rows = probed(s.df, "pred_loss")
         who = s.label or s.info.process_label(s.name or "?")
-        of = s.info.rule or "the optimizer"
+        of = s.info.rule.kind or "the optimizer"
         ax.plot(
             rows["step"],
             floats(rows["pred_loss"]),

@@ -79,9 +79,9 @@ def _series(dirs: Sequence[Path], colors: list[str]) -> list[Series]:
         info = read_run_info(d)
         parts = by_process(read_run_metrics(d))
         for proc, part in parts:
-            is_opt = proc is None or proc == info.rule or len(parts) == 1
+            is_opt = proc is None or proc == info.rule.kind or len(parts) == 1
             c = colors[len(out) % len(colors)]
-            label = info.process_label(proc or info.rule or "?")
+            label = info.process_label(proc or info.rule.kind or "?")
             if len(dirs) > 1:
                 label = f"{d.name}: {label}"
             out.append(Series(proc, label, c, part, info, is_opt))
@@ -241,9 +241,9 @@ def _threshold_groups(series: list[Series]) -> list[tuple[str, str | None, pd.Da
     lines: list[tuple[str, str | None, pd.DataFrame]] = []
     many = len(groups) > 1
     for value, members in groups.items():
-        kinds = {m.info.rule for m in members if m.is_optimizer} or {members[0].info.rule}
-        kind = kinds.pop() if len(kinds) == 1 else None
-        label = threshold_label(kind, value)
+        owners = [m for m in members if m.is_optimizer] or members[:1]
+        formulas = {m.info.rule.threshold_formula for m in owners}
+        label = threshold_label(formulas.pop() if len(formulas) == 1 else None, value)
         steps = pd.concat([probed(m.df, "threshold") for m in members])
         if many:  # several thresholds: each in its first run's colour, named after its runs
             owner = next((m for m in members if m.is_optimizer), members[0])
@@ -253,7 +253,7 @@ def _threshold_groups(series: list[Series]) -> list[tuple[str, str | None, pd.Da
             lines.append((label, None, steps))
     for s, thr in varying:
         color = s.color if s.label else None  # a lone series: its threshold in black
-        lines.append((_named(s, threshold_label(s.info.rule, None)), color, thr))
+        lines.append((_named(s, threshold_label(s.info.rule.threshold_formula, None)), color, thr))
     return lines
 
 
@@ -373,7 +373,7 @@ def _title(series: list[Series], dirs: Sequence[Path]) -> str:
         probe = every.get(i.probe_every, f", probed every {i.probe_every} steps")
         lines.append(f"{i.title}{probe}")
     elif len(problems) == 1:
-        rules = "; ".join(f"{i.path.name}: {i.rule_text}" for i in infos)
+        rules = "; ".join(f"{i.path.name}: {i.rule.text}" for i in infos)
         lines += [problems[0], rules]
     else:
         lines += [f"{i.path.name}: {i.title}" for i in infos]

@@ -2,7 +2,10 @@
 
 Read from a run directory's ``config.json`` and ``manifest.json`` only (plain JSON), for titles,
 legends and axis labels. Written by `eoslab.experiments` (an ``Experiment``'s fields) or by
-``eoslab.train`` / ``eoslab.runner.run`` (the processes' descriptions).
+``eoslab.train`` / ``eoslab.runner.run`` (the processes' descriptions). The rule's display name,
+threshold formula and constant threshold are the ones it recorded (`eoslab.rules.Rule.describe`);
+nothing here re-derives them. A config.json written before rules recorded them shows the rule's
+``kind`` as its name and the threshold by its value alone (``threshold = 20``).
 """
 
 from __future__ import annotations
@@ -16,16 +19,14 @@ from typing import Any
 __all__ = [
     "LOSS_NAMES",
     "PROCESS_NAMES",
-    "RULE_NAMES",
+    "RuleRecord",
     "RunInfo",
     "describe_config",
     "describe_hyper",
     "describe_problem",
-    "describe_rule",
     "read_run_info",
-    "threshold_formula",
+    "rule_record",
     "threshold_label",
-    "threshold_value",
 ]
 
 LOSS_NAMES = {
@@ -34,17 +35,6 @@ LOSS_NAMES = {
     "cross_entropy": "cross-entropy",
 }
 """Short names of `eoslab.losses` for axis labels (``mse_half``: mean of 1/2 |f - y|^2)."""
-
-RULE_NAMES = {
-    "gd": "GD",
-    "normalized_gd": "normalized GD",
-    "sqrt_loss_gd": "GD on sqrt(L)",
-    "heavy_ball": "heavy ball",
-    "nesterov": "Nesterov",
-    "rmsprop": "RMSProp",
-    "adam": "Adam",
-}
-"""Display names of the update rules (``kind`` in a config)."""
 
 PROCESS_NAMES = {
     "GradientFlow": "gradient flow",
@@ -59,6 +49,54 @@ PROCESS_NAMES = {
 
 _HYPER_NAMES = {"lr": "lr", "beta": "β", "beta1": "β1", "beta2": "β2"}
 
+_DERIVED = ("name", "threshold_formula", "threshold")  # what a rule records beside its fields
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleRecord:
+    """A rule as a run recorded it (``config.json``).
+
+    Attributes:
+        kind: its short name (``gd``, ``adam``; None if the run has no rule).
+        hyper: its hyperparameters (``lr``, ``beta``, ...).
+        name: its display name (``GD``); the kind for a record that lacks it.
+        threshold_formula: its stability threshold in words (``2/lr``; None if not recorded).
+        threshold: its constant threshold (None when it changes every step or is not recorded).
+    """
+
+    kind: str | None = None
+    hyper: dict[str, Any] = dataclasses.field(default_factory=dict)
+    name: str | None = None
+    threshold_formula: str | None = None
+    threshold: float | None = None
+
+    @property
+    def text(self) -> str:
+        """The rule and its hyperparameters in words, e.g. ``Adam, lr = 0.001, β1 = 0.9``."""
+        name = self.name or self.kind or "unknown rule"
+        return ", ".join(p for p in (name, describe_hyper(self.hyper)) if p)
+
+    @property
+    def label(self) -> str:
+        """The threshold's legend text when constant, e.g. ``2/lr = 20`` (`threshold_label`)."""
+        return threshold_label(self.threshold_formula, self.threshold)
+
+
+def rule_record(record: Any) -> RuleRecord:
+    """A `RuleRecord` from a recorded rule (a config's ``rule``; `eoslab.rules.Rule.describe`)."""
+    if not isinstance(record, dict):
+        return RuleRecord()
+    kind = record.get("kind")
+    name, formula, thr = (record.get(k) for k in _DERIVED)
+    value = thr if isinstance(thr, (int, float)) and not isinstance(thr, bool) else None
+    return RuleRecord(
+        kind=kind if isinstance(kind, str) else None,
+        hyper={k: v for k, v in record.items() if k not in ("kind", *_DERIVED)},
+        name=name if isinstance(name, str) else kind if isinstance(kind, str) else None,
+        threshold_formula=formula if isinstance(formula, str) else None,
+        threshold=float(value) if value is not None else None,
+    )
+
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
@@ -68,8 +106,8 @@ class RunInfo:
         path: the run directory.
         problem: the objective in words (model, dataset, n; or the synthetic problem).
         loss: the training loss's short name (for the loss axis).
-        rule: the optimizer's kind (``gd``, ``adam``, ...; None if unknown).
-        hyper: the rule's hyperparameters (``lr``, ``beta``, ...).
+        rule: the optimizer's rule as recorded: kind, hyperparameters, display name, threshold
+            (`RuleRecord`; its kind is None when unknown).
         steps: the step budget; probe_every: the probing period (None if unknown).
         status: how the run ended (``manifest.json``; ``unknown`` if unreadable).
         stop_step: the step the run stopped at (its last step).
@@ -81,8 +119,7 @@ class RunInfo:
     path: Path
     problem: str
     loss: str
-    rule: str | None
-    hyper: dict[str, Any]
+    rule: RuleRecord
     steps: int | None
     probe_every: int | None
     status: str
@@ -95,16 +132,11 @@ class RunInfo:
         return self.status == "diverged"
 
     @property
-    def rule_text(self) -> str:
-        """The rule with its hyperparameters, e.g. ``GD, lr = 0.1``."""
-        return describe_rule(self.rule, self.hyper)
-
-    @property
     def title(self) -> str:
         """Problem, loss, rule and the processes beside it on one line, e.g. ``fc-tanh on mnist1d
         (n = 1,000), loss MSE/2; GD, lr = 0.1 beside gf (gradient flow) and cf (central flow)``."""
         beside = _and([f"{n} ({what})" for n, what in self.processes.items()])
-        rule = f"{self.rule_text} beside {beside}" if beside else self.rule_text
+        rule = f"{self.rule.text} beside {beside}" if beside else self.rule.text
         return f"{self.problem}, loss {self.loss}; {rule}"
 
     def process_words(self, name: str) -> str:
@@ -112,8 +144,8 @@ class RunInfo:
         0.1``), another by its kind (``central flow``); its name when unknown."""
         if name in self.processes:
             return self.processes[name]
-        if name == self.rule:
-            return self.rule_text
+        if name == self.rule.kind:
+            return self.rule.text
         return name
 
     def process_label(self, name: str) -> str:
@@ -167,61 +199,17 @@ def describe_hyper(hyper: dict[str, Any]) -> str:
     )
 
 
-def describe_rule(kind: str | None, hyper: dict[str, Any]) -> str:
-    """``kind`` and its hyperparameters in words, e.g. ``Adam, lr = 0.001, β1 = 0.9``."""
-    name = RULE_NAMES.get(kind or "", kind or "unknown rule")
-    return ", ".join(p for p in (name, describe_hyper(hyper)) if p)
-
-
-def threshold_formula(kind: str | None) -> str | None:
-    r"""The stability threshold's formula for a rule (``None`` if not known).
-
-    GD and RMSProp $2/\eta$; heavy ball $(2+2\beta)/\eta$; Nesterov $(2+2\beta)/((1+2\beta)\eta)$;
-    Adam $(2+2\beta_1)/((1-\beta_1)\eta)$ (preconditioned sharpness for RMSProp and Adam);
-    normalized GD and GD on $\sqrt L$: $2/\eta_t$ with the step's effective LR $\eta_t$.
-    """
-    return {
-        "gd": "2/lr",
-        "rmsprop": "2/lr",
-        "heavy_ball": "(2+2β)/lr",
-        "nesterov": "(2+2β)/((1+2β) lr)",
-        "adam": "(2+2β1)/((1-β1) lr)",
-        "normalized_gd": "2/lr_eff = 2|∇L|/lr",
-        "sqrt_loss_gd": "2/lr_eff = 4 sqrt(L)/lr",
-    }.get(kind or "")
-
-
-def threshold_value(kind: str | None, hyper: dict[str, Any]) -> float | None:
-    """A rule's constant stability threshold from its hyperparameters (the formulas of
-    `threshold_formula`); None when it changes from step to step or is unknown."""
-    lr = hyper.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        return None
-    beta = hyper.get("beta", 0.9)
-    beta1 = hyper.get("beta1", 0.9)
-    if kind in ("gd", "rmsprop"):
-        return 2 / lr
-    if kind == "heavy_ball":
-        return (2 + 2 * beta) / lr
-    if kind == "nesterov":
-        return (2 + 2 * beta) / ((1 + 2 * beta) * lr)
-    if kind == "adam":
-        return (2 + 2 * beta1) / ((1 - beta1) * lr)
-    return None
-
-
 def describe_config(cfg: dict, *, budget: bool = True) -> str:
     """A recorded config (``config.json``'s ``config``) in words, all from its fields: the rule
     with its hyperparameters and threshold, the processes beside it, the problem and loss, and
     (``budget``) the steps and probing period. E.g. ``GD, lr = 0.2 (threshold 2/lr = 10);
     fc-tanh on mnist1d (n = 4,000), loss MSE/2; 2,500 steps, probed every 10``."""
     problem, loss = describe_problem(cfg)
-    kind, hyper = _rule_of(cfg)
-    formula, value = threshold_formula(kind), threshold_value(kind, hyper)
-    if formula is None:
-        rule = describe_rule(kind, hyper)
+    rec = _rule_of(cfg)
+    if rec.threshold_formula is None and rec.threshold is None:
+        rule = rec.text
     else:
-        rule = f"{describe_rule(kind, hyper)} (threshold {threshold_label(kind, value)})"
+        rule = f"{rec.text} (threshold {rec.label})"
     beside = _and([f"{n} ({what})" for n, what in _processes_of(cfg).items()])
     text = f"{rule}{f' beside {beside}' if beside else ''}; {problem}, loss {loss}"
     steps, every = cfg.get("steps"), cfg.get("probe_every")
@@ -232,13 +220,13 @@ def describe_config(cfg: dict, *, budget: bool = True) -> str:
     return text
 
 
-def threshold_label(kind: str | None, value: float | None) -> str:
-    """The threshold's legend text: its formula and value, e.g. ``2/lr = 20``.
+def threshold_label(formula: str | None, value: float | None) -> str:
+    """The threshold's legend text: its formula (as the rule recorded it, `eoslab.rules.Rule`'s
+    ``threshold_formula``) and value, e.g. ``2/lr = 20``.
 
-    ``value`` is the recorded (constant) threshold, or None when it changes from step to step
-    (then the formula alone). An unknown rule gives ``threshold = value``.
+    ``value`` is the (constant) threshold, or None when it changes from step to step (then the
+    formula alone). Without a formula: ``threshold = value``.
     """
-    formula = threshold_formula(kind)
     if value is None or not math.isfinite(value):
         return formula or "threshold"
     shown = f"{float(f'{value:.4g}'):g}"  # 4 significant digits, 38000 rather than 3.8e+04
@@ -253,22 +241,22 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _rule_of(cfg: dict) -> tuple[str | None, dict[str, Any]]:
+def _rule_of(cfg: dict) -> RuleRecord:
     rule = cfg.get("rule")
     if isinstance(rule, dict):
-        hyper = {k: v for k, v in rule.items() if k != "kind"}
-        return rule.get("kind"), hyper
+        return rule_record(rule)
     for proc in (cfg.get("processes") or {}).values():  # a run made by train / runner.run
         if isinstance(proc, dict) and proc.get("kind") == "optimizer":
-            hyper = {k: v for k, v in proc.items() if k not in ("kind", "rule")}
-            return proc.get("rule"), hyper
-    return None, {}
+            rest = {k: v for k, v in proc.items() if k not in ("kind", "rule")}
+            return rule_record({"kind": proc.get("rule"), **rest})
+    return RuleRecord()
 
 
 def _processes_of(cfg: dict) -> dict[str, str]:
     """The processes beside the optimizer: ``compare`` of an experiment, or the non-optimizer
     ``processes`` of a run made in Python; name -> display name."""
     procs = cfg.get("compare")
+    rec = _rule_of(cfg)
     if not isinstance(procs, dict):
         procs = {
             n: p
@@ -280,9 +268,9 @@ def _processes_of(cfg: dict) -> dict[str, str]:
         if not isinstance(p, dict):
             continue
         what = PROCESS_NAMES.get(str(p.get("kind")), str(p.get("kind", "?")))
-        algorithm = p.get("algorithm")  # the limiting flows: of which rule
+        algorithm = p.get("algorithm")  # the limiting flows: of which rule (the run's, usually)
         if isinstance(algorithm, str):
-            what += f" of {RULE_NAMES.get(algorithm, algorithm)}"
+            what += f" of {rec.name if algorithm == rec.kind and rec.name else algorithm}"
         out[str(n)] = what
     return out
 
@@ -294,14 +282,13 @@ def read_run_info(path: str | Path) -> RunInfo:
     cfg = cfg if isinstance(cfg, dict) else {}
     man = _read_json(path / "manifest.json")
     problem, loss = describe_problem(cfg)
-    kind, hyper = _rule_of(cfg)
+    rec = _rule_of(cfg)
     step = man.get("step")
     return RunInfo(
         path=path,
         problem=problem,
         loss=loss,
-        rule=kind,
-        hyper=hyper,
+        rule=rec,
         steps=cfg.get("steps") if isinstance(cfg.get("steps"), int) else None,
         probe_every=cfg.get("probe_every") if isinstance(cfg.get("probe_every"), int) else None,
         status=str(man.get("status", "unknown")),

@@ -9,13 +9,15 @@ $L(w(t))+\mathrm{tr}\,\Sigma/\eta$, and the relative errors. Adam's figure is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .output import pyplot, save_figure
-from .run_info import threshold_label
+from .run_info import rule_record
 
 __all__ = ["transformer_eos_figures"]
 
@@ -27,7 +29,7 @@ def transformer_eos_figures(
     gd_loss: np.ndarray,
     gd_loss_avg: np.ndarray,
     *,
-    lr: float,
+    rule: Mapping[str, Any],
     start: int,
     window: int,
     onset: int | None,
@@ -41,10 +43,12 @@ def transformer_eos_figures(
     ``loss_gd_avg``, ``sharpness_cf``); ``gd_loss`` / ``gd_loss_avg``: GD's loss beside the flows at
     every step from ``start`` and its ``2*window+1``-step average. ``onset``: GD's first probe at
     $\lambda_1\ge2/\eta$; ``eos_from``: where the EoS phase of the rows starts (shaded).
+    ``rule``: GD's record (`eoslab.rules.Rule.describe`: its lr and threshold).
     """
     plt = pyplot()
     out = Path(out)
-    thr = 2.0 / lr
+    rec = rule_record(rule)
+    thr, lr = rec.threshold, rec.hyper["lr"]
     paths = []
 
     # ---- sharpness
@@ -59,9 +63,9 @@ def transformer_eos_figures(
         color="C3",
         label=r"central flow: $\lambda_1(H(w(t)))$",
     )
-    ax.axhline(thr, color="k", ls=":", lw=1.2, label=threshold_label("gd", thr))
+    ax.axhline(thr, color="k", ls=":", lw=1.2, label=rec.label)
     ax.annotate(
-        f"2/lr = {thr:g}",
+        rec.label,
         xy=(0.01, thr),
         xycoords=("axes fraction", "data"),
         xytext=(0, 4),
@@ -80,7 +84,7 @@ def transformer_eos_figures(
     if onset is not None:
         ax.axvline(onset, color="0.5", lw=0.8, ls="-.")
         ax.annotate(
-            f"reaches 2/lr\n(step {onset})",
+            f"reaches {rec.threshold_formula}\n(step {onset})",
             xy=(onset, 0.02),
             xycoords=("data", "axes fraction"),
             xytext=(4, 0),

@@ -20,7 +20,7 @@ from ..curvature import top_eigenpairs
 from ..curvature.rounding import clip_tol
 from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
 from ..dynamics.optimizer import Optimizer
-from ..dynamics.rules import adam, gd, heavy_ball
+from ..dynamics.rules import GD, Adam, HeavyBall
 from ..objective import Objective
 from ..report.beyond_figures import (
     adam_eos_figures,
@@ -134,7 +134,7 @@ def central_flow_experiment(out: Path, quick: bool) -> list[dict]:
         eos = _eos_rows(df, window)
         # GD's spectrum at 12 EoS-phase iterates: several eigenvalues at the edge lift lambda_1
         at = np.linspace(eos["step"].iloc[0], eos["step"].iloc[-1], 12).astype(int)
-        W = np.asarray(iterate(obj, obj.w0, gd(lr), int(at[-1]) + 1).w)[at]
+        W = np.asarray(iterate(obj, obj.w0, GD(lr), int(at[-1]) + 1).w)[at]
         eig = _edge_eigenvalues(obj, W)
         # held out: a network the rows were not tuned on
         held = _heldout_net(300)  # both variants (its EoS phase checked at this size)
@@ -229,7 +229,8 @@ def central_flow_experiment(out: Path, quick: bool) -> list[dict]:
             np.inf,
         ),
     ]
-    central_flow_figures(out, df, gd_loss, moving_average(gd_loss, window), window=window, lr=lr)
+    avg = moving_average(gd_loss, window)
+    central_flow_figures(out, df, gd_loss, avg, window=window, rule=GD(lr).describe())
     write_table(out, rows, "Central flow of GD vs GD (fc-tanh, MNIST-1D, MSE)")
     return rows
 
@@ -238,7 +239,7 @@ def _eos_onset(obj: Objective, lr: float, *, check_every: int = 10, max_steps: i
     """GD's first iterate (checked every ``check_every`` steps) whose sharpness reaches ``2/lr``
     (the one at ``max_steps`` if none does) and its step."""
     res = run(
-        {"gd": Optimizer(gd(lr))},
+        {"gd": Optimizer(GD(lr))},
         obj,
         max_steps,
         probe_every=check_every,
@@ -321,7 +322,7 @@ def self_stabilization_experiment(out: Path, quick: bool) -> list[dict]:
         ),
         row("max |GD - constrained trajectory|", 0.0, float(df["dist"].max()), 1.0),
     ]
-    self_stabilization_figures(out, df, x2, lavg, lr=lr)
+    self_stabilization_figures(out, df, x2, lavg, rule=GD(lr).describe())
     write_table(out, rows, "Self-stabilization: GD vs projected GD (fc-tanh, MNIST-1D, MSE)")
     return rows
 
@@ -332,8 +333,9 @@ def adam_eos_experiment(out: Path, quick: bool) -> list[dict]:
     lr, b1 = 2e-3, 0.9
     with jax.enable_x64(True):
         obj = _net(n, width)
-        df = track_preconditioned_sharpness(obj, obj.w0, adam(lr, b1, 0.999, 1e-7), steps, every=25)
-        hb = track_preconditioned_sharpness(obj, obj.w0, heavy_ball(0.5, 0.9), steps // 2, every=25)
+        adam, heavy_ball = Adam(lr, b1, 0.999, 1e-7), HeavyBall(0.5, 0.9)
+        df = track_preconditioned_sharpness(obj, obj.w0, adam, steps, every=25)
+        hb = track_preconditioned_sharpness(obj, obj.w0, heavy_ball, steps // 2, every=25)
     write_frame(df, out / "adam.csv")
     write_frame(hb, out / "heavy_ball.csv")
     late = df.iloc[len(df) // 2 :]
@@ -353,7 +355,8 @@ def adam_eos_experiment(out: Path, quick: bool) -> list[dict]:
             0.15,
         ),
     ]
-    adam_eos_figures(out, {"adam": df, "heavy_ball": hb})
+    records = {"adam": adam.describe(), "heavy_ball": heavy_ball.describe()}
+    adam_eos_figures(out, {"adam": df, "heavy_ball": hb}, records)
     write_table(out, rows, "Adam and heavy ball at the Edge of Stability (fc-tanh, MNIST-1D)")
     return rows
 

@@ -5,7 +5,7 @@ the batch.
 $\mathrm{BS}(w)=\mathbb E_B[g_B^\top H_Bg_B/\lVert g_B\rVert^2]$ (random batches of the SGD batch
 size $b$; `eoslab.curvature.batch_sharpness`) and $\lambda_{\max}(w)=\lambda_1(\nabla^2L(w))$
 (certified Lanczos, the loop's ``sharpness``) are measured every ``probe_every`` steps of plain
-SGD (`eoslab.dynamics.MiniBatch` with ``rules.gd(lr)``) at three batch sizes and one ``lr``,
+SGD (`eoslab.dynamics.MiniBatch` with ``rules.GD(lr)``) at three batch sizes and one ``lr``,
 each from several seeds (the seed draws the initialization and the batches).
 
 **Stable phase** (where every mean below is taken): the probes of the second half of a run,
@@ -33,7 +33,7 @@ import pandas as pd
 from .. import data, models
 from ..curvature import batch_sharpness_probe
 from ..dynamics.minibatch import MiniBatch
-from ..dynamics.rules import gd
+from ..dynamics.rules import GD
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
 from ..report.eoss_figures import eoss_figures
@@ -163,7 +163,7 @@ def sgd_curvature_run(
         gni=False,
     )
     res = run(
-        MiniBatch(gd(s.lr), batch_size, seed=seed),
+        MiniBatch(GD(s.lr), batch_size, seed=seed),
         obj,
         s.steps,
         probe_every=s.probe_every,
@@ -329,7 +329,7 @@ def eoss_experiment(out: Path, quick: bool) -> list[dict]:
     write_frame(runs, out / "runs.csv")
     write_frame(summary.assign(wall_s=time.perf_counter() - t0), out / "summary.csv")
     np.savez(out / "final_points.npz", **points)
-    eoss_figures(out, curves, lr=s.lr, stable_from=s.steps / 2)
+    eoss_figures(out, curves, rule=GD(s.lr).describe(), stable_from=s.steps / 2)
     write_table(
         out,
         rows,

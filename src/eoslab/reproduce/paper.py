@@ -21,7 +21,7 @@ from ..data import Dataset
 from ..dynamics.limiting_flow import RetractedLimitingFlow
 from ..dynamics.optimizer import Optimizer
 from ..dynamics.phi import phi, phi_result
-from ..dynamics.rules import gd, normalized_gd, sqrt_loss_gd
+from ..dynamics.rules import GD, NormalizedGD, SqrtLossGD
 from ..errors import DatasetNotFoundError
 from ..objective import Objective
 from ..report.paper_figures import (
@@ -72,8 +72,8 @@ def _ngd_flow_x(x0: float, tau: float) -> float:
 # --------------------------------------------------------------------------------- Figure 1
 def run_valley(out: Path, quick: bool) -> list[dict]:
     with jax.enable_x64(True):
-        sq = np.asarray(iterate(valley, jnp.array([14.7, 3.0]), sqrt_loss_gd(0.5), 11).w)
-        ng = np.asarray(iterate(valley, jnp.array([14.7, -3.0]), normalized_gd(5.0), 9).w)
+        sq = np.asarray(iterate(valley, jnp.array([14.7, 3.0]), SqrtLossGD(0.5), 11).w)
+        ng = np.asarray(iterate(valley, jnp.array([14.7, -3.0]), NormalizedGD(5.0), 9).w)
     # reference iterates read off the paper's Figure 1 notebook
     ref_sq = [14.7, 13.2, 11.0, 9.9, 8.3, 7.4, 6.2, 5.6, 4.7, 4.2, 3.5, 3.1]
     ref_ng = [14.7, 13.7, 13.0, 11.9, 11.1, 9.8, 9.0, 7.3, 6.3, 3.95]
@@ -96,7 +96,7 @@ def run_quadratic(out: Path, quick: bool) -> list[dict]:
 
     def traj(x0, n):
         quad = lambda w: 0.5 * w @ jnp.asarray(A) @ w  # noqa: E731
-        ws = np.asarray(iterate(quad, jnp.asarray(x0), normalized_gd(1.0), n).w)
+        ws = np.asarray(iterate(quad, jnp.asarray(x0), NormalizedGD(1.0), n).w)
         return ws @ A  # x~ = A x / eta with eta = 1
 
     # The paper builds x~_0 as a 2-step pre-image of a tiny vector; we fit the angle of a
@@ -135,7 +135,7 @@ def run_flow_tracking(out: Path, quick: bool) -> list[dict]:
     X0 = _valley_phi_x(2.0, 0.3)
     T = 1.0
     targets = {"normalized_gd": _ngd_flow_x(X0, T), "sqrt_loss_gd": X0 * np.exp(-T / 2)}
-    rules = {"normalized_gd": normalized_gd, "sqrt_loss_gd": sqrt_loss_gd}
+    rules = {"normalized_gd": NormalizedGD, "sqrt_loss_gd": SqrtLossGD}
     rows, errs, phase1 = [], {k: [] for k in rules}, {k: [] for k in rules}
     curves = {}
     with jax.enable_x64(True):
@@ -231,7 +231,7 @@ def ngd_beside_flow(
     Returns one wide table, a row per probed step (``step, tau`` and ``{column}_{ngd|flow}``),
     and the optimizer's last iterate."""
     procs = {
-        "ngd": Optimizer(normalized_gd(lr)),
+        "ngd": Optimizer(NormalizedGD(lr)),
         "flow": RetractedLimitingFlow(algorithm="normalized_gd", lr=lr, h=h, phi_gtol=gtol),
     }
 
@@ -280,7 +280,7 @@ def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
         "mnist-mlp", jax.random.PRNGKey(0), ds.input_shape, ds.num_classes
     )
     obj = Objective.from_model(apply, params, ds, "mse_sum", dtype="float32")
-    start = iterate(obj, obj.w0, gd(gd_lr), gd_steps, save_every=gd_steps).w[-1]
+    start = iterate(obj, obj.w0, GD(gd_lr), gd_steps, save_every=gd_steps).w[-1]
     wide, ngd_end = ngd_beside_flow(obj, start, lr=lr, steps=steps, every=every, h=h, gtol=gtol)
     wide["lambda_ratio_ngd"] = [e[1] / e[0] for e in wide["eigs_ngd"]]
     wide["lambda_ratio_flow"] = [e[1] / e[0] for e in wide["eigs_flow"]]
@@ -332,7 +332,7 @@ def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
     )
     # the EoS identity at the end of the run: sqrt L_T + sqrt L_T+1 = lr sqrt(lambda_1 / 2),
     # lambda_1 at Phi(x_T)
-    last = iterate(obj, ngd_end, normalized_gd(lr), 1).loss
+    last = iterate(obj, ngd_end, NormalizedGD(lr), 1).loss
     pair = float(np.sqrt(last[0]) + np.sqrt(last[1]))
     rows.append(
         row(
@@ -400,7 +400,7 @@ def run_flow_rate(out: Path, quick: bool) -> list[dict]:
     kw = {"gtol": 1e-6, "solver": "tsit5", "max_steps": 200_000}
     with jax.enable_x64(True):
         obj = two_digit_problem(**FLOW_RATE_PROBLEM)
-        x0 = iterate(obj, obj.w0, gd(0.05), 50, save_every=50).w[-1]  # Phase I still ahead
+        x0 = iterate(obj, obj.w0, GD(0.05), 50, save_every=50).w[-1]  # Phase I still ahead
         X0 = phi(obj, x0, **kw)
         taus = np.linspace(0.0, T, n_tau)
         fl = limiting_flow(
@@ -418,7 +418,7 @@ def run_flow_rate(out: Path, quick: bool) -> list[dict]:
         errs = np.zeros((len(lrs), n_tau))
         for i, lr in enumerate(lrs):
             steps = int(round(T / lr**2))
-            it = iterate(obj, x0, normalized_gd(lr), steps, save_every=steps // (n_tau - 1))
+            it = iterate(obj, x0, NormalizedGD(lr), steps, save_every=steps // (n_tau - 1))
             for k in range(1, n_tau):
                 errs[i, k] = float(jnp.linalg.norm(phi(obj, it.w[k], **kw) - fl.X[k]))
     ratio = eig[:, 1] / eig[:, 0]
@@ -502,7 +502,7 @@ def run_cifar_vgg(out: Path, quick: bool, data_dir: Path | None = None) -> list[
     obj = Objective.from_model(apply, params, ds, "mse_sum", frozen=("head",), dtype="float32")
     lr = 0.25
     rows, curves = [], {}
-    for alg, rule in (("normalized_gd", normalized_gd(lr)), ("sqrt_loss_gd", sqrt_loss_gd(lr))):
+    for alg, rule in (("normalized_gd", NormalizedGD(lr)), ("sqrt_loss_gd", SqrtLossGD(lr))):
         # the rule, with lambda_1 and lambda_2 probed (warm-started tracker) at every saved step
         res = run(
             {alg: Optimizer(rule)},

@@ -29,7 +29,7 @@ from .. import models
 from ..curvature.rounding import clip_tol
 from ..data.sequences import TASKS, sequence_task
 from ..dynamics.optimizer import Optimizer
-from ..dynamics.rules import adam, gd
+from ..dynamics.rules import GD, Adam
 from ..errors import ConfigError, check_choice, check_int, check_positive
 from ..objective import Objective
 from ..report.beyond_figures import adam_eos_figures
@@ -156,7 +156,7 @@ def gd_sharpening(
     if steps % every:
         raise ConfigError("every", every, f"a divisor of steps (= {steps})")
     res = run(
-        {"gd": Optimizer(gd(lr))},
+        {"gd": Optimizer(GD(lr))},
         obj,
         steps,
         probe_every=every,
@@ -217,7 +217,7 @@ def transformer_eos_experiment(
         g = gd_sharpening(obj, lr=s.lr, steps=s.gd_steps, every=s.every, keep_points=True)
         # 3. GD beside gradient flow and the central flow, from GD's iterate at flow_start
         # iterate(steps) keeps w_0 .. w_steps
-        w_start = np.asarray(iterate(obj, obj.w0, gd(s.lr), max(s.flow_start, 1)).w)[s.flow_start]
+        w_start = np.asarray(iterate(obj, obj.w0, GD(s.lr), max(s.flow_start, 1)).w)[s.flow_start]
         wide, gd_loss = gd_beside_flows(
             obj.with_w0(w_start),
             lr=s.lr,
@@ -227,7 +227,7 @@ def transformer_eos_experiment(
             window=s.window,
         )
         # 2. Adam from init: preconditioned sharpness against its threshold
-        rule = adam(s.adam_lr, s.beta1, s.beta2, s.adam_eps)
+        rule = Adam(s.adam_lr, s.beta1, s.beta2, s.adam_eps)
         ad = track_preconditioned_sharpness(obj, obj.w0, rule, s.adam_steps, every=s.adam_every)
     wide.insert(0, "gd_step", wide["step"] + s.flow_start)
     probed = g[g["sharpness"].notna()]
@@ -347,13 +347,13 @@ def transformer_eos_experiment(
         wide,
         gd_loss,
         gd_loss_avg,
-        lr=s.lr,
+        rule=GD(s.lr).describe(),
         start=s.flow_start,
         window=s.window,
         onset=onset,
         eos_from=(peak + settle) if peak is not None else None,
     )
-    adam_eos_figures(out, {"adam": ad})
+    adam_eos_figures(out, {"adam": ad}, {"adam": rule.describe()})
     dim = obj.dim
     write_table(
         out,

@@ -20,7 +20,7 @@ import numpy as np
 from .. import data, models
 from ..data import Dataset
 from ..dynamics.optimizer import Optimizer
-from ..dynamics.rules import normalized_gd, sqrt_loss_gd
+from ..dynamics.rules import NormalizedGD, SqrtLossGD
 from ..models import VGG11
 from ..objective import Objective
 from ..report.paper_figures import cifar_vgg_figure
@@ -103,7 +103,7 @@ def fashion_vgg(out: Path, settings: FashionVGG, data_dir: Path | None = None) -
         head_init_std=head_std(s.config),
     )
     obj = Objective.from_model(apply, params, ds, "mse_sum", frozen=("head",), dtype="float32")
-    rules = {"normalized_gd": normalized_gd(s.lr), "sqrt_loss_gd": sqrt_loss_gd(s.lr)}
+    rules = {"normalized_gd": NormalizedGD(s.lr), "sqrt_loss_gd": SqrtLossGD(s.lr)}
     t0 = time.perf_counter()
     res = run(
         {alg: Optimizer(rule) for alg, rule in rules.items()},

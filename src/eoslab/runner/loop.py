@@ -355,7 +355,7 @@ def run(
 
     Args:
         processes: ``{name: Process}`` (a single `Process` is named ``"main"``), e.g.
-            ``{"gd": Optimizer(rules.gd(0.1)), "flow": GradientFlow(lr=0.1)}``.
+            ``{"gd": Optimizer(rules.GD(0.1)), "flow": GradientFlow(lr=0.1)}``.
         objective: an `Objective` (or a plain ``loss(w)`` with ``w0``).
         steps: the step budget.
         w0: the common start (default ``objective.w0``).

@@ -1,6 +1,6 @@
 r"""`train`: one update rule, full batch, through the one loop (`eoslab.runner.run`).
 
-``train(objective, rule, steps)`` is ``run({rule.name: Optimizer(rule)}, objective, steps)``
+``train(objective, rule, steps)`` is ``run({rule.kind: Optimizer(rule)}, objective, steps)``
 with the objective sharded or micro-batched on request.
 """
 
@@ -52,7 +52,7 @@ def train(
         objective: an `Objective` (or a plain ``loss(w)`` with ``w0``); for ``objective.sqrt()``
             the rule trains on $\sqrt{L - L_{\min}}$ while ``loss``, ``grad_norm``, ``lr_eff``,
             ``threshold`` and ``sharpness`` describe the base loss $L$.
-        rule: an update rule from `eoslab.rules`.
+        rule: an update rule from `eoslab.rules` (``rules.GD(lr=0.1)``, ...).
         steps, probe_every, probes, out, stop, seed, log_every, flush_seconds, resume, config,
             progress, custom_probes: as in `eoslab.runner.run`.
         w0: start here instead of ``objective.w0``.
@@ -73,7 +73,7 @@ def train(
         directory also gets the figures ``eoslab run`` draws (``figures/overview.png``).
     """
     if not isinstance(rule, Rule):
-        raise ConfigError("rule", rule, "an update rule from eoslab.rules (e.g. rules.gd(0.1))")
+        raise ConfigError("rule", rule, "an update rule from eoslab.rules (e.g. rules.GD(0.1))")
     check_int("steps", steps, 1)
     obj = as_objective(objective, w0)
     acc = accuracy_probe(obj) if accuracy else None
@@ -84,7 +84,7 @@ def train(
     if devices is not None and devices != 1:
         obj = shard_objective(obj, devices=devices)
     result = run(
-        {rule.name: Optimizer(rule)},
+        {rule.kind: Optimizer(rule)},
         obj,
         steps,
         w0=w0,

@@ -15,8 +15,6 @@ from ..dynamics.phi import phi as phi
 from ..dynamics.phi import phi_result as phi_result
 from ..dynamics.sdcp import solve_sdcp as solve_sdcp
 from .adaptive import PreconditionedSharpness as PreconditionedSharpness
-from .adaptive import adam_threshold as adam_threshold
-from .adaptive import heavy_ball_threshold as heavy_ball_threshold
 from .adaptive import preconditioned_sharpness as preconditioned_sharpness
 from .adaptive import track_preconditioned_sharpness as track_preconditioned_sharpness
 from .central_flow import CentralFlowResult as CentralFlowResult
@@ -54,14 +52,12 @@ __all__ = [
     "SelfStabilizationResult",
     "StabilityQuantities",
     "TangentProjector",
-    "adam_threshold",
     "central_flow",
     "central_flow_prediction",
     "eos_diagnostics",
     "flow_constant",
     "gd_lockstep",
     "gradient_flow",
-    "heavy_ball_threshold",
     "iterate",
     "limiting_flow",
     "lockstep",

@@ -16,7 +16,7 @@ from ..curvature import AbstractEigenSolver, EigResult, top_eigenpairs
 from ..curvature._checks import check_w
 from ..curvature.operator import HessianOperator, PreconditionedOperator
 from ..dynamics.optimizer import Optimizer
-from ..dynamics.rules import Rule, adam_threshold, heavy_ball_threshold
+from ..dynamics.rules import Rule
 from ..errors import ConfigError
 from ..objective import LossLike, as_objective
 from ..runner import Probes, run
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PreconditionedSharpness",
-    "adam_threshold",
-    "heavy_ball_threshold",
     "preconditioned_sharpness",
     "track_preconditioned_sharpness",
 ]
@@ -83,7 +81,7 @@ def track_preconditioned_sharpness(
     obj = as_objective(loss, w0)
     w0 = check_w(w0, obj)
     if not isinstance(rule, Rule):
-        raise ConfigError("rule", rule, "an eoslab.dynamics.rules.Rule (e.g. rules.adam(1e-3))")
+        raise ConfigError("rule", rule, "an eoslab.rules.Rule (e.g. rules.Adam(lr=1e-3))")
     for name, val in (("steps", steps), ("every", every)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
             raise ConfigError(name, val, "an integer >= 1")

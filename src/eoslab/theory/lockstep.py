@@ -16,7 +16,7 @@ from ..dynamics.gradient_flow import GradientFlow
 from ..dynamics.limiting_flow import ProjectedLimitingFlow, RetractedLimitingFlow, flow_constant
 from ..dynamics.manifold import DENSE_MAX_DIM
 from ..dynamics.optimizer import Optimizer
-from ..dynamics.rules import normalized_gd, sqrt_loss_gd
+from ..dynamics.rules import RULES
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike, as_objective
 from ..runner import Probes, Run, run
@@ -58,7 +58,7 @@ def lockstep(
         raise ConfigError("steps", steps, "an integer >= 1")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError("every", every, "an integer >= 1")
-    rule = normalized_gd(lr) if algorithm == "normalized_gd" else sqrt_loss_gd(lr, obj.loss_min)
+    rule = RULES[algorithm](lr=lr)  # NormalizedGD or SqrtLossGD (L_min: the objective's)
     flow_cls = ProjectedLimitingFlow if obj.dim <= DENSE_MAX_DIM else RetractedLimitingFlow
     procs = {
         "opt": Optimizer(rule),

@@ -20,7 +20,7 @@ from ..curvature.rounding import clip_tol
 from ..dynamics.central_flow import CentralFlow, SDPCentralFlow
 from ..dynamics.gradient_flow import GradientFlow
 from ..dynamics.optimizer import Optimizer
-from ..dynamics.rules import gd
+from ..dynamics.rules import GD
 from ..dynamics.self_stabilization import (
     ProjectedGD,
     SelfStabilization,
@@ -207,7 +207,7 @@ def gd_lockstep(
         raise ConfigError("every", every, f"a divisor of steps (= {steps})")
     window = check_int("window", window, 0)
     procs = {
-        "gd": Optimizer(gd(lr)),
+        "gd": Optimizer(GD(lr)),
         "gf": GradientFlow(lr=float(lr)),
         "cf": central_flow
         if central_flow is not None
