@@ -10,7 +10,10 @@ from . import data as data
 from . import losses as losses
 from . import models as models
 from . import theory as theory
+from .dynamics import eos_diagnostics as eos_diagnostics
+from .dynamics import phi as phi
 from .dynamics import rules as rules
+from .dynamics import tangent_projector as tangent_projector
 from .errors import ConfigError as ConfigError
 from .errors import DivergenceError as DivergenceError
 from .errors import EoslabError as EoslabError
@@ -19,9 +22,6 @@ from .objective import Objective as Objective
 from .runner import Run as Run
 from .runner import load_run as load_run
 from .runner import train as train
-from .dynamics import eos_diagnostics as eos_diagnostics
-from .dynamics import phi as phi
-from .dynamics import tangent_projector as tangent_projector
 from .theory import limiting_flow as limiting_flow
 
 # Subpackages that pull in heavy dependencies (matplotlib, pandas, cvxpy, scikit-learn, the

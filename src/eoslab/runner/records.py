@@ -13,7 +13,8 @@ import numpy as np
 import tyro
 
 from ..errors import ConfigError, DamagedRunError, DamagedRunWarning
-from .store import RunStore, read_metrics
+from ..rundir import read_metrics
+from .store import RunStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -140,8 +141,8 @@ class Run:
     def trajectory(self, process: str | None = None) -> np.ndarray:
         """The points ``(n, d)`` of one process (default: the first) at the rows that kept one
         (every logged row with ``keep_points=True``), in step order."""
-        w = self.series(process, "w")["w"]
-        pts = [np.asarray(x) for x in w if _is_value(x)]
+        df = self.series(process)
+        pts = [np.asarray(x) for x in df["w"] if _is_value(x)] if "w" in df else []
         if not pts:
             raise ConfigError("keep_points", False, "True (the run kept no points)")
         return np.stack(pts)
