@@ -103,7 +103,7 @@ class RunCommand(RunOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class Run(RunOptions):
+class RunRequest(RunOptions):
     """What ``eoslab run`` runs: its options and the experiment (a preset with its overrides,
     or a config file's)."""
 
@@ -364,7 +364,7 @@ def _with_data_dir(exp: Experiment, data_dir: Path | None) -> Experiment:
     return dataclasses.replace(exp, problem=problem)
 
 
-def _cmd_run(args: Run, name: str) -> int:
+def _cmd_run(args: RunRequest, name: str) -> int:
     exp = _with_data_dir(args.experiment, args.data_dir)
     out = args.out if args.out is not None else _fresh_dir(Path("runs") / name)
     from .runner import RunStore
@@ -581,7 +581,7 @@ def _parse_plain(argv: list[str]) -> tuple[object, str]:
             config=(tyro.conf.AvoidSubcommands,),
         )
         exp = _described(exp, base, f"config {opts.config.name}")
-        return Run(**dataclasses.asdict(opts), experiment=exp), opts.config.stem
+        return RunRequest(**dataclasses.asdict(opts), experiment=exp), opts.config.stem
     args = tyro.extras.subcommand_cli_from_dict(
         COMMANDS, args=argv, prog="eoslab", description=DESCRIPTION, config=config
     )
@@ -599,7 +599,7 @@ def _parse_plain(argv: list[str]) -> tuple[object, str]:
             for f in dataclasses.fields(RunOptions)
         }
         exp = _described(preset.experiment, PRESETS[name], f"preset {name}")
-        args = Run(**opts, experiment=exp)
+        args = RunRequest(**opts, experiment=exp)
     return args, name
 
 
@@ -638,7 +638,7 @@ def _dispatch(argv: list[str]) -> int:
         return 0
     try:
         args, name = _parse(argv)
-        if isinstance(args, Run):
+        if isinstance(args, RunRequest):
             return _cmd_run(args, name)
         if isinstance(args, Resume):
             return _cmd_resume(args)

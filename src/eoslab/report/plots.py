@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import EoslabError
 from ..rundir import read_config, read_metrics
-from .lockstep import draw_distances, draw_predicted_loss, has_distances
+from .compare import draw_distances, draw_predicted_loss, has_distances
 from .output import pyplot, save_figure
 from .run_info import read_run_info, threshold_label
 from .series import Series, by_process, floats, probed
@@ -372,7 +372,7 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
     A threshold far above the curves at a few probes is cut off the axis (and its legend says
     where), so the curves keep a readable scale. Lockstep runs add the distances between their
     processes (against the flow time tau beside a limiting flow) and, beside a central flow,
-    its predicted loss with the optimizer's loss averaged over 51 steps (`eoslab.report.lockstep`).
+    its predicted loss with the optimizer's loss averaged over 51 steps (`eoslab.report.compare`).
     A diverged run is marked by a vertical line at the step it stopped. The title names the
     problem (model, dataset, n), the loss, the rule with its hyperparameters and each process
     beside it (``title`` replaces it).
