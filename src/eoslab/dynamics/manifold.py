@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
 from ..curvature._checks import check_w
+from ..curvature.operator import HessianOperator
 from ..curvature.rounding import clip_tol
 from ..errors import ConfigError, check_choice, check_positive
 from ..objective import LossLike, as_objective
@@ -44,7 +44,7 @@ class TangentProjector(eqx.Module):
 
 @eqx.filter_jit
 def _dense_eigh(obj, x):
-    return jnp.linalg.eigh(jax.hessian(obj)(x))
+    return jnp.linalg.eigh(HessianOperator(obj, x).as_matrix())
 
 
 def tangent_projector(
@@ -60,7 +60,7 @@ def tangent_projector(
     The rank $M$ counts eigenvalues $\lambda_i > $ ``rank_tol`` $\cdot \lambda_1$ (the normal
     space); on $\Gamma$ the others are zero up to how far $x$ is from $\Gamma$, so ``rank_tol``
     should sit well above that distance times $\|\nabla^3 L\|/\lambda_1$. ``method="dense"``
-    diagonalises ``jax.hessian`` (the default up to $D=2000$); ``"matfree"`` grows a Lanczos
+    diagonalises the dense Hessian (the default up to $D=2000$); ``"matfree"`` grows a Lanczos
     solve until an eigenvalue falls below the threshold (at most ``max_rank`` of them).
     """
     obj = as_objective(loss, x)
