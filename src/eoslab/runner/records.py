@@ -58,7 +58,11 @@ class Stop:
 
 @dataclasses.dataclass
 class Run:
-    """The outcome of `run` / `train` (or `load_run`).
+    """The outcome of `run` / `train` (or `load_run`): the one result type of a trajectory.
+
+    Read it with `series` (one process's rows), `wide` (the processes side by side) and
+    `trajectory` (the kept points); a theory's derived quantities are columns of its process's
+    rows (``pred_loss``, ``tau``) or methods of the process (`CentralFlow.predicted_mean`).
 
     Attributes:
         metrics: one row per logged step and process (probe columns filled on probed steps).
