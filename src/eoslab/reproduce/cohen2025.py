@@ -72,9 +72,10 @@ def gd_beside_flows(
     have = np.isfinite(pred)
     num, cnt = moving_average(np.where(have, pred, 0.0), window), moving_average(have, window)
     pred_avg = np.divide(num, cnt, out=np.full(steps, np.nan), where=cnt > 0)
-    cols = ["loss", "sharpness", "dist_gf", "dist_cf", "pred_loss", "trace_sigma"]
+    cols = ["loss", "sharpness", "dist_gf", "dist_cf", "pred_loss", "trace_sigma", "cf_sharpness"]
+    cols += ["cf_matvecs"] if k == 1 else []  # the closed form's warm eigen-solves
     idx = np.arange(0, steps, every)
-    w = res.wide([*cols, "cf_sharpness", "cf_matvecs"]).set_index("step").loc[idx]
+    w = res.wide(cols).set_index("step").loc[idx]
     wide = pd.DataFrame(
         {
             "step": idx,
