@@ -6,19 +6,16 @@ import numpy as np
 import pytest
 
 from eoslab import Objective
-from eoslab.dynamics.central_flow import CentralFlow
-from eoslab.dynamics.optimizer import Optimizer
+from eoslab.dynamics import (
+    CentralFlow,
+    Optimizer,
+    RMSPropCentralFlow,
+    SDPCentralFlow,
+    solve_sdcp,
+)
 from eoslab.dynamics.rules import GD
 from eoslab.errors import ConfigError
 from eoslab.runner import Probes, run
-from eoslab.theory import (
-    central_flow,
-    central_flow_prediction,
-    moving_average,
-    rmsprop_central_flow,
-    solve_sdcp,
-)
-from eoslab.theory.trajectory import iterate
 
 C0, KAPPA, LR = 1.0, 0.05, 0.1
 
@@ -72,42 +69,70 @@ def test_sdp_kkt_conditions():
     assert abs(np.sum(X * grad)) < 1e-5
 
 
+def flow_rows(loss, w0, process, steps, *, every=None):
+    """The flow's rows 0 .. steps-1 (all logged; probed every ``every`` steps, default once)."""
+    res = run(
+        {"cf": process},
+        loss,
+        steps,
+        w0=w0,
+        probe_every=every or steps,
+        probes=Probes(sharpness=False),
+        keep_points=True,
+    )
+    df = res.series("cf")
+    return df[df["step"] < steps].reset_index(drop=True)
+
+
 def test_central_flow_time_average_matches_gd_on_orbit():
     ys = float(np.arccosh(np.exp(KAPPA)))  # GD's period-2 orbit: y -> -y, log cosh y = kappa
     xs = 2 * ys / (LR * np.tanh(ys)) - C0
     w0 = jnp.array([xs, ys, 0.3])
     steps = 300
-    cf = central_flow(toy, w0, lr=LR, steps=steps)
-    it = iterate(toy, w0, GD(LR), steps)
-    gd_avg = float(np.mean(np.asarray(it.loss)[100:steps]))
-    pred = float(np.mean(cf.pred_loss[100:]))
+    proc = CentralFlow(lr=LR, record_vectors=True)
+    cf = flow_rows(toy, w0, proc, steps)
+    res = run(Optimizer(GD(LR)), toy, steps, w0=w0, probe_every=steps, keep_points=True)
+    it = res.series(None, ["loss", "w"])
+    gd_avg = float(np.mean(it["loss"].to_numpy()[100:steps]))
+    pred = float(np.mean(cf["pred_loss"][100:]))
     assert gd_avg == pytest.approx(C0 * KAPPA, rel=0.1)
     assert pred == pytest.approx(gd_avg, rel=0.1)
     # sigma^2 = 2 kappa, pinned sharpness, complementarity
-    assert cf.trace_sigma[50:] == pytest.approx(2 * KAPPA, rel=1e-4)
-    assert np.all(cf.sharpness <= 2 / LR * (1 + 1e-6))
-    active = cf.trace_sigma > 0
-    assert np.allclose(cf.sharpness[active][1:] * LR, 2.0, atol=1e-4)
+    sigma2, sharp = cf["trace_sigma"].to_numpy(), cf["cf_sharpness"].to_numpy()
+    assert sigma2[50:] == pytest.approx(2 * KAPPA, rel=1e-4)
+    assert np.all(sharp <= 2 / LR * (1 + 1e-6))
+    active = sigma2 > 0
+    assert np.allclose(sharp[active][1:] * LR, 2.0, atol=1e-4)
     # E f(w_t) ~ f(w) + 1/2 <grad^2 f, Sigma>: for f = y^2, E y_t^2 = sigma^2
-    f_pred = central_flow_prediction(lambda w: w[1] ** 2, cf, rows=[299])
-    y2 = float(np.mean(np.asarray(it.w)[200:300, 1] ** 2))
-    assert f_pred[0] == pytest.approx(y2, rel=0.1)
+    f_pred = proc.predicted_mean(lambda w: w[1] ** 2, cf.iloc[299])
+    y2 = float(np.mean(res.trajectory()[200:300, 1] ** 2))
+    assert f_pred == pytest.approx(y2, rel=0.1)
 
 
 def test_complementarity_along_sdp_flow_two_eigenvalues():
     w0 = jnp.array([18.9, 0.2, 18.95, 0.15])
-    cf = central_flow(two_critical, w0, lr=LR, steps=40, k=2, solver="sdp")
+    proc = SDPCentralFlow(lr=LR, k=2)
+    cf = flow_rows(two_critical, w0, proc, 40, every=1)
+    assert list(cf["step"]) == list(range(40))
     thr = 2 / LR
-    for i in range(cf.steps.size):
-        X = cf.X[i]
+    for _, r in cf.iterrows():
+        X, lam = np.asarray(r["X"]), np.asarray(r["eigenvalues"])
         assert np.linalg.eigvalsh(X).min() > -1e-7
-        assert cf.eigenvalues[i].max() <= thr * (1 + 1e-6)
+        assert lam.max() <= thr * (1 + 1e-6)
         # complementarity: oscillation only on eigenvalues at 2/lr
-        lam = cf.eigenvalues[i]
         on = np.diag(X) > 1e-8
         assert np.all(np.abs(thr - lam[on]) < 1e-3 * thr)
-    diag = np.sort(np.diag(cf.X[-1]))
+    diag = np.sort(np.diag(np.asarray(cf["X"].iloc[-1])))
     assert diag == pytest.approx([0.04, 0.1], rel=1e-4)
+    # E f(w_t) ~ f(w) + 1/2 <grad^2 f, Sigma> with Sigma = U X U^T: f = y_1^2 + y_2^2 (both
+    # directions oscillate, each along its y), so E f = sigma_1^2 + sigma_2^2 + f(w)
+    last = cf.iloc[-1]
+    f = lambda w: w[1] ** 2 + w[3] ** 2  # noqa: E731
+    U, X = np.asarray(last["U"]), np.asarray(last["X"])
+    expect = (
+        float(f(jnp.asarray(last["w"]))) + float(np.trace(U.T @ np.diag([0, 2, 0, 2]) @ U @ X)) / 2
+    )
+    assert proc.predicted_mean(f, last) == pytest.approx(expect, rel=1e-10)
 
 
 def test_rmsprop_central_flow_pins_effective_sharpness():
@@ -117,30 +142,40 @@ def test_rmsprop_central_flow_pins_effective_sharpness():
 
     w0 = jnp.array([18.0, 0.2])
     nu0 = jnp.full((2,), 1.0)
-    fl = rmsprop_central_flow(toy2, w0, nu0, lr=LR, beta2=0.9, steps=200)
-    assert np.all(np.isfinite(fl.loss))
-    assert np.max(fl.eff_sharpness) <= 2.0 + 1e-4
-    on = fl.sigma2 > 0
+    fl = flow_rows(
+        toy2, w0, RMSPropCentralFlow(lr=LR, nu0=nu0, beta2=0.9, record_vectors=True), 200
+    )
+    eff = LR * fl["cf_eff_sharpness"].to_numpy()  # lambda_1(lr P^-1 H): threshold 2
+    assert np.all(np.isfinite(fl["loss"]))
+    assert np.max(eff) <= 2.0 + 1e-4
+    on = fl["sigma2"].to_numpy() > 0
     assert on.any()
-    assert np.allclose(fl.eff_sharpness[on][1:], 2.0, atol=1e-4)
-    fs = rmsprop_central_flow(toy2, w0, 1.0, lr=LR, beta2=0.9, steps=50, scalar=True)
-    assert fs.nu.shape == (50, 1)
+    assert np.allclose(eff[on][1:], 2.0, atol=1e-4)
+    fs = flow_rows(
+        toy2,
+        w0,
+        RMSPropCentralFlow(lr=LR, nu0=1.0, beta2=0.9, scalar=True, record_vectors=True),
+        50,
+    )
+    assert np.stack(fs["nu"]).shape == (50, 1)
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
+    ("make", "field"),
     [
-        ({"lr": -1.0, "steps": 3}, "lr"),
-        ({"lr": 0.1, "steps": 0}, "steps"),
-        ({"lr": 0.1, "steps": 3, "substeps": 0}, "substeps"),
-        ({"lr": 0.1, "steps": 3, "solver": "newton"}, "solver"),
-        ({"lr": 0.1, "steps": 3, "k": 2, "solver": "closed_form"}, "k"),
-        ({"lr": 0.1, "steps": 4, "save_every": 3}, "save_every"),
+        (lambda: CentralFlow(lr=-1.0), "lr"),
+        (lambda: CentralFlow(lr=0.1, substeps=0), "substeps"),
+        (lambda: CentralFlow(lr=0.1, krylov_dim=1), "krylov_dim"),
+        (lambda: CentralFlow(lr=0.1, eig_tol=0.0), "eig_tol"),
+        (lambda: SDPCentralFlow(lr=0.1, k=0), "k"),
+        (lambda: SDPCentralFlow(lr=0.1, window=-0.1), "window"),
+        (lambda: run(CentralFlow(lr=0.1), toy, -1, w0=jnp.array([1.0, 0.1, 0.1])), "steps"),
+        (lambda: run(SDPCentralFlow(lr=0.1, k=4), toy, 3, w0=jnp.array([1.0, 0.1, 0.1])), "k"),
     ],
 )
-def test_bad_inputs_name_the_field(kwargs, field):
+def test_bad_inputs_name_the_field(make, field):
     with pytest.raises(ConfigError) as e:
-        central_flow(toy, jnp.array([1.0, 0.1, 0.1]), **kwargs)
+        make()
     assert e.value.field == field
 
 
@@ -163,13 +198,14 @@ def test_warm_eigen_solve_matches_dense_hessian():
     w0 = jnp.concatenate(
         [jnp.array([2 * ys / (LR * np.tanh(ys)) - C0 + 0.3, 0.1]), 0.05 * jnp.ones(15)]
     )
-    cf = central_flow(many_directions, w0, lr=LR, steps=60)
-    hessian = jax.jit(jax.hessian(many_directions))
+    cf = flow_rows(many_directions, w0, CentralFlow(lr=LR, record_vectors=True), 60)
+    sharp = cf["cf_sharpness"].to_numpy()
     for i in range(0, 60, 6):
-        lam, vec = np.linalg.eigh(np.asarray(hessian(jnp.asarray(cf.w[i]))))
-        assert cf.sharpness[i] == pytest.approx(lam[-1], rel=5e-3)
-        assert abs(float(np.dot(cf.U[i, :, 0], vec[:, -1]))) > 1 - 1e-3
-    assert np.all(cf.sharpness[1:] <= 2 / LR * (1 + 1e-4))  # w0 starts above the edge
+        w = jnp.asarray(cf["w"].iloc[i])
+        lam, vec = np.linalg.eigh(np.asarray(jax.hessian(many_directions)(w)))
+        assert sharp[i] == pytest.approx(lam[-1], rel=5e-3)
+        assert abs(float(np.dot(cf["u"].iloc[i], vec[:, -1]))) > 1 - 1e-3
+    assert np.all(sharp[1:] <= 2 / LR * (1 + 1e-4))  # w0 starts above the edge
 
 
 def test_warm_eigen_solve_spends_one_block_product_per_substep():
@@ -261,9 +297,10 @@ def test_predicted_loss_has_no_one_step_spike(widths, seed, subset):
         probe_every=steps,
         probes=Probes(sharpness=False, alignment=False),
     )
-    rows = {p: res.process(p).set_index("step").sort_index() for p in ("gd", "cf")}
+    rows = {p: res.series(p).set_index("step").sort_index() for p in ("gd", "cf")}
     gd_loss = rows["gd"]["loss"].to_numpy()[:steps]
-    avg = moving_average(gd_loss, half)
+    kernel = np.ones(2 * half + 1) / (2 * half + 1)
+    avg = np.convolve(gd_loss, kernel, mode="same")  # centred; the edges are not compared
     rel = np.abs(rows["cf"]["pred_loss"].to_numpy()[:steps] / avg - 1.0)
     on = np.flatnonzero(rows["cf"]["trace_sigma"].to_numpy()[:steps] > 0)
     assert on.size and on[0] < 300  # the edge is reached early

@@ -182,7 +182,7 @@ def test_list_and_presets_round_trip(capsys):
 def test_help_covers_every_run_flag():
     from dataclasses import fields
 
-    from eoslab.cli import Run
+    from eoslab.cli import RunRequest
 
     proc = subprocess.run(
         [sys.executable, "-m", "eoslab.cli", "run", "--help"],
@@ -192,7 +192,7 @@ def test_help_covers_every_run_flag():
         timeout=60,
     )
     assert proc.returncode == 0
-    for f in fields(Run):
+    for f in fields(RunRequest):
         if f.name != "experiment":
             assert f"--{f.name.replace('_', '-')}" in proc.stdout
 

@@ -155,7 +155,7 @@ def test_bad_arguments_raise_config_error_before_any_work(monkeypatch):
 
 
 def test_list_and_table():
-    names = data.list()
+    names = sorted(data.DATASETS)
     assert {
         "mnist-5k",
         "digits",
@@ -717,7 +717,7 @@ _TINY_VGG = (4, "P", 4, "P", 4, 4, "P", 4, 4, "P", 4, 4, "P")
 def test_fashion_vgg_data_and_head(tmp_path):
     """The experiment's images (10 generated 28x28 ones; CI has no Fashion-MNIST): zeros around
     the standardized pixels; the head's init std keeps the paper's output variance."""
-    from eoslab.reproduce import vgg
+    from eoslab.reproduce import arora2022_vgg as vgg
 
     arrays = write_idx_set(tmp_path / "data", n_train=10)
     ds = vgg.pad_to_32(
@@ -738,7 +738,7 @@ def test_fashion_vgg_data_and_head(tmp_path):
 def test_fashion_vgg_end_to_end_on_generated_idx_files(tmp_path):
     """The experiment on 10 generated images: each rule's last step is w - lr_eff grad with the
     gradient taken apart from the loop; the figure and table are written."""
-    from eoslab.reproduce import vgg
+    from eoslab.reproduce import arora2022_vgg as vgg
 
     write_idx_set(tmp_path / "data", n_train=10)
     settings = vgg.FashionVGG(n=10, steps=4, every=2, config=_TINY_VGG)
@@ -769,5 +769,5 @@ def test_debian_fashion_mnist_is_the_published_set():
 def test_fashion_vgg_quick_on_real_images(tmp_path):
     from eoslab import reproduce
 
-    rows = reproduce.run("fashion-vgg", tmp_path, quick=True)
+    rows = reproduce.get("fashion-vgg")(tmp_path, quick=True)
     assert [r["quantity"] for r in rows if not r["ok"]] == []

@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 
 from eoslab import ConfigError, data, models, reproduce
 from eoslab.data import builtin
-from eoslab.reproduce.eoss import (
+from eoslab.reproduce.andreyev2024 import (
     QUICK,
     EossSettings,
     eoss_problem,
@@ -223,7 +223,7 @@ def test_seeds_are_averaged_and_a_diverged_run_fails_its_batch_size():
 
 @pytest.mark.slow  # 4,000 digits, 9 runs of 4,000 SGD steps with probes: 806 s at load 4
 def test_quick_variant_passes_its_rows(tmp_path):
-    rows = reproduce.run("eoss", tmp_path, quick=True)
+    rows = reproduce.get("eoss")(tmp_path, quick=True)
     assert len(rows) == 11
     assert all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
     files = ("table.md", "table.csv", "curves.csv", "runs.csv", "summary.csv", "eoss.png")

@@ -170,7 +170,7 @@ def test_new_rule_and_new_process_run_in_lockstep_against_closed_forms(reference
     probed = list(range(0, STEPS + 1, PROBE_EVERY))
     assert set(run_.metrics["process"]) == {"gd", "decay", "euler"}
     for name, c in coords.items():
-        df = run_.process(name)
+        df = run_.series(name)
         assert list(df["step"]) == list(range(STEPS + 1)), name
         loss = 0.5 * np.sum(lam * c**2, axis=1)
         grad_norm = np.sqrt(np.sum((lam * c) ** 2, axis=1))
@@ -201,10 +201,10 @@ def test_new_rule_and_new_process_run_in_lockstep_against_closed_forms(reference
         np.testing.assert_allclose(run_.points[name], V @ c[-1], rtol=1e-11, atol=1e-15)
     # the columns the process and the optimizer add on their own
     gf_time = np.concatenate([[0.0], np.cumsum(lr_eff["decay"][:STEPS])])
-    np.testing.assert_allclose(run_.process("decay")["gf_time"], gf_time, rtol=1e-13)
-    np.testing.assert_allclose(run_.process("gd")["gf_time"], LR * np.arange(STEPS + 1))
-    np.testing.assert_allclose(run_.process("euler")["flow_time"], LR * np.arange(STEPS + 1))
-    assert run_.process("gd")["flow_time"].isna().all()
+    np.testing.assert_allclose(run_.series("decay")["gf_time"], gf_time, rtol=1e-13)
+    np.testing.assert_allclose(run_.series("gd")["gf_time"], LR * np.arange(STEPS + 1))
+    np.testing.assert_allclose(run_.series("euler")["flow_time"], LR * np.arange(STEPS + 1))
+    assert run_.series("gd")["flow_time"].isna().all()
 
 
 def test_the_store_holds_all_three_processes(reference):
@@ -264,7 +264,7 @@ def test_the_plot_overlays_one_line_per_process(reference, tmp_path, monkeypatch
     lines = fig.axes[0].get_lines()  # the loss panel
     assert len(lines) == 3
     for name in ("gd", "decay", "euler"):
-        df = reference.process(name)
+        df = reference.series(name)
         same = [
             ln
             for ln in lines

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("eoslab",),  # the facade: re-exports the public names, imports anything below it
     ("reproduce",),  # the papers' experiments
     ("experiments",),  # typed run configs, presets, build, execute
-    ("theory",),  # front doors over the loop (being dissolved, issue 25)
+    ("theory",),  # limiting_flow: a limiting flow through the loop
     ("runner",),  # the loop, probes, the run store
     ("dynamics", "parallel"),  # processes and rules | sharding and micro-batching
     ("curvature",),  # operators (the only Hessian products), eigensolvers, trackers
@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mean_objective",),  # a mean objective as a weighted sum (padding, micro-batch scan)
     ("objective",),  # Objective: a loss on a flat vector and its data
     ("losses", "models", "data", "report"),  # report: figures and tables from a run directory
-    ("runlock", "helptext", "_version"),
+    ("rundir", "runlock", "helptext", "_version"),  # rundir: the one reader of a run directory
     ("errors",),
 )
 

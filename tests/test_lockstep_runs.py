@@ -88,7 +88,7 @@ def test_three_processes_in_one_store_resume_after_sigkill_bit_for_bit(toy_runs)
     cfg = json.loads((ref.path / "config.json").read_text())["config"]
     assert list(cfg["processes"]) == list(NAMES)
     for name in NAMES:
-        assert list(ref.process(name)["step"]) == list(range(STEPS + 1)), name
+        assert list(ref.series(name)["step"]) == list(range(STEPS + 1)), name
         np.testing.assert_array_equal(cut.points[name], ref.points[name])
     assert {"w", "dist_gd", "dist_flow", "dist_central", "pred_loss", "gf_time"} <= set(ref.metrics)
     assert_same_metrics(cut.metrics, ref.metrics)
@@ -105,7 +105,7 @@ def _top_eig(w) -> float:
 @pytest.mark.subprocess
 def test_three_process_metrics_against_recomputation(toy_runs):
     ref = toy_runs["ref"]
-    rows = {n: ref.process(n) for n in NAMES}
+    rows = {n: ref.series(n) for n in NAMES}
     w = {n: np.stack(rows[n]["w"].to_list()) for n in NAMES}
     # GD, again by hand: w_{t+1} = w_t - lr grad L(w_t)
     step = jax.jit(lambda v: v - LR * jax.grad(toy)(v))
@@ -167,7 +167,7 @@ def test_gradient_flow_matches_exp_of_minus_A_t():
     res = run(GradientFlow(lr=lr), obj, steps, probe_every=steps, probes=Probes(sharpness=False))
     lam, V = np.linalg.eigh(np.asarray(obj.data))
     c = np.exp(-np.outer(lr * np.arange(steps + 1), lam)) * (V.T @ w0)  # w(t) = exp(-A lr t) w0
-    df = res.process("main")
+    df = res.series("main")
     assert list(df["step"]) == list(range(steps + 1))
     np.testing.assert_allclose(df["loss"], 0.5 * np.sum(lam * c**2, axis=1), rtol=1e-6)
     np.testing.assert_allclose(df["gf_time"], lr * np.arange(steps + 1), rtol=1e-12)
@@ -254,7 +254,7 @@ def test_divergence_of_one_process_stops_the_run_and_keeps_every_row(tmp_path, p
     res = _diverging_run(tmp_path / "run", probe_every)
     assert res.status == "diverged" and res.step == DIV_AT
     assert res.message.startswith(f"diverged at step {DIV_AT}: gd: the loss became inf")
-    g, f = res.process("gd"), res.process("flow")
+    g, f = res.series("gd"), res.series("flow")
     # every row measured before the divergence is kept, every kept loss finite and exact
     assert list(g["step"]) == list(range(DIV_AT))
     np.testing.assert_allclose(g["loss"], _div_losses(DIV_LR, DIV_AT, flow=False), rtol=1e-15)

@@ -79,7 +79,7 @@ def test_fc_depth_family_matches_formula():
 
 
 def test_every_preset_builds_and_maps_to_num_classes():
-    for name in models.list():
+    for name in sorted(models.MODELS):
         if name == "transformer":  # token sequences (N, T) -> logits (N, T, V)
             assert shapes(name, (5,), 7)[2] == (4, 5, 7)
             continue
@@ -192,7 +192,9 @@ def test_bad_names_and_options_raise_config_error():
         jax.jit(lambda k: models.create("fc-tanh", k, (4,), 2)[1])(key)
     with pytest.raises(ConfigError, match="num_classes"):
         models.create("fc-tanh", key, (4,), 0)
-    assert {"fc-tanh", "vgg11-av", "resnet32", "deep-linear", "mnist-mlp"} <= set(models.list())
+    assert {"fc-tanh", "vgg11-av", "resnet32", "deep-linear", "mnist-mlp"} <= set(
+        sorted(models.MODELS)
+    )
 
 
 @settings(max_examples=15, deadline=None)

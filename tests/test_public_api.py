@@ -29,27 +29,19 @@ ALIASES: dict[str, str] = {}
 
 TWO_ADDRESSES: dict[str, str] = {}
 
-_WRAPPER = "theory helper: the front door and its result type go (theory/ dissolved)"
 _RESULT = "kept: a function and the result type it returns, one concept (diffrax's Solution)"
 _MODEL = "kept: the architecture and its initializer, which returns (model, parameters)"
 TWINS: dict[str, str] = {
-    "eoslab.dynamics.CentralFlow ~ eoslab.theory.central_flow": _WRAPPER,
-    "eoslab.dynamics.GradientFlow ~ eoslab.theory.gradient_flow": _WRAPPER,
-    "eoslab.dynamics.RMSPropCentralFlow ~ eoslab.theory.rmsprop_central_flow": _WRAPPER,
-    "eoslab.dynamics.SelfStabilization ~ eoslab.theory.self_stabilization": _WRAPPER,
-    "eoslab.theory.LimitingFlow ~ eoslab.theory.limiting_flow": _WRAPPER,
-    "eoslab.theory.Lockstep ~ eoslab.theory.lockstep": _WRAPPER,
-    "eoslab.theory.PhiResult ~ eoslab.theory.phi_result": _WRAPPER,
-    "eoslab.theory.PreconditionedSharpness ~ eoslab.theory.preconditioned_sharpness": _WRAPPER,
-    "eoslab.theory.StabilityQuantities ~ eoslab.theory.stability_quantities": _WRAPPER,
-    "eoslab.tangent_projector ~ eoslab.theory.TangentProjector": _WRAPPER,
     "eoslab.runner.AccuracyProbe ~ eoslab.runner.accuracy_probe": (
         "probes helper: a probe is one class, Probes builds the list"
     ),
+    "eoslab.dynamics.LimitingFlow ~ eoslab.theory.limiting_flow": _RESULT,
+    "eoslab.dynamics.PhiResult ~ eoslab.dynamics.phi_result": _RESULT,
+    "eoslab.dynamics.StabilityQuantities ~ eoslab.dynamics.stability_quantities": _RESULT,
+    "eoslab.dynamics.TangentProjector ~ eoslab.dynamics.tangent_projector": _RESULT,
     "eoslab.curvature.SpectralDensity ~ eoslab.curvature.spectral_density": _RESULT,
     "eoslab.curvature.Stableness ~ eoslab.curvature.stableness": _RESULT,
     "eoslab.runner.Run ~ eoslab.runner.run": _RESULT,
-    "eoslab.reproduce.run ~ eoslab.runner.Run": "kept: a reproduction's entry point, not a Run",
     "eoslab.models.CNN ~ eoslab.models.cnn": _MODEL,
     "eoslab.models.DeepLinear ~ eoslab.models.deep_linear": _MODEL,
     "eoslab.models.MLP ~ eoslab.models.mlp": _MODEL,

@@ -129,6 +129,6 @@ def test_readme_command_lines_are_real(capsys):
         else:
             helps = _help([cmd], capsys)
         if cmd == "reproduce" and args and not args[0].startswith("--"):
-            assert args[0] in reproduce.names()
+            assert args[0] in reproduce.REPRODUCTIONS
         for flag in flags:
             assert flag in helps, f"eoslab {cmd}{rest}: {flag} is not a flag"

@@ -10,8 +10,25 @@ import eoslab
 from eoslab import ConfigError, reproduce
 
 
+def iterates(obj, w0, rule, steps):
+    """The rule's iterates w_0 .. w_steps through the loop."""
+    from eoslab.dynamics import Optimizer
+    from eoslab.runner import Probes
+
+    res = eoslab.runner.run(
+        Optimizer(rule),
+        obj,
+        steps,
+        w0=w0,
+        probe_every=steps,
+        probes=Probes(sharpness=False, alignment=False),
+        keep_points=True,
+    )
+    return res.trajectory()
+
+
 def test_all_paper_experiments_are_listed():
-    names = reproduce.names()
+    names = list(reproduce.REPRODUCTIONS)
     for name in ("valley", "quadratic", "flow-tracking", "mnist-flow", "cifar-vgg", "central-flow"):
         assert name in names
     with pytest.raises(ConfigError, match="name"):
@@ -29,7 +46,7 @@ def test_all_paper_experiments_are_listed():
     ],
 )
 def test_quick_variants_write_figures_and_pass_their_tables(name, tmp_path):
-    rows = reproduce.run(name, tmp_path, quick=True)
+    rows = reproduce.get(name)(tmp_path, quick=True)
     assert rows and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
     assert (tmp_path / "table.md").exists() and (tmp_path / "table.csv").exists()
     pngs = list(tmp_path.glob("*.png"))
@@ -38,7 +55,7 @@ def test_quick_variants_write_figures_and_pass_their_tables(name, tmp_path):
 
 @pytest.mark.slow
 def test_mnist_flow_quick(tmp_path):
-    rows = reproduce.run("mnist-flow", tmp_path, quick=True)
+    rows = reproduce.get("mnist-flow")(tmp_path, quick=True)
     assert (tmp_path / "mnist_flow.png").exists()
     ok = {r["quantity"]: r["ok"] for r in rows}
     assert ok["sqrt L_T + sqrt L_T+1 vs lr sqrt(lambda_1(Phi(x_T))/2)"]
@@ -61,30 +78,48 @@ def test_cli_reproduce_lists_runs_and_refuses(tmp_path, capsys):
     assert "expected one of" in capsys.readouterr().err
 
 
-def test_registry_lists_the_modules_experiments():
-    from eoslab.reproduce import beyond, eoss, paper, transformer, vgg
+def test_registry_lists_the_papers_reproductions():
+    from eoslab.reproduce import (
+        andreyev2024,
+        arora2022,
+        arora2022_vgg,
+        cohen2022,
+        cohen2025,
+        damian2023,
+        transformer,
+    )
 
-    modules = (paper, vgg, beyond, transformer, eoss)
-    listed = [e.name for m in modules for e in m.EXPERIMENTS]
-    assert reproduce.names() == listed
+    modules = (
+        arora2022,
+        arora2022_vgg,
+        cohen2025,
+        damian2023,
+        cohen2022,
+        transformer,
+        andreyev2024,
+    )
+    listed = [e.name for m in modules for e in m.REPRODUCTIONS]
+    assert list(reproduce.REPRODUCTIONS) == listed
     for name in ("central-flow", "self-stabilization", "adam-eos", "eoss", "transformer-eos"):
         assert reproduce.get(name).run is not None
+    with pytest.raises(ConfigError, match="reproduction name"):
+        reproduce.register(reproduce.get("valley"))  # a name is registered once
 
 
 def test_experiments_scope_their_own_precision(tmp_path):
     # valley runs in float64 whatever the caller's mode, and leaves the mode as it found it
     before = jax.enable_x64.get_global()
     with jax.enable_x64(False):
-        rows_32 = reproduce.run("valley", tmp_path / "a", quick=True)
+        rows_32 = reproduce.get("valley")(tmp_path / "a", quick=True)
         assert not jax.config.jax_enable_x64
     assert jax.enable_x64.get_global() == before
-    assert rows_32 == reproduce.run("valley", tmp_path / "b", quick=True)
+    assert rows_32 == reproduce.get("valley")(tmp_path / "b", quick=True)
 
 
 def test_gd_beside_flows_with_the_sdp_central_flow():
     # the full central-flow variant (k = 2, SDP) through the loop, on a tiny net
     from eoslab import data, models
-    from eoslab.reproduce.beyond import gd_beside_flows
+    from eoslab.reproduce.cohen2025 import gd_beside_flows
 
     with jax.enable_x64(True):
         ds = data.load("mnist1d", n=20)
@@ -106,7 +141,7 @@ def test_gd_beside_flows_with_the_sdp_central_flow():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["central-flow", "self-stabilization", "adam-eos"])
 def test_beyond_quick_variants_write_figures_and_tables(name, tmp_path):
-    rows = reproduce.run(name, tmp_path, quick=True)
+    rows = reproduce.get(name)(tmp_path, quick=True)
     assert rows and all(np.isfinite(r["measured"]) for r in rows)
     assert (tmp_path / "table.md").exists() and (tmp_path / "table.csv").exists()
     pngs = list(tmp_path.glob("*.png"))
@@ -117,7 +152,7 @@ def test_ngd_beside_flow_projects_the_iterate_and_guards_the_flow():
     # a tiny float64 net: every probed column against dense jax.hessian and an independent Phi
     from eoslab import data, models
     from eoslab.dynamics.phi import phi
-    from eoslab.reproduce.paper import ngd_beside_flow
+    from eoslab.reproduce.arora2022 import ngd_beside_flow
 
     with jax.enable_x64(True):
         ds = data.load("mnist1d", n=8)
@@ -128,14 +163,14 @@ def test_ngd_beside_flow_projects_the_iterate_and_guards_the_flow():
         obj = eoslab.Objective.from_model(
             apply, params, (ds.x_train, jax.numpy.asarray(y)), "mse_sum", dtype="float64"
         )
-        start = eoslab.theory.iterate(obj, obj.w0, eoslab.rules.GD(0.02), 300).w[-1]
+        start = jax.numpy.asarray(iterates(obj, obj.w0, eoslab.rules.GD(0.02), 300)[-1])
         gtol = 1e-6
         wide, w_end = ngd_beside_flow(
             obj, start, lr=0.05, steps=4, every=2, h=0.0025, gtol=gtol, tol=1e-8
         )
         assert wide["step"].tolist() == [0, 2, 4]
         np.testing.assert_allclose(wide["tau"], [0.0, 0.005, 0.01])
-        ws = eoslab.theory.iterate(obj, start, eoslab.rules.NormalizedGD(0.05), 4).w
+        ws = jax.numpy.asarray(iterates(obj, start, eoslab.rules.NormalizedGD(0.05), 4))
         np.testing.assert_allclose(w_end, ws[-1], rtol=1e-10)
         hessian = jax.jit(jax.hessian(obj))
         for i, t in ((1, 2), (2, 4)):
@@ -155,13 +190,13 @@ def test_ngd_beside_flow_projects_the_iterate_and_guards_the_flow():
 
 @pytest.mark.slow
 def test_flow_rate_quick_tracks_the_flow_at_order_lr(tmp_path):
-    rows = reproduce.run("flow-rate", tmp_path, quick=True)
+    rows = reproduce.get("flow-rate")(tmp_path, quick=True)
     assert rows and all(r["ok"] for r in rows), [r for r in rows if not r["ok"]]
     assert (tmp_path / "flow_rate.png").exists()
 
 
 def test_two_digit_problem_is_the_documented_network():
-    from eoslab.reproduce.paper import two_digit_problem
+    from eoslab.reproduce.arora2022 import two_digit_problem
 
     with jax.enable_x64(True):
         obj = two_digit_problem(n=48, width=4, pool=4)

@@ -203,3 +203,45 @@ def test_heavy_ball_runs_in_float64_on_a_plain_callable():
     assert run.w.dtype == jnp.float64
     assert run.metrics["loss"].iloc[-1] < run.metrics["loss"].iloc[0]
     assert jax.tree_util.tree_leaves(run.w)[0].shape == (4,)
+
+
+def test_run_accessors_series_wide_and_trajectory():
+    # GD and gradient flow on a diagonal quadratic: GD's iterates are (1 - lr h)^t w0, the flow's
+    # exp(-h lr t) w0; the accessors must return exactly the stored rows, side by side by step
+    from eoslab.dynamics import GradientFlow, Optimizer
+    from eoslab.runner import run
+
+    lr, steps = 0.05, 12
+    obj = _quadratic(np.diag(H), dtype="float64")
+    res = run(
+        {"gd": Optimizer(rules.GD(lr)), "gf": GradientFlow(lr=lr, rtol=1e-10, atol=1e-12)},
+        obj,
+        steps,
+        probe_every=4,
+        probes=Probes(k=1, tol=1e-8),
+        keep_points=True,
+    )
+    t = np.arange(steps + 1)[:, None]
+    h, w0 = H.astype(np.float64), W0.astype(np.float64)
+    np.testing.assert_allclose(res.trajectory("gd"), (1 - lr * h) ** t * w0, rtol=1e-12)
+    np.testing.assert_allclose(res.trajectory("gf"), np.exp(-h * lr * t) * w0, rtol=1e-7)
+    np.testing.assert_array_equal(res.trajectory(), res.trajectory("gd"))  # the first process
+    assert res.process_names == ["gd", "gf"]
+    s = res.series("gd", ["loss", "sharpness"])
+    assert list(s.columns) == ["step", "loss", "sharpness"] and list(s["step"]) == list(range(13))
+    probed = s.dropna()
+    assert list(probed["step"]) == [0, 4, 8, 12]
+    np.testing.assert_allclose(probed["sharpness"], h.max(), rtol=1e-8)
+    wd = res.wide(["loss", "dist_gf", "dist_gd"])
+    assert list(wd.columns) == ["step", "loss_gd", "dist_gf_gd", "loss_gf", "dist_gd_gf"]
+    np.testing.assert_array_equal(wd["loss_gd"], s["loss"])
+    gap = np.linalg.norm(res.trajectory("gd") - res.trajectory("gf"), axis=1)
+    at = wd["dist_gf_gd"].notna().to_numpy()
+    np.testing.assert_allclose(wd["dist_gf_gd"][at], gap[at], rtol=1e-10)
+    np.testing.assert_array_equal(wd["dist_gf_gd"][at], wd["dist_gd_gf"][at])
+    for bad in (lambda: res.series("sgd"), lambda: res.series("gd", "nope"), lambda: res.wide("x")):
+        with pytest.raises(ConfigError):
+            bad()
+    no_points = run(Optimizer(rules.GD(lr)), obj, 2, probes=Probes(sharpness=False))
+    with pytest.raises(ConfigError, match="keep_points"):
+        no_points.trajectory()

@@ -4,19 +4,41 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from eoslab import Objective
-from eoslab.dynamics.self_stabilization import SelfStabilization
-from eoslab.errors import ConfigError
-from eoslab.theory.self_stabilization import (
-    gd_lockstep,
-    moving_average,
+from eoslab.dynamics import (
+    SelfStabilization,
     predicted_xy,
-    self_stabilization,
     stability_quantities,
     stable_projection,
 )
+from eoslab.errors import ConfigError
+from eoslab.runner import Probes, Stop, run
+
+
+def moving_average(x, h):
+    """Centred mean over 2h + 1 samples, shrinking at the ends (pandas, independently)."""
+    return (
+        pd.Series(np.asarray(x, np.float64)).rolling(2 * h + 1, center=True, min_periods=1).mean()
+    )
+
+
+def self_stabilization(loss, w0, *, lr, steps):
+    """GD beside its constrained trajectory: the process's rows 0 .. steps-1."""
+    res = run(
+        SelfStabilization(lr),
+        loss,
+        steps,
+        w0=w0,
+        probe_every=steps,
+        probes=Probes(sharpness=False),
+        stop=Stop(raise_on_divergence=True),
+    )
+    df = res.series("main")
+    return df[df["step"] < steps].reset_index(drop=True)
+
 
 C0, KAPPA, LR = 1.0, 0.05, 0.1
 
@@ -44,15 +66,16 @@ def test_projection_lands_on_stable_set():
 
 
 def test_gd_oscillation_matches_delta():
-    ss = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250)
-    df = ss.metrics
+    df = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250)
     x2 = float(np.mean(df["x"].to_numpy()[100:] ** 2))
     assert x2 == pytest.approx(2 * KAPPA, rel=0.1)
     assert df["sharpness_dagger"].max() <= 2 / LR * (1 + 1e-6)
     assert df["dist"].max() < 1.0
-    avg = moving_average(df["loss_gd"].to_numpy(), 10)[100:240]
-    pred = (df["loss_dagger"] + moving_average(df["x"].to_numpy() ** 2, 10) / LR)[100:240]
+    avg = moving_average(df["loss"], 10)[100:240]
+    pred = (df["loss_dagger"] + moving_average(df["x"] ** 2, 10) / LR)[100:240]
     assert np.mean(avg) == pytest.approx(np.mean(pred), rel=0.5)
+    # the process's own prediction: L(theta_dagger) + x^2 / lr at every step
+    np.testing.assert_allclose(df["pred_loss"], df["loss_dagger"] + df["x"] ** 2 / LR, rtol=1e-12)
 
 
 def test_predicted_xy_cycle():
@@ -63,7 +86,7 @@ def test_predicted_xy_cycle():
 
 def test_bad_inputs():
     with pytest.raises(ConfigError) as e:
-        self_stabilization(toy, jnp.zeros(3), lr=0.0, steps=3)
+        SelfStabilization(0.0)
     assert e.value.field == "lr"
     with pytest.raises(ConfigError) as e:
         stable_projection(toy, jnp.zeros(3), lr=0.1, iters=0)
@@ -94,14 +117,22 @@ def test_pull_against_dense_third_derivative():
 
 def test_pull_balances_two_alpha_on_the_toy():
     # one direction at the edge: the time-averaged pull is 2 alpha = 2 kappa (alpha = kappa at y=0)
-    df = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250).metrics
+    df = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250)
     assert np.mean(df["pull"].to_numpy()[100:]) == pytest.approx(2 * KAPPA, rel=0.1)
 
 
-def test_gd_lockstep_averages_the_prediction_over_gds_window():
-    wide, rows = gd_lockstep(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=40, every=10, window=3)
-    pred = rows[rows["process"] == "cf"].set_index("step")["pred_loss"].to_numpy()[:40]
-    gd_loss = rows[rows["process"] == "gd"].set_index("step")["loss"].to_numpy()[:40]
+def test_gd_beside_flows_averages_the_prediction_over_gds_window():
+    from eoslab.dynamics import CentralFlow, GradientFlow, Optimizer
+    from eoslab.dynamics.rules import GD
+    from eoslab.reproduce.cohen2025 import gd_beside_flows
+
+    obj = Objective.from_fn(toy, jnp.array([19.6, 0.3, 0.3]), dtype="float64")
+    wide, _ = gd_beside_flows(obj, lr=LR, steps=40, every=10, k=1, window=3)
+    procs = {"gd": Optimizer(GD(LR)), "gf": GradientFlow(lr=LR), "cf": CentralFlow(lr=LR)}
+    rows = run(procs, obj, 40, probe_every=10, probes=Probes(sharpness=False))
+    pred = rows.series("cf", "pred_loss")["pred_loss"].to_numpy()[:40]
+    gd_loss = rows.series("gd", "loss")["loss"].to_numpy()[:40]
+    assert list(wide["step"]) == [0, 10, 20, 30]
     for i, s in enumerate(wide["step"]):
         lo, hi = max(0, s - 3), min(40, s + 4)
         assert wide["pred_loss_cf_avg"].iloc[i] == pytest.approx(np.mean(pred[lo:hi]), rel=1e-12)

@@ -6,18 +6,41 @@ import pytest
 from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
 
-from eoslab import ConfigError
+from eoslab import ConfigError, eos_diagnostics, limiting_flow, phi, tangent_projector
+from eoslab.dynamics import (
+    GradientFlow,
+    Optimizer,
+    ProjectedLimitingFlow,
+    RetractedLimitingFlow,
+    phi_result,
+)
 from eoslab.dynamics.rules import NormalizedGD, SqrtLossGD
 from eoslab.errors import NotConvergedError
-from eoslab.theory import (
-    eos_diagnostics,
-    iterate,
-    limiting_flow,
-    lockstep,
-    phi,
-    phi_result,
-    tangent_projector,
-)
+from eoslab.runner import Probes, run
+
+NO_PROBES = Probes(sharpness=False, alignment=False)
+
+
+def iterates(loss, w0, rule, steps, every=1):
+    """The rule's iterates w_0, w_every, ..., w_steps through the loop."""
+    res = run(
+        Optimizer(rule),
+        loss,
+        steps,
+        w0=w0,
+        probe_every=steps,
+        log_every=every,
+        probes=NO_PROBES,
+        keep_points=True,
+    )
+    return res.trajectory()
+
+
+def flow_from(loss, ws, algorithm, lr, steps):
+    """The limiting flow from ws[0] over the iterates' span of flow time."""
+    return limiting_flow(
+        loss, ws[0], algorithm=algorithm, tau=lr**2 * float(steps[-1] - steps[0]), n_save=1001
+    )
 
 
 def valley(w):
@@ -114,10 +137,10 @@ def test_limiting_flow_on_the_sphere_matches_independent_integration(algorithm):
 
 def _phase2_error(rule_fn, lr, algorithm):
     steps = int(round(1 / lr**2))
-    it = iterate(valley, jnp.array([2.0, 0.3]), rule_fn(lr), steps, save_every=steps)
+    ws = iterates(valley, jnp.array([2.0, 0.3]), rule_fn(lr), steps, every=steps)
     X0 = valley_phi_x(2.0, 0.3)
     target = ngd_flow_x(X0, 1.0) if algorithm == "normalized_gd" else X0 * np.exp(-0.5)
-    return abs(float(phi(valley, it.w[-1])[0]) - target)
+    return abs(float(phi(valley, jnp.asarray(ws[-1]))[0]) - target)
 
 
 @pytest.mark.parametrize(
@@ -138,16 +161,11 @@ def _coarse_flow(loss, x0, algorithm, tau):
 
 def test_eos_identities_normalized_gd():
     lr = 0.01
-    it = iterate(valley, jnp.array([2.0, 0.3]), NormalizedGD(lr), 10_000)
-    tail = it.w[-50:]
+    tail = jnp.asarray(iterates(valley, jnp.array([2.0, 0.3]), NormalizedGD(lr), 10_000)[-50:])
+    steps = np.arange(9_950, 10_000)
+    fl = flow_from(valley, tail, "normalized_gd", lr, steps)
     df = eos_diagnostics(
-        valley,
-        tail,
-        algorithm="normalized_gd",
-        lr=lr,
-        phi_every=49,
-        steps=np.arange(9_950, 10_000),
-        flow=_coarse_flow(valley, tail[0], "normalized_gd", lr**2 * 49),
+        valley, tail, algorithm="normalized_gd", lr=lr, flow=fl, phi_every=49, steps=steps
     )
     # every step has length exactly lr, and sqrt L_t + sqrt L_t+1 = lr sqrt(lambda_1 / 2)
     np.testing.assert_allclose(
@@ -163,16 +181,11 @@ def test_eos_identities_normalized_gd():
 
 def test_eos_identities_sqrt_loss_gd():
     lr = 0.01
-    it = iterate(valley, jnp.array([2.0, 0.3]), SqrtLossGD(lr), 10_000)
-    tail = it.w[-50:]
+    tail = jnp.asarray(iterates(valley, jnp.array([2.0, 0.3]), SqrtLossGD(lr), 10_000)[-50:])
+    steps = np.arange(9_950, 10_000)
+    fl = flow_from(valley, tail, "sqrt_loss_gd", lr, steps)
     df = eos_diagnostics(
-        valley,
-        tail,
-        algorithm="sqrt_loss_gd",
-        lr=lr,
-        phi_every=49,
-        steps=np.arange(9_950, 10_000),
-        flow=_coarse_flow(valley, tail[0], "sqrt_loss_gd", lr**2 * 49),
+        valley, tail, algorithm="sqrt_loss_gd", lr=lr, flow=fl, phi_every=49, steps=steps
     )
     lam = 2 * (1 + np.asarray(tail[:-1, 0]) ** 2)
     np.testing.assert_allclose(
@@ -187,21 +200,22 @@ def test_eos_identities_sqrt_loss_gd():
 def test_stableness_identity_and_alignment_with_a_second_normal_direction():
     lr = 0.02
     steps = int(1 / lr**2)
-    it = iterate(valley2, jnp.array([2.0, 0.3, 0.3]), NormalizedGD(lr), steps)
+    ws = jnp.asarray(iterates(valley2, jnp.array([2.0, 0.3, 0.3]), NormalizedGD(lr), steps))
+    tail, at = ws[steps // 2 :], np.arange(steps // 2, steps + 1)
     df = eos_diagnostics(
         valley2,
-        it.w[steps // 2 :],
+        tail,
         algorithm="normalized_gd",
         lr=lr,
+        flow=flow_from(valley2, tail, "normalized_gd", lr, at),
         phi_every=125,
-        steps=np.arange(steps // 2, steps + 1),
-        flow=_coarse_flow(valley2, it.w[steps // 2], "normalized_gd", lr**2 * (steps // 2)),
+        steps=at,
     )
     ok = df["stab_sum"].notna()
     assert np.all(np.abs(df["stab_sum"][ok] - 1) <= 5 * lr)
     assert df["theta"].dropna().mean() <= 5 * lr
     X0 = valley_phi_x(2.0, 0.3)
-    err = abs(float(phi(valley2, it.w[-1])[0]) - ngd_flow_x(X0, 1.0))
+    err = abs(float(phi(valley2, ws[-1])[0]) - ngd_flow_x(X0, 1.0))
     assert err <= lr
 
 
@@ -209,30 +223,41 @@ def test_quadratic_two_cycle_theorem_3_1():
     A = jnp.diag(jnp.array([1.0, 0.4]))
     quad = lambda w: 0.5 * w @ A @ w
     lr = 1.0
-    it = iterate(quad, jnp.array([0.37, -0.81]), NormalizedGD(lr), 80)
-    xt = np.asarray(it.w) @ np.asarray(A) / lr  # x~ = A x / eta
+    xt = (
+        iterates(quad, jnp.array([0.37, -0.81]), NormalizedGD(lr), 80) @ np.asarray(A) / lr
+    )  # x~ = A x / eta
     norms = np.linalg.norm(xt, axis=1)
     np.testing.assert_allclose(norms[-10:-1] + norms[-9:], 1.0, atol=1e-9)  # sums to lambda_1
     assert np.all(np.abs(xt[-10:, 1]) < 1e-8)  # aligned with v1
 
 
-def test_lockstep_distances():
+def test_optimizer_beside_gradient_flow_and_limiting_flow():
+    # sqrt-loss GD, gradient flow and the limiting flow from one start in one loop, Phi probed
     lr = 0.05
-    out = lockstep(
-        valley, jnp.array([2.0, 0.3]), algorithm="sqrt_loss_gd", lr=lr, steps=400, every=100
+    procs = {
+        "opt": Optimizer(SqrtLossGD(lr)),
+        "gf": GradientFlow(lr=lr),
+        "flow": ProjectedLimitingFlow(algorithm="sqrt_loss_gd", lr=lr),
+    }
+    res = run(
+        procs,
+        valley,
+        400,
+        w0=jnp.array([2.0, 0.3]),
+        probe_every=100,
+        log_every=100,
+        probes=Probes(tol=1e-6, alignment=False, phi=True),
     )
-    m = out.metrics
+    m = res.wide(["loss", "sharpness", "tau", "dist_gf", "dist_flow", "phi_dist_flow", "phi_dist"])
     assert list(m["step"]) == [0, 100, 200, 300, 400]
-    ws = iterate(valley, jnp.array([2.0, 0.3]), SqrtLossGD(lr), 400, save_every=100).w
+    np.testing.assert_allclose(m["tau_flow"], lr**2 * m["step"], rtol=1e-12)  # tau = lr^2 t
+    ws = iterates(valley, jnp.array([2.0, 0.3]), SqrtLossGD(lr), 400, every=100)
     # Phi of the iterates follows the flow to O(lr); gradient flow is left behind at Phi(x0)
-    assert np.all(m["phi_flow"] <= lr)
-    assert m["opt_gf"].iloc[-1] > 10 * m["phi_flow"].iloc[-1]
+    assert np.all(m["phi_dist_flow_opt"] <= lr)
+    assert m["dist_gf_opt"].iloc[-1] > 10 * m["phi_dist_flow_opt"].iloc[-1]
     np.testing.assert_allclose(
-        m["opt_phi"],
-        np.hypot(
-            np.asarray(ws[:, 0]) - [float(phi(valley, w)[0]) for w in ws],
-            np.asarray(ws[:, 1]),
-        ),
+        m["phi_dist_opt"],
+        np.hypot(ws[:, 0] - [float(phi(valley, jnp.asarray(w))[0]) for w in ws], ws[:, 1]),
         atol=1e-7,
     )
 
@@ -274,8 +299,6 @@ def test_retraction_flow_stays_on_gamma_and_records_its_guards():
 
 
 def test_retraction_refuses_a_bad_tolerance_and_has_no_fixed_projection_time():
-    from eoslab.dynamics.limiting_flow import RetractedLimitingFlow
-
     with pytest.raises(ConfigError, match="phi_gtol"):
         RetractedLimitingFlow(algorithm="normalized_gd", lr=0.1, phi_gtol=0.0)
     with pytest.raises(TypeError):
@@ -289,18 +312,22 @@ def test_float32_objectives_stay_float32_under_64_bit_mode():
     import jax
 
     from eoslab import Objective
-    from eoslab.theory import gradient_flow
+    from eoslab.dynamics import GradientFlow
 
     assert jax.config.jax_enable_x64
     obj = Objective.from_fn(valley, jnp.array([2.0, 0.3]), dtype="float32")
     r = phi_result(obj, obj.w0, gtol=1e-5)
     assert r.x.dtype == r.t.dtype == r.grad_norm.dtype == jnp.float32
     assert float(r.x[0]) == pytest.approx(valley_phi_x(2.0, 0.3), abs=1e-5)
-    ts = np.array([0.0, 0.5])
-    path = gradient_flow(obj, obj.w0, ts)
-    assert path.dtype == jnp.float32
+
+    def flow(loss, w0):  # phi(w0, t) at t = 0, 0.25, 0.5 (two steps of time lr = 0.25)
+        res = run(GradientFlow(lr=0.25), loss, 2, w0=w0, probe_every=2, keep_points=True)
+        return res.trajectory()
+
+    path = flow(obj, obj.w0)
+    assert path.dtype == np.float32
     # independent: the float64 flow from the same start
-    np.testing.assert_allclose(path, gradient_flow(valley, jnp.array([2.0, 0.3]), ts), rtol=1e-4)
+    np.testing.assert_allclose(path, flow(valley, jnp.array([2.0, 0.3])), rtol=1e-4)
     fl = limiting_flow(
         obj,
         obj.w0,

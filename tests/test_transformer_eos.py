@@ -14,6 +14,7 @@ from eoslab import Objective, models, reproduce
 from eoslab.data.sequences import sequence_arrays
 from eoslab.dynamics.rules import Adam
 from eoslab.errors import ConfigError
+from eoslab.reproduce.cohen2022 import effective_sharpness
 from eoslab.reproduce.transformer import (
     QUICK,
     TransformerEoSSetting,
@@ -22,7 +23,6 @@ from eoslab.reproduce.transformer import (
     onset_and_peak,
     transformer_objective,
 )
-from eoslab.theory import track_preconditioned_sharpness
 
 TINY = TransformerEoSSetting(n=6, length=2, vocab=3, d_model=4, n_heads=2, d_mlp=8)
 
@@ -144,7 +144,7 @@ def test_adam_preconditioned_sharpness_on_the_decoder_against_dense():
     lr, b1, b2, eps, steps = 1e-2, 0.9, 0.999, 1e-7, 10
     with jax.enable_x64(True):
         obj = transformer_objective(TINY)
-        df = track_preconditioned_sharpness(obj, obj.w0, Adam(lr, b1, b2, eps), steps, every=5)
+        df = effective_sharpness(obj, Adam(lr, b1, b2, eps), steps, every=5)
         grad, hess = jax.jit(jax.grad(obj)), dense_hessian(obj)
         w, m, v, want = np.asarray(obj.w0), 0.0, 0.0, {}
         for t in range(1, steps + 1):
@@ -173,14 +173,14 @@ def test_onset_peak_and_eos_phase_on_hand_made_series():
 
 
 def test_registered():
-    assert "transformer-eos" in reproduce.names()
+    assert "transformer-eos" in reproduce.REPRODUCTIONS
     assert reproduce.get("transformer-eos").run is not None
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("transformer-eos")
-    return out, reproduce.run("transformer-eos", out, quick=True)
+    return out, reproduce.get("transformer-eos")(out, quick=True)
 
 
 @pytest.mark.slow

@@ -9,7 +9,10 @@ from . import losses as losses
 from . import models as models
 from . import theory as theory
 from ._version import __version__ as __version__
+from .dynamics import eos_diagnostics as eos_diagnostics
+from .dynamics import phi as phi
 from .dynamics import rules as rules
+from .dynamics import tangent_projector as tangent_projector
 from .errors import ConfigError as ConfigError
 from .errors import DivergenceError as DivergenceError
 from .errors import EoslabError as EoslabError
@@ -18,10 +21,7 @@ from .objective import Objective as Objective
 from .runner import Run as Run
 from .runner import load_run as load_run
 from .runner import train as train
-from .theory import eos_diagnostics as eos_diagnostics
 from .theory import limiting_flow as limiting_flow
-from .theory import phi as phi
-from .theory import tangent_projector as tangent_projector
 
 # Subpackages that pull in heavy dependencies (matplotlib, pandas, cvxpy, scikit-learn, the
 # datasets) are imported on first use, so ``import eoslab`` stays light; ``eoslab.reproduce``

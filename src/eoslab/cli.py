@@ -103,7 +103,7 @@ class RunCommand(RunOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class Run(RunOptions):
+class RunRequest(RunOptions):
     """What ``eoslab run`` runs: its options and the experiment (a preset with its overrides,
     or a config file's)."""
 
@@ -364,7 +364,7 @@ def _with_data_dir(exp: Experiment, data_dir: Path | None) -> Experiment:
     return dataclasses.replace(exp, problem=problem)
 
 
-def _cmd_run(args: Run, name: str) -> int:
+def _cmd_run(args: RunRequest, name: str) -> int:
     exp = _with_data_dir(args.experiment, args.data_dir)
     out = args.out if args.out is not None else _fresh_dir(Path("runs") / name)
     from .runner import RunStore
@@ -472,30 +472,29 @@ def _cmd_demo(args: Demo) -> int:
 
 
 def _cmd_reproduce(args: Reproduce) -> int:
-    from . import reproduce
+    from .reproduce import REPRODUCTIONS
 
     if not args.name:
-        for name in reproduce.names():
-            exp = reproduce.get(name)
-            needs = f" [needs {exp.needs}]" if exp.needs else ""
-            print(f"{name:<20} {exp.source}: {exp.description}{needs}")
+        for name, entry in REPRODUCTIONS.items():
+            needs = f" [needs {entry.needs}]" if entry.needs else ""
+            print(f"{name:<20} {entry.source}: {entry.description}{needs}")
         return 0
-    if args.name not in reproduce.names():
+    if args.name not in REPRODUCTIONS:
         raise _UsageError(
             f"reproduce: unknown experiment {args.name!r}; expected one of "
-            + ", ".join(reproduce.names())
+            + ", ".join(REPRODUCTIONS)
         )
+    entry = REPRODUCTIONS[args.name]
     if args.data_dir is not None:
         from .data import require
 
-        exp = reproduce.get(args.name)
-        if not exp.datasets:
-            readers = [n for n in reproduce.names() if reproduce.get(n).datasets]
+        if not entry.datasets:
+            readers = [n for n, e in REPRODUCTIONS.items() if e.datasets]
             raise _UsageError(
                 f"--data-dir {args.data_dir}: {args.name} reads no dataset from disk; expected "
                 "no --data-dir, or an experiment that does: " + ", ".join(readers)
             )
-        for dataset in exp.datasets:  # before any output is written
+        for dataset in entry.datasets:  # before any output is written
             require(dataset, args.data_dir, field="--data-dir")
     out = args.out
     if out is None:
@@ -503,7 +502,8 @@ def _cmd_reproduce(args: Reproduce) -> int:
         out = _fresh_dir(Path("runs") / f"reproduce-{args.name}{suffix}")
     elif out.exists() and any(out.iterdir()):
         raise _UsageError(f"--out {out} exists and is not empty; choose another directory")
-    rows = reproduce.run(args.name, out, quick=args.quick, data_dir=args.data_dir)
+    data_dir = args.data_dir.expanduser() if args.data_dir is not None else None
+    rows = entry(out, args.quick, data_dir)
     print((out / "table.md").read_text())
     print(f"figures and table in {out}")
     bad = [r for r in rows if not r["ok"]]
@@ -581,7 +581,7 @@ def _parse_plain(argv: list[str]) -> tuple[object, str]:
             config=(tyro.conf.AvoidSubcommands,),
         )
         exp = _described(exp, base, f"config {opts.config.name}")
-        return Run(**dataclasses.asdict(opts), experiment=exp), opts.config.stem
+        return RunRequest(**dataclasses.asdict(opts), experiment=exp), opts.config.stem
     args = tyro.extras.subcommand_cli_from_dict(
         COMMANDS, args=argv, prog="eoslab", description=DESCRIPTION, config=config
     )
@@ -599,7 +599,7 @@ def _parse_plain(argv: list[str]) -> tuple[object, str]:
             for f in dataclasses.fields(RunOptions)
         }
         exp = _described(preset.experiment, PRESETS[name], f"preset {name}")
-        args = Run(**opts, experiment=exp)
+        args = RunRequest(**opts, experiment=exp)
     return args, name
 
 
@@ -638,7 +638,7 @@ def _dispatch(argv: list[str]) -> int:
         return 0
     try:
         args, name = _parse(argv)
-        if isinstance(args, Run):
+        if isinstance(args, RunRequest):
             return _cmd_run(args, name)
         if isinstance(args, Resume):
             return _cmd_resume(args)

@@ -20,7 +20,6 @@ from .registry import Dataset as Dataset
 from .registry import DatasetSpec as DatasetSpec
 from .registry import check_scaling as check_scaling
 from .registry import default_data_dir as default_data_dir
-from .registry import list as list  # noqa: A004
 from .registry import load as load
 from .registry import register as register
 from .registry import require as require
@@ -37,7 +36,6 @@ __all__ = [
     "default_data_dir",
     "fetch",
     "fetch_dataset",
-    "list",
     "list_datasets_table",
     "load",
     "register",

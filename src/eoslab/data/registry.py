@@ -1,8 +1,8 @@
-"""Named datasets: ``load(name, n, subset, seed, data_dir) -> Dataset`` and ``list()``."""
+"""Named datasets: `DATASETS` (name -> `DatasetSpec`), `register` and ``load(name, n, subset,
+seed, data_dir) -> Dataset``."""
 
 from __future__ import annotations
 
-import builtins
 import os
 from pathlib import Path
 from typing import Literal
@@ -25,7 +25,6 @@ __all__ = [
     "RawData",
     "data_dirs",
     "default_data_dir",
-    "list",
     "load",
     "register",
     "require",
@@ -48,11 +47,6 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 for shipped in (*builtin.SPECS, *disk.SPECS):  # the datasets eoslab knows out of the box
     register(shipped)
 del shipped
-
-
-def list() -> builtins.list[str]:  # noqa: A001 - part of the public interface
-    """The names `load` accepts, sorted."""
-    return sorted(DATASETS)
 
 
 def require(
@@ -144,7 +138,7 @@ def load(
     """Load dataset ``name`` as device arrays.
 
     Args:
-        name: a name from `list()`.
+        name: a name of `DATASETS`.
         n: training examples to keep (None: all). The test set is kept whole.
         subset: ``"first"``: the first ``n`` in file order (Cohen et al.); ``"balanced"``: ``n/k``
             per class drawn with ``seed`` (classification only; regression and sequence datasets

@@ -9,7 +9,9 @@ is one GD step, integrated with ``substeps`` Euler substeps (``docs/theory.md``,
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import abc
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -22,7 +24,7 @@ from ..curvature.lanczos import lanczos_top, ritz_vectors
 from ..curvature.operator import HessianOperator, PreconditionedOperator
 from ..curvature.rounding import clip_tol
 from ..errors import ConfigError, check_int, check_positive
-from ..objective import Objective
+from ..objective import Objective, as_objective
 from .process import Process, Row
 from .sdcp import solve_sdcp
 
@@ -70,6 +72,26 @@ class _GDCentralFlowBase(Process):
         key = jax.random.PRNGKey(self.seed)
         V = top_eigenpairs(objective.base(), w0, k, tol=clip_tol(1e-6, w0.dtype)).vectors
         return CentralFlowState(w0, V[:, 0] if k == 1 else jnp.sum(V, axis=1), key)
+
+    @abc.abstractmethod
+    def sigma(self, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        r"""$\Sigma=UXU^\top$ at one of this flow's rows: ``(U (d, k), X (k, k))``."""
+
+    def predicted_mean(self, f: Callable[[Array], Array], row: Mapping[str, Any]) -> float:
+        r"""$\mathbb E f(w_t)\approx f(w)+\tfrac12\langle\nabla^2 f(w),\Sigma\rangle$ for any
+        smooth ``f(w) -> scalar``, at one row of this flow's run (``run.series(name)``, kept
+        with ``keep_points``, and ``record_vectors`` for a `CentralFlow`)."""
+        if not callable(f):
+            raise ConfigError("f", f, "a callable f(w) -> scalar")
+        w = jnp.asarray(row["w"])
+        U, X = self.sigma(row)
+        Q = np.asarray(_hessian_quad(f, w, jnp.asarray(U, w.dtype)))
+        return float(f(w)) + 0.5 * float(np.sum(Q * X))
+
+
+@eqx.filter_jit
+def _hessian_quad(f, w, U):
+    return U.T @ HessianOperator(as_objective(f, w), w).mm(U)
 
 
 class _Tracked(NamedTuple):
@@ -144,6 +166,11 @@ class CentralFlow(_GDCentralFlowBase):
         self._check()
         check_positive("eig_tol", self.eig_tol)
         check_int("block", self.block, 2)
+
+    def sigma(self, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        if "u" not in row:
+            raise ConfigError("record_vectors", self.record_vectors, "True (rows need u)")
+        return np.asarray(row["u"])[:, None], np.array([[float(row["trace_sigma"])]])
 
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> CentralFlowState:
         key = jax.random.PRNGKey(self.seed)
@@ -231,6 +258,9 @@ class SDPCentralFlow(_GDCentralFlowBase):
         self._check()
         check_int("k", self.k)
         check_positive("window", self.window)
+
+    def sigma(self, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(row["U"]), np.asarray(row["X"])
 
     def init(self, objective: Objective, w0: Float[Array, " d"]) -> CentralFlowState:
         if self.k > w0.shape[0]:

@@ -37,6 +37,7 @@ from .process import Process, Row, base_row
 
 __all__ = [
     "ALGORITHMS",
+    "LimitingFlow",
     "LimitingFlowState",
     "ProjectedLimitingFlow",
     "RetractedLimitingFlow",
@@ -68,6 +69,39 @@ def flow_field(
     _, g = H.grad_quadratic_form(v1)
     g = g / lam1 if log else g
     return -c * (g - U @ (U.T @ g)), lam1
+
+
+class LimitingFlow(NamedTuple):
+    r"""The limiting flow sampled at flow times $\tau$ (`eoslab.limiting_flow`'s result)."""
+
+    tau: Float[Array, " n"]  # flow times, tau = lr^2 * steps
+    X: Float[Array, "n d"]  # X(tau), one row per time
+    sharpness: Float[Array, " n"]  # lambda_1(X(tau))
+    algorithm: str
+    integrator: str
+    loss: Float[Array, " n"]  # guard: L(X(tau)) (zero on Gamma)
+    grad_norm: Float[Array, " n"]  # guard: |grad L(X(tau))| (zero on Gamma)
+
+    def steps(self, lr: float) -> np.ndarray:
+        """The optimizer step matching each flow time: tau / lr^2."""
+        return np.asarray(self.tau) / lr**2
+
+    def drift(self) -> dict[str, float]:
+        r"""How far the guards grew: $\max_\tau L(X(\tau))/L(X(0))$ (``"loss"``) and
+        $\max_\tau\|\nabla L(X(\tau))\|/\|\nabla L(X(0))\|$ (``"grad_norm"``). A flow that
+        stays on $\Gamma$ keeps both near 1 or below; the reproductions fail a run above 2."""
+        out = {}
+        for name in ("loss", "grad_norm"):
+            col = np.asarray(getattr(self, name), np.float64)
+            out[name] = float(np.max(col) / col[0]) if col[0] > 0 else float("inf")
+        return out
+
+    def at(self, tau: float) -> np.ndarray:
+        r"""$X(\tau)$ by linear interpolation between the saved times (within them)."""
+        t, X = np.asarray(self.tau), np.asarray(self.X)
+        if tau > t[-1] + 1e-12:
+            raise ConfigError("flow", f"<ends at tau={t[-1]:g}>", f"a flow reaching tau={tau:g}")
+        return np.stack([np.interp(tau, t, X[:, i]) for i in range(X.shape[1])])
 
 
 class LimitingFlowState(NamedTuple):

@@ -1,4 +1,6 @@
-r"""Gradient flow $\phi(x,t)$ and its limit $\Phi(x)=\lim_{t\to\infty}\phi(x,t)$, with diffrax.
+r"""The limit of gradient flow $\Phi(x)=\lim_{t\to\infty}\phi(x,t)$, with diffrax.
+
+Gradient flow itself, $\phi(w_0,\eta t)$ step by step, is the process `GradientFlow`.
 
 Near the manifold of minimizers gradient flow is stiff (fast normal directions, slow approach
 along small eigenvalues): small problems use the L-stable implicit solver Kvaerno5, large ones the
@@ -27,10 +29,8 @@ __all__ = [
     "PhiResult",
     "phi",
     "phi_result",
-    "gradient_flow",
     "gradient_field",
     "ode_solver",
-    "solve_at",
     "SOLVERS",
     "default_tolerances",
 ]
@@ -174,56 +174,3 @@ def phi(
             f"manifold of minimizers."
         )
     return res.x
-
-
-def solve_at(term, solver, y0, ts, *, rtol, atol, max_steps):
-    """The ODE's solution at the increasing times ``ts`` from ``y0`` at time 0 (adaptive steps)."""
-    import diffrax
-
-    sol = diffrax.diffeqsolve(
-        term,
-        solver,
-        t0=jnp.zeros((), y0.dtype),
-        t1=jnp.asarray(ts[-1], y0.dtype),
-        dt0=None,
-        y0=y0,
-        saveat=diffrax.SaveAt(ts=jnp.asarray(ts, y0.dtype)),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps,
-    )
-    return sol.ys
-
-
-@eqx.filter_jit
-def _flow(obj, w, ts, *, solver, rtol, atol, max_steps):
-    return solve_at(
-        gradient_field(obj),
-        ode_solver(solver, w.shape[0], rtol, atol),
-        w,
-        ts,
-        rtol=rtol,
-        atol=atol,
-        max_steps=max_steps,
-    )
-
-
-def gradient_flow(
-    loss: LossLike,
-    w: Float[Array, " d"],
-    ts: Float[Array, " n"],
-    *,
-    solver: Literal["auto", "kvaerno5", "tsit5"] = "auto",
-    rtol: float | None = None,
-    atol: float | None = None,
-    max_steps: int = 100_000,
-) -> Float[Array, "n d"]:
-    r"""$\phi(w, t)$ at the increasing times ``ts`` (one row per time); ``rtol``/``atol`` default
-    to `default_tolerances` of ``w``."""
-    obj = as_objective(loss, w)
-    w = check_w(w, obj)
-    rtol, atol = _tolerances(w, rtol, atol)
-    ts = jnp.atleast_1d(jnp.asarray(ts, w.dtype))
-    if ts.ndim != 1 or bool(jnp.any(ts < 0)) or bool(jnp.any(jnp.diff(ts) < 0)):
-        raise ConfigError("ts", "<array>", "a 1-D array of non-negative increasing times")
-    _check_tols(1.0, 1.0, rtol, atol, max_steps, solver)
-    return _flow(obj, w, ts, solver=solver, rtol=float(rtol), atol=float(atol), max_steps=max_steps)

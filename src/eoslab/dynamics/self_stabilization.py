@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ..curvature import krylov_top, top_eigenpairs
+from ..curvature._checks import check_w
 from ..curvature.operator import HessianOperator
 from ..curvature.rounding import clip_tol
-from ..errors import ConfigError, check_positive
-from ..objective import Objective
+from ..errors import ConfigError, check_int, check_positive
+from ..objective import LossLike, Objective, as_objective
 from .process import Process, Row
 
 __all__ = [
@@ -29,8 +32,11 @@ __all__ = [
     "SelfStabilization",
     "SelfStabilizationState",
     "StabilityQuantities",
+    "predicted_xy",
     "project_to_stable_set",
+    "stability_quantities",
     "stability_quantities_at",
+    "stable_projection",
 ]
 
 
@@ -74,6 +80,58 @@ def project_to_stable_set(obj: Objective, w: Array, u: Array, key: Array, *, lr,
         step = jnp.maximum(0.0, q.S - 2.0 / lr) * q.grad_S_perp / jnp.where(q.beta > 0, q.beta, 1.0)
         w = w - step - u * jnp.vdot(u, q.grad_L) / q.S
     return w, u
+
+
+def stability_quantities(
+    loss: LossLike, w: Float[Array, " d"], v0: Float[Array, " d"] | None = None
+) -> StabilityQuantities:
+    r"""$S, u, \nabla S_\perp, \alpha, \beta, \delta$ at $w$ ($\lambda_1$ by certified Lanczos)."""
+    obj = as_objective(loss, w)
+    w = check_w(w, obj)
+    u = top_eigenpairs(obj, w, 1, tol=clip_tol(1e-8, w.dtype), v0=v0).vectors[:, 0]
+    return eqx.filter_jit(stability_quantities_at)(obj, w, u)
+
+
+_project_jit = eqx.filter_jit(project_to_stable_set)
+
+
+def stable_projection(
+    loss: LossLike, w: Float[Array, " d"], *, lr: float, iters: int = 3, krylov_dim: int = 30
+) -> Float[Array, " d"]:
+    r"""$\mathrm{proj}_{\mathcal M}(w)$ by the linearised step repeated ``iters`` times (as in the
+    reference code): $w\leftarrow w-\max(0,S-2/\eta)\nabla S_\perp/\beta-u(u\cdot\nabla L)/S$."""
+    obj = as_objective(loss, w)
+    w = check_w(w, obj)
+    check_positive("lr", lr)
+    iters = check_int("iters", iters)
+    m = min(check_int("krylov_dim", krylov_dim, 2), obj.dim)
+    u = top_eigenpairs(obj, w, 1, tol=clip_tol(1e-8, w.dtype)).vectors[:, 0]
+    return _project_jit(obj, w, u, jax.random.PRNGKey(0), lr=float(lr), m=m, iters=iters)[0]
+
+
+def predicted_xy(
+    alpha: Float[Array, " n"] | float,
+    beta: Float[Array, " n"] | float,
+    lr: float,
+    x0: float,
+    y0: float,
+    steps: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The 2-D model $x_{t+1}=-(1+\eta y_t)x_t$, $y_{t+1}=y_t+\eta(\alpha-\tfrac\beta2x_t^2)$
+    for ``steps`` steps (constant $\alpha,\beta$ or one value per step); returns $(x_t, y_t)$."""
+    check_positive("lr", lr)
+    steps = check_int("steps", steps)
+    a = np.broadcast_to(np.asarray(alpha, np.float64), (steps,))
+    b = np.broadcast_to(np.asarray(beta, np.float64), (steps,))
+
+    def body(c, ab):
+        x, y = c
+        return (-(1.0 + lr * y) * x, y + lr * (ab[0] - 0.5 * ab[1] * x**2)), (x, y)
+
+    dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    init = (jnp.asarray(x0, dtype), jnp.asarray(y0, dtype))
+    _, (xs, ys) = jax.lax.scan(body, init, (jnp.asarray(a, dtype), jnp.asarray(b, dtype)))
+    return np.asarray(xs), np.asarray(ys)
 
 
 def _check(lr, iters, krylov_dim) -> None:
@@ -158,7 +216,8 @@ class SelfStabilization(Process):
 
     Row columns: ``loss`` (GD), ``loss_dagger``, ``sharpness_gd``, ``sharpness_dagger``,
     ``alpha``, ``beta``, ``delta``, ``x``, ``y``, ``x_pred``, ``y_pred``, ``dist``
-    $=\|\theta-\theta^\dagger\|$, ``pred_error`` $=\|v-v_{pred}\|$ and ``pull``
+    $=\|\theta-\theta^\dagger\|$, ``pred_error`` $=\|v-v_{pred}\|$, ``pred_loss``
+    $=L(\theta^\dagger)+x^2/\eta$ (the predicted loss, whose time average is GD's) and ``pull``
     $=\nabla S_\perp\cdot\nabla^3L(\theta^\dagger)[v,v]$ (the oscillation's pull on $S$ from
     every direction of $v$; $\approx\beta x^2$ when $v$ lies along $u$, and its time average
     balances $2\alpha$).
@@ -204,6 +263,7 @@ class SelfStabilization(Process):
             "lr_eff": jnp.asarray(lr, theta.dtype),
             "threshold": jnp.asarray(2.0 / lr, theta.dtype),
             "loss_dagger": obj(dag),
+            "pred_loss": obj(dag) + x**2 / lr,
             "sharpness_gd": HessianOperator(obj, theta).quadratic_form(ug),
             "sharpness_dagger": q.S,
             "alpha": q.alpha,

@@ -15,10 +15,9 @@ from .linear import DeepLinear as DeepLinear
 from .linear import deep_linear as deep_linear
 from .mlp import MLP as MLP
 from .mlp import mlp as mlp
-from .registry import PRESETS as PRESETS
-from .registry import Preset as Preset
+from .registry import MODELS as MODELS
+from .registry import ModelSpec as ModelSpec
 from .registry import create as create
-from .registry import list as list  # noqa: A004
 from .resnet import ResNet as ResNet
 from .resnet import resnet as resnet
 from .transformer import Transformer as Transformer
@@ -31,17 +30,16 @@ __all__ = [
     "ACTIVATIONS",
     "CNN",
     "MLP",
-    "PRESETS",
+    "MODELS",
     "VGG",
     "VGG11",
     "DeepLinear",
-    "Preset",
+    "ModelSpec",
     "ResNet",
     "Transformer",
     "cnn",
     "create",
     "deep_linear",
-    "list",
     "mlp",
     "num_params",
     "resnet",

@@ -1,8 +1,8 @@
-"""Named models: ``create(name, key, input_shape, num_classes, **options) -> (apply, params)``."""
+"""Named models: `MODELS` (name -> `ModelSpec`) and ``create(name, key, input_shape,
+num_classes, **options) -> (apply, params)``."""
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import inspect
 from collections.abc import Callable
@@ -18,11 +18,11 @@ from .resnet import resnet
 from .transformer import transformer
 from .vgg import vgg
 
-__all__ = ["Preset", "PRESETS", "create", "int_option_names", "list"]
+__all__ = ["MODELS", "ModelSpec", "create", "int_option_names"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class ModelSpec:
     """A model family and its default options; ``create`` lets every option be overridden."""
 
     factory: Callable[..., tuple[Callable, Any]]
@@ -30,19 +30,19 @@ class Preset:
     description: str
 
 
-def _fc(act: str) -> Preset:
-    return Preset(
+def _fc(act: str) -> ModelSpec:
+    return ModelSpec(
         mlp,
         {"widths": (200, 200), "activation": act},
         f"fully connected, widths 200,200, {act} (Cohen et al. 2021)",
     )
 
 
-PRESETS: dict[str, Preset] = {
-    "mlp": Preset(mlp, {}, "fully connected; options widths, activation, bias, head_init_std"),
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(mlp, {}, "fully connected; options widths, activation, bias, head_init_std"),
     **{f"fc-{a}": _fc(a) for a in ("relu", "elu", "tanh", "hardtanh", "softplus")},
     **{
-        f"fc-tanh-depth{d}": Preset(
+        f"fc-tanh-depth{d}": ModelSpec(
             mlp,
             {"widths": (200,) * d, "activation": "tanh"},
             f"fully connected, {d} hidden layer(s) of width 200, tanh",
@@ -50,7 +50,7 @@ PRESETS: dict[str, Preset] = {
         for d in (1, 2, 3, 4)
     },
     **{
-        f"cnn-{a}": Preset(
+        f"cnn-{a}": ModelSpec(
             cnn,
             {"widths": (32, 32), "activation": a, "pool": "max"},
             f"2 conv3x3 layers of width 32, {a}, 2x2 max pool, linear head",
@@ -58,53 +58,53 @@ PRESETS: dict[str, Preset] = {
         for a in ("relu", "elu", "tanh")
     },
     **{
-        f"cnn-avgpool-{a}": Preset(
+        f"cnn-avgpool-{a}": ModelSpec(
             cnn,
             {"widths": (32, 32), "activation": a, "pool": "avg"},
             f"2 conv3x3 layers of width 32, {a}, 2x2 average pool",
         )
         for a in ("relu", "elu", "tanh")
     },
-    "vgg11": Preset(
+    "vgg11": ModelSpec(
         vgg,
         {"activation": "relu", "pool": "max", "norm": "none"},
         "VGG-11, ReLU, max pool, no BatchNorm, no dropout, 512->k head",
     ),
-    "vgg11-bn": Preset(
+    "vgg11-bn": ModelSpec(
         vgg,
         {"activation": "relu", "pool": "max", "norm": "batch"},
         "VGG-11 with full-batch BatchNorm (batch statistics, no running averages)",
     ),
-    "vgg11-av": Preset(
+    "vgg11-av": ModelSpec(
         vgg,
         {"activation": "gelu", "pool": "avg", "norm": "none", "head_init_std": 0.01},
         "VGG-11-AV: 2x2 avg pool, GELU, no BN, 512->k head ~ N(0, 0.01^2), "
         "zero bias (freeze it with frozen=('head',))",
     ),
-    "resnet20": Preset(
+    "resnet20": ModelSpec(
         resnet,
         {"depth": 20, "norm": "group"},
         "CIFAR ResNet-20, GroupNorm (norm='layer' or 'batch' available)",
     ),
-    "resnet32": Preset(
+    "resnet32": ModelSpec(
         resnet,
         {"depth": 32, "norm": "group"},
         "CIFAR ResNet-32, GroupNorm (norm='layer' or 'batch' available)",
     ),
-    "deep-linear": Preset(
+    "deep-linear": ModelSpec(
         deep_linear,
         {"layers": 20, "width": 50, "bias": False},
         "deep linear net, 20 layers of width 50, no bias",
     ),
-    "tanh-regression": Preset(
+    "tanh-regression": ModelSpec(
         mlp,
         {"widths": (100,), "activation": "tanh"},
         "1-hidden-layer tanh net, width 100, for regression",
     ),
-    "mnist-mlp": Preset(
+    "mnist-mlp": ModelSpec(
         mlp, {"widths": (128,), "activation": "gelu"}, "MNIST net 784-128-10 with GELU"
     ),
-    "transformer": Preset(
+    "transformer": ModelSpec(
         transformer,
         {"d_model": 32, "n_heads": 2, "n_layers": 2, "activation": "gelu"},
         "pre-LN causal decoder, d_model 32, 2 heads, 2 layers, GELU, learned positions; "
@@ -113,22 +113,17 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def list() -> builtins.list[str]:  # noqa: A001 - part of the public interface
-    """The names `create` accepts, sorted."""
-    return sorted(PRESETS)
-
-
-def _options_of(factory: Callable) -> builtins.list[str]:
+def _options_of(factory: Callable) -> list[str]:
     sig = inspect.signature(factory)
     return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def int_option_names(name: str) -> builtins.list[str] | None:
+def int_option_names(name: str) -> list[str] | None:
     """The integer options (annotated ``int`` or ``int | None``) `create` accepts for model
     ``name``; None for an unknown name."""
-    if name not in PRESETS:
+    if name not in MODELS:
         return None
-    sig = inspect.signature(PRESETS[name].factory)
+    sig = inspect.signature(MODELS[name].factory)
     return [
         p.name
         for p in sig.parameters.values()
@@ -153,10 +148,10 @@ def create(
     Raises:
         ConfigError: unknown name or option, or an option value the family does not accept.
     """
-    if name not in PRESETS:
-        raise ConfigError("model", name, "one of " + ", ".join(map(repr, list())))
-    preset = PRESETS[name]
-    accepted = _options_of(preset.factory)
+    if name not in MODELS:
+        raise ConfigError("model", name, "one of " + ", ".join(map(repr, sorted(MODELS))))
+    spec = MODELS[name]
+    accepted = _options_of(spec.factory)
     for opt in options:
         if opt not in accepted:
             raise ConfigError(
@@ -169,4 +164,4 @@ def create(
         raise ConfigError("input_shape", input_shape, "a tuple of positive ints")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError("num_classes", num_classes, "an int >= 1")
-    return preset.factory(key, shape, num_classes, **{**preset.options, **options})
+    return spec.factory(key, shape, num_classes, **{**spec.options, **options})

@@ -10,7 +10,6 @@ from . import paper_figures as paper_figures
 from . import tables as tables
 from .output import save_figure as save_figure
 from .plots import plot_runs as plot_runs
-from .plots import read_run_metrics as read_run_metrics
 from .plots import write_run_figures as write_run_figures
 from .tables import read_table as read_table
 from .tables import write_table as write_table
@@ -19,7 +18,6 @@ __all__ = [
     "beyond_figures",
     "paper_figures",
     "plot_runs",
-    "read_run_metrics",
     "read_table",
     "save_figure",
     "tables",

@@ -1,9 +1,9 @@
 """Figures of the reproductions beyond Arora et al.: central flows, self-stabilization, Adam and
 heavy ball at the Edge of Stability (`eoslab reproduce`).
 
-Each function draws from the frames it is given (computed by ``eoslab.reproduce.beyond``) and
-saves its PNGs under ``out``; settings and checks: ``docs/theory.md``, "Reproductions and their
-checks".
+Each function draws from the frames it is given (computed by ``eoslab.reproduce.cohen2025``,
+``damian2023`` and ``cohen2022``) and saves its PNGs under ``out``; settings and checks:
+``docs/theory.md``, "Reproductions and their checks".
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def central_flow_figures(
 ) -> list[Path]:
     r"""``loss.png``, ``sharpness.png``, ``distance.png``: GD (every step: ``gd_loss`` and its
     ``2*window+1``-step average) against the central flow and gradient flow (``wide``: the
-    lockstep frame with ``step``, ``pred_loss_cf``, ``loss_cf``, ``loss_gf``,
-    ``sharpness_{gd,cf,gf}``, ``gd_gf``, ``gd_cf``); ``rule``: GD's record
+    frame of `eoslab.reproduce.cohen2025.gd_beside_flows` with ``step``, ``pred_loss_cf``,
+    ``loss_cf``, ``loss_gf``, ``sharpness_{gd,cf,gf}``, ``gd_gf``, ``gd_cf``); ``rule``: GD's record
     (`eoslab.rules.Rule.describe`), whose threshold is drawn."""
     plt = pyplot()
     out = Path(out)

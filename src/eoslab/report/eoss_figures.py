@@ -1,7 +1,7 @@
 """Figures of the Edge of Stochastic Stability reproduction (`eoslab reproduce eoss`): batch
 sharpness and $\\lambda_{\\max}$ against the SGD step, one panel per batch size, against $2/\\eta$.
 
-Draws from the curves computed by ``eoslab.reproduce.eoss``; settings and checks:
+Draws from the curves computed by ``eoslab.reproduce.andreyev2024``; settings and checks:
 ``docs/theory.md``, "Edge of Stochastic Stability: the `eoss` reproduction".
 """
 

@@ -1,7 +1,8 @@
 """Figures of the Arora, Li, Panigrahi (ICML 2022) reproductions (`eoslab reproduce`).
 
-Each function draws from the arrays it is given (computed by ``eoslab.reproduce.paper``) and
-saves one PNG; settings and checks: ``docs/theory.md``, "Reproductions and their checks".
+Each function draws from the arrays it is given (computed by ``eoslab.reproduce.arora2022`` and
+``arora2022_vgg``) and saves one PNG; settings and checks: ``docs/theory.md``, "Reproductions and
+their checks".
 """
 
 from __future__ import annotations

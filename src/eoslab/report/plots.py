@@ -1,60 +1,37 @@
 """Figures of runs (matplotlib, PNG): loss, accuracy, sharpness against its threshold,
 lr x sharpness, cost.
 
-Reads run directories only (``config.json``, ``manifest.json`` and the Parquet parts); it never
-imports the runner. Several directories are overlaid, one colour per run (per process).
+Reads run directories only (``config.json``, ``manifest.json`` and the Parquet parts, by
+`eoslab.rundir`); it never imports the runner. Several directories are overlaid, one colour per
+run (per process).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..errors import DamagedRunWarning
-from .lockstep import draw_distances, draw_predicted_loss, has_distances
+from ..errors import EoslabError
+from ..rundir import read_config, read_metrics
+from .compare import draw_distances, draw_predicted_loss, has_distances
 from .output import pyplot, save_figure
 from .run_info import read_run_info, threshold_label
 from .series import Series, by_process, floats, probed
 
-__all__ = ["plot_runs", "read_run_metrics", "run_label", "write_run_figures"]
+__all__ = ["plot_runs", "run_label", "write_run_figures"]
 
 _DIVERGED = "tab:red"
-
-
-def read_run_metrics(path: str | Path) -> pd.DataFrame:
-    """All Parquet parts of a run directory, one row per step and process (plain pandas)."""
-    parts = sorted((Path(path) / "metrics").glob("part-*.parquet"))
-    if not parts:
-        return pd.DataFrame({"step": []})
-    frames = []
-    for p in parts:
-        try:
-            frames.append(pd.read_parquet(p))
-        except Exception as exc:  # noqa: BLE001 - a damaged part is left out, and said so
-            warnings.warn(
-                f"{p} is damaged ({type(exc).__name__}); plotted without its rows",
-                DamagedRunWarning,
-                stacklevel=2,
-            )
-    if not frames:
-        return pd.DataFrame({"step": []})
-    df = pd.concat(frames, ignore_index=True)
-    keys = ["process", "step"] if "process" in df else ["step"]
-    df = df.drop_duplicates(keys, keep="last").sort_values("step", kind="stable")
-    return df.reset_index(drop=True)
 
 
 def run_label(path: str | Path, process: str | None = None) -> str:
     """A short label: the directory, and the rule with its hyperparameters (or the process)."""
     path = Path(path)
     try:
-        cfg = json.loads((path / "config.json").read_text()).get("config", {})
+        cfg = read_config(path).get("config", {})
         rule = dict(cfg.get("rule", {}))
         if process is not None and process != rule.get("kind"):
             return f"{path.name}: {process}"
@@ -67,7 +44,7 @@ def run_label(path: str | Path, process: str | None = None) -> str:
             if k in ("lr", "beta", "beta1")
         )
         return f"{path.name}: {name} {hyper}".strip()
-    except (OSError, ValueError, AttributeError):
+    except (EoslabError, AttributeError):
         return path.name
 
 
@@ -77,7 +54,7 @@ def _series(dirs: Sequence[Path], colors: list[str]) -> list[Series]:
     out = []
     for d in dirs:
         info = read_run_info(d)
-        parts = by_process(read_run_metrics(d))
+        parts = by_process(read_metrics(d))
         for proc, part in parts:
             is_opt = proc is None or proc == info.rule.kind or len(parts) == 1
             c = colors[len(out) % len(colors)]
@@ -395,7 +372,7 @@ def plot_runs(dirs: Sequence[str | Path], out: str | Path, *, title: str | None 
     A threshold far above the curves at a few probes is cut off the axis (and its legend says
     where), so the curves keep a readable scale. Lockstep runs add the distances between their
     processes (against the flow time tau beside a limiting flow) and, beside a central flow,
-    its predicted loss with the optimizer's loss averaged over 51 steps (`eoslab.report.lockstep`).
+    its predicted loss with the optimizer's loss averaged over 51 steps (`eoslab.report.compare`).
     A diverged run is marked by a vertical line at the step it stopped. The title names the
     problem (model, dataset, n), the loss, the rule with its hyperparameters and each process
     beside it (``title`` replaces it).

@@ -1,7 +1,7 @@
 """What a figure says about a run, in words: its problem, rule, threshold and how it ended.
 
-Read from a run directory's ``config.json`` and ``manifest.json`` only (plain JSON), for titles,
-legends and axis labels. Written by `eoslab.experiments` (an ``Experiment``'s fields) or by
+Read from a run directory's ``config.json`` and ``manifest.json`` only (`eoslab.rundir`), for
+titles, legends and axis labels. Written by `eoslab.experiments` (an ``Experiment``'s fields) or by
 ``eoslab.train`` / ``eoslab.runner.run`` (the processes' descriptions). The rule's display name,
 threshold formula and constant threshold are the ones it recorded (`eoslab.rules.Rule.describe`);
 nothing here re-derives them. A config.json written before rules recorded them shows the rule's
@@ -11,10 +11,12 @@ nothing here re-derives them. A config.json written before rules recorded them s
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from ..errors import EoslabError
+from ..rundir import read_config, read_manifest
 
 __all__ = [
     "LOSS_NAMES",
@@ -233,10 +235,11 @@ def threshold_label(formula: str | None, value: float | None) -> str:
     return f"{formula or 'threshold'} = {shown}"
 
 
-def _read_json(path: Path) -> dict:
+def _record(path: Path) -> dict:
+    """The run record, or {} when it is missing or damaged (a figure then says less)."""
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        data = read_config(path)
+    except EoslabError:
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -278,9 +281,11 @@ def _processes_of(cfg: dict) -> dict[str, str]:
 def read_run_info(path: str | Path) -> RunInfo:
     """A run directory's `RunInfo`; a missing or damaged file leaves its fields unknown."""
     path = Path(path)
-    cfg = _read_json(path / "config.json").get("config", {})
+    cfg = _record(path).get("config", {})
     cfg = cfg if isinstance(cfg, dict) else {}
-    man = _read_json(path / "manifest.json")
+    man = read_manifest(path)
+    if "damaged" in man:  # missing or unreadable: nothing is known of how the run ended
+        man = {}
     problem, loss = describe_problem(cfg)
     rec = _rule_of(cfg)
     step = man.get("step")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DamagedRunError, DamagedRunWarning
+from ..errors import DamagedRunWarning
+from ..rundir import read_config, read_manifest, read_metrics
 from ..runlock import hold
-from .plots import plot_runs, read_run_metrics
+from .plots import plot_runs
 from .run_info import describe_config
 from .tables import markdown_table
 
@@ -100,20 +101,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def _write_report(run_dir: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        record = json.loads((run_dir / "config.json").read_bytes())
-    except (ValueError, OSError) as exc:
-        raise DamagedRunError(f"{run_dir}/config.json is damaged ({type(exc).__name__})") from None
-    try:
-        manifest = json.loads((run_dir / "manifest.json").read_bytes())
-    except (ValueError, OSError):
+    record = read_config(run_dir)
+    manifest = read_manifest(run_dir)
+    if "damaged" in manifest:
         warnings.warn(
             f"{run_dir}/manifest.json is damaged; the status is unknown",
             DamagedRunWarning,
             stacklevel=2,
         )
-        manifest = {"status": "unknown"}
-    metrics = read_run_metrics(run_dir)
+    metrics = read_metrics(run_dir)
     fig = plot_runs([run_dir], out / "figures" / "overview.png")
     table = final_rows(metrics) if len(metrics) else pd.DataFrame()
     cfg = record.get("config", {})

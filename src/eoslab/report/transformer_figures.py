@@ -38,7 +38,7 @@ def transformer_eos_figures(
     r"""Draw ``sharpness.png`` and ``loss.png`` under ``out``.
 
     ``gd``: GD from init (``step``, ``loss``, ``sharpness`` with NaN off the probes); ``wide``:
-    the lockstep frame of GD, gradient flow and central flow started at GD step ``start``
+    the frame of GD, gradient flow and central flow started at GD step ``start``
     (``gd_step``, ``pred_loss_cf``, ``pred_loss_cf_avg``, ``loss_cf``, ``loss_gf``,
     ``loss_gd_avg``, ``sharpness_cf``); ``gd_loss`` / ``gd_loss_avg``: GD's loss beside the flows at
     every step from ``start`` and its ``2*window+1``-step average. ``onset``: GD's first probe at

@@ -1,10 +1,14 @@
 """``eoslab reproduce NAME``: the experiments of the papers, each writing figures and a
-predicted-vs-measured table (``docs/theory.md``, "Reproductions and their checks")."""
+predicted-vs-measured table (``docs/theory.md``, "Reproductions and their checks").
 
-from .registry import EXPERIMENTS as EXPERIMENTS
-from .registry import Experiment as Experiment
+One module per paper (`arora2022`, `arora2022_vgg`, `cohen2025`, `damian2023`, `cohen2022`,
+`andreyev2024`) and `transformer` (their claims on a transformer); `REPRODUCTIONS` holds them
+all: ``get(name)(out, quick)`` runs one.
+"""
+
+from .registry import REPRODUCTIONS as REPRODUCTIONS
+from .registry import Reproduction as Reproduction
 from .registry import get as get
-from .registry import names as names
-from .registry import run as run
+from .registry import register as register
 
-__all__ = ["EXPERIMENTS", "Experiment", "get", "names", "run"]
+__all__ = ["REPRODUCTIONS", "Reproduction", "get", "register"]

@@ -1,5 +1,7 @@
-"""Shared pieces of the reproductions: the `Experiment` record and the rows of a
-predicted-vs-measured table (written by `eoslab.report.tables`)."""
+"""Shared pieces of the reproductions: the `Reproduction` record, the rows of a
+predicted-vs-measured table (written by `eoslab.report.tables`), the probes of a run kept only
+for its points, the centred moving average the time-averaged predictions are compared with, and
+the MNIST-1D network of the later papers' experiments with its top eigenvalues."""
 
 from __future__ import annotations
 
@@ -8,13 +10,31 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ConfigError
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["Experiment", "row"]
+from .. import data, models
+from ..curvature import top_eigenpairs
+from ..errors import ConfigError
+from ..objective import Objective
+from ..runner import Probes
+
+__all__ = [
+    "NO_PROBES",
+    "Reproduction",
+    "edge_eigenvalues",
+    "mnist1d_net",
+    "moving_average",
+    "row",
+]
+
+NO_PROBES = Probes(sharpness=False, alignment=False)
+"""Probes that add nothing to the processes' own rows (a run kept for its points or losses)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Experiment:
+class Reproduction:
     """One paper experiment: ``run(out, quick)`` writes figures and a predicted-vs-measured table
     under ``out`` and returns the table's rows (dicts with ``quantity``, ``predicted``,
     ``measured``, ``tolerance``, ``ok``). An experiment that reads on-disk ``datasets`` is called
@@ -73,3 +93,36 @@ def row(
         "kind": kind,
         "ok": ok,
     }
+
+
+def moving_average(x: np.ndarray, half_width: int) -> np.ndarray:
+    """Centred moving average over ``2*half_width+1`` samples (shrinking at the ends)."""
+    x = np.asarray(x, np.float64)
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(x.size)
+    lo, hi = np.maximum(0, i - half_width), np.minimum(x.size, i + half_width + 1)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def mnist1d_net(n: int, width: int, seed: int = 0) -> Objective:
+    """A fully-connected tanh net on MNIST-1D (first ``n`` examples), MSE, float64 (call it
+    inside ``jax.enable_x64(True)``)."""
+    ds = data.load("mnist1d", n=n)
+    apply, params = models.create(
+        "mlp",
+        jax.random.key(seed),
+        ds.x_train.shape[1:],
+        10,
+        widths=(width, width),
+        activation="tanh",
+    )
+    return Objective.from_model(apply, params, ds, "mse_half", dtype="float64")
+
+
+def edge_eigenvalues(obj: Objective, W: np.ndarray, k: int = 8) -> np.ndarray:
+    """The top ``k`` Hessian eigenvalues (certified Lanczos, relative tolerance 1e-4) at each
+    row of ``W`` ``(n, d)``: how many sit above ``2/lr`` says how many directions are at the
+    edge."""
+    return np.stack(
+        [np.asarray(top_eigenpairs(obj, jnp.asarray(w), k, tol=1e-4).values) for w in W]
+    )

@@ -1,48 +1,39 @@
-"""The registry of reproducible experiments: ``eoslab reproduce NAME``.
+"""The registry of the papers' reproductions: ``eoslab reproduce NAME``.
 
-It lists the experiments of `paper` (Arora et al.), `vgg` (their VGG experiment on Fashion-MNIST)
-and `beyond` (the later works); those modules do not import it.
+`REPRODUCTIONS` maps each name to its `Reproduction`, in the order ``eoslab reproduce`` lists
+them; one module per paper defines its entries (``REPRODUCTIONS``, a tuple) and never imports
+this one. `register` adds one, `get` looks one up.
 """
 
 from __future__ import annotations
 
-from os import PathLike
-from pathlib import Path
-
 from ..errors import ConfigError
-from . import beyond, eoss, paper, transformer, vgg
-from ._common import Experiment
+from . import andreyev2024, arora2022, arora2022_vgg, cohen2022, cohen2025, damian2023, transformer
+from ._common import Reproduction
 
-__all__ = ["Experiment", "get", "names", "run", "EXPERIMENTS"]
+__all__ = ["REPRODUCTIONS", "Reproduction", "get", "register"]
 
-EXPERIMENTS: dict[str, Experiment] = {
-    e.name: e
-    for e in (
-        *paper.EXPERIMENTS,
-        *vgg.EXPERIMENTS,
-        *beyond.EXPERIMENTS,
-        *transformer.EXPERIMENTS,
-        *eoss.EXPERIMENTS,
-    )
-}
+REPRODUCTIONS: dict[str, Reproduction] = {}
 
 
-def names() -> list[str]:
-    """The experiments' names, Arora et al.'s first."""
-    return list(EXPERIMENTS)
+def register(entry: Reproduction) -> Reproduction:
+    """Add a reproduction (its name must be new); returns it."""
+    if not isinstance(entry, Reproduction):
+        raise ConfigError("reproduction", entry, "an eoslab.reproduce.Reproduction")
+    if entry.name in REPRODUCTIONS:
+        raise ConfigError("reproduction name", entry.name, "a name not registered yet")
+    REPRODUCTIONS[entry.name] = entry
+    return entry
 
 
-def get(name: str) -> Experiment:
-    if name not in EXPERIMENTS:
-        raise ConfigError("name", name, "one of " + ", ".join(EXPERIMENTS))
-    return EXPERIMENTS[name]
+def get(name: str) -> Reproduction:
+    """The reproduction called ``name``."""
+    if name not in REPRODUCTIONS:
+        raise ConfigError("name", name, "one of " + ", ".join(REPRODUCTIONS))
+    return REPRODUCTIONS[name]
 
 
-def run(
-    name: str, out: str | PathLike, quick: bool = False, data_dir: str | PathLike | None = None
-) -> list[dict]:
-    """Run the experiment ``name`` into directory ``out``; returns its table rows. ``data_dir``:
-    where its on-disk dataset lives (only for experiments that read one: cifar-vgg,
-    fashion-vgg)."""
-    d = Path(data_dir).expanduser() if data_dir is not None else None
-    return get(name)(Path(out), quick, d)
+_PAPERS = (arora2022, arora2022_vgg, cohen2025, damian2023, cohen2022, transformer, andreyev2024)
+for _entry in (e for paper in _PAPERS for e in paper.REPRODUCTIONS):
+    register(_entry)
+del _entry

@@ -8,9 +8,9 @@ sequences (`eoslab.data.sequences.sequence_task`), full batch, MSE on one-hot ta
    $\lambda_1$ held at $2/\eta$ (Cohen et al. 2021);
 2. Adam: $\lambda_1(P^{-1/2}HP^{-1/2})$, $P=\mathrm{diag}(\sqrt{\hat\nu}+\epsilon)$, held at
    $(2+2\beta_1)/((1-\beta_1)\eta)$ (Cohen et al. 2022), by
-   `eoslab.theory.track_preconditioned_sharpness`;
+   `eoslab.reproduce.cohen2022.effective_sharpness`;
 3. GD's central flow (Cohen et al. 2025) from GD's iterate shortly before the onset, in lockstep
-   with GD (`eoslab.reproduce.beyond.gd_beside_flows`): its predicted time-averaged loss
+   with GD (`eoslab.reproduce.cohen2025.gd_beside_flows`): its predicted time-averaged loss
    $L(w(t))+\mathrm{tr}\,\Sigma(t)/\eta$ against GD's loss averaged over a centred window.
 
 Settings and tolerances: ``docs/theory.md``, "A transformer at the Edge of Stability".
@@ -36,12 +36,12 @@ from ..report.beyond_figures import adam_eos_figures
 from ..report.tables import write_frame, write_table
 from ..report.transformer_figures import transformer_eos_figures
 from ..runner import Probes, Stop, run
-from ..theory import iterate, moving_average, track_preconditioned_sharpness
-from ._common import Experiment, row
-from .beyond import gd_beside_flows
+from ._common import NO_PROBES, Reproduction, moving_average, row
+from .cohen2022 import effective_sharpness
+from .cohen2025 import gd_beside_flows
 
 __all__ = [
-    "EXPERIMENTS",
+    "REPRODUCTIONS",
     "FULL",
     "QUICK",
     "TransformerEoSSetting",
@@ -216,8 +216,9 @@ def transformer_eos_experiment(
         # 1. GD from init: progressive sharpening, then lambda_1 at 2/lr
         g = gd_sharpening(obj, lr=s.lr, steps=s.gd_steps, every=s.every, keep_points=True)
         # 3. GD beside gradient flow and the central flow, from GD's iterate at flow_start
-        # iterate(steps) keeps w_0 .. w_steps
-        w_start = np.asarray(iterate(obj, obj.w0, GD(s.lr), max(s.flow_start, 1)).w)[s.flow_start]
+        n = max(s.flow_start, 1)
+        res = run(Optimizer(GD(s.lr)), obj, n, probe_every=n, probes=NO_PROBES, keep_points=True)
+        w_start = res.trajectory()[s.flow_start]  # w_0 .. w_n
         wide, gd_loss = gd_beside_flows(
             obj.with_w0(w_start),
             lr=s.lr,
@@ -228,7 +229,7 @@ def transformer_eos_experiment(
         )
         # 2. Adam from init: preconditioned sharpness against its threshold
         rule = Adam(s.adam_lr, s.beta1, s.beta2, s.adam_eps)
-        ad = track_preconditioned_sharpness(obj, obj.w0, rule, s.adam_steps, every=s.adam_every)
+        ad = effective_sharpness(obj, rule, s.adam_steps, every=s.adam_every)
     wide.insert(0, "gd_step", wide["step"] + s.flow_start)
     probed = g[g["sharpness"].notna()]
     ps, lam = probed["step"].to_numpy(), probed["sharpness"].to_numpy()
@@ -365,8 +366,8 @@ def transformer_eos_experiment(
     return rows
 
 
-EXPERIMENTS = (
-    Experiment(
+REPRODUCTIONS = (
+    Reproduction(
         "transformer-eos",
         "Cohen et al. (2021, 2022, 2025): EoS, adaptive EoS and central flows, on a transformer",
         "a pre-LN decoder sorting tokens: GD sharpens to 2/lr and stays; Adam's preconditioned "

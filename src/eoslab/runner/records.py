@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,7 +13,8 @@ import numpy as np
 import tyro
 
 from ..errors import ConfigError, DamagedRunError, DamagedRunWarning
-from .store import RunStore, read_metrics
+from ..rundir import read_metrics
+from .store import RunStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,7 +58,11 @@ class Stop:
 
 @dataclasses.dataclass
 class Run:
-    """The outcome of `run` / `train` (or `load_run`).
+    """The outcome of `run` / `train` (or `load_run`): the one result type of a trajectory.
+
+    Read it with `series` (one process's rows), `wide` (the processes side by side) and
+    `trajectory` (the kept points); a theory's derived quantities are columns of its process's
+    rows (``pred_loss``, ``tau``) or methods of the process (`CentralFlow.predicted_mean`).
 
     Attributes:
         metrics: one row per logged step and process (probe columns filled on probed steps).
@@ -81,13 +88,91 @@ class Run:
     def diverged(self) -> bool:
         return self.status == "diverged"
 
-    def process(self, name: str) -> pd.DataFrame:
-        """The rows of one process."""
-        if "process" not in self.metrics or name not in set(self.metrics["process"]):
-            have = sorted(set(self.metrics.get("process", [])))
+    @property
+    def process_names(self) -> list[str]:
+        """The processes' names, in the order they were run (the first is the optimizer)."""
+        if "process" not in self.metrics:
+            return []
+        return list(dict.fromkeys(self.metrics["process"]))
+
+    def series(
+        self, process: str | None = None, columns: str | Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """The rows of one process (default: the first), one per logged step, in step order:
+        ``step`` and ``columns`` (one name or several; default every column), NaN (or None)
+        where a column was not measured at a step (a probe's between probed steps).
+
+        Raises:
+            ConfigError: an unknown process or column (the message lists the known ones).
+        """
+        name = self._process(process)
+        df = self.metrics[self.metrics["process"] == name].reset_index(drop=True)
+        if columns is None:
+            return df
+        cols = [columns] if isinstance(columns, str) else list(columns)
+        for c in cols:
+            if c not in df:
+                have = [c for c in df.columns if c not in ("step", "process") and _measured(df[c])]
+                raise ConfigError("columns", c, f"a column of {name!r}: " + ", ".join(have))
+        return df[["step", *[c for c in cols if c != "step"]]]
+
+    def wide(
+        self, columns: str | Sequence[str], processes: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """The processes side by side: one row per step that any of them logged, and a column
+        ``{column}_{process}`` for each of ``columns`` that a process measured (e.g.
+        ``loss_gd``, ``sharpness_cf``, ``dist_gf_gd``: ``gd``'s distance to ``gf``); NaN where
+        a process has no row or did not measure the column at that step.
+
+        Raises:
+            ConfigError: an unknown process, or a column that none of them measured.
+        """
+        cols = [columns] if isinstance(columns, str) else list(columns)
+        names = self.process_names if processes is None else [self._process(p) for p in processes]
+        out, found = None, set()
+        for name in names:
+            df = self.metrics[self.metrics["process"] == name]
+            own = [c for c in cols if c in df and _measured(df[c])]
+            found.update(own)
+            part = df.set_index("step")[own]
+            part.columns = [f"{c}_{name}" for c in own]
+            out = part if out is None else out.join(part, how="outer")
+        lost = [c for c in cols if c not in found]
+        if lost or out is None:
+            raise ConfigError("columns", (lost or cols)[0], "a column measured by a process")
+        return out.sort_index().reset_index()
+
+    def trajectory(self, process: str | None = None) -> np.ndarray:
+        """The points ``(n, d)`` of one process (default: the first) at the rows that kept one
+        (every logged row with ``keep_points=True``), in step order."""
+        df = self.series(process)
+        pts = [np.asarray(x) for x in df["w"] if _is_value(x)] if "w" in df else []
+        if not pts:
+            raise ConfigError("keep_points", False, "True (the run kept no points)")
+        return np.stack(pts)
+
+    def _process(self, name: str | None) -> str:
+        have = self.process_names
+        if name is None and have:
+            return have[0]
+        if name not in have:
             raise ConfigError("process", name, "one of " + ", ".join(map(str, have)))
-        df = self.metrics[self.metrics["process"] == name]
-        return df.reset_index(drop=True)
+        return name
+
+
+def _is_value(x: Any) -> bool:
+    if x is None:
+        return False
+    if isinstance(x, float):
+        return not math.isnan(x)
+    return True
+
+
+def _measured(col: pd.Series) -> bool:
+    """Whether a column holds a value at some row (not only NaN / None / NA)."""
+    if col.dtype == object:
+        return any(_is_value(x) for x in col)
+    return bool(col.notna().any())
 
 
 _FRONT = [

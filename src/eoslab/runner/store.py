@@ -24,11 +24,9 @@ import hashlib
 import io
 import json
 import os
-import re
 import subprocess
 import sys
 import time
-import warnings
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -37,22 +35,16 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import (
-    ConfigError,
-    DamagedRunError,
-    DamagedRunWarning,
     EoslabError,
-    NotARunError,
     UnsafeFileError,
 )
+from ..rundir import CHECKPOINT, PART, read_config, read_manifest, read_metrics, require_run
 from ..runlock import LOCK_NAME, Holder, hold
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["RunStore", "RunExistsError", "Damage", "atomic_write_bytes", "read_metrics"]
-
-_PART = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
-_CKPT = re.compile(r"^step-(\d+)\.npz$")
+__all__ = ["RunStore", "RunExistsError", "Damage", "atomic_write_bytes"]
 
 
 class RunExistsError(EoslabError, FileExistsError):
@@ -106,34 +98,6 @@ def _git_hash() -> str | None:
         return None
 
 
-def read_metrics(path: Path, *, up_to: int | None = None) -> pd.DataFrame:
-    """All metric parts of a run, in step order (rows with ``step < up_to`` if given)."""
-    import pandas as pd
-
-    folder = Path(path) / "metrics"
-    frames = []
-    for f in sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []:
-        if _PART.match(f.name):
-            try:
-                frames.append(pd.read_parquet(f))
-            except Exception as exc:  # noqa: BLE001 - a damaged part is skipped, and said so
-                warnings.warn(
-                    f"{f} is damaged ({type(exc).__name__}); its rows are left out "
-                    "(eoslab resume moves it aside and recomputes them)",
-                    DamagedRunWarning,
-                    stacklevel=2,
-                )
-    if not frames:
-        return pd.DataFrame({"step": pd.Series([], dtype="int64")})
-    df = pd.concat(frames, ignore_index=True)
-    keys = ["process", "step"] if "process" in df else ["step"]
-    df = df.drop_duplicates(keys, keep="last").sort_values("step", kind="stable")
-    df = df.reset_index(drop=True)
-    if up_to is not None:
-        df = df[df["step"] < up_to].reset_index(drop=True)
-    return df
-
-
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -175,33 +139,8 @@ class RunStore:
         return (self.path / "config.json").is_file()
 
     def require_run(self) -> dict[str, Any]:
-        """The run record (``config.json``) of this directory, checked to be a run directory:
-        ``config.json`` holding an eoslab run record (its ``config`` and ``eoslab_version``) and a
-        ``manifest.json`` (whole or damaged). Reads only.
-
-        Raises:
-            NotARunError: the directory is missing or is not a run directory (says why).
-            DamagedRunError: ``config.json`` is there but is not JSON.
-        """
-        if not self.path.is_dir():
-            raise NotARunError(f"{self.path}: no such run directory")
-        missing = [f for f in ("config.json", "manifest.json") if not (self.path / f).is_file()]
-        if missing:
-            raise NotARunError(
-                f"{self.path}: not a run directory (no {' and no '.join(missing)}); "
-                "give a directory written by eoslab run"
-            )
-        record = self.read_config()
-        if not (
-            isinstance(record, dict)
-            and isinstance(record.get("config"), dict)
-            and "eoslab_version" in record
-        ):
-            raise NotARunError(
-                f"{self.path}: not a run directory (its config.json is no eoslab run record); "
-                "give a directory written by eoslab run"
-            )
-        return record
+        """The run record, checked to be a run directory (`eoslab.rundir.require_run`)."""
+        return require_run(self.path)
 
     def lock(self, purpose: str = "run") -> AbstractContextManager[Holder]:
         """Hold this run directory's one-writer lock (``with store.lock("resume"): ...``).
@@ -270,31 +209,13 @@ class RunStore:
         self.write_manifest({**man, "status": "running", "steps": steps})
 
     def read_config(self) -> dict[str, Any]:
-        f = self.path / "config.json"
-        if not f.is_file():
-            raise ConfigError(
-                "run directory",
-                str(self.path),
-                "a run directory with a config.json (made by eoslab run)",
-            )
-        try:
-            return json.loads(f.read_text())
-        except (ValueError, OSError) as exc:
-            raise DamagedRunError(
-                f"{f} is damaged ({type(exc).__name__}); the run's config is lost, so it cannot "
-                "be resumed. Its metrics/ and checkpoints/ are untouched."
-            ) from None
+        """The run record (`eoslab.rundir.read_config`)."""
+        return read_config(self.path)
 
     # ---------------------------------------------------------------- manifest
     def read_manifest(self) -> dict[str, Any]:
-        """The manifest (``status`` "unknown" when it is missing or damaged)."""
-        f = self.path / "manifest.json"
-        try:
-            man = json.loads(f.read_text())
-            if not isinstance(man, dict):
-                raise ValueError("not a mapping")
-        except (ValueError, OSError):
-            return {"status": "unknown", "step": 0, "checkpoint": None, "damaged": f.is_file()}
+        """The manifest (`eoslab.rundir.read_manifest`); remembers its checksums."""
+        man = read_manifest(self.path)
         self._sums.update(man.get("files", {}))
         return man
 
@@ -353,7 +274,7 @@ class RunStore:
         import pandas as pd
 
         for f in sorted(self.metrics_dir.glob("part-*.parquet")):
-            m = _PART.match(f.name)
+            m = PART.match(f.name)
             if not m:
                 continue
             first, last = int(m.group(1)), int(m.group(2))
@@ -387,7 +308,7 @@ class RunStore:
             return int(man["checkpoint_step"]), self.path / name
         found = []
         for f in self.checkpoint_dir.glob("step-*.npz"):
-            m = _CKPT.match(f.name)
+            m = CHECKPOINT.match(f.name)
             if m:
                 found.append((int(m.group(1)), f))
         return max(found) if found else None
@@ -441,7 +362,7 @@ class RunStore:
             damaged.append(("manifest.json", "not valid JSON (rebuilt from the files on disk)"))
         ckpts = []
         for f in sorted(self.checkpoint_dir.glob("step-*.npz")):
-            m = _CKPT.match(f.name)
+            m = CHECKPOINT.match(f.name)
             if not m:
                 continue
             why = self._whole(f)
@@ -455,7 +376,7 @@ class RunStore:
         step, ckpt = max(ckpts) if ckpts else (0, None)
         lost = False
         for f in sorted(self.metrics_dir.glob("part-*.parquet")) if parts else ():
-            m = _PART.match(f.name)
+            m = PART.match(f.name)
             if not m:
                 continue
             why = self._whole(f)
@@ -463,7 +384,7 @@ class RunStore:
                 damaged.append((f"metrics/{f.name}", why))
                 lost = lost or int(m.group(1)) < step
         for rel in sorted(self._sums) if parts else ():  # recorded when written, gone now
-            m = _PART.match(Path(rel).name)
+            m = PART.match(Path(rel).name)
             if rel.startswith("metrics/") and m and not (self.path / rel).exists():
                 damaged.append((rel, "missing (the manifest records it)"))
                 lost = lost or int(m.group(1)) < step

@@ -1,5 +1,6 @@
-"""Panels of lockstep runs (processes advanced side by side from one start): the distances
-between the processes, and the central flow's predicted loss beside the optimizer's loss.
+"""Panels of runs that compare processes (advanced in lockstep from one start, e.g. an
+experiment's ``compare``): the distances between the processes, and the central flow's predicted
+loss beside the optimizer's loss.
 
 A process's rows hold ``dist_NAME`` = |w_p - w_NAME| to every other process and, with the Phi
 probe, ``phi_dist_NAME`` = |Phi(w_p) - w_NAME| (Phi: the limit of gradient flow from w_p). A

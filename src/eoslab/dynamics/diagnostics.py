@@ -22,12 +22,13 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..curvature import top_eigenpairs
+from ..curvature.operator import HessianOperator
 from ..curvature.rounding import clip_tol
-from ..dynamics.manifold import DENSE_MAX_DIM
-from ..dynamics.phi import phi
 from ..errors import ConfigError, check_positive
 from ..objective import LossLike, as_objective
-from .flows import LimitingFlow, flow_constant, limiting_flow
+from .limiting_flow import LimitingFlow, flow_constant
+from .manifold import DENSE_MAX_DIM
+from .phi import phi
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,8 +38,8 @@ __all__ = ["eos_diagnostics"]
 
 def _lam1_all(obj, ws, dense: bool) -> np.ndarray:
     if dense:
-        f = jax.jit(jax.vmap(lambda x: jnp.linalg.eigvalsh(jax.hessian(obj)(x))[-1]))
-        return np.asarray(f(ws))
+        top = lambda x: jnp.linalg.eigvalsh(HessianOperator(obj, x).as_matrix())[-1]  # noqa: E731
+        return np.asarray(jax.jit(jax.vmap(top))(ws))
     return np.array(
         [float(top_eigenpairs(obj, w, 1, tol=clip_tol(1e-6, w.dtype)).values[0]) for w in ws]
     )
@@ -50,8 +51,8 @@ def eos_diagnostics(
     *,
     algorithm: str,
     lr: float,
+    flow: LimitingFlow,
     steps: np.ndarray | None = None,
-    flow: LimitingFlow | None = None,
     phi_every: int = 1,
     n_R: int = 2,
     phi_kwargs: dict | None = None,
@@ -60,8 +61,9 @@ def eos_diagnostics(
 
     ``loss`` is $L$ (the base loss, also for sqrt-loss GD). Identities between consecutive rows
     (``stab_sum``, ``sqrt_loss_sum``) need ``ws`` saved every step. $\Phi$-based columns are
-    computed every ``phi_every`` rows (NaN elsewhere). ``flow`` defaults to the limiting flow from
-    ``ws[0]`` at $\tau=\eta^2\cdot$``steps``.
+    computed every ``phi_every`` rows (NaN elsewhere). ``flow`` is the limiting flow from
+    ``ws[0]`` (`eoslab.limiting_flow`), reaching $\tau=\eta^2$ (``steps[-1] - steps[0]``); row
+    $t$ is compared with $X(\eta^2(\text{steps}[t]-\text{steps}[0]))$.
     """
     import pandas as pd
 
@@ -69,7 +71,7 @@ def eos_diagnostics(
     if ws.ndim != 2 or ws.shape[0] < 2:
         raise ConfigError("ws.shape", ws.shape, "(n, D) with n >= 2 consecutive iterates")
     obj = as_objective(loss, ws[0])
-    c, _ = flow_constant(algorithm)
+    flow_constant(algorithm)
     check_positive("lr", lr)
     n, d = ws.shape
     steps = np.arange(n) if steps is None else np.asarray(steps)
@@ -107,14 +109,7 @@ def eos_diagnostics(
     for j in range(1, n_R + 1):
         cols[f"R_{j}"] = nan.copy()
     rows = np.arange(0, n, phi_every)
-    if flow is None:
-        span = lr**2 * float(steps[-1] - steps[0])
-        if span <= 0:
-            raise ConfigError("steps", "<no progress>", "increasing step numbers")
-        flow = limiting_flow(
-            obj, ws[0], algorithm=algorithm, tau=span, n_save=1001, phi_kwargs=phi_kwargs
-        )
-    Xs = np.stack([_interp(flow, lr**2 * (steps[r] - steps[0])) for r in rows])
+    Xs = np.stack([flow.at(lr**2 * float(steps[r] - steps[0])) for r in rows])
     for i, r in enumerate(rows):
         x = ws[r]
         p = phi(obj, x, **(phi_kwargs or {}))
@@ -123,13 +118,13 @@ def eos_diagnostics(
         lam, V = np.asarray(eig.values), np.asarray(eig.vectors)
         off = np.asarray(x - p)
         coef = V.T @ off  # <v_i, x - Phi>
+        h_off = np.asarray(HessianOperator(obj, p).mv(x - p))  # H(Phi) (x - Phi)
         if algorithm == "normalized_gd":
             proj = lam * coef  # <v_i, H (x - Phi)>
-            total = float(np.linalg.norm(jax.jvp(jax.grad(obj), (p,), (x - p,))[1]))
+            total = float(np.linalg.norm(h_off))
         else:
             proj = np.sqrt(2 * np.maximum(lam, 0)) * coef
-            hq = float(off @ np.asarray(jax.jvp(jax.grad(obj), (p,), (x - p,))[1]))
-            total = float(np.sqrt(max(2 * hq, 0.0)))
+            total = float(np.sqrt(max(2 * float(off @ h_off), 0.0)))
         cols["phi_dist"][r] = np.linalg.norm(off)
         cols["flow_dist"][r] = np.linalg.norm(np.asarray(p) - Xs[i])
         cols["theta"][r] = np.arccos(np.clip(abs(proj[0]) / max(total, 1e-300), 0.0, 1.0))
@@ -138,11 +133,3 @@ def eos_diagnostics(
             rest = max(total**2 - float(np.sum(proj[: j - 1] ** 2)), 0.0)
             cols[f"R_{j}"][r] = np.sqrt(rest) - lam[j - 1] * lr
     return pd.DataFrame(cols)
-
-
-def _interp(flow: LimitingFlow, tau: float) -> np.ndarray:
-    t = np.asarray(flow.tau)
-    X = np.asarray(flow.X)
-    if tau > t[-1] + 1e-12:
-        raise ConfigError("flow", f"<ends at tau={t[-1]:g}>", f"a flow reaching tau={tau:g}")
-    return np.stack([np.interp(tau, t, X[:, i]) for i in range(X.shape[1])])

@@ -1,56 +1,29 @@
-r"""`limiting_flow`: the paper's flow on $\Gamma$ from $X(0)=\Phi(x_0)$, a front door to the loop.
+r"""`limiting_flow`: the paper's flow on $\Gamma$ from $X(0)=\Phi(x_0)$, solved through the loop.
 
 Normalized GD tracks $\frac{dX}{d\tau}=-\frac14 P^\perp_{X,\Gamma}\nabla\log\lambda_1(X)$ and GD on
 $\sqrt{L-\min L}$ tracks $\frac{dX}{d\tau}=-\frac18 P^\perp_{X,\Gamma}\nabla\lambda_1(X)$, with
-$\tau=\eta^2\cdot$steps (``docs/theory.md``, "Limiting flows").
+$\tau=\eta^2\cdot$steps (``docs/theory.md``, "Limiting flows"). The theories' point-wise math
+($\Phi$, the tangent projector, stability quantities, diagnostics) lives in `eoslab.dynamics`,
+beside the processes that use it; any trajectory is `eoslab.runner.run` over those processes.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..curvature._checks import check_w
-from ..dynamics.limiting_flow import (
-    ALGORITHMS,
-    ProjectedLimitingFlow,
-    RetractedLimitingFlow,
-    flow_constant,
-)
-from ..dynamics.manifold import DENSE_MAX_DIM
-from ..dynamics.phi import phi
-from ..errors import ConfigError, check_choice, check_positive
-from ..objective import LossLike, as_objective
-from ..runner import Probes, run
+from .curvature._checks import check_w
+from .dynamics.limiting_flow import LimitingFlow, ProjectedLimitingFlow, RetractedLimitingFlow
+from .dynamics.manifold import DENSE_MAX_DIM
+from .dynamics.phi import phi
+from .errors import ConfigError, check_choice, check_positive
+from .objective import LossLike, as_objective
+from .runner import Probes, run
 
-__all__ = ["ALGORITHMS", "LimitingFlow", "flow_constant", "limiting_flow"]
-
-
-class LimitingFlow(NamedTuple):
-    tau: Float[Array, " n"]  # flow times, tau = lr^2 * steps
-    X: Float[Array, "n d"]  # X(tau), one row per time
-    sharpness: Float[Array, " n"]  # lambda_1(X(tau))
-    algorithm: str
-    integrator: str
-    loss: Float[Array, " n"]  # guard: L(X(tau)) (zero on Gamma)
-    grad_norm: Float[Array, " n"]  # guard: |grad L(X(tau))| (zero on Gamma)
-
-    def steps(self, lr: float) -> np.ndarray:
-        """The optimizer step matching each flow time: tau / lr^2."""
-        return np.asarray(self.tau) / lr**2
-
-    def drift(self) -> dict[str, float]:
-        r"""How far the guards grew: $\max_\tau L(X(\tau))/L(X(0))$ (``"loss"``) and
-        $\max_\tau\|\nabla L(X(\tau))\|/\|\nabla L(X(0))\|$ (``"grad_norm"``). A flow that
-        stays on $\Gamma$ keeps both near 1 or below; the reproductions fail a run above 2."""
-        out = {}
-        for name in ("loss", "grad_norm"):
-            col = np.asarray(getattr(self, name), np.float64)
-            out[name] = float(np.max(col) / col[0]) if col[0] > 0 else float("inf")
-        return out
+__all__ = ["limiting_flow"]
 
 
 def limiting_flow(
@@ -78,14 +51,13 @@ def limiting_flow(
     retracted by $\Phi$ to ``phi_gtol``. ``phi_kwargs`` are passed to `eoslab.phi` for $X(0)$;
     ``project_start=False`` starts from ``x0`` as given (assumed on $\Gamma$). The result keeps
     the guard columns ``loss`` and ``grad_norm`` at every saved point (`LimitingFlow.drift`).
-    Runs through `eoslab.runner.run`, one step per saved time.
+    Runs the process through `eoslab.runner.run`, one step per saved time (its ``schedule``).
     """
     obj = as_objective(loss, x0)
     x0 = check_w(x0, obj)
     if phi_kwargs and project_start:
         x0, project_start = phi(obj, x0, **phi_kwargs), False
         phi_gtol = phi_kwargs.get("gtol", phi_gtol)
-    flow_constant(algorithm)
     check_choice("integrator", integrator, ("auto", "projection", "retraction"))
     taus = np.atleast_1d(np.asarray(tau, dtype=np.float64))
     if taus.size == 1:
@@ -98,34 +70,26 @@ def limiting_flow(
     if integrator == "auto":
         integrator = "projection" if x0.shape[0] <= DENSE_MAX_DIM else "retraction"
     schedule = tuple(float(x) for x in np.diff(taus))
-    lr = float(np.sqrt(schedule[0]))
     common = dict(
         algorithm=algorithm,
-        lr=lr,
+        lr=float(np.sqrt(schedule[0])),
         schedule=schedule,
         phi_gtol=phi_gtol,
         project_start=project_start,
     )
     if integrator == "projection":
         proc = ProjectedLimitingFlow(**common, rank_tol=rank_tol, rtol=rtol, atol=atol)
-        probes = Probes(sharpness=False, alignment=False)
+        probes, sharp = Probes(sharpness=False, alignment=False), "lambda1"
     else:
-        proc = RetractedLimitingFlow(
-            **common,
-            h=min(0.01, min(schedule)) if h is None else h,
-        )
-        probes = Probes(tol=1e-6, alignment=False)
-    res = run(
-        {"flow": proc}, obj, len(schedule), w0=x0, probe_every=1, probes=probes, keep_points=True
-    )
-    m = res.metrics
-    sharp = m["lambda1"] if integrator == "projection" else m["sharpness"]
-    X = jnp.asarray(np.stack(m["w"].to_list()), x0.dtype)
+        proc = RetractedLimitingFlow(**common, h=min(0.01, min(schedule)) if h is None else h)
+        probes, sharp = Probes(tol=1e-6, alignment=False), "sharpness"
+    res = run(proc, obj, len(schedule), w0=x0, probe_every=1, probes=probes, keep_points=True)
+    m = res.series()
     col = lambda name: jnp.asarray(m[name].to_numpy(), x0.dtype)  # noqa: E731
     return LimitingFlow(
         jnp.asarray(taus, x0.dtype),
-        X,
-        jnp.asarray(sharp.to_numpy(), x0.dtype),
+        jnp.asarray(res.trajectory(), x0.dtype),
+        col(sharp),
         algorithm,
         integrator,
         col("loss"),

@@ -1,6 +1,7 @@
-"""The experiments of Arora, Li, Panigrahi (ICML 2022), reproduced: figures plus tables of
-predicted vs measured numbers. Settings and checks: ``docs/theory.md``, "Reproductions and their
-checks" (the theory: "Quadratic warm-up" and "Limiting flows").
+"""Arora, Li, Panigrahi (ICML 2022), "Understanding Gradient Descent on the Edge of Stability in
+Deep Learning", reproduced: figures plus tables of predicted vs measured numbers. Settings and
+checks: ``docs/theory.md``, "Reproductions and their checks" (the theory: "Quadratic warm-up" and
+"Limiting flows"). Their VGG experiment: `eoslab.reproduce.arora2022_vgg`.
 
 Each experiment computes here (the toy problems in float64, in a scoped ``jax.enable_x64``; the
 networks in float32, their objectives' dtype) and draws with `eoslab.report.paper_figures`.
@@ -17,15 +18,13 @@ from scipy.optimize import brentq
 
 from .. import data, models
 from ..curvature import top_eigenpairs
-from ..data import Dataset
+from ..curvature.operator import HessianOperator
 from ..dynamics.limiting_flow import RetractedLimitingFlow
 from ..dynamics.optimizer import Optimizer
 from ..dynamics.phi import phi, phi_result
 from ..dynamics.rules import GD, NormalizedGD, SqrtLossGD
-from ..errors import DatasetNotFoundError
 from ..objective import Objective
 from ..report.paper_figures import (
-    cifar_vgg_figure,
     flow_rate_figure,
     flow_tracking_figure,
     mnist_flow_figure,
@@ -35,14 +34,13 @@ from ..report.paper_figures import (
 )
 from ..report.tables import write_table
 from ..runner import Probes, run
-from ..theory import iterate, limiting_flow
-from ._common import Experiment, row
+from ..theory import limiting_flow
+from ._common import NO_PROBES, Reproduction, row
 
 __all__ = [
-    "EXPERIMENTS",
     "MNIST_FLOW_GTOL",
+    "REPRODUCTIONS",
     "ngd_beside_flow",
-    "run_cifar_vgg",
     "run_flow_rate",
     "run_flow_tracking",
     "run_mnist_flow",
@@ -51,6 +49,22 @@ __all__ = [
     "two_digit_problem",
     "valley",
 ]
+
+
+def _iterates(loss, w0: jax.Array, rule, steps: int, every: int = 1) -> np.ndarray:
+    """The rule's iterates from ``w0`` every ``every`` steps up to ``steps`` (one loop, no
+    probes): ``(steps // every + 1, d)``."""
+    res = run(
+        Optimizer(rule),
+        loss,
+        steps,
+        w0=w0,
+        probe_every=steps,
+        log_every=every,
+        probes=NO_PROBES,
+        keep_points=True,
+    )
+    return res.trajectory()
 
 
 def valley(w):
@@ -72,8 +86,8 @@ def _ngd_flow_x(x0: float, tau: float) -> float:
 # --------------------------------------------------------------------------------- Figure 1
 def run_valley(out: Path, quick: bool) -> list[dict]:
     with jax.enable_x64(True):
-        sq = np.asarray(iterate(valley, jnp.array([14.7, 3.0]), SqrtLossGD(0.5), 11).w)
-        ng = np.asarray(iterate(valley, jnp.array([14.7, -3.0]), NormalizedGD(5.0), 9).w)
+        sq = _iterates(valley, jnp.array([14.7, 3.0]), SqrtLossGD(0.5), 11)
+        ng = _iterates(valley, jnp.array([14.7, -3.0]), NormalizedGD(5.0), 9)
     # reference iterates read off the paper's Figure 1 notebook
     ref_sq = [14.7, 13.2, 11.0, 9.9, 8.3, 7.4, 6.2, 5.6, 4.7, 4.2, 3.5, 3.1]
     ref_ng = [14.7, 13.7, 13.0, 11.9, 11.1, 9.8, 9.0, 7.3, 6.3, 3.95]
@@ -96,7 +110,7 @@ def run_quadratic(out: Path, quick: bool) -> list[dict]:
 
     def traj(x0, n):
         quad = lambda w: 0.5 * w @ jnp.asarray(A) @ w  # noqa: E731
-        ws = np.asarray(iterate(quad, jnp.asarray(x0), NormalizedGD(1.0), n).w)
+        ws = _iterates(quad, jnp.asarray(x0), NormalizedGD(1.0), n)
         return ws @ A  # x~ = A x / eta with eta = 1
 
     # The paper builds x~_0 as a 2-step pre-image of a tiny vector; we fit the angle of a
@@ -143,10 +157,9 @@ def run_flow_tracking(out: Path, quick: bool) -> list[dict]:
         for alg, rule in rules.items():
             for lr in lrs:
                 steps = int(round(T / lr**2))
-                it = iterate(valley, x0, rule(lr), steps)
-                ws = np.asarray(it.w)
+                ws = _iterates(valley, x0, rule(lr), steps)
                 px = np.array([_valley_phi_x(x, y) for x, y in ws[:: max(1, steps // 400)]])
-                err = abs(float(phi(valley, it.w[-1])[0]) - targets[alg])
+                err = abs(float(phi(valley, jnp.asarray(ws[-1]))[0]) - targets[alg])
                 errs[alg].append(err)
                 rows.append(row(f"{alg} |Phi(x_T) - X(1)|, lr={lr}", 0.0, err, 0.1 * lr))
                 # Phase I ends when the iterate is within its oscillation size of Gamma
@@ -280,7 +293,7 @@ def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
         "mnist-mlp", jax.random.PRNGKey(0), ds.input_shape, ds.num_classes
     )
     obj = Objective.from_model(apply, params, ds, "mse_sum", dtype="float32")
-    start = iterate(obj, obj.w0, GD(gd_lr), gd_steps, save_every=gd_steps).w[-1]
+    start = _iterates(obj, obj.w0, GD(gd_lr), gd_steps, every=gd_steps)[-1]
     wide, ngd_end = ngd_beside_flow(obj, start, lr=lr, steps=steps, every=every, h=h, gtol=gtol)
     wide["lambda_ratio_ngd"] = [e[1] / e[0] for e in wide["eigs_ngd"]]
     wide["lambda_ratio_flow"] = [e[1] / e[0] for e in wide["eigs_flow"]]
@@ -332,7 +345,8 @@ def run_mnist_flow(out: Path, quick: bool) -> list[dict]:
     )
     # the EoS identity at the end of the run: sqrt L_T + sqrt L_T+1 = lr sqrt(lambda_1 / 2),
     # lambda_1 at Phi(x_T)
-    last = iterate(obj, ngd_end, NormalizedGD(lr), 1).loss
+    one = run(Optimizer(NormalizedGD(lr)), obj, 1, w0=ngd_end, probe_every=1, probes=NO_PROBES)
+    last = one.series(None, "loss")["loss"].to_numpy()
     pair = float(np.sqrt(last[0]) + np.sqrt(last[1]))
     rows.append(
         row(
@@ -400,7 +414,7 @@ def run_flow_rate(out: Path, quick: bool) -> list[dict]:
     kw = {"gtol": 1e-6, "solver": "tsit5", "max_steps": 200_000}
     with jax.enable_x64(True):
         obj = two_digit_problem(**FLOW_RATE_PROBLEM)
-        x0 = iterate(obj, obj.w0, GD(0.05), 50, save_every=50).w[-1]  # Phase I still ahead
+        x0 = _iterates(obj, obj.w0, GD(0.05), 50, every=50)[-1]  # Phase I still ahead
         X0 = phi(obj, x0, **kw)
         taus = np.linspace(0.0, T, n_tau)
         fl = limiting_flow(
@@ -414,13 +428,14 @@ def run_flow_rate(out: Path, quick: bool) -> list[dict]:
             atol=1e-10,
             rank_tol=1e-4,  # lambda_8 / lambda_1 ~ 1e-2 on Gamma; the kernel's ~1e-6 at Phi's gtol
         )
-        eig = np.stack([np.linalg.eigvalsh(np.asarray(jax.hessian(obj)(X)))[::-1] for X in fl.X])
+        H = [HessianOperator(obj, X).as_matrix() for X in fl.X]
+        eig = np.stack([np.linalg.eigvalsh(np.asarray(h))[::-1] for h in H])
         errs = np.zeros((len(lrs), n_tau))
         for i, lr in enumerate(lrs):
             steps = int(round(T / lr**2))
-            it = iterate(obj, x0, NormalizedGD(lr), steps, save_every=steps // (n_tau - 1))
+            ws = _iterates(obj, x0, NormalizedGD(lr), steps, every=steps // (n_tau - 1))
             for k in range(1, n_tau):
-                errs[i, k] = float(jnp.linalg.norm(phi(obj, it.w[k], **kw) - fl.X[k]))
+                errs[i, k] = float(jnp.linalg.norm(phi(obj, jnp.asarray(ws[k]), **kw) - fl.X[k]))
     ratio = eig[:, 1] / eig[:, 0]
     slope = float(np.polyfit(np.log(lrs), np.log(errs[:, -1]), 1)[0])
     rows = [
@@ -462,143 +477,38 @@ def run_flow_rate(out: Path, quick: bool) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------------------ CIFAR VGG
-_SMOKE_VGG = (8, "P", 16, "P", 16, 16, "P", 32, 32, "P", 32, 32, "P")
-
-
-def _cifar_or_synthetic(n: int, quick: bool, data_dir: Path | None = None):
-    """CIFAR-10 (first n, standardized per pixel by the loader) if present; else, for the smoke
-    variant without a ``data_dir`` only, synthetic CIFAR-shaped inputs with labels from a random
-    linear teacher (real images without CIFAR-10: ``reproduce fashion-vgg``)."""
-    try:
-        return data.load("cifar10", n=n, data_dir=data_dir), "cifar10"
-    except DatasetNotFoundError:
-        if not quick or data_dir is not None:
-            raise
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
-    y = np.argmax(x.reshape(n, -1) @ rng.normal(size=(3072, 10)), axis=1).astype(np.int32)
-    ds = Dataset(
-        "synthetic-cifar-shape",
-        jnp.asarray(x),
-        jnp.asarray(y),
-        jnp.asarray(x[:8]),
-        jnp.asarray(y[:8]),
-        10,
-        (32, 32, 3),
-    )
-    return ds, "synthetic (CIFAR-10 not found)"
-
-
-def run_cifar_vgg(out: Path, quick: bool, data_dir: Path | None = None) -> list[dict]:
-    if quick:  # smoke: narrow VGG-11-AV, few images and steps
-        n, steps, every, options = 16, 40, 20, {"config": _SMOKE_VGG}
-    else:
-        n, steps, every, options = 5000, 20_000, 500, {}
-    ds, source = _cifar_or_synthetic(n, quick, data_dir)
-    apply, params = models.create(
-        "vgg11-av", jax.random.PRNGKey(0), ds.input_shape, ds.num_classes, **options
-    )
-    obj = Objective.from_model(apply, params, ds, "mse_sum", frozen=("head",), dtype="float32")
-    lr = 0.25
-    rows, curves = [], {}
-    for alg, rule in (("normalized_gd", NormalizedGD(lr)), ("sqrt_loss_gd", SqrtLossGD(lr))):
-        # the rule, with lambda_1 and lambda_2 probed (warm-started tracker) at every saved step
-        res = run(
-            {alg: Optimizer(rule)},
-            obj,
-            steps,
-            probe_every=every,
-            log_every=every,
-            probes=Probes(k=2, tol=1e-3, alignment=False),
-        )
-        m = res.metrics
-        eig = np.stack(m["eigs"].to_list())
-        # one exact step from the last iterate checks the rule's definition on the network
-        w, l0 = res.w, float(m["loss"].iloc[-1])
-        nxt = iterate(obj, w, rule, 1).w[-1]
-        g = jax.grad(obj)(w)
-        lr_eff = lr / float(jnp.linalg.norm(g)) if alg == "normalized_gd" else lr / (2 * l0**0.5)
-        # the rule's stability threshold 2 / lr_eff at each probe: the theory's lambda_1; at the
-        # last iterate, the one just computed
-        thr = m["threshold"].to_numpy(np.float64).copy()
-        thr[-1] = 2 / lr_eff
-        curves[alg] = (m["step"].to_numpy(), m["loss"].to_numpy(), eig, thr)
-        rows.append(
-            row(
-                f"{alg}: step = lr_eff * grad (lr_eff = {lr_eff:.3g})",
-                0.0,
-                float(jnp.linalg.norm(nxt - (w - lr_eff * g))),
-                1e-5 * float(jnp.linalg.norm(w)),
-            )
-        )
-        rows.append(
-            row(
-                f"{alg}: loss at the end below the start",
-                float(m["loss"].iloc[0]),
-                float(m["loss"].iloc[-1]),
-                0.0,
-                at_most=True,
-            )
-        )
-        if alg == "normalized_gd" and not quick:  # Theorem 4.7: harmonic mean over 2 steps is 2
-            g1 = jax.grad(obj)(nxt)
-            s0 = lr_eff * eig[-1, 0]
-            s1 = lr / float(jnp.linalg.norm(g1)) * eig[-1, 0]
-            rows.append(
-                row(
-                    "normalized_gd: 1/S_T + 1/S_T+1 (proxy eta_t lambda_1)",
-                    1.0,
-                    1 / s0 + 1 / s1,
-                    5 * lr,
-                )
-            )
-    cifar_vgg_figure(out / "cifar_vgg.png", curves, source=source, n=n)
-    write_table(out, rows, f"cifar-vgg{' (smoke)' if quick else ''} on {source}")
-    return rows
-
-
-EXPERIMENTS = (
-    Experiment(
+REPRODUCTIONS = (
+    Reproduction(
         "valley",
         "Arora et al. 2022, Figure 1",
         "GD on sqrt L and normalized GD on L = (1+x^2) y^2 over the landscape, manifold drawn",
         run_valley,
     ),
-    Experiment(
+    Reproduction(
         "quadratic",
         "Arora et al. 2022, Figure 2",
         "normalized GD on the quadratic diag(1, 0.4): the 2-cycle and the invariant sets",
         run_quadratic,
     ),
-    Experiment(
+    Reproduction(
         "flow-tracking",
         "Arora et al. 2022, Theorems 4.3-4.6",
         "both algorithms on the valley at several LRs: tracking error O(lr), time scales",
         run_flow_tracking,
     ),
-    Experiment(
+    Reproduction(
         "flow-rate",
         "Arora et al. 2022, Theorem 4.4",
         "normalized GD on a gapped one-output net (two MNIST digits, +-1 targets) at three or "
         "four LRs: |Phi(x_t) - X(tau)| falls linearly in lr",
         run_flow_rate,
     ),
-    Experiment(
+    Reproduction(
         "mnist-flow",
         "Arora et al. 2022, MNIST experiment",
         "784-128-10 GELU net on 1,000 MNIST digits: normalized GD against the sharpness-"
         "minimizer flow, lambda_1 against tau",
         run_mnist_flow,
     ),
-    Experiment(
-        "cifar-vgg",
-        "Arora et al. 2022, CIFAR-10 experiment",
-        "VGG-11-AV (avg-pool, GELU, frozen N(0, 0.01^2) head) on 5,000 CIFAR-10 images: "
-        "normalized GD and GD on sqrt-MSE at lr 0.25",
-        run_cifar_vgg,
-        needs="cifar10 (full variant; --data-dir DIR)",
-        datasets=("cifar10",),
-    ),
 )
-"""Arora, Li, Panigrahi (ICML 2022): Figures 1 and 2, flow tracking, MNIST, CIFAR-10."""
+"""Arora, Li, Panigrahi (ICML 2022): Figures 1 and 2, flow tracking, flow rate, MNIST."""

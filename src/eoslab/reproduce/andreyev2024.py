@@ -39,10 +39,10 @@ from ..objective import Objective
 from ..report.eoss_figures import eoss_figures
 from ..report.tables import write_frame, write_table
 from ..runner import Probes, run
-from ._common import Experiment, row
+from ._common import Reproduction, row
 
 __all__ = [
-    "EXPERIMENTS",
+    "REPRODUCTIONS",
     "EossSettings",
     "FULL",
     "QUICK",
@@ -341,8 +341,8 @@ def eoss_experiment(out: Path, quick: bool) -> list[dict]:
     return rows
 
 
-EXPERIMENTS = (
-    Experiment(
+REPRODUCTIONS = (
+    Reproduction(
         "eoss",
         "Andreyev & Beneventano (2024), Edge of Stochastic Stability",
         "SGD at three batch sizes, three seeds each: batch sharpness at 2/lr, lambda_max below, "
