@@ -17,7 +17,7 @@ from jaxtyping import Array
 
 from eoslab import Objective
 from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.process import Process
+from eoslab.dynamics.process import CompiledProcess
 from eoslab.dynamics.rules import Rule, StepInfo, gd
 from eoslab.report import plot_runs
 from eoslab.runner import Probes, RunStore, load_run, run
@@ -53,7 +53,7 @@ class EulerFlowState(NamedTuple):
     time: Array
 
 
-class EulerFlow(Process):
+class EulerFlow(CompiledProcess):
     """Gradient flow by explicit Euler: one step integrates flow time ``lr`` in ``substeps``
     equal Euler steps (a user's new process)."""
 

@@ -22,7 +22,7 @@ from ..curvature.lanczos import LanczosState, lanczos_top, ritz_vectors
 from ..curvature.operator import HessianOperator, PreconditionedOperator
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
-from .process import Process, Row
+from .process import CompiledProcess, HostProcess, Process, Row
 from .sdcp import solve_sdcp
 
 __all__ = [
@@ -83,7 +83,7 @@ def _ritz_and_power_step(st: LanczosState, p: int) -> tuple[Array, Array, Array]
     return u, st.theta[0], Q
 
 
-class CentralFlow(_GDCentralFlowBase):
+class CentralFlow(_GDCentralFlowBase, CompiledProcess):
     r"""GD's central flow with one oscillating direction (the closed form of the SDCP).
 
     Each substep: $u$ = top eigenvector, $\nabla S=\nabla^3L[u,u]$,
@@ -186,7 +186,7 @@ def _eig(obj, w, v, key, *, m, k):
 _restricted_jit = eqx.filter_jit(restricted_hessian)
 
 
-class SDPCentralFlow(_GDCentralFlowBase):
+class SDPCentralFlow(_GDCentralFlowBase, HostProcess):
     r"""GD's central flow with up to ``k`` oscillating directions: $\Sigma=UXU^\top$, $X$ from the
     SDCP (cvxpy) on the top-``k`` eigenvectors with $\eta\lambda>2-$``window`` (a host loop).
 
@@ -195,7 +195,6 @@ class SDPCentralFlow(_GDCentralFlowBase):
     Gram of $\nabla h_{ij}=\nabla(u_i^\top Hu_j)$.
     """
 
-    compiled = False
     k: int = 2
     """Most directions that may oscillate."""
     window: float = 0.1
@@ -266,7 +265,7 @@ class RMSPropCentralFlowState(NamedTuple):
     key: Array
 
 
-class RMSPropCentralFlow(Process):
+class RMSPropCentralFlow(CompiledProcess):
     r"""Central flow of RMSProp $\nu_{t+1}=\beta_2\nu_t+(1-\beta_2)g_t^2$,
     $w_{t+1}=w_t-\eta g_t/(\sqrt{\nu_{t+1}}+\epsilon)$ (no bias correction).
 
