@@ -58,9 +58,6 @@ class Accuracy(ScanProbe):
             return None
         return cls(base.fn, base.data)
 
-    def init(self, at: At) -> tuple:
-        return ()
-
     def value(self, w: Float[Array, " d"]) -> Array:
         """The accuracy at the point ``w``."""
         return _accuracy(self.fn, w, self.data)

@@ -32,7 +32,7 @@ from ..dynamics.process import CompiledProcess, HostProcess, Process, observed_s
 from ..errors import ConfigError, DamagedRunWarning, DivergenceError, RunInterrupted, check_int
 from ..objective import LossLike, Objective, as_objective
 from .probe import At, GroupProbe, InStep, Probe, ProbeFn, ScanProbe, as_probe
-from .probes import Probes
+from .probes import Probes, Sharpness
 from .progress import Progress
 from .records import RESUMABLE, Run, Stop, frame, load_run
 from .store import Damage, RunStore
@@ -114,11 +114,18 @@ class _Lockstep:
         self.host_every = cfg.cadence(probe_every)
         extra = tuple(as_probe(p, i) for i, p in enumerate(custom))
         in_step = cfg.in_step(probe_every)
+        every_in_step = in_step and all(isinstance(p, CompiledProcess) for p in procs.values())
         self.plans: dict[str, _Plan] = {}
         for i, (n, p) in enumerate(procs.items()):
-            built = tuple((q, True) for q in cfg.build(p, obj, seed + 2 * i, probe_every))
+            # the built-in probes beside a step probed inside run every host_every steps (the
+            # sharpness on the host too, where the problem is too small for the step's tracker)
+            inside = in_step and isinstance(p, CompiledProcess)
+            built = tuple(
+                (q, inside and not isinstance(q, Sharpness))
+                for q in cfg.build(p, obj, seed + 2 * i, probe_every)
+            )
             mine = built + tuple((q, False) for q in extra if not isinstance(q, GroupProbe))
-            if in_step and isinstance(p, CompiledProcess):
+            if inside:
                 inner = tuple(q for q, _ in mine if isinstance(q, ScanProbe))
                 rest = tuple((q, c) for q, c in mine if not isinstance(q, ScanProbe))
                 self.plans[n] = _Plan(InStep(inner, n) if inner else None, rest)
@@ -127,7 +134,7 @@ class _Lockstep:
             keys = [q.key for q, _ in mine]
             if len(set(keys)) < len(keys):
                 raise ConfigError("custom_probes", keys, "probes with distinct keys (Probe.key)")
-        self.group = tuple((q, True) for q in cfg.build_group(len(procs))) + tuple(
+        self.group = tuple((q, every_in_step) for q in cfg.build_group(len(procs))) + tuple(
             (q, False) for q in extra if isinstance(q, GroupProbe)
         )
         # every probe's state, by process and key (None: not started); the group's by key
@@ -138,7 +145,6 @@ class _Lockstep:
         # every process is probed in its step and nothing else is due sooner, every host_every
         fine = any(not c for plan in self.plans.values() for _, c in plan.probed)
         fine = fine or any(not c for _, c in self.group) or goals
-        every_in_step = in_step and all(isinstance(p, CompiledProcess) for p in procs.values())
         self.chunk = self.host_every if every_in_step and not fine else probe_every
 
     def point(self, name: str) -> Array:

@@ -323,9 +323,6 @@ class Alignment(HostProbe):
     r"""``grad_top_alignment`` $g^\top Hg/(\|g\|^2\lambda_1)$ with the row's ``sharpness``
     (a gradient and one Hessian product)."""
 
-    def init(self, at: At) -> tuple:
-        return ()
-
     def __call__(self, at: At, state: Any) -> tuple[dict[str, Any], Any]:
         lam = float(at.row.get("sharpness", math.nan))
         gn = float(at.row.get("grad_norm", math.nan))
@@ -380,9 +377,6 @@ class Stableness(HostProbe):
     points: int = 5
     tol: float = 1e-3
 
-    def init(self, at: At) -> tuple:
-        return ()
-
     def __call__(self, at: At, state: Any) -> tuple[dict[str, Any], Any]:
         lr_eff = float(at.row.get("lr_eff", math.nan))
         if not (lr_eff > 0 and math.isfinite(lr_eff)):
@@ -430,9 +424,6 @@ def distances(points: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
 class Distances(GroupProbe):
     r"""``dist_q`` $=\|w_p-w_q\|$ on every process $p$, for every other process $q$."""
 
-    def init(self, names: tuple[str, ...]) -> tuple:
-        return ()
-
     def __call__(self, points, objective, state):
         return distances(points), state
 
@@ -445,9 +436,6 @@ class Phi(GroupProbe):
     gtol: float = 1e-8
     tol: float = 1e-3
     distances: bool = False
-
-    def init(self, names: tuple[str, ...]) -> tuple:
-        return ()
 
     def __call__(self, points, objective, state):
         base = objective.base()
