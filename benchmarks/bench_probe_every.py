@@ -14,8 +14,9 @@ that a busy machine slows them alike:
 * ``every_step, probe_every=200``: `Probes(every_step=True)`, the other probes at steps 0 and 200;
 * ``every_step, probe_every=1``: `Probes(every_step=True)` with ``probe_every=1``.
 
-Columns: the median wall time over the repetitions and its spread (min-max), the ratio of the
-medians to the unprobed one, and the median (min-max) of each repetition's own ratio. Then the
+Columns, for the wall time and for the process's CPU time (all threads; less sensitive to a
+shared machine's load): the median over the repetitions and its spread (min-max), the ratio of
+the medians to the unprobed one, and the median (min-max) of each repetition's own ratio. Then the
 certified values: the sharpness and its bound at every step, ``probe_every=1`` against each
 ``every_step`` spelling (largest difference; 0 means the same bits).
 
@@ -79,33 +80,40 @@ def main(reps: int = 5, steps: int = 200) -> None:
     def once(kw: dict):
         kw = dict(kw)
         extra = (acc,) if kw.pop("accuracy", False) else ()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         r = run(proc, obj, steps, w0=w, custom_probes=extra, **kw)
         jax.block_until_ready(r.w)
-        return time.perf_counter() - t, r.metrics
+        return time.perf_counter() - t, time.process_time() - c, r.metrics
 
-    metrics = {name: once(kw)[1] for name, kw in vs.items()}  # compile every variant
-    times: dict[str, list[float]] = {name: [] for name in vs}
+    metrics = {name: once(kw)[2] for name, kw in vs.items()}  # compile every variant
+    wall: dict[str, list[float]] = {name: [] for name in vs}
+    cpu: dict[str, list[float]] = {name: [] for name in vs}
     for rep in range(reps):
         for name, kw in vs.items():
-            times[name].append(once(kw)[0])
-        print(f"repetition {rep + 1}/{reps}: " + ", ".join(f"{times[n][-1]:.2f}" for n in vs))
+            t, c, _ = once(kw)
+            wall[name].append(t)
+            cpu[name].append(c)
+        print(
+            f"repetition {rep + 1}/{reps} (wall / cpu s): "
+            + ", ".join(f"{wall[n][-1]:.2f} / {cpu[n][-1]:.2f}" for n in vs)
+        )
 
-    base = np.asarray(times["unprobed"])
     print()
     print(f"eos-gd at step {WARMUP}, {steps} steps per run, {reps} interleaved repetitions")
-    print()
-    cols = ["variant", "wall time: median (min-max)", "ratio of medians"]
-    print("| " + " | ".join([*cols, "per-repetition ratio: median (min-max)"]) + " |")
-    print("|---|---|---|---|")
-    for name in vs:
-        t = np.asarray(times[name])
-        r = t / base
-        print(
-            f"| {name} | {np.median(t):.2f} s ({t.min():.2f}-{t.max():.2f}) | "
-            f"{np.median(t) / np.median(base):.2f}x | "
-            f"{np.median(r):.2f}x ({r.min():.2f}-{r.max():.2f}) |"
-        )
+    for what, times in (("wall time", wall), ("CPU time of the process", cpu)):
+        base = np.asarray(times["unprobed"])
+        print()
+        cols = ["variant", f"{what}: median (min-max)", "ratio of medians"]
+        print("| " + " | ".join([*cols, "per-repetition ratio: median (min-max)"]) + " |")
+        print("|---|---|---|---|")
+        for name in vs:
+            t = np.asarray(times[name])
+            r = t / base
+            print(
+                f"| {name} | {np.median(t):.2f} s ({t.min():.2f}-{t.max():.2f}) | "
+                f"{np.median(t) / np.median(base):.2f}x | "
+                f"{np.median(r):.2f}x ({r.min():.2f}-{r.max():.2f}) |"
+            )
     print()
     one = metrics["probe_every=1"]
     cols = ["against probe_every=1", "steps with a sharpness", "max abs diff sharpness"]

@@ -330,8 +330,11 @@ def test_new_probe_is_stored_and_plotted(probe_reference, tmp_path):
     back = load_run(run_.path)
     assert_same_metrics(back.metrics, run_.metrics)
     ckpt = RunStore(run_.path).read_checkpoint(RunStore(run_.path).latest_checkpoint()[1])
-    calls = ckpt["gd__probe_CurvatureAndLossSum_1"]  # its state: (loss sum, count)
-    assert int(calls) == int(run_.process("gd")["probe_calls"].max())
+    # its state (loss sum, count) from before the last step was probed (a resume measures it)
+    calls = ckpt["gd__probe_CurvatureAndLossSum_1"]
+    probed = run_.process("gd").dropna(subset=["loss_sum"])
+    assert int(calls) == int(probed["probe_calls"].iloc[-1]) - 1
+    assert float(ckpt["gd__probe_CurvatureAndLossSum_0"]) == probed["loss_sum"].iloc[-2]
     png = plot_runs([run_.path], tmp_path / "fig.png")
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -5,7 +5,6 @@ from .loop import run as run
 from .probe import At as At
 from .probe import GroupProbe as GroupProbe
 from .probe import HostProbe as HostProbe
-from .probe import Linearization as Linearization
 from .probe import Probe as Probe
 from .probe import ProbeFn as ProbeFn
 from .probe import ScanProbe as ScanProbe
@@ -24,7 +23,6 @@ __all__ = [
     "At",
     "GroupProbe",
     "HostProbe",
-    "Linearization",
     "RESUMABLE",
     "STATUSES",
     "Probe",

@@ -2,11 +2,15 @@ r"""`run`: the one loop. It advances a set of processes in lockstep, probes them
 
 Between two probed steps each compiled process takes its steps in one ``lax.scan`` (a host
 process, such as an SDP-driven central flow, in its own host loop); at every ``probe_every``-th
-step every process is probed with the same probes (`Probes`), and with several processes the
-distances between them are measured. All rows go to one table with a ``process`` column; cheap
-per-step numbers (loss, gradient norm, effective LR, threshold) are kept every ``log_every``-th
-step of compiled processes, probe columns are missing (NaN) on rows where nothing was probed.
-All processes are checkpointed together and resume together, to the same numbers.
+step every process is probed with the same probes (`Probes` builds them; ``custom_probes`` adds
+the user's), and with several processes the distances between them are measured. Where a
+compiled process is probed at every step (``probe_every=1`` or ``Probes.every_step``), its
+in-step probes (`ScanProbe`) run inside its scan, and the loop comes back to the host only where
+a host probe is due (every ``Probes.host_every`` steps for the built-in ones). All rows go to
+one table with a ``process`` column; cheap per-step numbers (loss, gradient norm, effective LR,
+threshold) are kept every ``log_every``-th step of compiled processes, probe columns are missing
+(NaN) on rows where nothing was probed. All processes and every probe's state are checkpointed
+together and resume together, to the same numbers.
 """
 
 from __future__ import annotations
