@@ -89,6 +89,10 @@ def _observe(observer: InStep, process, objective, state, step, row, carry):
     return observer(objective, process, state, step, row, aux, carry)
 
 
+#: The checkpoint's prefix of the group probes' states (no process has this name).
+_GROUP = ".group"
+
+
 class _Plan(NamedTuple):
     """One process's probes: those inside its step (every step), then those at probed steps
     (``coarse``: the built-in ones that run every ``host_every`` steps in every-step mode)."""
@@ -141,6 +145,9 @@ class _Lockstep:
         self.group = tuple((q, every_in_step) for q in cfg.build_group(len(procs))) + tuple(
             (q, False) for q in extra if isinstance(q, GroupProbe)
         )
+        keys = [q.key for q, _ in self.group]
+        if len(set(keys)) < len(keys):
+            raise ConfigError("custom_probes", keys, "group probes with distinct keys (Probe.key)")
         # every probe's state, by process and key (None: not started); the group's by key
         self.pstates: dict[str, dict[str, Any]] = {n: {} for n in procs}
         self.gstates: dict[str, Any] = {}
@@ -206,7 +213,8 @@ class _Lockstep:
         states from *before* probing ``t``, for a resume to measure ``t`` exactly as the
         uninterrupted run did. Other checkpoints are written before their step is probed."""
         if may_end:
-            self.probes_before = (t, {n: self._probe_arrays(n) for n in self.procs})
+            before = {n: self._probe_arrays(n) for n in self.procs}
+            self.probes_before = (t, {**before, _GROUP: self._group_arrays()})
 
     def _probe(self, t: int, base: dict[str, dict], states: dict, final: bool) -> dict[str, dict]:
         """The probed rows at ``t`` from each process's row ``base`` and ``states`` at ``t``:
@@ -336,6 +344,16 @@ class _Lockstep:
             out[f"{n}__point"] = np.asarray(self.point(n))
             probe = before[n] if t == step else self._probe_arrays(n)
             out.update({f"{n}__probe_{k}": v for k, v in probe.items()})
+        group = before[_GROUP] if t == step else self._group_arrays()
+        out.update({f"{_GROUP}__probe_{k}": v for k, v in group.items()})
+        return out
+
+    def _group_arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for q, _ in self.group:
+            st = self.gstates.get(q.key)
+            if st is not None:
+                out.update({f"{q.key}_{k}": v for k, v in q.arrays(st).items()})
         return out
 
     def _probes(self, n: str) -> list[Probe]:
@@ -375,6 +393,11 @@ class _Lockstep:
                 mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
                 if mine:
                     self.pstates[n][q.key] = q.load(mine, at)
+        for q, _ in self.group:
+            prefix = f"{_GROUP}__probe_{q.key}_"
+            mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if mine:
+                self.gstates[q.key] = q.load(mine, tuple(self.procs))
 
 
 class _Chunk(NamedTuple):
