@@ -38,8 +38,9 @@ from eoslab import Objective
 from eoslab.curvature import HessianOperator, top_eigenpairs
 from eoslab.curvature.step_tracker import StepTracker
 from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.process import advance
 from eoslab.dynamics.rules import GD
+from eoslab.runner.probe import InStep
+from eoslab.runner.probes import StepSharpness
 
 CHUNK = 10
 
@@ -92,7 +93,7 @@ def bench_workload(make, chunks: int, samples: int) -> dict:
     proc = Optimizer(GD(lr))
     state = proc.init(obj, obj.w0)
     if warmup:
-        state = advance(proc, obj, state, warmup)[0]
+        state = proc.scan(obj, state, warmup).state
     w = proc.point(state)
     flop_floor = flop_ratio(obj, w)
     tracker = StepTracker(k=1, tol=1e-3, max_rounds=8)
@@ -100,17 +101,22 @@ def bench_workload(make, chunks: int, samples: int) -> dict:
     guard = (
         res.next_vector if bool(jnp.any(res.next_vector != 0)) else jnp.roll(res.vectors[:, 0], 1)
     )
-    tstate = tracker.warm(res.vectors, guard, res.operator_norm)
-    jax.block_until_ready(advance(proc, obj, state, CHUNK)[0])  # compile both
-    jax.block_until_ready(advance(proc, obj, state, CHUNK, False, tracker, tstate)[0])
+    tstate = (tracker.warm(res.vectors, guard, res.operator_norm),)
+    probe = InStep((StepSharpness(tracker),), "gd")  # what the loop runs with every_step
+
+    def probed(state, tstate):
+        return proc.scan(obj, state, CHUNK, observer=probe, carry=tstate)
+
+    jax.block_until_ready(proc.scan(obj, state, CHUNK).state)  # compile both
+    jax.block_until_ready(probed(state, tstate).state)
 
     plain_s, probed_s, lams, bounds, mvs, refs = [], [], [], [], [], []
     sample_at = set(np.linspace(0, chunks - 1, samples).round().astype(int).tolist())
     for c in range(chunks):
         t0 = time.perf_counter()
-        jax.block_until_ready(advance(proc, obj, state, CHUNK)[0])
+        jax.block_until_ready(proc.scan(obj, state, CHUNK).state)
         t1 = time.perf_counter()
-        new, rows, _, tstate = advance(proc, obj, state, CHUNK, False, tracker, tstate)
+        new, rows, _, tstate = probed(state, tstate)
         jax.block_until_ready(new)
         t2 = time.perf_counter()
         plain_s.append((t1 - t0) / CHUNK)

@@ -24,7 +24,6 @@ from bench_curvature import hessian_mv
 
 from eoslab.curvature.eigen import top_eigenpairs
 from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.process import advance
 from eoslab.dynamics.rules import GD
 
 HISTORY = 5  # the predictors read v_(t-1) ... v_(t-5), as StepTracker keeps them
@@ -54,7 +53,7 @@ def main(workload: str = "fc-tanh 5k", start: int = 170, steps: int = 12, k: int
 
     obj, lr, _ = bench_every_step.workloads(False)[workload]()
     proc = Optimizer(GD(lr))
-    state = advance(proc, obj, proc.init(obj, obj.w0), start)[0]
+    state = proc.scan(obj, proc.init(obj, obj.w0), start).state
     predictors = {**PREDICTORS, "fitted recurrence": _recurrence}
     hist: list[np.ndarray] = []
     prev = None
@@ -90,7 +89,7 @@ def main(workload: str = "fc-tanh 5k", start: int = 170, steps: int = 12, k: int
         )
         hist = [v1] + hist[: HISTORY - 1]
         prev = res.vectors
-        state = advance(proc, obj, state, 1)[0]
+        state = proc.scan(obj, state, 1).state
 
 
 if __name__ == "__main__":

@@ -191,9 +191,9 @@ def _slow_write(self, step, arrays):
     return out
 
 
-def _logged_advance(self, t0, n, log_every):  # the pause falls inside the chunk of steps
+def _logged_advance(self, t0, n, log_every, **kw):  # the pause falls inside the chunk of steps
     time.sleep(PAUSE)
-    out = _advance(self, t0, n, log_every)
+    out = _advance(self, t0, n, log_every, **kw)
     if LOG:
         with open(LOG, "a") as f:
             f.write(f"{{t0 + n}}\\n")

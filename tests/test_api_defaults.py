@@ -15,7 +15,7 @@ from eoslab import Objective, rules, train
 from eoslab.cli import main
 from eoslab.errors import ConfigError
 from eoslab.experiments import Experiment, ModelProblem, build, execute, from_dict
-from eoslab.runner import Probes, accuracy_probe
+from eoslab.runner import Accuracy, Probes
 
 
 def _quadratic() -> Objective:
@@ -111,17 +111,17 @@ def test_train_measures_a_classifiers_accuracy_by_default():
 
 def test_accuracy_probe_only_for_integer_class_labels():
     obj, x, y = _classifier()
-    probe = accuracy_probe(obj)
+    probe = Accuracy.of(obj)
     w = np.asarray(obj.w0, np.float64) + 0.3 * np.sin(np.arange(obj.dim))
     expected = _numpy_accuracy(w, x, y)
-    assert probe(jnp.asarray(w, obj.dtype), obj, {})["accuracy"] == pytest.approx(expected)
+    assert float(probe.value(jnp.asarray(w, obj.dtype))) == pytest.approx(expected)
     # the sqrt transform keeps the classifier underneath
-    assert accuracy_probe(obj.sqrt())(jnp.asarray(w, obj.dtype), obj, {})["accuracy"] == (
+    assert float(Accuracy.of(obj.sqrt()).value(jnp.asarray(w, obj.dtype))) == (
         pytest.approx(expected)
     )
     regression, _, _ = _classifier(labels_float=True)  # real targets: no classes to count
-    assert accuracy_probe(regression) is None
-    assert accuracy_probe(_quadratic()) is None
+    assert Accuracy.of(regression) is None
+    assert Accuracy.of(_quadratic()) is None
 
 
 def test_api_and_cli_give_the_same_accuracy_column():

@@ -223,7 +223,7 @@ def test_losses_and_accuracy_on_token_sequences():
     import jax.numpy as jnp
 
     from eoslab import Objective, losses
-    from eoslab.runner import accuracy_probe
+    from eoslab.runner import Accuracy
 
     rng = np.random.default_rng(0)
     n, t, v = 5, 7, 4
@@ -248,9 +248,9 @@ def test_losses_and_accuracy_on_token_sequences():
         "cross_entropy",
         dtype="float64",
     )
-    probe = accuracy_probe(obj)
+    probe = Accuracy.of(obj)
     assert probe is not None
-    assert probe(obj.w0, obj, {})["accuracy"] == pytest.approx(hits / (n * t), rel=1e-6)
+    assert float(probe.value(obj.w0)) == pytest.approx(hits / (n * t), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- CIFAR-10 files

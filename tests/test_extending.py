@@ -1,6 +1,7 @@
-"""Extending eoslab: a new update rule (one class) and a new process (one class), both
-defined here and nowhere else, run in lockstep with a built-in optimizer through the one loop:
-probed, stored, resumed after SIGKILL and plotted, each number against a closed form on a
+"""Extending eoslab: a new update rule (one class), a new process (one class) and a new
+probe (one class), each defined here and nowhere else, run in lockstep with a built-in optimizer
+through the one loop: probed (the probe at every step inside the compiled steps, and at probed
+steps), stored, resumed after SIGKILL and plotted, each number against a closed form on a
 quadratic $L(w) = \\tfrac12 w^\\top A w$ of known spectrum."""
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from jaxtyping import Array
 
 from eoslab import Objective
 from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.process import Process
+from eoslab.dynamics.process import CompiledProcess
 from eoslab.dynamics.rules import GD, Rule, StepInfo
 from eoslab.report import plot_runs
-from eoslab.runner import Probes, RunStore, load_run, run
+from eoslab.runner import Probes, RunStore, ScanProbe, load_run, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, run_python
 
 EIGS = (4.0, 2.0, 1.0, 0.5)
@@ -65,7 +66,7 @@ class EulerFlowState(NamedTuple):
     time: Array
 
 
-class EulerFlow(Process):
+class EulerFlow(CompiledProcess):
     """Gradient flow by explicit Euler: one step integrates flow time ``lr`` in ``substeps``
     equal Euler steps (a user's new process)."""
 
@@ -273,3 +274,99 @@ def test_the_plot_overlays_one_line_per_process(reference, tmp_path, monkeypatch
         ]
         assert len(same) == 1, name
         assert name in same[0].get_label()
+
+
+# --------------------------------------------------------------------------- a new probe
+
+U = np.array([1.0, 1.0, -1.0, 1.0]) / 2.0  # a fixed unit vector
+
+
+class CurvatureAndLossSum(ScanProbe):
+    """A user's probe: the curvature u^T H u along a fixed unit vector u (its Hessian product
+    from the step's own linearization) and, in its state, the running sum of the loss over the
+    points it has probed and their count."""
+
+    u: Array
+    linearize = True
+
+    def init(self, at):
+        return jnp.zeros((), at.objective.dtype), jnp.zeros((), jnp.int32)
+
+    def __call__(self, at, state):
+        total, count = state
+        hu = at.lin.matmat(self.u[:, None])[:, 0]
+        total, count = total + at.lin.loss, count + 1
+        row = {"u_curvature": jnp.vdot(self.u, hu), "loss_sum": total, "probe_calls": count}
+        return row, (total, count)
+
+
+def probe_run(out, every_step: bool, resume=False):
+    """The lockstep run with the new probe: at every step inside the compiled steps
+    (``probe_every=1``), or at the probed steps only."""
+    processes = {
+        "gd": Optimizer(GD(LR)),
+        "decay": Optimizer(DecayingGD(LR0, DECAY)),
+        "euler": EulerFlow(lr=LR, substeps=SUBSTEPS),
+    }
+    return run(
+        processes,
+        _objective(),
+        STEPS,
+        probe_every=1 if every_step else PROBE_EVERY,
+        probes=Probes(k=2, tol=1e-8, host_every=PROBE_EVERY),
+        out=out,
+        flush_seconds=0,
+        resume=resume,
+        custom_probes=(CurvatureAndLossSum(jnp.asarray(U)),),
+    )
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["every-step", "probed"])
+def probe_reference(request, tmp_path_factory):
+    every = request.param
+    return every, probe_run(tmp_path_factory.mktemp("probe") / "ref", every)
+
+
+def test_new_probe_against_closed_forms(probe_reference):
+    every, run_ = probe_reference
+    assert run_.status == "completed"
+    lam, V, coords, _, _ = _closed_form()
+    A = np.asarray(_objective().data)
+    probed = np.arange(STEPS + 1) if every else np.arange(0, STEPS + 1, PROBE_EVERY)
+    for name, c in coords.items():
+        df = run_.process(name)
+        pr = df[df["loss_sum"].notna()]
+        assert list(pr["step"]) == list(probed), name
+        np.testing.assert_allclose(pr["u_curvature"], U @ A @ U, rtol=1e-12, err_msg=name)
+        loss = 0.5 * np.sum(lam * c**2, axis=1)
+        np.testing.assert_allclose(pr["loss_sum"], np.cumsum(loss[probed]), rtol=1e-11)
+        assert list(pr["probe_calls"]) == list(range(1, len(probed) + 1)), name
+        # the built-in probes beside it: in the step too, or at the probed steps
+        assert df["sharpness"].notna().sum() == len(probed), name
+        assert (df["grad_top_alignment"].notna()).sum() == STEPS // PROBE_EVERY + 1, name
+
+
+def test_new_probe_is_stored_and_plotted(probe_reference, tmp_path):
+    _, run_ = probe_reference
+    back = load_run(run_.path)
+    assert_same_metrics(back.metrics, run_.metrics)
+    ckpt = RunStore(run_.path).read_checkpoint(RunStore(run_.path).latest_checkpoint()[1])
+    # its state (loss sum, count) from before the last step was probed (a resume measures it)
+    calls = ckpt["gd__probe_CurvatureAndLossSum_1"]
+    probed = run_.process("gd").dropna(subset=["loss_sum"])
+    assert int(calls) == int(probed["probe_calls"].iloc[-1]) - 1
+    assert float(ckpt["gd__probe_CurvatureAndLossSum_0"]) == probed["loss_sum"].iloc[-2]
+    png = plot_runs([run_.path], tmp_path / "fig.png")
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_new_probe_resumes_after_sigkill_bit_identical(probe_reference, tmp_path):
+    every, ref = probe_reference
+    cut = tmp_path / "cut"
+    code = f"_m.probe_run({str(cut)!r}, {every})"
+    run_python(tmp_path, "test_extending", code, kill_at_checkpoint_of=cut, pause=0.2)
+    step, _ = RunStore(cut).latest_checkpoint()
+    assert 0 < step < STEPS
+    resumed = probe_run(cut, every, resume=True)
+    assert resumed.status == "completed"
+    assert_same_metrics(resumed.metrics, ref.metrics)

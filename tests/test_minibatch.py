@@ -25,7 +25,6 @@ from eoslab.curvature import (
     gradient_noise_interaction,
 )
 from eoslab.dynamics import MiniBatch, Optimizer, rules
-from eoslab.dynamics.process import advance
 from eoslab.parallel import microbatched
 from eoslab.runner import Probes, run
 from helpers import assert_same_metrics
@@ -193,8 +192,8 @@ def test_sgd_steps_on_its_batches_and_epochs_cover_the_data():
 def test_full_batch_minibatch_is_the_optimizer(rule):
     obj, _, _ = problem()
     mb, opt = MiniBatch(rule, N, seed=1), Optimizer(rule)
-    s1, r1, ok1 = advance(mb, obj, mb.init(obj, obj.w0), 15, keep_points=True)
-    s2, r2, ok2 = advance(opt, obj, opt.init(obj, obj.w0), 15, keep_points=True)
+    s1, r1, ok1, _ = mb.scan(obj, mb.init(obj, obj.w0), 15, keep_points=True)
+    s2, r2, ok2, _ = opt.scan(obj, opt.init(obj, obj.w0), 15, keep_points=True)
     assert bool(jnp.all(ok1)) and bool(jnp.all(ok2))
     for col in ("w", "loss", "grad_norm", "lr_eff", "threshold", "gf_time"):
         np.testing.assert_allclose(r1[col], r2[col], rtol=1e-12, atol=1e-15, err_msg=col)
@@ -269,8 +268,8 @@ def test_microbatched_objective_steps_like_the_plain_one():
     obj, _, _ = problem(n=18)
     mobj = microbatched(obj, batch_size=4)  # 18 rows padded with zero weight to 20
     proc = MiniBatch(rules.HeavyBall(0.1, beta=0.5), 4, seed=3)
-    s1, r1, _ = advance(proc, obj, proc.init(obj, obj.w0), 9, keep_points=True)
-    s2, r2, _ = advance(proc, mobj, proc.init(mobj, obj.w0), 9, keep_points=True)
+    s1, r1, _, _ = proc.scan(obj, proc.init(obj, obj.w0), 9, keep_points=True)
+    s2, r2, _, _ = proc.scan(mobj, proc.init(mobj, obj.w0), 9, keep_points=True)
     for col in ("w", "loss", "batch_loss", "grad_norm"):
         np.testing.assert_allclose(r1[col], r2[col], rtol=1e-12, atol=1e-14, err_msg=col)
     with pytest.raises(ConfigError, match="batch_size"):

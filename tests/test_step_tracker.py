@@ -219,17 +219,18 @@ def test_checkpoint_round_trip_and_older_column_layout():
         return _Lockstep({"gd": Optimizer(GD(0.5))}, obj, w0, Probes(every_step=True), 0, False)
 
     lock = lockstep()
-    for _ in range(3):  # the Lanczos start, then two tracker steps: a history to keep
-        lock._sharpness("gd", w0)
-    arrays = lock.arrays(0)
+    lock.advance(0, 3, 1, may_end=False)  # the Lanczos start, then three tracker steps
+    state = lock.pstates["gd"]["step"]
+    arrays = lock.arrays(3)
     again = lockstep()
     again.load(arrays, "here")
-    for a, b in zip(lock.tstates["gd"], again.tstates["gd"], strict=True):
+    for a, b in zip(state, again.pstates["gd"]["step"], strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert int(again.tstates["gd"].count) == 2
+    assert int(again.pstates["gd"]["step"].count) == 3
     older = {k: v for k, v in arrays.items() if "__probe_step_" not in k}
-    older["gd__probe_step_V"] = np.asarray(lock.tstates["gd"].vectors).T
+    older["gd__probe_step_V"] = np.asarray(state.vectors).T
     old = lockstep()
     old.load(older, "here")
-    np.testing.assert_array_equal(old.tstates["gd"].vectors, lock.tstates["gd"].vectors)
-    assert int(old.tstates["gd"].count) == 0 and not np.any(np.asarray(old.tstates["gd"].past))
+    np.testing.assert_array_equal(old.pstates["gd"]["step"].vectors, state.vectors)
+    assert int(old.pstates["gd"]["step"].count) == 0
+    assert not np.any(np.asarray(old.pstates["gd"]["step"].past))

@@ -1,7 +1,8 @@
 """Processes: update rules and the theories' flows, each advancing a point step by step, and the
 theories' point-wise math they rest on.
 
-`Process` is the interface; `Optimizer(rule)` runs any update rule of `eoslab.rules` (full batch),
+`Process` is the interface, a `CompiledProcess` (one `lax.scan` of steps) or a `HostProcess`
+(its own host loop); `Optimizer(rule)` runs any update rule of `eoslab.rules` (full batch),
 `MiniBatch(rule, batch_size)` runs it on mini-batches; the flows are `GradientFlow`,
 `ProjectedLimitingFlow`, `RetractedLimitingFlow`, `CentralFlow`, `SDPCentralFlow`,
 `RMSPropCentralFlow`, `ProjectedGD` and `SelfStabilization`. The math: $\\Phi$ (`phi`), the
@@ -28,6 +29,8 @@ from .optimizer import Optimizer as Optimizer
 from .phi import PhiResult as PhiResult
 from .phi import phi as phi
 from .phi import phi_result as phi_result
+from .process import CompiledProcess as CompiledProcess
+from .process import HostProcess as HostProcess
 from .process import Process as Process
 from .process import Row as Row
 from .rules import Rule as Rule
@@ -43,7 +46,9 @@ from .self_stabilization import stable_projection as stable_projection
 __all__ = [
     "ALGORITHMS",
     "CentralFlow",
+    "CompiledProcess",
     "GradientFlow",
+    "HostProcess",
     "LimitingFlow",
     "MiniBatch",
     "MiniBatchState",

@@ -25,7 +25,7 @@ from ..curvature.operator import HessianOperator, PreconditionedOperator
 from ..curvature.rounding import clip_tol
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective, as_objective
-from .process import Process, Row
+from .process import CompiledProcess, HostProcess, Process, Row
 from .sdcp import solve_sdcp
 
 __all__ = [
@@ -134,7 +134,7 @@ def _track_top(H: HessianOperator, Y: Array, key: Array, *, tol: float, m: int) 
     return _Tracked(u, lam, theta[-1], Q, Y.shape[1] + extra)
 
 
-class CentralFlow(_GDCentralFlowBase):
+class CentralFlow(_GDCentralFlowBase, CompiledProcess):
     r"""GD's central flow with one oscillating direction (the closed form of the SDCP).
 
     Each substep: $u$ = top eigenvector, $\nabla S=\nabla^3L[u,u]$,
@@ -239,7 +239,7 @@ def _eig(obj, w, v, key, *, m, k):
 _restricted_jit = eqx.filter_jit(restricted_hessian)
 
 
-class SDPCentralFlow(_GDCentralFlowBase):
+class SDPCentralFlow(_GDCentralFlowBase, HostProcess):
     r"""GD's central flow with up to ``k`` oscillating directions: $\Sigma=UXU^\top$, $X$ from the
     SDCP (cvxpy) on the top-``k`` eigenvectors with $\eta\lambda>2-$``window`` (a host loop).
 
@@ -248,7 +248,6 @@ class SDPCentralFlow(_GDCentralFlowBase):
     Gram of $\nabla h_{ij}=\nabla(u_i^\top Hu_j)$.
     """
 
-    compiled = False
     k: int = 2
     """Most directions that may oscillate."""
     window: float = 0.1
@@ -322,7 +321,7 @@ class RMSPropCentralFlowState(NamedTuple):
     key: Array
 
 
-class RMSPropCentralFlow(Process):
+class RMSPropCentralFlow(CompiledProcess):
     r"""Central flow of RMSProp $\nu_{t+1}=\beta_2\nu_t+(1-\beta_2)g_t^2$,
     $w_{t+1}=w_t-\eta g_t/(\sqrt{\nu_{t+1}}+\epsilon)$ (no bias correction).
 

@@ -15,7 +15,7 @@ from jaxtyping import Array, Float
 from ..errors import check_choice, check_positive
 from ..objective import Objective
 from .phi import SOLVERS, gradient_field, ode_solver
-from .process import Process, Row
+from .process import CompiledProcess, Row
 
 __all__ = ["GradientFlow", "GradientFlowState"]
 
@@ -25,7 +25,7 @@ class GradientFlowState(NamedTuple):
     time: Float[Array, ""]  # flow time so far
 
 
-class GradientFlow(Process):
+class GradientFlow(CompiledProcess):
     r"""$\phi(w_0, \eta t)$: gradient flow with ``lr`` units of flow time per step."""
 
     lr: float

@@ -33,7 +33,7 @@ from ..curvature.operator import HessianOperator
 from ..errors import ConfigError, check_choice, check_positive
 from ..objective import Objective
 from .phi import phi
-from .process import Process, Row, base_row
+from .process import CompiledProcess, HostProcess, Process, Row, base_row
 
 __all__ = [
     "ALGORITHMS",
@@ -159,7 +159,7 @@ class _LimitingFlowBase(Process):
         }
 
 
-class ProjectedLimitingFlow(_LimitingFlowBase):
+class ProjectedLimitingFlow(_LimitingFlowBase, CompiledProcess):
     r"""The limiting flow by diffrax on $\dot X=-c\,P^\perp(X)\nabla f(X)$ (dense; compiled)."""
 
     rank_tol: float = 1e-6
@@ -208,7 +208,7 @@ def _euler_step(base: Objective, X: Array, v: Array, step: Array, c: float, log:
     return X - step * c * (g / lam if log else g)
 
 
-class RetractedLimitingFlow(_LimitingFlowBase):
+class RetractedLimitingFlow(_LimitingFlowBase, HostProcess):
     r"""Riemannian Euler with $\Phi$ as retraction: $X\leftarrow\Phi(X-h\,c\,\nabla f(X))$.
 
     ``h`` is the largest Euler step in flow time (a step never crosses a probed step). Each
@@ -217,7 +217,6 @@ class RetractedLimitingFlow(_LimitingFlowBase):
     $\Gamma$ to the same tolerance, which the ``grad_norm`` guard column shows.
     """
 
-    compiled = False
     h: float = 0.01
     """Largest Euler step in flow time tau."""
     eig_tol: float = 1e-6

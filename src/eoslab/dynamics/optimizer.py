@@ -20,7 +20,7 @@ from ..curvature.operator import AbstractOperator, HessianOperator, Precondition
 from ..errors import ConfigError
 from ..losses import safe_sqrt
 from ..objective import Objective
-from .process import Process, Row
+from .process import CompiledProcess, Row
 from .rules import Rule
 
 __all__ = ["Optimizer", "OptimizerState", "RuleProcess"]
@@ -32,7 +32,7 @@ class OptimizerState(NamedTuple):
     gf_time: Float[Array, ""]  # sum of the effective LRs so far: the gradient-flow time used
 
 
-class RuleProcess(Process):
+class RuleProcess(CompiledProcess):
     """A process that steps an update rule (`Optimizer`, `MiniBatch`): ``rule_step(objective,
     state, base)`` takes one step, with ``base = (L, grad L)`` of the base loss when already
     computed; its operator is $H$, preconditioned for adaptive rules."""

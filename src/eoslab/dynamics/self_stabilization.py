@@ -24,7 +24,7 @@ from ..curvature.operator import HessianOperator
 from ..curvature.rounding import clip_tol
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import LossLike, Objective, as_objective
-from .process import Process, Row
+from .process import CompiledProcess, Row
 
 __all__ = [
     "ProjectedGD",
@@ -147,7 +147,7 @@ class ProjectedGDState(NamedTuple):
     key: Array
 
 
-class ProjectedGD(Process):
+class ProjectedGD(CompiledProcess):
     r"""Self-stabilized projected GD, $\theta^\dagger_{t+1}=\mathrm{proj}_{\mathcal M}
     (\theta^\dagger_t-\eta\nabla L(\theta^\dagger_t))$ from $\theta^\dagger_0=\mathrm{proj}(w_0)$:
     the constrained trajectory GD follows at the Edge of Stability. Rows add ``alpha``, ``beta``,
@@ -209,7 +209,7 @@ class SelfStabilizationState(NamedTuple):
     key: Array
 
 
-class SelfStabilization(Process):
+class SelfStabilization(CompiledProcess):
     r"""GD $\theta_t$ together with its constrained trajectory $\theta^\dagger_t$ and the predicted
     displacement $v_{t+1}=v_t-\eta[Hv_t+\tfrac12(x_t^2-\delta_t^2)\nabla S_\perp+u\,x_ty_t]$,
     $x=u\cdot v$, $y=\nabla S_\perp\cdot v$ (all at $\theta^\dagger_t$). The point is GD's.

@@ -18,7 +18,7 @@ from ..dynamics.process import Process
 from ..errors import ConfigError
 from ..objective import Objective
 from ..parallel import batch_size_of, microbatched, shard_objective
-from ..runner import accuracy_probe
+from ..runner import Accuracy
 from .config import Experiment, ModelProblem, QuadraticProblem, ToyMLPProblem, ValleyProblem
 
 __all__ = ["Built", "build"]
@@ -105,7 +105,7 @@ def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
         params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
     loss = getattr(losses, p.loss)
     obj = Objective.from_model(apply, params, ds, loss, dtype=dtype)
-    probe = accuracy_probe(obj)  # classification datasets (integer labels); as eoslab.train
+    probe = Accuracy.of(obj)  # classification datasets (integer labels); as eoslab.train
     info = {
         "dim": obj.dim,
         "n_train": int(np.shape(ds.x_train)[0]),

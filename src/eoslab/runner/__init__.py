@@ -1,9 +1,13 @@
 """The one loop: processes in lockstep, probes, stopping, the run store, progress."""
 
-from .accuracy import AccuracyProbe as AccuracyProbe
-from .accuracy import accuracy_probe as accuracy_probe
+from .accuracy import Accuracy as Accuracy
 from .loop import run as run
-from .probes import ProbeFn as ProbeFn
+from .probe import At as At
+from .probe import GroupProbe as GroupProbe
+from .probe import HostProbe as HostProbe
+from .probe import Probe as Probe
+from .probe import ProbeFn as ProbeFn
+from .probe import ScanProbe as ScanProbe
 from .probes import Probes as Probes
 from .records import RESUMABLE as RESUMABLE
 from .records import STATUSES as STATUSES
@@ -15,16 +19,20 @@ from .store import RunStore as RunStore
 from .train import train as train
 
 __all__ = [
-    "AccuracyProbe",
+    "Accuracy",
+    "At",
+    "GroupProbe",
+    "HostProbe",
     "RESUMABLE",
     "STATUSES",
+    "Probe",
     "ProbeFn",
     "Probes",
     "Run",
     "RunExistsError",
     "RunStore",
+    "ScanProbe",
     "Stop",
-    "accuracy_probe",
     "load_run",
     "run",
     "train",

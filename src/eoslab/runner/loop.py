@@ -2,11 +2,15 @@ r"""`run`: the one loop. It advances a set of processes in lockstep, probes them
 
 Between two probed steps each compiled process takes its steps in one ``lax.scan`` (a host
 process, such as an SDP-driven central flow, in its own host loop); at every ``probe_every``-th
-step every process is probed with the same probes (`Probes`), and with several processes the
-distances between them are measured. All rows go to one table with a ``process`` column; cheap
-per-step numbers (loss, gradient norm, effective LR, threshold) are kept every ``log_every``-th
-step of compiled processes, probe columns are missing (NaN) on rows where nothing was probed.
-All processes are checkpointed together and resume together, to the same numbers.
+step every process is probed with the same probes (`Probes` builds them; ``custom_probes`` adds
+the user's), and with several processes the distances between them are measured. Where a
+compiled process is probed at every step (``probe_every=1`` or ``Probes.every_step``), its
+in-step probes (`ScanProbe`) run inside its scan, and the loop comes back to the host only where
+a host probe is due (every ``Probes.host_every`` steps for the built-in ones). All rows go to
+one table with a ``process`` column; cheap per-step numbers (loss, gradient norm, effective LR,
+threshold) are kept every ``log_every``-th step of compiled processes, probe columns are missing
+(NaN) on rows where nothing was probed. All processes and every probe's state are checkpointed
+together and resume together, to the same numbers.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -28,13 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ..curvature import top_eigenpairs
-from ..curvature.operator import HessianOperator
-from ..curvature.step_tracker import StepTracker, StepTrackerState
-from ..dynamics.process import Process, advance, measure, sharpness_row
+from ..dynamics.process import CompiledProcess, HostProcess, Process, observed_step
 from ..errors import ConfigError, DamagedRunWarning, DivergenceError, RunInterrupted, check_int
 from ..objective import LossLike, Objective, as_objective
-from .probes import ProbeFn, Probes, ProbeSet, distances, phi_probe
+from .probe import At, GroupProbe, InStep, Probe, ProbeFn, ScanProbe, as_probe
+from .probes import Probes, Sharpness
 from .progress import Progress
 from .records import RESUMABLE, Run, Stop, frame, load_run
 from .store import Damage, RunStore
@@ -52,6 +54,11 @@ def _values(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _arrays(row: Mapping[str, Any]) -> dict[str, Array]:
+    """A probed row's numbers as arrays (a compiled probe sees them as traced values)."""
+    return {k: jnp.asarray(v) for k, v in row.items() if k != "process"}
+
+
 def _as_processes(processes: Mapping[str, Process] | Process) -> dict[str, Process]:
     if isinstance(processes, Process):
         processes = {"main": processes}
@@ -60,9 +67,38 @@ def _as_processes(processes: Mapping[str, Process] | Process) -> dict[str, Proce
     for name, p in processes.items():
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError("processes", name, "names made of letters, digits, '-' and '_'")
-        if not isinstance(p, Process):
-            raise ConfigError(f"processes.{name}", p, "an eoslab.dynamics.Process")
+        if not isinstance(p, (CompiledProcess, HostProcess)):
+            raise ConfigError(
+                f"processes.{name}", p, "an eoslab.dynamics.CompiledProcess or HostProcess"
+            )
     return dict(processes)
+
+
+@eqx.filter_jit
+def _point_row(process, objective, state, observer, step, carry, keep_points: bool):
+    """The row at the point of ``state`` (the row of the step from it, not taken), with the
+    observer's columns: ``(row, carry)``."""
+    _, row, carry = observed_step(process, objective, state, observer, step, carry)
+    return ({**row, "w": process.point(state)} if keep_points else row), carry
+
+
+@eqx.filter_jit
+def _observe(observer: InStep, process, objective, state, step, row, carry):
+    """The observer's columns at the point of ``state``, without a step: ``(columns, carry)``."""
+    _, aux = observer.prepare(objective, process, state)
+    return observer(objective, process, state, step, row, aux, carry)
+
+
+#: The checkpoint's prefix of the group probes' states (no process has this name).
+_GROUP = ".group"
+
+
+class _Plan(NamedTuple):
+    """One process's probes: those inside its step (every step), then those at probed steps
+    (``coarse``: the built-in ones that run every ``host_every`` steps in every-step mode)."""
+
+    in_step: InStep | None
+    probed: tuple[tuple[Probe, bool], ...]  # (probe, coarse)
 
 
 class _Lockstep:
@@ -77,87 +113,181 @@ class _Lockstep:
         seed: int,
         keep_points: bool,
         custom: tuple = (),
+        probe_every: int = 10,
+        goals: bool = False,
     ):
         self.procs, self.obj, self.keep_points = procs, obj, keep_points
         self.states = {n: p.init(obj, w0) for n, p in procs.items()}
-        # the sharpness at every step: measured inside the compiled loop, fused with the step
-        in_loop = {n: cfg.sharpness and cfg.every_step and p.compiled for n, p in procs.items()}
-        self.step_tracker = _step_tracker(cfg, obj.dim) if any(in_loop.values()) else None
-        # a process's step tracker starts from a Lanczos solve at its first probe
-        self.tstates: dict[str, StepTrackerState | None] = {n: None for n in procs if in_loop[n]}
-        self.seed = seed
-        self.probes = {
-            n: ProbeSet(obj, cfg, seed + 2 * i, custom, in_loop=in_loop[n])
-            for i, n in enumerate(procs)
-        }
-        self.cfg = cfg
+        self.probe_every = probe_every
+        self.host_every = cfg.cadence(probe_every)
+        extra = tuple(as_probe(p, i) for i, p in enumerate(custom))
+        in_step = cfg.in_step(probe_every)
+        every_in_step = in_step and all(isinstance(p, CompiledProcess) for p in procs.values())
+        self.plans: dict[str, _Plan] = {}
+        for i, (n, p) in enumerate(procs.items()):
+            # the built-in probes beside a step probed inside run every host_every steps (the
+            # sharpness on the host too, where the problem is too small for the step's tracker)
+            inside = in_step and isinstance(p, CompiledProcess)
+            built = tuple(
+                (q, inside and not isinstance(q, Sharpness))
+                for q in cfg.build(p, obj, seed + 2 * i, probe_every)
+            )
+            mine = built + tuple((q, False) for q in extra if not isinstance(q, GroupProbe))
+            if inside:
+                inner = tuple(q for q, _ in mine if isinstance(q, ScanProbe))
+                rest = tuple((q, c) for q, c in mine if not isinstance(q, ScanProbe))
+                self.plans[n] = _Plan(InStep(inner, n) if inner else None, rest)
+            else:
+                self.plans[n] = _Plan(None, mine)
+            keys = [q.key for q, _ in mine]
+            if len(set(keys)) < len(keys):
+                raise ConfigError("custom_probes", keys, "probes with distinct keys (Probe.key)")
+        self.group = tuple((q, every_in_step) for q in cfg.build_group(len(procs))) + tuple(
+            (q, False) for q in extra if isinstance(q, GroupProbe)
+        )
+        keys = [q.key for q, _ in self.group]
+        if len(set(keys)) < len(keys):
+            raise ConfigError("custom_probes", keys, "group probes with distinct keys (Probe.key)")
+        # every probe's state, by process and key (None: not started); the group's by key
+        self.pstates: dict[str, dict[str, Any]] = {n: {} for n in procs}
+        self.gstates: dict[str, Any] = {}
         self.probes_before: tuple[int | None, dict] = (None, {})
-        self.distances = cfg.distances and len(procs) > 1
+        # the loop comes back to the host every `chunk` steps: at every probed step, or, where
+        # every process is probed in its step and nothing else is due sooner, every host_every
+        fine = any(not c for plan in self.plans.values() for _, c in plan.probed)
+        fine = fine or any(not c for _, c in self.group) or goals
+        self.chunk = self.host_every if every_in_step and not fine else probe_every
 
     def point(self, name: str) -> Array:
         return self.procs[name].point(self.states[name])
 
-    def measure(self, t: int, *, may_end: bool) -> dict[str, dict]:
-        """The probed rows of every process at step ``t`` (probes skipped on non-finite points).
+    def _at(self, t: int, n: str, state: Any, row: Mapping, notes: dict | None = None) -> At:
+        return At(t, n, self.procs[n], self.obj, state, row, None, notes)
 
-        ``may_end``: the run may stop at ``t``, so its last checkpoint (at ``t``) must hold the
-        probes' warm starts from *before* probing ``t``, for a resume to measure ``t`` exactly as
-        the uninterrupted run did. Other checkpoints are written before their step is probed.
-        """
-        if may_end:
-            self.probes_before = (t, {n: self._probe_state(n) for n in self.procs})
-        rows = {}
+    def _state(self, n: str, probe: Probe, at: At) -> Any:
+        st = self.pstates[n].get(probe.key)
+        return probe.init(at) if st is None else st
+
+    def _carry(self, n: str, t: int) -> Any:
+        """The in-step probes' states (started at the point of step ``t`` if new)."""
+        plan = self.plans[n]
+        if plan.in_step is None:
+            return None
+        at = self._at(t, n, self.states[n], {})
+        return tuple(self._state(n, q, at) for q in plan.in_step.probes)
+
+    def _set_carry(self, n: str, carry: Any) -> None:
+        plan = self.plans[n]
+        if plan.in_step is not None:
+            for q, st in zip(plan.in_step.probes, carry, strict=True):
+                self.pstates[n][q.key] = st
+
+    def measure(self, t: int, *, may_end: bool) -> dict[str, dict]:
+        """The rows of every process at step ``t``, every probe run, without stepping (the last
+        step of a run). ``may_end``: see `_snapshot`."""
+        self._snapshot(t, may_end)
+        base = {}
         for n, p in self.procs.items():
             st = self.states[n]
-            if p.compiled:
-                mrow = measure(p, self.obj, st, self.keep_points)
-                if n in self.tstates and bool(jnp.isfinite(mrow["loss"])):
-                    mrow = {**mrow, **self._sharpness(n, p.point(st))}
+            if isinstance(p, CompiledProcess):
+                plan = self.plans[n]
+                row, carry = _point_row(
+                    p,
+                    self.obj,
+                    st,
+                    plan.in_step,
+                    jnp.asarray(t),
+                    self._carry(n, t),
+                    self.keep_points,
+                )
+                self._set_carry(n, carry)
             else:
-                mrow = p.measure(self.obj, st)
+                row = p.measure(self.obj, st)
                 if self.keep_points:
-                    mrow = {**mrow, "w": p.point(st)}
-            row = {"step": t, "process": n, **_values(mrow)}
-            if math.isfinite(row["loss"]) and bool(jnp.all(jnp.isfinite(p.point(st)))):
-                row.update(self.probes[n](n, t, p, self.obj, st, row))
+                    row = {**row, "w": p.point(st)}
+            base[n] = row
+        return self._probe(t, base, self.states, final=True)
+
+    def _snapshot(self, t: int, may_end: bool) -> None:
+        """The run may stop at ``t``, so its last checkpoint (at ``t``) must hold the probes'
+        states from *before* probing ``t``, for a resume to measure ``t`` exactly as the
+        uninterrupted run did. Other checkpoints are written before their step is probed."""
+        if may_end:
+            before = {n: self._probe_arrays(n) for n in self.procs}
+            self.probes_before = (t, {**before, _GROUP: self._group_arrays()})
+
+    def _probe(self, t: int, base: dict[str, dict], states: dict, final: bool) -> dict[str, dict]:
+        """The probed rows at ``t`` from each process's row ``base`` and ``states`` at ``t``:
+        the probes due run on the processes whose loss and point are finite."""
+        coarse = final or t % self.host_every == 0
+        rows = {}
+        for n, p in self.procs.items():
+            st = states[n]
+            row = {"step": t, "process": n, **_values(base[n])}
             rows[n] = row
-        pts = {n: np.asarray(self.point(n)) for n in self.procs}
-        if self.distances:
-            for n, extra in distances(pts).items():
-                rows[n].update(extra)
-        if self.cfg.phi:
-            base = self.obj.base()
-            for n in self.procs:
-                if not np.all(np.isfinite(pts[n])):
+            if not (math.isfinite(row["loss"]) and bool(jnp.all(jnp.isfinite(p.point(st))))):
+                continue
+            notes: dict = {}
+            for probe, is_coarse in self.plans[n].probed:
+                if is_coarse and not coarse:
                     continue
-                x, extra = phi_probe(base, jnp.asarray(pts[n]), self.cfg.phi_gtol, self.cfg.tol)
-                rows[n].update(extra)
-                if self.distances:
-                    x = np.asarray(x, np.float64)
-                    for q in self.procs:
-                        if q != n:
-                            rows[n][f"phi_dist_{q}"] = float(np.linalg.norm(x - pts[q]))
+                at = self._at(t, n, st, row, notes)
+                pst = self._state(n, probe, at)
+                if isinstance(probe, ScanProbe):
+                    cols, pst = _observe(
+                        InStep((probe,), n), p, self.obj, st, jnp.asarray(t), _arrays(row), (pst,)
+                    )
+                    cols, pst = _values(cols), pst[0]
+                else:
+                    cols, pst = probe(at, pst)
+                self.pstates[n][probe.key] = pst
+                row.update(cols)
+        pts = {n: np.asarray(self.procs[n].point(states[n])) for n in self.procs}
+        pts = {n: w for n, w in pts.items() if np.all(np.isfinite(w))}
+        for probe, is_coarse in self.group:
+            if is_coarse and not coarse:
+                continue
+            gst = self.gstates.get(probe.key)
+            gst = probe.init(tuple(self.procs)) if gst is None else gst
+            out, self.gstates[probe.key] = probe(pts, self.obj, gst)
+            for n, cols in out.items():
+                rows[n].update(cols)
         return rows
 
-    def advance(self, t0: int, n: int, log_every: int) -> tuple[list[dict], int | None, str]:
-        """``n`` steps of every process; rows of steps ``t0+1 .. t0+n-1`` (the probe has row
-        ``t0``), and where the first process to diverge did so (None if none did). After a
-        divergence at step ``s`` every process is left at step ``s`` (re-run from ``t0``), so the
-        final checkpoint holds one consistent step."""
-        before = dict(self.states)
-        rows, diverged_at, reason = self._advance(t0, n, log_every)
-        if diverged_at is not None and diverged_at < t0 + n:
-            self.states = before
-            if diverged_at > t0:
-                self._advance(t0, diverged_at - t0, log_every)
-            rows = [r for r in rows if r["step"] < diverged_at]
-        return rows, diverged_at, reason
+    def advance(self, t0: int, n: int, log_every: int, *, may_end: bool) -> _Chunk:
+        """``n`` steps of every process from the probed step ``t0``: the probed rows at ``t0``,
+        the rows of steps ``t0+1 .. t0+n-1`` (every ``log_every``-th), and where the first
+        process to diverge did so (None if none did). `rewind` goes back."""
+        self._snapshot(t0, may_end)
+        self.before = (dict(self.states), {n: dict(s) for n, s in self.pstates.items()})
+        base, rows, diverged_at, reason = self._advance(t0, n, log_every)
+        probed = self._probe(t0, base, self.before[0], final=False)
+        return _Chunk(probed, rows, diverged_at, reason)
 
-    def _advance(self, t0: int, n: int, log_every: int) -> tuple[list[dict], int | None, str]:
+    def rewind(self, t0: int, to: int, log_every: int) -> None:
+        """Back to step ``t0`` (the in-step probes' states too), then forward to ``to``: after a
+        divergence at ``to`` every process is left at that step, so the final checkpoint holds
+        one consistent step."""
+        states, pstates = self.before
+        self.states = dict(states)
+        for n, plan in self.plans.items():
+            if plan.in_step is not None:
+                for q in plan.in_step.probes:
+                    if q.key in pstates[n]:
+                        self.pstates[n][q.key] = pstates[n][q.key]
+                    else:
+                        self.pstates[n].pop(q.key, None)
+        if to > t0:
+            self._advance(t0, to - t0, log_every)
+
+    def _advance(self, t0: int, n: int, log_every: int):
+        base: dict[str, dict] = {}
         rows: list[dict] = []
         diverged_at, reason = None, ""
         for name, p in self.procs.items():
-            if not p.compiled:
+            if isinstance(p, HostProcess):
+                row = p.measure(self.obj, self.states[name])
+                base[name] = {**row, "w": p.point(self.states[name])} if self.keep_points else row
                 new = p.advance(self.obj, self.states[name], n)
                 if not bool(jnp.all(jnp.isfinite(p.point(new)))):
                     if diverged_at is None or t0 + n < diverged_at:
@@ -165,22 +295,22 @@ class _Lockstep:
                     continue
                 self.states[name] = new
                 continue
-            if name in self.tstates:
-                self.states[name], out, ok, self.tstates[name] = advance(
-                    p,
-                    self.obj,
-                    self.states[name],
-                    n,
-                    self.keep_points,
-                    self.step_tracker,
-                    self.tstates[name],
-                )
-            else:
-                self.states[name], out, ok = advance(
-                    p, self.obj, self.states[name], n, self.keep_points
-                )
-            arrs = {k: np.asarray(v) for k, v in out.items()}
-            ok = np.asarray(ok)
+            plan = self.plans[name]
+            carry = self._carry(name, t0)
+            out = p.scan(
+                self.obj,
+                self.states[name],
+                n,
+                keep_points=self.keep_points,
+                observer=plan.in_step,
+                carry=carry,
+                t0=t0,
+            )
+            self.states[name] = out.state
+            self._set_carry(name, out.carry)
+            arrs = {k: np.asarray(v) for k, v in out.rows.items()}
+            ok = np.asarray(out.ok)
+            base[name] = {k: v[0] for k, v in arrs.items()}
             bad = np.flatnonzero(~ok)
             last = n - 1
             if bad.size:
@@ -202,7 +332,7 @@ class _Lockstep:
                             **_values({k: v[i] for k, v in arrs.items()}),
                         }
                     )
-        return rows, diverged_at, reason
+        return base, rows, diverged_at, reason
 
     # -- checkpoints: plain arrays, one key per leaf
     def arrays(self, step: int) -> dict[str, np.ndarray]:
@@ -212,8 +342,32 @@ class _Lockstep:
             for i, leaf in enumerate(jax.tree_util.tree_leaves(self.states[n])):
                 out[f"{n}__state_{i}"] = np.asarray(leaf)
             out[f"{n}__point"] = np.asarray(self.point(n))
-            probe = before[n] if t == step else self._probe_state(n)
+            probe = before[n] if t == step else self._probe_arrays(n)
             out.update({f"{n}__probe_{k}": v for k, v in probe.items()})
+        group = before[_GROUP] if t == step else self._group_arrays()
+        out.update({f"{_GROUP}__probe_{k}": v for k, v in group.items()})
+        return out
+
+    def _group_arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for q, _ in self.group:
+            st = self.gstates.get(q.key)
+            if st is not None:
+                out.update({f"{q.key}_{k}": v for k, v in q.arrays(st).items()})
+        return out
+
+    def _probes(self, n: str) -> list[Probe]:
+        plan = self.plans[n]
+        inner = list(plan.in_step.probes) if plan.in_step is not None else []
+        return inner + [q for q, _ in plan.probed]
+
+    def _probe_arrays(self, n: str) -> dict[str, np.ndarray]:
+        """Process ``n``'s probes' states as ``{KEY_NAME: array}``."""
+        out = {}
+        for q in self._probes(n):
+            st = self.pstates[n].get(q.key)
+            if st is not None:
+                out.update({f"{q.key}_{k}": v for k, v in q.arrays(st).items()})
         return out
 
     def load(self, arrays: dict[str, np.ndarray], where: str) -> None:
@@ -233,68 +387,24 @@ class _Lockstep:
                 treedef,
                 [jnp.asarray(a, jnp.asarray(b).dtype) for a, b in zip(saved, leaves, strict=True)],
             )
-            prefix = f"{n}__probe_"
-            saved = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-            self.probes[n].load(saved)
-            if n in self.tstates and "step_vectors" in saved:
-                dtypes = {"count": jnp.int32}
-                saved.setdefault("step_norm", np.zeros(()))  # older runs: re-estimated as it goes
-                self.tstates[n] = StepTrackerState(
-                    **{
-                        f: jnp.asarray(saved[f"step_{f}"], dtypes.get(f, self.obj.dtype))
-                        for f in StepTrackerState._fields
-                    }
-                )
-            elif n in self.tstates and "step_V" in saved:  # older runs: columns, no history
-                V = jnp.asarray(saved["step_V"], self.obj.dtype)
-                self.tstates[n] = self.step_tracker.warm(V[:, :-1], V[:, -1])
-
-    def _sharpness(self, n: str, w: Array) -> dict:
-        """The step tracker's row at ``w``; its first call solves with Lanczos to start it."""
-        tr, tst = self.step_tracker, self.tstates[n]
-        if tst is None:
-            i = list(self.procs).index(n)
-            res = top_eigenpairs(
-                HessianOperator(self.obj.base(), w),
-                k=tr.k,
-                tol=tr.tol,
-                max_matvecs=self.cfg.max_matvecs,
-                key=jax.random.key(self.seed + 2 * i + 1),
-            )
-            guard = res.next_vector
-            if not bool(jnp.any(guard != 0)):
-                guard = jax.random.normal(jax.random.key(self.seed + 2 * i + 1), w.shape, w.dtype)
-            self.tstates[n] = tr.warm(res.vectors, guard, res.operator_norm)
-            return {
-                "sharpness": res.values[0],
-                "eigs": res.values,
-                "sharpness_error": res.error_bound[0],
-                "sharpness_matvecs": res.matvecs,
-            }
-        self.tstates[n], row = _sharpness(tr, self.obj, w, tst)
-        return row
-
-    def _probe_state(self, n: str) -> dict[str, np.ndarray]:
-        """The probes' warm starts of process ``n`` (its step tracker's included)."""
-        out = self.probes[n].state()
-        if self.tstates.get(n) is not None:
-            out.update({f"step_{f}": np.asarray(x) for f, x in self.tstates[n]._asdict().items()})
-        return out
+            at = self._at(-1, n, self.states[n], {})
+            for q in self._probes(n):
+                prefix = f"{n}__probe_{q.key}_"
+                mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                if mine:
+                    self.pstates[n][q.key] = q.load(mine, at)
+        for q, _ in self.group:
+            prefix = f"{_GROUP}__probe_{q.key}_"
+            mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if mine:
+                self.gstates[q.key] = q.load(mine, tuple(self.procs))
 
 
-def _step_tracker(cfg: Probes, dim: int) -> StepTracker:
-    block = cfg.k + 1
-    rounds = 8 if cfg.max_matvecs is None else max(1, cfg.max_matvecs // block)
-    rounds = min(rounds, dim // block)
-    if rounds < 1:
-        raise ConfigError("probes.every_step", True, f"False for a {dim}-parameter problem")
-    return StepTracker(k=cfg.k, tol=cfg.tol, max_rounds=rounds)
-
-
-@eqx.filter_jit
-def _sharpness(tracker: StepTracker, obj: Objective, w: Array, tstate: StepTrackerState):
-    tstate, row, _, _ = sharpness_row(tracker, obj, w, tstate)
-    return tstate, row
+class _Chunk(NamedTuple):
+    probed: dict[str, dict]  # the rows at the chunk's first step, probed
+    rows: list[dict]  # the logged rows of its other steps, up to a divergence
+    diverged_at: int | None
+    reason: str
 
 
 def _recover(store: RunStore, dmg: Damage) -> int:
@@ -349,7 +459,7 @@ def run(
     config: dict | None = None,
     progress: bool | None = False,
     keep_points: bool = False,
-    custom_probes: tuple[ProbeFn, ...] = (),
+    custom_probes: tuple[Probe | ProbeFn, ...] = (),
 ) -> Run:
     r"""Advance ``processes`` in lockstep from one start for ``steps`` steps, probing on the way.
 
@@ -359,7 +469,10 @@ def run(
         objective: an `Objective` (or a plain ``loss(w)`` with ``w0``).
         steps: the step budget.
         w0: the common start (default ``objective.w0``).
-        probe_every: probe every this many steps (and at the last step).
+        probe_every: probe every this many steps (and at the last step). With 1 (or
+            ``probes.every_step``) compiled processes are probed inside their compiled steps,
+            and the probes that cost more than a step run every ``probes.host_every`` steps
+            (`Probes`).
         probes: what to measure (`Probes`; default: top eigenvalue, alignment, distances).
         out: a run directory to write (new, or existing with ``resume=True``); None keeps
             everything in memory.
@@ -371,8 +484,11 @@ def run(
         config: the config to record in ``config.json`` (default: the processes and arguments).
         progress: show a progress bar (None: on a terminal only).
         keep_points: add each logged row's point as a ``w`` column (small problems).
-        custom_probes: extra probes ``probe(w, objective, cache) -> {name: value}`` run at every
-            probed step of every process (e.g. accuracy).
+        custom_probes: more probes, run on every process like the built-in ones: probe objects
+            (`eoslab.runner.ScanProbe`, `HostProbe`, `GroupProbe`; e.g. `Accuracy`) or
+            functions ``probe(w, objective, cache) -> {name: value}`` (host probes). A
+            `ScanProbe` runs inside the compiled step where the sharpness does (every step);
+            host and function probes run at every probed step.
 
     Returns:
         A `Run`. Divergence (a non-finite loss or point in any process) stops the run with
@@ -396,7 +512,10 @@ def run(
     probes = Probes() if probes is None else probes
     stop = Stop() if stop is None else stop
     w = jnp.asarray(obj.w0 if w0 is None else w0, obj.dtype)
-    lock = _Lockstep(procs, obj, w, probes, seed, keep_points, tuple(custom_probes))
+    goals = stop.loss_below is not None or stop.accuracy_above is not None
+    lock = _Lockstep(
+        procs, obj, w, probes, seed, keep_points, tuple(custom_probes), probe_every, goals
+    )
     if out is None:
         return _drive(
             lock, procs, None, 0, steps, probe_every, log_every, stop, progress, flush_seconds
@@ -525,38 +644,47 @@ def _drive(
         last_flush = time.monotonic()
 
     all_rows: list[dict] = []
+    goals = stop.loss_below is not None or stop.accuracy_above is not None
     try:
         while True:
-            if t % probe_every == 0 or t == steps:
-                goals = stop.loss_below is not None or stop.accuracy_above is not None
-                rows = lock.measure(t, may_end=t == steps or goals)
-                head = rows[first]
-                bar.update(
-                    t,
-                    head["loss"],
-                    head.get("eff_sharpness", head.get("sharpness")),
-                    head.get("threshold"),
-                )
-                bad = [n for n, r in rows.items() if not math.isfinite(r["loss"])]
-                if bad:
-                    status = "diverged"
-                    lost = rows[bad[0]]["loss"]
-                    message = f"diverged at step {t}: {bad[0]}: the loss became {lost:.4g}"
-                    pending.extend(r for n, r in rows.items() if n not in bad)
-                    break
-                pending.extend(rows.values())
-                goal = _goal(stop, head, t)
-                if t == steps or goal is not None:
-                    if goal is not None:
-                        status, message = goal
-                    break
-            n = min(probe_every - t % probe_every, steps - t)
-            rows, diverged_at, reason = lock.advance(t, n, log_every)
-            pending.extend(rows)
-            if diverged_at is not None:
+            if t == steps:  # the last step: every probe, no step after it
+                rows = lock.measure(t, may_end=True)
+            else:
+                n = min(lock.chunk - t % lock.chunk, steps - t)
+                chunk = lock.advance(t, n, log_every, may_end=goals)
+                rows = chunk.probed
+            head = rows[first]
+            bar.update(
+                t,
+                head["loss"],
+                head.get("eff_sharpness", head.get("sharpness")),
+                head.get("threshold"),
+            )
+            bad = [q for q, r in rows.items() if not math.isfinite(r["loss"])]
+            if bad:
                 status = "diverged"
-                t = diverged_at
-                message = f"diverged at step {diverged_at}: {reason}"
+                lost = rows[bad[0]]["loss"]
+                message = f"diverged at step {t}: {bad[0]}: the loss became {lost:.4g}"
+                pending.extend(r for q, r in rows.items() if q not in bad)
+                if t < steps:
+                    lock.rewind(t, t, log_every)
+                break
+            pending.extend(rows.values())
+            goal = _goal(stop, head, t)
+            if t == steps or goal is not None:
+                if goal is not None:
+                    status, message = goal
+                    if t < steps:
+                        lock.rewind(t, t, log_every)
+                break
+            pending.extend(chunk.rows)
+            if chunk.diverged_at is not None:
+                if chunk.diverged_at < t + n:
+                    lock.rewind(t, chunk.diverged_at, log_every)
+                    pending = [r for r in pending if r["step"] < chunk.diverged_at]
+                status = "diverged"
+                t = chunk.diverged_at
+                message = f"diverged at step {chunk.diverged_at}: {chunk.reason}"
                 break
             t += n
             if t < steps and signals is not None and signals.signum is not None:

@@ -1,21 +1,34 @@
-r"""Probes: what the runner measures at a process's point every ``probe_every`` steps.
+r"""The built-in probes, and `Probes`: the config that chooses them.
 
 Every process is probed the same way: the certified top-$k$ eigenvalues of $H=\nabla^2L$ at its
-point (``sharpness``, ``eigs``, ``sharpness_error``, ``sharpness_matvecs``), for adaptive rules
-the top eigenvalue of its operator $P^{-1/2}HP^{-1/2}$ (``eff_sharpness``), the gradient's
-alignment with the top eigenvector $g^\top Hg/(\|g\|^2\lambda_1)$, the stableness
-$S_L(w,\eta_t)$, and any custom probe ``probe(w, objective, cache) -> {name: value}``.
-The trackers' warm starts are part of the checkpoint, so a resumed run measures the same numbers.
+point (``sharpness``, ``eigs``, ``sharpness_error``, ``sharpness_matvecs``; `Sharpness` on the
+host, or `StepSharpness` inside the step), for adaptive rules the top eigenvalue of its operator
+$P^{-1/2}HP^{-1/2}$ (``eff_sharpness``, `EffectiveSharpness`), the gradient's alignment with the
+top eigenvector $g^\top Hg/(\|g\|^2\lambda_1)$ (`Alignment`), the stableness $S_L(w,\eta_t)$
+(`Stableness`); with several processes the distances between them (`Distances`), and $\Phi$
+(`Phi`). Each is a probe object (`eoslab.runner.probe`) whose state is checkpointed, so a resumed
+run measures the same numbers.
+
+**Which probes run inside the step.** Where a compiled process is probed at every step
+(``probe_every=1``, or ``every_step``), the probes that fit in a step run inside its compiled
+``lax.scan``: the sharpness (`StepSharpness`, whose Hessian products share one linearization
+with the step's gradient), the accuracy (one forward pass) and any `ScanProbe`. The others cost
+more than a step and run on the host every ``host_every`` steps: the alignment needs a Hessian
+product along the gradient, which is that linearization's *output*, so it cannot share its
+pass (a second pass costs 1.7-2.5 plain steps on eos-gd); the effective sharpness, the
+stableness, $\Phi$ and the distances solve on the host. Host processes, and compiled processes
+probed every ``probe_every > 1`` steps, run every probe at the probed steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import tyro
@@ -24,30 +37,42 @@ from jaxtyping import Array
 from ..curvature import EigenTracker, stableness, top_eigenpairs
 from ..curvature.operator import HessianOperator
 from ..curvature.rounding import check_tol
+from ..curvature.step_tracker import StepTracker, StepTrackerState
 from ..dynamics.phi import phi_result
-from ..dynamics.process import Process
-from ..errors import ConfigError, check_positive
+from ..dynamics.process import CompiledProcess, Process
+from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
+from .probe import At, GroupProbe, HostProbe, Probe, ScanProbe
 
-__all__ = ["Probes", "ProbeFn", "ProbeSet", "distances", "phi_probe"]
+__all__ = [
+    "Alignment",
+    "Distances",
+    "EffectiveSharpness",
+    "Phi",
+    "Probes",
+    "Sharpness",
+    "Stableness",
+    "StepSharpness",
+    "distances",
+    "phi_probe",
+]
 
-ProbeFn = Callable[[Array, Objective, dict], dict]
-"""A custom probe: ``probe(w, objective, cache) -> {name: scalar or 1-D array}``.
-
-``cache`` holds what the runner already measured at ``w``: ``loss``, ``grad`` (of the base loss),
-``eig`` (the `EigResult`, if sharpness is probed), ``step``, ``process`` (its name).
-"""
+#: The host cadence of the probes that do not fit in a step, with ``probe_every=1``: the
+#: alignment costs about 4 plain steps (a gradient and a product), so every 50 steps it adds
+#: about 2% to a step probed inside (3x a plain one on eos-gd).
+HOST_EVERY = 50
 
 
 @dataclasses.dataclass(frozen=True)
 class Probes:
     """What is measured at each probed step (every ``probe_every`` steps), on every process.
 
-    Custom probes (``probe(w, objective, cache) -> dict``, e.g. accuracy) are passed to
-    `eoslab.runner.run` as ``custom_probes``. With ``every_step``, every per-step row of a
-    compiled process gets ``sharpness``, ``eigs``, ``sharpness_error`` and ``sharpness_matvecs``
-    from `eoslab.curvature.step_tracker.StepTracker`, whose Hessian products share one
-    linearization with the step's gradient.
+    With ``probe_every=1`` or ``every_step`` a compiled process's sharpness (and accuracy) is
+    certified at every step inside its compiled loop (`StepSharpness`, whose Hessian products
+    share one linearization with the step's gradient); the alignment, the effective sharpness,
+    the stableness, Phi and the distances then run every ``host_every`` steps. Your own probes
+    are objects passed to `eoslab.runner.run` as ``custom_probes`` (`eoslab.runner.ScanProbe`,
+    `HostProbe`, `GroupProbe`, or a function).
     """
 
     sharpness: bool = True
@@ -73,7 +98,15 @@ class Probes:
     stableness_points: int = 5
     """Points on the step's segment for the stableness."""
     every_step: bool = False
-    """Certify the sharpness at every step, in the compiled loop (not only at probed steps)."""
+    """Certify the sharpness at every step, in the compiled loop (as probe_every=1 does)."""
+    host_every: Annotated[
+        int | None,
+        tyro.conf.arg(
+            metavar="INT", help_behavior_hint="(default: probe_every, or 50 with probe_every 1)"
+        ),
+    ] = None
+    """With the sharpness at every step: run the alignment, eff_sharpness, stableness, Phi and
+    distances every this many steps (a multiple of probe_every)."""
     distances: bool = True
     """With several processes, |w_p - w_q| to every other process (dist_NAME)."""
     phi: bool = False
@@ -92,6 +125,76 @@ class Probes:
             )
         if self.stableness_points < 2:
             raise ConfigError("probes.stableness_points", self.stableness_points, "an integer >= 2")
+        if self.host_every is not None:
+            check_int("probes.host_every", self.host_every, 1)
+
+    def in_step(self, probe_every: int) -> bool:
+        """Whether compiled processes are probed inside their step, at every step."""
+        return self.every_step or probe_every == 1
+
+    def cadence(self, probe_every: int) -> int:
+        """How often the probes that do not fit in a step run, when the others run in it."""
+        every = self.host_every
+        if every is None:
+            return probe_every if probe_every > 1 else HOST_EVERY
+        if every % probe_every:
+            raise ConfigError(
+                "probes.host_every", every, f"a multiple of probe_every = {probe_every}"
+            )
+        return every
+
+    def build(
+        self, process: Process, objective: Objective, seed: int, probe_every: int
+    ) -> tuple[Probe, ...]:
+        """The probes of ``process`` (seeds from ``seed``), in the order they run at a point:
+        a `StepSharpness` where it is probed in its step (`in_step`), else a `Sharpness`; then
+        the alignment, the effective sharpness and the stableness."""
+        base = objective.base()
+        if self.sharpness or self.stableness or self.phi:
+            check_tol(self.tol, base.dtype, "probes.tol")
+        out: list[Probe] = []
+        if self.sharpness:
+            step = None
+            if self.in_step(probe_every) and isinstance(process, CompiledProcess):
+                step = self._step_sharpness(base.dim, seed + 1, required=self.every_step)
+            if step is None:
+                k = min(self.k, base.dim)
+                out.append(
+                    Sharpness(k, self.tol, self.grow_above, max(20, self.k), self.max_matvecs, seed)
+                )
+            else:
+                out.append(step)
+            if self.alignment:
+                out.append(Alignment())
+            if self.effective:
+                out.append(EffectiveSharpness(self.tol, self.max_matvecs, seed + 1))
+        if self.stableness:
+            out.append(Stableness(self.stableness_points, self.tol))
+        return tuple(out)
+
+    def build_group(self, processes: int) -> tuple[GroupProbe, ...]:
+        """The probes of every process at once: distances (with several) and Phi."""
+        dist = self.distances and processes > 1
+        out: list[GroupProbe] = [Distances()] if dist else []
+        if self.phi:
+            out.append(Phi(self.phi_gtol, self.tol, dist))
+        return tuple(out)
+
+    def _step_sharpness(self, dim: int, seed: int, required: bool) -> StepSharpness | None:
+        if self.grow_above is not None:
+            return None  # k grows on the host (every_step refuses grow_above)
+        block = self.k + 1
+        rounds = 8 if self.max_matvecs is None else max(1, self.max_matvecs // block)
+        rounds = min(rounds, dim // block)
+        if rounds < 1:
+            if required:
+                raise ConfigError("probes.every_step", True, f"False for a {dim}-parameter problem")
+            return None
+        tracker = StepTracker(k=self.k, tol=self.tol, max_rounds=rounds)
+        return StepSharpness(tracker, self.max_matvecs, seed)
+
+
+# --------------------------------------------------------------------------- point probes
 
 
 @eqx.filter_jit
@@ -106,103 +209,186 @@ def _operator(process: Process, objective: Objective, state: Any):
     return process.operator(objective, state)
 
 
-@eqx.filter_jit
-def _gradient(op: HessianOperator) -> Array:
-    return op.step_direction()
+def _tracker_state(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in state.items()}
 
 
-class ProbeSet:
-    """The probes of one process, with their warm-started trackers (checkpointed with the run)."""
+class Sharpness(HostProbe):
+    """The certified top-``k`` eigenvalues of $H$ at probed steps, by Lanczos warm-started from
+    the last probe's vectors (`eoslab.curvature.EigenTracker`, whose state is this probe's):
+    ``sharpness``, ``eigs``, ``sharpness_error``, ``sharpness_matvecs``."""
 
-    def __init__(
-        self,
-        objective: Objective,
-        probes: Probes,
-        seed: int,
-        custom: tuple[ProbeFn, ...] = (),
-        in_loop: bool = False,
-    ) -> None:
-        """``in_loop``: the sharpness is measured in the compiled loop (`step_tracker`), so this
-        probe set has no tracker of its own and reads ``sharpness`` from the row."""
-        self.cfg, self.custom = probes, tuple(custom)
-        base = objective.base()
-        if probes.sharpness or probes.stableness or probes.phi:
-            check_tol(probes.tol, base.dtype, "probes.tol")
-        self.tracker = None
-        self.eff_tracker = None
-        if probes.sharpness and not in_loop:
-            self.tracker = EigenTracker(
-                base,
-                k=min(probes.k, base.dim),
-                tol=probes.tol,
-                grow_above=probes.grow_above,
-                max_k=max(20, probes.k),
-                max_matvecs=probes.max_matvecs,
-                seed=seed,
+    k: int = 1
+    tol: float = 1e-3
+    grow_above: float | None = None
+    max_k: int = 20
+    max_matvecs: int | None = None
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        return "tracker"
+
+    def _tracker(self, base: Objective) -> EigenTracker:
+        return EigenTracker(
+            base,
+            k=self.k,
+            tol=self.tol,
+            grow_above=self.grow_above,
+            max_k=self.max_k,
+            max_matvecs=self.max_matvecs,
+            seed=self.seed,
+        )
+
+    def init(self, at: At) -> dict[str, np.ndarray]:
+        return self._tracker(at.objective.base()).state()
+
+    def __call__(self, at: At, state: Any) -> tuple[dict[str, Any], Any]:
+        tracker = self._tracker(at.objective.base())
+        tracker.load_state(state)
+        res = tracker.update(at.process.hessian(at.objective, at.state))
+        vals = np.asarray(res.values, np.float64)
+        if at.notes is not None:
+            at.notes["eig"] = res
+        row = {
+            "sharpness": float(vals[0]),
+            "eigs": vals.tolist(),
+            "sharpness_matvecs": int(res.matvecs),
+            "sharpness_error": float(res.error_bound[0]),
+        }
+        return row, tracker.state()
+
+    def arrays(self, state: Any) -> dict[str, np.ndarray]:
+        return _tracker_state(state)
+
+    def load(self, arrays: Mapping[str, np.ndarray], at: At) -> Any:
+        return _tracker_state(arrays)
+
+
+class StepSharpness(ScanProbe):
+    """The certified top-$k$ eigenvalues of $H$ at every step, inside the compiled step
+    (`eoslab.curvature.step_tracker.StepTracker`; its products share the linearization whose
+    gradient the step uses): ``sharpness``, ``eigs``, ``sharpness_error``,
+    ``sharpness_matvecs``. Its state starts from a Lanczos solve at the first point probed."""
+
+    tracker: StepTracker
+    max_matvecs: int | None = None
+    seed: int = 0
+    linearize = True
+
+    @property
+    def key(self) -> str:
+        return "step"
+
+    def init(self, at: At) -> StepTrackerState:
+        tr, w = self.tracker, at.w
+        res = top_eigenpairs(
+            HessianOperator(at.objective.base(), w),
+            k=tr.k,
+            tol=tr.tol,
+            max_matvecs=self.max_matvecs,
+            key=jax.random.key(self.seed),
+        )
+        guard = res.next_vector
+        if not bool(jnp.any(guard != 0)):
+            guard = jax.random.normal(jax.random.key(self.seed), w.shape, w.dtype)
+        return tr.warm(res.vectors, guard, res.operator_norm)
+
+    def __call__(self, at: At, state: StepTrackerState) -> tuple[dict[str, Any], Any]:
+        lin = at.lin
+        state, eig = self.tracker.update(lin.matmat, state, lin.relinearize)
+        row = {
+            "sharpness": eig.values[0],
+            "eigs": eig.values,
+            "sharpness_error": eig.error_bound[0],
+            "sharpness_matvecs": eig.matvecs,
+        }
+        return row, state
+
+    def arrays(self, state: StepTrackerState) -> dict[str, np.ndarray]:
+        return {f: np.asarray(x) for f, x in state._asdict().items()}
+
+    def load(self, arrays: Mapping[str, np.ndarray], at: At) -> StepTrackerState:
+        dtype = at.objective.dtype
+        if "vectors" in arrays:
+            saved = {"norm": np.zeros(()), **arrays}  # older runs: ||H|| re-estimated as it goes
+            types = {"count": jnp.int32}
+            return StepTrackerState(
+                **{f: jnp.asarray(saved[f], types.get(f, dtype)) for f in StepTrackerState._fields}
             )
-        if probes.sharpness:
-            self.eff_tracker = EigenTracker(
-                base, k=1, tol=probes.tol, max_matvecs=probes.max_matvecs, seed=seed + 1
-            )
+        if "V" in arrays:  # older runs: vectors as columns, no history
+            V = jnp.asarray(arrays["V"], dtype)
+            return self.tracker.warm(V[:, :-1], V[:, -1])
+        raise ConfigError("resume", sorted(arrays), "a step tracker's saved vectors")
 
-    def __call__(
-        self, name: str, step: int, process: Process, objective: Objective, state: Any, row: dict
-    ) -> dict:
-        out: dict[str, Any] = {}
-        w = process.point(state)
-        H = process.hessian(objective, state)
-        cache: dict[str, Any] = {"step": step, "loss": row.get("loss"), "process": name}
-        cache["grad"] = _gradient(H) if self.custom else None
-        if self.tracker is not None:
-            res = self.tracker.update(H)
-            vals = np.asarray(res.values, np.float64)
-            out["sharpness"] = float(vals[0])
-            out["eigs"] = vals.tolist()
-            out["sharpness_matvecs"] = int(res.matvecs)
-            out["sharpness_error"] = float(res.error_bound[0])
-            cache["eig"] = res
-        if self.cfg.sharpness:
-            lam = out.get("sharpness", row.get("sharpness", math.nan))
-            if self.cfg.alignment:
-                gn = float(row.get("grad_norm", math.nan))
-                ok = gn > 0 and math.isfinite(lam)
-                out["grad_top_alignment"] = (
-                    float(_alignment(H, jnp.asarray(lam, H.dtype))) if ok else math.nan
-                )
-            op = _operator(process, objective, state) if self.cfg.effective else None
-            if op is not None and not isinstance(op, HessianOperator):  # not H itself
-                eres = self.eff_tracker.update(op)
-                out["eff_sharpness"] = float(eres.values[0])
-                out["sharpness_matvecs"] = out.get(
-                    "sharpness_matvecs", row.get("sharpness_matvecs", 0)
-                ) + int(eres.matvecs)
-                cache["eff_eig"] = eres
-        lr_eff = float(row.get("lr_eff", math.nan))
-        if self.cfg.stableness and lr_eff > 0 and math.isfinite(lr_eff):
-            st = stableness(
-                objective.base(), w, lr_eff, n_points=self.cfg.stableness_points, tol=self.cfg.tol
-            )
-            out["stableness"] = float(st.value)
-        for probe in self.custom:
-            for key, val in dict(probe(w, objective.base(), cache)).items():
-                arr = np.asarray(val)
-                out[key] = arr.item() if arr.ndim == 0 else arr.tolist()
-        return out
 
-    # -- checkpoint support (the trackers' warm starts and keys make probes reproducible)
-    def state(self) -> dict[str, np.ndarray]:
-        out = {}
-        for name, tr in (("tracker", self.tracker), ("eff_tracker", self.eff_tracker)):
-            if tr is not None:
-                out.update({f"{name}_{k}": v for k, v in tr.state().items()})
-        return out
+class Alignment(HostProbe):
+    r"""``grad_top_alignment`` $g^\top Hg/(\|g\|^2\lambda_1)$ with the row's ``sharpness``
+    (a gradient and one Hessian product)."""
 
-    def load(self, arrays: dict[str, np.ndarray]) -> None:
-        for name, tr in (("tracker", self.tracker), ("eff_tracker", self.eff_tracker)):
-            if tr is None or f"{name}_key" not in arrays:
-                continue
-            prefix = f"{name}_"
-            tr.load_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+    def __call__(self, at: At, state: Any) -> tuple[dict[str, Any], Any]:
+        lam = float(at.row.get("sharpness", math.nan))
+        gn = float(at.row.get("grad_norm", math.nan))
+        if not (gn > 0 and math.isfinite(lam)):
+            return {"grad_top_alignment": math.nan}, state
+        H = at.process.hessian(at.objective, at.state)
+        return {"grad_top_alignment": float(_alignment(H, jnp.asarray(lam, H.dtype)))}, state
+
+
+class EffectiveSharpness(HostProbe):
+    r"""``eff_sharpness`` $\lambda_1(P^{-1/2}HP^{-1/2})$ for processes whose operator is
+    preconditioned (adaptive rules; none otherwise), by a warm-started Lanczos; its products are
+    added to ``sharpness_matvecs``."""
+
+    tol: float = 1e-3
+    max_matvecs: int | None = None
+    seed: int = 1
+
+    @property
+    def key(self) -> str:
+        return "eff_tracker"
+
+    def _tracker(self, base: Objective) -> EigenTracker:
+        return EigenTracker(base, k=1, tol=self.tol, max_matvecs=self.max_matvecs, seed=self.seed)
+
+    def init(self, at: At) -> dict[str, np.ndarray]:
+        return self._tracker(at.objective.base()).state()
+
+    def __call__(self, at: At, state: Any) -> tuple[dict[str, Any], Any]:
+        op = _operator(at.process, at.objective, at.state)
+        if op is None or isinstance(op, HessianOperator):  # H itself: the sharpness probe's
+            return {}, state
+        tracker = self._tracker(at.objective.base())
+        tracker.load_state(state)
+        res = tracker.update(op)
+        if at.notes is not None:
+            at.notes["eff_eig"] = res
+        spent = at.row.get("sharpness_matvecs", 0)
+        row = {"eff_sharpness": float(res.values[0]), "sharpness_matvecs": spent + int(res.matvecs)}
+        return row, tracker.state()
+
+    def arrays(self, state: Any) -> dict[str, np.ndarray]:
+        return _tracker_state(state)
+
+    def load(self, arrays: Mapping[str, np.ndarray], at: At) -> Any:
+        return _tracker_state(arrays)
+
+
+class Stableness(HostProbe):
+    r"""``stableness`` $S_L(w,\eta_t)$ at the row's ``lr_eff`` (``points`` eigen-solves)."""
+
+    points: int = 5
+    tol: float = 1e-3
+
+    def __call__(self, at: At, state: Any) -> tuple[dict[str, Any], Any]:
+        lr_eff = float(at.row.get("lr_eff", math.nan))
+        if not (lr_eff > 0 and math.isfinite(lr_eff)):
+            return {}, state
+        st = stableness(at.objective.base(), at.w, lr_eff, n_points=self.points, tol=self.tol)
+        return {"stableness": float(st.value)}, state
+
+
+# --------------------------------------------------------------------------- group probes
 
 
 def phi_probe(base: Objective, w: Array, gtol: float, tol: float) -> tuple[Array, dict]:
@@ -226,7 +412,7 @@ def _norm(x: np.ndarray) -> float:
     return m * float(np.linalg.norm(x / m))
 
 
-def distances(points: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def distances(points: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     r"""$\|w_p - w_q\|$ for every pair of processes: ``{p: {"dist_q": value}}``."""
     out: dict[str, dict[str, float]] = {p: {} for p in points}
     names = list(points)
@@ -236,3 +422,37 @@ def distances(points: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
             out[p][f"dist_{q}"] = d
             out[q][f"dist_{p}"] = d
     return out
+
+
+class Distances(GroupProbe):
+    r"""``dist_q`` $=\|w_p-w_q\|$ on every process $p$, for every other process $q$."""
+
+    def __call__(self, points, objective, state):
+        return distances(points), state
+
+
+class Phi(GroupProbe):
+    r"""$\Phi(w)$ of every process's point (gradient flow to ``gtol``): ``phi_dist``,
+    ``phi_loss``, ``phi_grad_norm``, ``phi_sharpness``, and with ``distances`` the distance
+    ``phi_dist_q`` from $\Phi(w_p)$ to every other process's point $w_q$."""
+
+    gtol: float = 1e-8
+    tol: float = 1e-3
+    distances: bool = False
+
+    def __call__(self, points, objective, state):
+        base = objective.base()
+        out: dict[str, dict[str, Any]] = {}
+        for n, w in points.items():
+            x, row = phi_probe(base, jnp.asarray(w), self.gtol, self.tol)
+            if self.distances:
+                x = np.asarray(x, np.float64)
+                row.update(
+                    {
+                        f"phi_dist_{q}": float(np.linalg.norm(x - v))
+                        for q, v in points.items()
+                        if q != n
+                    }
+                )
+            out[n] = row
+        return out, state

@@ -16,9 +16,10 @@ from ..dynamics.rules import Rule
 from ..errors import ConfigError, check_int
 from ..objective import Objective, as_objective
 from ..parallel import microbatched, shard_objective
-from .accuracy import accuracy_probe
+from .accuracy import Accuracy
 from .loop import run
-from .probes import ProbeFn, Probes
+from .probe import Probe, ProbeFn
+from .probes import Probes
 from .records import Run, Stop
 
 __all__ = ["train"]
@@ -43,7 +44,7 @@ def train(
     devices: int | None = None,
     microbatch: int | None = None,
     memory_budget_bytes: int | None = None,
-    custom_probes: tuple[ProbeFn, ...] = (),
+    custom_probes: tuple[Probe | ProbeFn, ...] = (),
     accuracy: bool = True,
 ) -> Run:
     r"""Run ``rule`` on ``objective`` for ``steps`` full-batch steps, probing curvature on the way.
@@ -62,7 +63,7 @@ def train(
             of this size, or the largest size within the budget (`eoslab.parallel.microbatched`).
         accuracy: measure the training accuracy at probed steps (column ``accuracy``) when the
             objective is a classifier (`Objective.from_model` with integer labels), as
-            ``eoslab run`` does (`eoslab.runner.accuracy_probe`); the same default there.
+            ``eoslab run`` does (`eoslab.runner.Accuracy`); the same default there.
 
     Raises:
         ConfigError: before any work, for a rule that is not an `eoslab.rules` rule or a
@@ -76,7 +77,7 @@ def train(
         raise ConfigError("rule", rule, "an update rule from eoslab.rules (e.g. rules.GD(0.1))")
     check_int("steps", steps, 1)
     obj = as_objective(objective, w0)
-    acc = accuracy_probe(obj) if accuracy else None
+    acc = Accuracy.of(obj) if accuracy else None
     if acc is not None:
         custom_probes = (acc, *custom_probes)
     if microbatch is not None or memory_budget_bytes is not None:
