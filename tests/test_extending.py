@@ -334,7 +334,7 @@ def test_new_probe_against_closed_forms(probe_reference):
     A = np.asarray(_objective().data)
     probed = np.arange(STEPS + 1) if every else np.arange(0, STEPS + 1, PROBE_EVERY)
     for name, c in coords.items():
-        df = run_.process(name)
+        df = run_.series(name)
         pr = df[df["loss_sum"].notna()]
         assert list(pr["step"]) == list(probed), name
         np.testing.assert_allclose(pr["u_curvature"], U @ A @ U, rtol=1e-12, err_msg=name)
@@ -353,7 +353,7 @@ def test_new_probe_is_stored_and_plotted(probe_reference, tmp_path):
     ckpt = RunStore(run_.path).read_checkpoint(RunStore(run_.path).latest_checkpoint()[1])
     # its state (loss sum, count) from before the last step was probed (a resume measures it)
     calls = ckpt["gd__probe_CurvatureAndLossSum_1"]
-    probed = run_.process("gd").dropna(subset=["loss_sum"])
+    probed = run_.series("gd").dropna(subset=["loss_sum"])
     assert int(calls) == int(probed["probe_calls"].iloc[-1]) - 1
     assert float(ckpt["gd__probe_CurvatureAndLossSum_0"]) == probed["loss_sum"].iloc[-2]
     png = plot_runs([run_.path], tmp_path / "fig.png")

@@ -32,13 +32,13 @@ TWO_ADDRESSES: dict[str, str] = {}
 _RESULT = "kept: a function and the result type it returns, one concept (diffrax's Solution)"
 _MODEL = "kept: the architecture and its initializer, which returns (model, parameters)"
 TWINS: dict[str, str] = {
-    "eoslab.runner.AccuracyProbe ~ eoslab.runner.accuracy_probe": (
-        "probes helper: a probe is one class, Probes builds the list"
-    ),
     "eoslab.dynamics.LimitingFlow ~ eoslab.theory.limiting_flow": _RESULT,
     "eoslab.dynamics.PhiResult ~ eoslab.dynamics.phi_result": _RESULT,
     "eoslab.dynamics.StabilityQuantities ~ eoslab.dynamics.stability_quantities": _RESULT,
     "eoslab.dynamics.TangentProjector ~ eoslab.dynamics.tangent_projector": _RESULT,
+    "eoslab.losses.accuracy ~ eoslab.runner.Accuracy": (
+        "kept: the metric (a function of outputs and labels) and the probe that records it"
+    ),
     "eoslab.curvature.SpectralDensity ~ eoslab.curvature.spectral_density": _RESULT,
     "eoslab.curvature.Stableness ~ eoslab.curvature.stableness": _RESULT,
     "eoslab.runner.Run ~ eoslab.runner.run": _RESULT,
