@@ -382,7 +382,9 @@ class RMSPropCentralFlow(CompiledProcess):
             key, k1 = jax.random.split(key)
             s = 1.0 / jnp.sqrt(jnp.sqrt(nu) + eps)  # P^{-1/2}, broadcast for scalar nu
             H = HessianOperator(base, w)
-            mu, V, _ = krylov_top(lambda z: lr * s * H.mv(s * z), v, m, 1, k1)
+            P = PreconditionedOperator(H, jnp.broadcast_to(jnp.sqrt(nu) + eps, w.shape))
+            mu, V, _ = krylov_top(P, v, m, 1, k1)
+            mu = lr * mu  # the top eigenvalue of lr P^{-1/2} H P^{-1/2}
             ut = V[:, 0]
             u = s * ut
             loss, g = jax.value_and_grad(base)(w)

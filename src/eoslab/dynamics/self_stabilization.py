@@ -256,7 +256,8 @@ class SelfStabilization(CompiledProcess):
         ug = _top(obj, theta, u, k3, m)
         H_dag = HessianOperator(obj, dag)
         # grad S_perp . grad^3 L(dag)[v, v]: the oscillation's pull on S along every direction
-        _, pull = jax.jvp(lambda z: H_dag.at(z).quadratic_form(v), (dag,), (q.grad_S_perp,))
+        _, g3 = H_dag.grad_quadratic_form(v)  # grad_w v^T H(w) v at dag
+        pull = jnp.vdot(g3, q.grad_S_perp)
         row: Row = {
             "loss": lt,
             "grad_norm": jnp.linalg.norm(gt),
