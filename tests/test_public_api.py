@@ -30,7 +30,6 @@ ALIASES: dict[str, str] = {}
 TWO_ADDRESSES: dict[str, str] = {}
 
 _RESULT = "kept: a function and the result type it returns, one concept (diffrax's Solution)"
-_MODEL = "kept: the architecture and its initializer, which returns (model, parameters)"
 TWINS: dict[str, str] = {
     "eoslab.dynamics.LimitingFlow ~ eoslab.theory.limiting_flow": _RESULT,
     "eoslab.dynamics.PhiResult ~ eoslab.dynamics.phi_result": _RESULT,
@@ -42,12 +41,6 @@ TWINS: dict[str, str] = {
     "eoslab.curvature.SpectralDensity ~ eoslab.curvature.spectral_density": _RESULT,
     "eoslab.curvature.Stableness ~ eoslab.curvature.stableness": _RESULT,
     "eoslab.runner.Run ~ eoslab.runner.run": _RESULT,
-    "eoslab.models.CNN ~ eoslab.models.cnn": _MODEL,
-    "eoslab.models.DeepLinear ~ eoslab.models.deep_linear": _MODEL,
-    "eoslab.models.MLP ~ eoslab.models.mlp": _MODEL,
-    "eoslab.models.ResNet ~ eoslab.models.resnet": _MODEL,
-    "eoslab.models.Transformer ~ eoslab.models.transformer": _MODEL,
-    "eoslab.models.VGG ~ eoslab.models.vgg": _MODEL,
 }
 
 
