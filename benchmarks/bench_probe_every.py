@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.rules import gd
+from eoslab.dynamics.rules import GD
 from eoslab.experiments.build import build
 from eoslab.experiments.presets import get_preset
 from eoslab.runner import Probes, run
@@ -64,7 +64,7 @@ def variants(steps: int) -> dict[str, dict]:
 
 def main(reps: int = 5, steps: int = 200) -> None:
     obj = build(get_preset("eos-gd")).objective
-    proc = Optimizer(gd(0.1))  # one object: every run shares its compiled steps
+    proc = Optimizer(GD(0.1))  # one object: every run shares its compiled steps
     t0 = time.perf_counter()
     try:
         w = proc.scan(obj, proc.init(obj, obj.w0), WARMUP).state.w
