@@ -320,14 +320,21 @@ def test_float32_objectives_stay_float32_under_64_bit_mode():
     assert r.x.dtype == r.t.dtype == r.grad_norm.dtype == jnp.float32
     assert float(r.x[0]) == pytest.approx(valley_phi_x(2.0, 0.3), abs=1e-5)
 
-    def flow(loss, w0):  # phi(w0, t) at t = 0, 0.25, 0.5 (two steps of time lr = 0.25)
-        res = run(GradientFlow(lr=0.25), loss, 2, w0=w0, probe_every=2, keep_points=True)
-        return res.trajectory()
+    def flow(objective):  # phi(w0, t) at t = 0, 0.25, 0.5: two steps of GradientFlow(lr=0.25)
+        proc = GradientFlow(lr=0.25)
+        state = proc.init(objective, objective.w0)
+        points = [state.w]
+        for _ in range(2):
+            state, _ = proc.step(objective, state)
+            points.append(state.w)
+        return jnp.stack(points)
 
-    path = flow(obj, obj.w0)
-    assert path.dtype == np.float32
+    path = flow(obj)
+    assert path.dtype == jnp.float32
     # independent: the float64 flow from the same start
-    np.testing.assert_allclose(path, flow(valley, jnp.array([2.0, 0.3])), rtol=1e-4)
+    ref = flow(Objective.from_fn(valley, jnp.array([2.0, 0.3]), dtype="float64"))
+    assert ref.dtype == jnp.float64
+    np.testing.assert_allclose(path, ref, rtol=1e-4)
     fl = limiting_flow(
         obj,
         obj.w0,

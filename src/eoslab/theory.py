@@ -16,6 +16,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .curvature._checks import check_w
+from .curvature.rounding import clip_tol
 from .dynamics.limiting_flow import LimitingFlow, ProjectedLimitingFlow, RetractedLimitingFlow
 from .dynamics.manifold import DENSE_MAX_DIM
 from .dynamics.phi import phi
@@ -82,7 +83,8 @@ def limiting_flow(
         probes, sharp = Probes(sharpness=False, alignment=False), "lambda1"
     else:
         proc = RetractedLimitingFlow(**common, h=min(0.01, min(schedule)) if h is None else h)
-        probes, sharp = Probes(tol=1e-6, alignment=False), "sharpness"
+        probes = Probes(tol=clip_tol(1e-6, x0.dtype), alignment=False)
+        sharp = "sharpness"
     res = run(proc, obj, len(schedule), w0=x0, probe_every=1, probes=probes, keep_points=True)
     m = res.series()
     col = lambda name: jnp.asarray(m[name].to_numpy(), x0.dtype)  # noqa: E731
