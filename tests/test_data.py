@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from eoslab import data
-from eoslab.data import builtin, disk, fetch, safe_pickle
+from eoslab.data import builtin, disk, download, safe_pickle
 from eoslab.data.registry import DATASETS
 from eoslab.errors import ConfigError, UnsafeFileError
 
@@ -573,7 +573,7 @@ def test_corrupt_download_is_detected_and_removed(server, tmp_path):
     handler.mode = "corrupt"
     dest = tmp_path / "f.bin"
     with pytest.raises(data.CorruptFileError, match="md5"):
-        fetch.download(url + "/f.bin", dest, md5=hashlib.md5(body).hexdigest(), progress=False)
+        download.download(url + "/f.bin", dest, md5=hashlib.md5(body).hexdigest(), progress=False)
     assert list(tmp_path.iterdir()) == []  # neither dest nor a partial file is left
 
 
@@ -584,13 +584,13 @@ def test_truncated_download_is_detected_then_resumed(server, tmp_path):
     sha = hashlib.sha256(body).hexdigest()
     dest = tmp_path / "f.bin"
     handler.mode = "truncate"
-    with pytest.raises(fetch.DownloadError, match="50000 of 100000|stopped"):
-        fetch.download(url + "/f.bin", dest, sha256=sha, progress=False)
+    with pytest.raises(data.DownloadError, match="50000 of 100000|stopped"):
+        download.download(url + "/f.bin", dest, sha256=sha, progress=False)
     assert not dest.exists()  # nothing half-written at the destination
     part = tmp_path / "f.bin.part"
     assert part.stat().st_size == 50_000  # kept only as the resume point
     handler.mode = "ok"
-    fetch.download(url + "/f.bin", dest, sha256=sha, progress=False)
+    download.download(url + "/f.bin", dest, sha256=sha, progress=False)
     assert handler.ranges[-1] == "bytes=50000-"  # resumed with an HTTP Range request
     assert dest.read_bytes() == body and not part.exists()
 
@@ -601,12 +601,12 @@ def test_server_ignoring_range_restarts_and_checksum_is_required(server, tmp_pat
     handler.files["/f.bin"] = body
     (tmp_path / "f.bin.part").write_bytes(b"garbage")
     handler.mode = "norange"
-    fetch.download(
+    download.download(
         url + "/f.bin", tmp_path / "f.bin", md5=hashlib.md5(body).hexdigest(), progress=False
     )
     assert (tmp_path / "f.bin").read_bytes() == body
     with pytest.raises(ConfigError, match="checksum"):
-        fetch.download(url + "/f.bin", tmp_path / "g.bin", progress=False)
+        download.download(url + "/f.bin", tmp_path / "g.bin", progress=False)
     with pytest.raises(ConfigError, match="dataset='digits'"):
         data.fetch_dataset("digits", tmp_path)
 

@@ -18,15 +18,10 @@ import pytest
 
 from eoslab import ConfigError, Objective
 from eoslab.batches import batch_objective, random_batches
-from eoslab.curvature import (
-    batch_lambda_max,
-    batch_sharpness,
-    batch_sharpness_probe,
-    gradient_noise_interaction,
-)
+from eoslab.curvature import batch_lambda_max, batch_sharpness, gradient_noise_interaction
 from eoslab.dynamics import MiniBatch, Optimizer, rules
 from eoslab.parallel import microbatched
-from eoslab.runner import Probes, run
+from eoslab.runner import BatchSharpness, HostProbe, Probes, run
 from helpers import assert_same_metrics
 
 N, DIN, H, DOUT, B = 16, 3, 4, 2, 4
@@ -204,7 +199,7 @@ def test_full_batch_minibatch_is_the_optimizer(rule):
 def test_resume_is_bit_identical_with_the_probe(tmp_path):
     obj, _, _ = problem()
     proc = {"sgd": MiniBatch(rules.HeavyBall(0.1, beta=0.5), B, seed=2)}
-    probe = batch_sharpness_probe(
+    probe = BatchSharpness(
         B, rel_err=0.05, max_batches=40, seed=5, lambda_max_batches=8, gni_max_batches=40
     )
     probe_cfg = Probes(alignment=False, tol=1e-6)
@@ -212,13 +207,14 @@ def test_resume_is_bit_identical_with_the_probe(tmp_path):
     whole = run(proc, obj, 20, out=tmp_path / "a", custom_probes=(probe,), **kw).metrics
     hit = {"done": False}
 
-    def interrupt(w, objective, cache):
-        if cache["step"] == 15 and not hit["done"]:
-            hit["done"] = True
-            raise KeyboardInterrupt
-        return {}
+    class Interrupt(HostProbe):
+        def __call__(self, at, state):
+            if at.step == 15 and not hit["done"]:
+                hit["done"] = True
+                raise KeyboardInterrupt
+            return {}, state
 
-    probes = (probe, interrupt)
+    probes = (probe, Interrupt())
     with pytest.raises(KeyboardInterrupt):
         run(proc, obj, 20, out=tmp_path / "b", custom_probes=probes, **kw)
     resumed = run(proc, obj, 20, out=tmp_path / "b", resume=True, custom_probes=probes, **kw)
@@ -231,7 +227,7 @@ def test_resume_is_bit_identical_with_the_probe(tmp_path):
 
 def test_probe_in_the_loop_against_dense_values():
     obj, x, y = problem()
-    probe = batch_sharpness_probe(
+    probe = BatchSharpness(
         N, max_batches=12, lambda_max_batches=3, lambda_tol=1e-8, gni_max_batches=3
     )
     res = run(MiniBatch(rules.GD(0.1), N), obj, 0, probes=Probes(tol=1e-8), custom_probes=(probe,))
@@ -261,7 +257,7 @@ def test_bad_input_names_the_field():
     with pytest.raises(ConfigError, match="max_batches"):
         batch_sharpness(obj, None, 4, max_batches=0)
     with pytest.raises(ConfigError, match="batch_size"):
-        batch_sharpness_probe(0)
+        BatchSharpness(0)
 
 
 def test_microbatched_objective_steps_like_the_plain_one():

@@ -38,6 +38,10 @@ TWINS: dict[str, str] = {
     "eoslab.losses.accuracy ~ eoslab.runner.Accuracy": (
         "kept: the metric (a function of outputs and labels) and the probe that records it"
     ),
+    "eoslab.curvature.batch_sharpness ~ eoslab.runner.BatchSharpness": (
+        "kept: the estimator at a point and the probe that records it (with the batch "
+        "lambda_max and the GNI) at probed steps"
+    ),
     "eoslab.curvature.SpectralDensity ~ eoslab.curvature.spectral_density": _RESULT,
     "eoslab.curvature.Stableness ~ eoslab.curvature.stableness": _RESULT,
     "eoslab.runner.Run ~ eoslab.runner.run": _RESULT,

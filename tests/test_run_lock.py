@@ -29,7 +29,7 @@ from eoslab.cli import main
 from eoslab.dynamics import rules
 from eoslab.errors import DamagedRunWarning, RunInterrupted, RunInUseError
 from eoslab.runlock import LOCK_NAME, hold, read_holder
-from eoslab.runner import Probes, load_run, train
+from eoslab.runner import HostProbe, Probes, load_run, train
 from helpers import assert_same_metrics, eoslab_process
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -347,13 +347,17 @@ def _objective():
     return Objective.from_data_fn(_quadform, data, jnp.asarray(rng.normal(size=6)))
 
 
-def _signal_at(step: int, sig: int):
-    def probe(w, objective, cache):  # a signal from outside, as it would come mid-run
-        if cache["step"] == step:
-            os.kill(os.getpid(), sig)
-        return {}
+class _SignalAt(HostProbe):
+    """Sends ``sig`` to this process at the probe of ``step``: a signal from outside, as it
+    would come mid-run."""
 
-    return probe
+    step: int
+    sig: int
+
+    def __call__(self, at, state):
+        if at.step == self.step:
+            os.kill(os.getpid(), self.sig)
+        return {}, state
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -366,7 +370,7 @@ def test_train_saves_every_row_on_a_signal_and_resumes_bit_for_bit(tmp_path, sig
     ref = train(obj, rule, 120, out=tmp_path / "ref", **kw)
     before = signal.getsignal(sig)
     with pytest.raises(RunInterrupted) as stopped:
-        train(obj, rule, 120, out=tmp_path / "cut", custom_probes=(_signal_at(50, sig),), **kw)
+        train(obj, rule, 120, out=tmp_path / "cut", custom_probes=(_SignalAt(50, sig),), **kw)
     assert stopped.value.signum == sig and stopped.value.exit_code == 128 + sig
     assert isinstance(stopped.value, KeyboardInterrupt)
     assert signal.getsignal(sig) == before  # restored
@@ -392,7 +396,7 @@ def test_an_ignored_sigint_stays_ignored(tmp_path):
             40,
             out=tmp_path / "run",
             probes=Probes(sharpness=False),
-            custom_probes=(_signal_at(20, signal.SIGINT),),
+            custom_probes=(_SignalAt(20, signal.SIGINT),),
             accuracy=False,
         )
         assert run.status == "completed" and signal.getsignal(signal.SIGINT) == signal.SIG_IGN

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from eoslab import DivergenceError, Objective
-from eoslab.dynamics import rules
+from eoslab.dynamics import Optimizer, rules
 from eoslab.errors import ConfigError
-from eoslab.runner import Probes, Stop, train
+from eoslab.runner import HostProbe, Probes, Stop, run, train
 
 H = np.array([10.0, 4.0, 1.0, 0.25], np.float32)
 W0 = np.array([1.0, -1.0, 2.0, 0.5], np.float32)
@@ -138,9 +138,13 @@ def test_normalized_gd_threshold_column():
 def test_stop_on_loss_goal_and_custom_probe():
     calls = []
 
-    def probe(w, objective, cache):
-        calls.append(cache["step"])
-        return {"accuracy": 1.0 if cache["loss"] < 1.0 else 0.0, "wnorm": jnp.linalg.norm(w)}
+    class Goal(HostProbe):
+        def __call__(self, at, state):
+            calls.append(at.step)
+            acc = 1.0 if at.loss < 1.0 else 0.0
+            return {"accuracy": acc, "wnorm": float(jnp.linalg.norm(at.w))}, state
+
+    probe = Goal()
 
     run = train(
         _diag_quadratic(),
@@ -163,6 +167,43 @@ def test_stop_on_loss_goal_and_custom_probe():
         stop=Stop(accuracy_above=1.0),
     )
     assert run.status == "accuracy_goal"
+
+
+def test_a_host_probe_reads_loss_gradient_and_eigenpairs_from_at():
+    """``at.loss``, ``at.grad`` and ``at.eig`` are those of the base loss
+    L = w^T diag(H) w / 2 + L_min at the probed point, also when the rule trains on
+    sqrt(L - L_min); ``at.eig`` is None without the host sharpness probe."""
+    seen = []
+
+    class Record(HostProbe):
+        def __call__(self, at, state):
+            assert at.grad is at.grad  # computed once per point
+            lam = None if at.eig is None else float(at.eig.values[0])
+            seen.append((np.asarray(at.w), at.loss, np.asarray(at.grad), lam))
+            return {}, state
+
+    lmin = 0.3
+    obj = _diag_quadratic(loss_min=lmin).sqrt()
+    train(
+        obj, rules.GD(0.05), 20, probe_every=10, probes=Probes(tol=1e-5), custom_probes=(Record(),)
+    )
+    assert len(seen) == 3
+    h = H.astype(np.float64)
+    for w, loss, g, lam in seen:
+        w = w.astype(np.float64)
+        assert loss == pytest.approx(0.5 * np.sum(h * w * w) + lmin, rel=1e-5)
+        np.testing.assert_allclose(g, h * w, rtol=1e-5, atol=1e-6)
+        assert lam == pytest.approx(10.0, rel=1e-4)
+    seen.clear()
+    train(
+        obj,
+        rules.GD(0.05),
+        10,
+        probe_every=10,
+        probes=Probes(sharpness=False),
+        custom_probes=(Record(),),
+    )
+    assert [lam for *_, lam in seen] == [None, None]
 
 
 def test_log_every_and_stableness():
@@ -189,6 +230,26 @@ def test_bad_arguments():
         train(obj, "gd", 10)
     with pytest.raises(ConfigError, match="probes.k"):
         Probes(k=0)
+
+
+def test_a_function_probe_is_refused_before_any_work(tmp_path):
+    """A probe is a class: a function in ``custom_probes`` gets an error naming the field and
+    saying to subclass HostProbe, before a run directory is made."""
+
+    def probe(w, objective, cache):
+        return {}
+
+    obj = _diag_quadratic()
+    for go in (
+        lambda out, p: train(obj, rules.GD(0.1), 10, out=out, custom_probes=p),
+        lambda out, p: run(Optimizer(rules.GD(0.1)), obj, 10, out=out, custom_probes=p),
+    ):
+        for probes in ((probe,), probe):
+            with pytest.raises(
+                ConfigError, match=r"custom_probes=.*Subclass eoslab.runner.HostProbe"
+            ):
+                go(tmp_path / "r", probes)
+            assert not (tmp_path / "r").exists()
 
 
 def test_heavy_ball_runs_in_float64_on_a_plain_callable():

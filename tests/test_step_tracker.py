@@ -14,7 +14,7 @@ from eoslab.curvature.step_tracker import StepTracker, StepTrackerState
 from eoslab.dynamics.optimizer import Optimizer
 from eoslab.dynamics.rules import GD, NormalizedGD, SqrtLossGD
 from eoslab.errors import ConfigError
-from eoslab.runner import Probes, run
+from eoslab.runner import HostProbe, Probes, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, small_mlp_loss
 
 
@@ -188,12 +188,15 @@ def test_resume_continues_the_step_tracker_bit_for_bit(tmp_path):
 
     calls = {"n": 0}
 
-    def interrupt(w, objective, cache):
-        calls["n"] += 1
-        if cache["step"] == 30 and calls["n"] < 10:
-            calls["n"] = 10
-            raise KeyboardInterrupt
-        return {}
+    class Interrupt(HostProbe):
+        def __call__(self, at, state):
+            calls["n"] += 1
+            if at.step == 30 and calls["n"] < 10:
+                calls["n"] = 10
+                raise KeyboardInterrupt
+            return {}, state
+
+    interrupt = Interrupt()
 
     with pytest.raises(KeyboardInterrupt):
         run(Optimizer(GD(1.0)), obj, 40, out=tmp_path / "b", custom_probes=(interrupt,), **kw)

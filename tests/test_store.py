@@ -14,7 +14,7 @@ import pytest
 from eoslab import Objective
 from eoslab.dynamics import rules
 from eoslab.errors import UnsafeFileError
-from eoslab.runner import Probes, RunExistsError, RunStore, load_run, train
+from eoslab.runner import HostProbe, Probes, RunExistsError, RunStore, load_run, train
 from helpers import eoslab_process
 
 
@@ -109,10 +109,11 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path):
     obj, rule = _objective(), rules.HeavyBall(0.3, 0.5)
     ref = train(obj, rule, 200, probe_every=10, out=tmp_path / "ref", flush_seconds=0)
 
-    def boom(w, objective, cache):
-        if cache["step"] == 130:
-            raise _Interrupt
-        return {}
+    class Boom(HostProbe):
+        def __call__(self, at, state):
+            if at.step == 130:
+                raise _Interrupt
+            return {}, state
 
     with pytest.raises(_Interrupt):
         train(
@@ -122,7 +123,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path):
             probe_every=10,
             out=tmp_path / "cut",
             flush_seconds=0,
-            custom_probes=(boom,),
+            custom_probes=(Boom(),),
         )
     man = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     assert man["status"] == "running" and man["checkpoint_step"] == 130

@@ -456,7 +456,7 @@ def _cmd_data(args: Data) -> int:
         return 0
     if not args.name:
         raise _UsageError("eoslab data fetch NAME: give the dataset's name")
-    commands.fetch(args.name, args.data_dir)
+    commands.fetch_dataset(args.name, args.data_dir)
     return 0
 
 

@@ -41,6 +41,10 @@ class CorruptFileError(EoslabError, ValueError):
     """
 
 
+class DownloadError(CorruptFileError):
+    """A download stopped before the expected size; rerun to resume from ``<dest>.part``."""
+
+
 class DatasetNotFoundError(EoslabError, FileNotFoundError):
     """A dataset read from disk is not under any searched directory.
 

@@ -12,7 +12,6 @@ Products are the operator's own: ``op.mv(v)``, ``op.mm(V)``, ``op.as_matrix()``,
 from .batch_sharpness import BatchEstimate as BatchEstimate
 from .batch_sharpness import batch_lambda_max as batch_lambda_max
 from .batch_sharpness import batch_sharpness as batch_sharpness
-from .batch_sharpness import batch_sharpness_probe as batch_sharpness_probe
 from .batch_sharpness import gradient_noise_interaction as gradient_noise_interaction
 from .density import SpectralDensity as SpectralDensity
 from .density import spectral_density as spectral_density
@@ -54,7 +53,6 @@ __all__ = [
     "as_operator",
     "batch_lambda_max",
     "batch_sharpness",
-    "batch_sharpness_probe",
     "bottom_eigenpairs",
     "gradient_noise_interaction",
     "grad_top_eigenvalue",

@@ -21,13 +21,13 @@ statistical: $|\mathrm{mean} - \text{expectation}| \le 4\,\mathrm{stderr}$ excep
 probability $\approx 6\cdot10^{-5}$ (CLT). For $b = N$ every batch is the full data, the
 spread is zero and the estimates are exactly $g^\top Hg/\|g\|^2$ and $\lambda_{\max}(H)$.
 The batch $\lambda_{\max}$ adds a deterministic error, at most the largest certified Lanczos
-bound (``batch_lambda_max_error``).
+bound (``batch_lambda_max_error``). In a run, the probe `eoslab.runner.BatchSharpness` measures
+all three at probed steps.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -46,7 +46,6 @@ __all__ = [
     "BatchEstimate",
     "batch_lambda_max",
     "batch_sharpness",
-    "batch_sharpness_probe",
     "gradient_noise_interaction",
 ]
 
@@ -224,83 +223,3 @@ def batch_lambda_max(
                 return BatchEstimate(mean, stderr, len(vals), True, worst)
     mean, stderr = _stats(vals)
     return BatchEstimate(mean, stderr, len(vals), _done(vals, rel_err, min_batches), worst)
-
-
-ProbeFn = Callable[[Array, Objective, dict], dict]
-
-
-def batch_sharpness_probe(
-    batch_size: int,
-    rel_err: float = 0.005,
-    max_batches: int = 1000,
-    seed: int = 0,
-    *,
-    min_batches: int = 10,
-    lambda_max: bool = True,
-    lambda_rel_err: float = 0.01,
-    lambda_max_batches: int = 100,
-    lambda_tol: float = 1e-4,
-    gni: bool = True,
-    gni_rel_err: float = 0.01,
-    gni_max_batches: int = 500,
-) -> ProbeFn:
-    r"""A custom probe for `eoslab.runner.run` (``custom_probes=(probe,)``) measuring, at every
-    probed point, ``batch_sharpness``, ``batch_lambda_max`` (if ``lambda_max``) and ``gni`` (if
-    ``gni``), each with ``*_stderr`` and ``*_batches`` (and ``batch_lambda_max_error``, the
-    largest Lanczos bound). The batches are drawn from ``seed`` and the probed step, so a resumed
-    run measures the same numbers; every process probed at a step sees the same batches.
-    """
-    check_int("batch_size", batch_size, 1)
-    check_positive("rel_err", rel_err, allow_zero=True)
-    check_int("max_batches", max_batches, 1)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError("seed", seed, "an integer")
-
-    def probe(w: Array, objective: Objective, cache: dict) -> dict:
-        key = jax.random.fold_in(jax.random.key(seed), int(cache.get("step", 0)))
-        out = {}
-        bs = batch_sharpness(
-            objective,
-            w,
-            batch_size,
-            rel_err=rel_err,
-            max_batches=max_batches,
-            min_batches=min_batches,
-            key=jax.random.fold_in(key, 0),
-        )
-        out.update(
-            batch_sharpness=bs.mean,
-            batch_sharpness_stderr=bs.stderr,
-            batch_sharpness_batches=bs.batches,
-        )
-        if lambda_max:
-            lm = batch_lambda_max(
-                objective,
-                w,
-                batch_size,
-                rel_err=lambda_rel_err,
-                max_batches=lambda_max_batches,
-                min_batches=min_batches,
-                tol=lambda_tol,
-                key=jax.random.fold_in(key, 1),
-            )
-            out.update(
-                batch_lambda_max=lm.mean,
-                batch_lambda_max_stderr=lm.stderr,
-                batch_lambda_max_batches=lm.batches,
-                batch_lambda_max_error=lm.error,
-            )
-        if gni:
-            gn = gradient_noise_interaction(
-                objective,
-                w,
-                batch_size,
-                rel_err=gni_rel_err,
-                max_batches=gni_max_batches,
-                min_batches=min_batches,
-                key=jax.random.fold_in(key, 2),
-            )
-            out.update(gni=gn.mean, gni_stderr=gn.stderr, gni_batches=gn.batches)
-        return out
-
-    return probe

@@ -5,14 +5,14 @@
 >>> ds.x_train.shape, ds.num_classes
 ((100, 8, 8, 1), 10)
 
-``eoslab.data.fetch`` is the download module; `fetch_dataset` (``commands.fetch``) is what
-``eoslab data fetch NAME`` calls.
+`fetch_dataset` is what ``eoslab data fetch NAME`` calls: it downloads, verifies and lays out a
+dataset where `load` looks (a `DownloadError` when the transfer stops early: rerun to resume).
 """
 
 from ..errors import CorruptFileError as CorruptFileError
 from ..errors import DatasetNotFoundError as DatasetNotFoundError
-from . import fetch as fetch
-from .commands import fetch as fetch_dataset
+from ..errors import DownloadError as DownloadError
+from .commands import fetch_dataset as fetch_dataset
 from .commands import list_datasets_table as list_datasets_table
 from .registry import DATASETS as DATASETS
 from .registry import SCALINGS as SCALINGS
@@ -32,9 +32,9 @@ __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "DatasetSpec",
+    "DownloadError",
     "check_scaling",
     "default_data_dir",
-    "fetch",
     "fetch_dataset",
     "list_datasets_table",
     "load",

@@ -7,13 +7,13 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import fetch as _fetch
+from . import download as _download
 from .disk import find_cifar10
 from .registry import DATASETS, data_dirs
 
-__all__ = ["fetch", "list_datasets_table"]
+__all__ = ["fetch_dataset", "list_datasets_table"]
 
-# where `fetch` puts each dataset under the data directory, matching what the loaders search
+# where `fetch_dataset` puts each dataset under the data directory, where the loaders search
 _LAYOUT = {"cifar10": ".", "mnist": "mnist", "fashion-mnist": "fashion-mnist"}
 
 
@@ -50,7 +50,7 @@ def list_datasets_table(data_dir: str | os.PathLike | None = None, width: int = 
     return console.export_text()
 
 
-def fetch(
+def fetch_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
     *,
@@ -65,12 +65,12 @@ def fetch(
     file names to md5 digests of a mirror that serves different bytes (tests). Returns the
     directory holding the dataset.
     """
-    if name not in _fetch.SOURCES:
+    if name not in _download.SOURCES:
         raise ConfigError(
             "dataset",
             name,
             "one of "
-            + ", ".join(map(repr, _fetch.SOURCES))
+            + ", ".join(map(repr, _download.SOURCES))
             + " (the others are built in or read from disk)",
         )
     root = data_dirs(data_dir)[0]
@@ -79,7 +79,7 @@ def fetch(
         found = find_cifar10(root)
         if found is not None:
             return found[0]
-    for src in _fetch.SOURCES[name]:
+    for src in _download.SOURCES[name]:
         url = mirror.rstrip("/") + "/" + src.filename if mirror else src.url
         md5, sha256 = src.md5, src.sha256
         if checksums and src.filename in checksums:
@@ -87,11 +87,11 @@ def fetch(
         path = dest_dir / src.filename
         if path.exists():  # keep a verified copy; replace a corrupt one
             algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
-            if _fetch.file_digest(path, algorithm) == (expected or "").lower():
+            if _download.file_digest(path, algorithm) == (expected or "").lower():
                 continue
             path.unlink()
-        _fetch.download(url, path, md5=md5, sha256=sha256, progress=progress)
+        _download.download(url, path, md5=md5, sha256=sha256, progress=progress)
     if name == "cifar10":
-        archive = dest_dir / _fetch.SOURCES[name][0].filename
-        return _fetch.extract_tar(archive, dest_dir, "cifar-10-batches-py")
+        archive = dest_dir / _download.SOURCES[name][0].filename
+        return _download.extract_tar(archive, dest_dir, "cifar-10-batches-py")
     return dest_dir

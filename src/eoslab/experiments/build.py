@@ -11,14 +11,13 @@ import numpy as np
 
 from .. import data, losses, models
 from ..batches import check_batch_size, example_count
-from ..curvature import batch_sharpness_probe
 from ..dynamics.minibatch import MiniBatch
 from ..dynamics.optimizer import Optimizer
 from ..dynamics.process import Process
 from ..errors import ConfigError
 from ..objective import Objective
 from ..parallel import batch_size_of, microbatched, shard_objective
-from ..runner import Accuracy
+from ..runner import Accuracy, BatchSharpness
 from .config import Experiment, ModelProblem, QuadraticProblem, ToyMLPProblem, ValleyProblem
 
 __all__ = ["Built", "build"]
@@ -173,12 +172,12 @@ def _check_batches(obj: Objective, batch_size: int) -> None:
         )
 
 
-def _batch_probe(exp: Experiment):
+def _batch_probe(exp: Experiment) -> BatchSharpness:
     r"""Batch sharpness $\mathbb{E}_B[g_B^\top H_B g_B/\|g_B\|^2]$ at probed steps, to
     ``batch_sharpness_rel_err``: one HVP of a batch loss per batch. The per-batch Lanczos
     $\lambda_{\max}$ (a Lanczos run per batch) and the GNI (a full-batch HVP per batch) are left
-    to `eoslab.curvature.batch_sharpness_probe` from Python: each costs far more."""
-    return batch_sharpness_probe(
+    to `eoslab.runner.BatchSharpness` from Python: each costs far more."""
+    return BatchSharpness(
         exp.batch_size,
         rel_err=exp.batch_sharpness_rel_err,
         seed=exp.seed,

@@ -242,7 +242,7 @@ class Experiment:
     batch_sharpness: bool = True
     """With batch_size: at probed steps, the batch sharpness E_B[g_B^T H_B g_B / |g_B|^2] over
     random batches of batch_size (Andreyev & Beneventano find SGD holds it at 2/lr;
-    eoslab.curvature.batch_sharpness_probe, one HVP of a batch loss per batch). Full-batch runs
+    eoslab.runner.BatchSharpness, one HVP of a batch loss per batch). Full-batch runs
     never measure it."""
     batch_sharpness_rel_err: float = 0.02
     """Random batches are drawn (10 to 1000) until the standard error of the batch sharpness is

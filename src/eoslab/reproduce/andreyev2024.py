@@ -31,14 +31,13 @@ import numpy as np
 import pandas as pd
 
 from .. import data, models
-from ..curvature import batch_sharpness_probe
 from ..dynamics.minibatch import MiniBatch
 from ..dynamics.rules import GD
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
 from ..report.eoss_figures import eoss_figures
 from ..report.tables import write_frame, write_table
-from ..runner import Probes, run
+from ..runner import BatchSharpness, Probes, run
 from ._common import Reproduction, row
 
 __all__ = [
@@ -154,7 +153,7 @@ def sgd_curvature_run(
     ``_stderr`` and ``_batches``). Returns the probed rows (with ``batch_size`` and ``seed``
     columns) and the last probed point; a run that diverges keeps the probes before it (its
     stable phase is then short or empty and its rows fail)."""
-    probe = batch_sharpness_probe(
+    probe = BatchSharpness(
         batch_size,
         rel_err=s.rel_err,
         max_batches=s.max_batches,

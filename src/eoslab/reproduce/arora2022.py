@@ -10,6 +10,7 @@ networks in float32, their objectives' dtype) and draws with `eoslab.report.pape
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ from ..report.paper_figures import (
     valley_figure,
 )
 from ..report.tables import write_table
-from ..runner import Probes, run
+from ..runner import At, HostProbe, Probes, run
 from ..theory import limiting_flow
 from ._common import NO_PROBES, Reproduction, row
 
@@ -203,27 +204,29 @@ MNIST_FLOW_GTOL = 4e-3
 """|grad L| at which every projection onto Gamma stops in mnist-flow (docs/theory.md)."""
 
 
-def _phi_probe(gtol: float, tol: float):
-    r"""A custom probe of the optimizer only: $\Phi(w)$ to ``gtol`` and $\lambda_1,\lambda_2$ there
+class _PhiOfIterate(HostProbe):
+    r"""A probe of the optimizer only: $\Phi(w)$ to ``gtol`` and $\lambda_1,\lambda_2$ there
     (warm-started from the eigenvectors the runner just found at $w$, which sits $O(\eta)$ from
     $\Phi(w)$), its loss and gradient norm (``phi_*`` columns)."""
 
-    def probe(w, objective, cache):
-        if cache["process"] == "flow" or cache["step"] == 0:  # Phi(x_0) is the flow's X(0)
-            return {}
-        res = phi_result(objective, w, gtol=gtol)
-        eig = cache.get("eig")
-        v0 = None if eig is None else eig.vectors
-        ev = top_eigenpairs(objective, res.x, 2, v0=v0, tol=tol)
-        return {
+    gtol: float
+    tol: float
+
+    def __call__(self, at: At, state: Any) -> tuple[dict[str, float], Any]:
+        if at.name == "flow" or at.step == 0:  # Phi(x_0) is the flow's X(0)
+            return {}, state
+        objective = at.objective.base()
+        res = phi_result(objective, at.w, gtol=self.gtol)
+        v0 = None if at.eig is None else at.eig.vectors
+        ev = top_eigenpairs(objective, res.x, 2, v0=v0, tol=self.tol)
+        row = {
             "phi_sharpness": float(ev.values[0]),
             "phi_lambda2": float(ev.values[1]),
             "phi_loss": float(objective(res.x)),
             "phi_grad_norm": float(res.grad_norm),
             "phi_flow_time": float(res.t),
         }
-
-    return probe
+        return row, state
 
 
 def ngd_beside_flow(
@@ -256,7 +259,7 @@ def ngd_beside_flow(
         probe_every=every,
         log_every=every,
         probes=Probes(k=2, tol=tol, alignment=False, effective=False),
-        custom_probes=(_phi_probe(gtol, tol),),
+        custom_probes=(_PhiOfIterate(gtol, tol),),
         keep_points=False,
     )
     m = res.metrics

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -35,7 +36,7 @@ from ..objective import Objective
 from ..report.beyond_figures import adam_eos_figures
 from ..report.tables import write_frame, write_table
 from ..report.transformer_figures import transformer_eos_figures
-from ..runner import Probes, Stop, run
+from ..runner import At, HostProbe, Probes, Stop, run
 from ._common import NO_PROBES, Reproduction, moving_average, row
 from .cohen2022 import effective_sharpness
 from .cohen2025 import gd_beside_flows
@@ -140,8 +141,11 @@ def transformer_objective(s: TransformerEoSSetting) -> Objective:
     return Objective.from_model(apply, params, ds, "mse_half", dtype="float64")
 
 
-def _point(w, objective, cache) -> dict:
-    return {"point": w}
+class _Point(HostProbe):
+    """The probed point $w$ itself (column ``point``)."""
+
+    def __call__(self, at: At, state: Any) -> tuple[dict[str, list[float]], Any]:
+        return {"point": np.asarray(at.w).tolist()}, state
 
 
 def gd_sharpening(
@@ -163,7 +167,7 @@ def gd_sharpening(
         log_every=1,
         probes=Probes(tol=clip_tol(1e-6, obj.dtype), alignment=False),
         stop=Stop(raise_on_divergence=True),
-        custom_probes=(_point,) if keep_points else (),
+        custom_probes=(_Point(),) if keep_points else (),
     )
     m = res.metrics.sort_values("step")
     out = pd.DataFrame(

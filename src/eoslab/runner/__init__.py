@@ -1,12 +1,12 @@
 """The one loop: processes in lockstep, probes, stopping, the run store, progress."""
 
 from .accuracy import Accuracy as Accuracy
+from .batch_probe import BatchSharpness as BatchSharpness
 from .loop import run as run
 from .probe import At as At
 from .probe import GroupProbe as GroupProbe
 from .probe import HostProbe as HostProbe
 from .probe import Probe as Probe
-from .probe import ProbeFn as ProbeFn
 from .probe import ScanProbe as ScanProbe
 from .probes import Probes as Probes
 from .records import RESUMABLE as RESUMABLE
@@ -21,12 +21,12 @@ from .train import train as train
 __all__ = [
     "Accuracy",
     "At",
+    "BatchSharpness",
     "GroupProbe",
     "HostProbe",
     "RESUMABLE",
     "STATUSES",
     "Probe",
-    "ProbeFn",
     "Probes",
     "Run",
     "RunExistsError",

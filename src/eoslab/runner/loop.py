@@ -35,7 +35,7 @@ from jaxtyping import Array
 from ..dynamics.process import CompiledProcess, HostProcess, Process, observed_step
 from ..errors import ConfigError, DamagedRunWarning, DivergenceError, RunInterrupted, check_int
 from ..objective import LossLike, Objective, as_objective
-from .probe import At, GroupProbe, InStep, Probe, ProbeFn, ScanProbe, as_probe
+from .probe import At, GroupProbe, InStep, Probe, ScanProbe, check_probes
 from .probes import Probes, Sharpness
 from .progress import Progress
 from .records import RESUMABLE, Run, Stop, frame, load_run
@@ -120,7 +120,7 @@ class _Lockstep:
         self.states = {n: p.init(obj, w0) for n, p in procs.items()}
         self.probe_every = probe_every
         self.host_every = cfg.cadence(probe_every)
-        extra = tuple(as_probe(p, i) for i, p in enumerate(custom))
+        extra = tuple(custom)
         in_step = cfg.in_step(probe_every)
         every_in_step = in_step and all(isinstance(p, CompiledProcess) for p in procs.values())
         self.plans: dict[str, _Plan] = {}
@@ -459,7 +459,7 @@ def run(
     config: dict | None = None,
     progress: bool | None = False,
     keep_points: bool = False,
-    custom_probes: tuple[Probe | ProbeFn, ...] = (),
+    custom_probes: tuple[Probe, ...] = (),
 ) -> Run:
     r"""Advance ``processes`` in lockstep from one start for ``steps`` steps, probing on the way.
 
@@ -485,10 +485,9 @@ def run(
         progress: show a progress bar (None: on a terminal only).
         keep_points: add each logged row's point as a ``w`` column (small problems).
         custom_probes: more probes, run on every process like the built-in ones: probe objects
-            (`eoslab.runner.ScanProbe`, `HostProbe`, `GroupProbe`; e.g. `Accuracy`) or
-            functions ``probe(w, objective, cache) -> {name: value}`` (host probes). A
-            `ScanProbe` runs inside the compiled step where the sharpness does (every step);
-            host and function probes run at every probed step.
+            (`eoslab.runner.ScanProbe`, `HostProbe`, `GroupProbe`; e.g. `Accuracy`,
+            `BatchSharpness`). A `ScanProbe` runs inside the compiled step where the sharpness
+            does (every step); host and group probes run at every probed step.
 
     Returns:
         A `Run`. Divergence (a non-finite loss or point in any process) stops the run with
@@ -513,9 +512,8 @@ def run(
     stop = Stop() if stop is None else stop
     w = jnp.asarray(obj.w0 if w0 is None else w0, obj.dtype)
     goals = stop.loss_below is not None or stop.accuracy_above is not None
-    lock = _Lockstep(
-        procs, obj, w, probes, seed, keep_points, tuple(custom_probes), probe_every, goals
-    )
+    custom = check_probes(custom_probes)
+    lock = _Lockstep(procs, obj, w, probes, seed, keep_points, custom, probe_every, goals)
     if out is None:
         return _drive(
             lock, procs, None, 0, steps, probe_every, log_every, stop, progress, flush_seconds

@@ -15,8 +15,8 @@ run measures the same numbers. Three kinds:
   Lanczos solve, an SDP, numpy).
 - a `GroupProbe` sees every process's point at once (distances between them, $\Phi$).
 
-A function ``probe(w, objective, cache) -> {name: value}`` is a host probe too
-(`FunctionProbe`).
+A user's probe is a subclass of one of them in the user's own file; a plain function is not a
+probe (`check_probes` says to subclass `HostProbe`).
 """
 
 from __future__ import annotations
@@ -38,24 +38,15 @@ from ..objective import Objective
 
 __all__ = [
     "At",
-    "FunctionProbe",
     "GroupProbe",
     "HostProbe",
     "InStep",
     "Linearization",
     "Probe",
-    "ProbeFn",
     "ScanProbe",
-    "as_probe",
+    "check_probes",
     "linearization",
 ]
-
-ProbeFn = Callable[[Array, Objective, dict], dict]
-"""A function probe: ``probe(w, objective, cache) -> {name: scalar or 1-D array}``.
-
-``cache`` holds what the runner already measured at ``w``: ``loss``, ``grad`` (of the base loss),
-``eig`` (the `EigResult`, if sharpness is probed on the host), ``step``, ``process`` (its name).
-"""
 
 
 class Linearization(NamedTuple):
@@ -84,6 +75,31 @@ class At(NamedTuple):
     def w(self) -> Array:
         """The point."""
         return self.process.point(self.state)
+
+    @property
+    def loss(self) -> Any:
+        """$L(w)$ of the base loss: the process's ``loss`` column."""
+        return self.row["loss"]
+
+    @property
+    def grad(self) -> Array:
+        r"""$\nabla L(w)$ of the base loss: from ``lin`` where the probe has it, else computed
+        once per point on the host (kept in ``notes`` for the probes after this one)."""
+        if self.lin is not None:
+            return self.lin.grad
+        if self.notes is not None and "grad" in self.notes:
+            return self.notes["grad"]
+        g = _gradient(self.process.hessian(self.objective, self.state))
+        if self.notes is not None:
+            self.notes["grad"] = g
+        return g
+
+    @property
+    def eig(self) -> Any:
+        """The `eoslab.curvature.EigResult` of the built-in host sharpness probe at this point
+        (its vectors warm-start a solve nearby), or None where it has not run before this probe
+        (``Probes(sharpness=False)``, or inside the compiled step)."""
+        return None if self.notes is None else self.notes.get("eig")
 
 
 class Probe(eqx.Module):
@@ -156,43 +172,29 @@ class GroupProbe(Probe):
         new state."""
 
 
-class FunctionProbe(HostProbe):
-    """A function ``probe(w, objective, cache) -> {name: value}`` as a host probe (`ProbeFn`);
-    ``objective`` is the base objective. It keeps no state."""
-
-    fn: ProbeFn
-    index: int = 0  # to tell two function probes apart in checkpoints (they save nothing)
-
-    @property
-    def key(self) -> str:
-        return f"function{self.index}"
-
-    def __call__(self, at: At, state: Any) -> tuple[dict[str, Any], Any]:
-        notes = at.notes if at.notes is not None else {}
-        if "grad" not in notes:
-            notes["grad"] = _gradient(at.process.hessian(at.objective, at.state))
-        cache = {"step": at.step, "loss": at.row.get("loss"), "process": at.name, **notes}
-        out = {}
-        for key, val in dict(self.fn(at.w, at.objective.base(), cache)).items():
-            arr = np.asarray(val)
-            out[key] = arr.item() if arr.ndim == 0 else arr.tolist()
-        return out, state
-
-
 @eqx.filter_jit
-def _gradient(op) -> Array:
+def _gradient(op: HessianOperator) -> Array:
     return op.step_direction()
 
 
-def as_probe(probe: Probe | ProbeFn, index: int = 0) -> Probe:
-    """``probe`` itself, or a function probe wrapped as a `FunctionProbe`."""
-    if isinstance(probe, (ScanProbe, HostProbe, GroupProbe)):
-        return probe
-    if callable(probe) and not isinstance(probe, Probe):
-        return FunctionProbe(probe, index)
-    raise ConfigError(
-        "custom_probes", probe, "ScanProbe, HostProbe or GroupProbe objects or probe functions"
-    )
+_SUBCLASS = (
+    "Subclass eoslab.runner.HostProbe instead of passing a function, e.g. "
+    "class WNorm(HostProbe): def __call__(self, at, state): "
+    "return {'w_norm': float(jnp.linalg.norm(at.w))}, state"
+)
+
+
+def check_probes(probes: Any, field: str = "custom_probes") -> tuple[Probe, ...]:
+    """``probes`` as a tuple of `ScanProbe`, `HostProbe` and `GroupProbe` objects, or a
+    `ConfigError` naming ``field`` (a function says to subclass `HostProbe`)."""
+    if isinstance(probes, Probe) or callable(probes) or not isinstance(probes, (tuple, list)):
+        hint = _SUBCLASS if callable(probes) and not isinstance(probes, Probe) else ""
+        raise ConfigError(field, probes, "a tuple of probe objects", hint)
+    for p in probes:
+        if not isinstance(p, (ScanProbe, HostProbe, GroupProbe)):
+            hint = _SUBCLASS if callable(p) else ""
+            raise ConfigError(field, p, "ScanProbe, HostProbe or GroupProbe objects", hint)
+    return tuple(probes)
 
 
 def linearization(objective: Objective, w: Array) -> Linearization:

@@ -71,8 +71,8 @@ class Probes:
     certified at every step inside its compiled loop (`StepSharpness`, whose Hessian products
     share one linearization with the step's gradient); the alignment, the effective sharpness,
     the stableness, Phi and the distances then run every ``host_every`` steps. Your own probes
-    are objects passed to `eoslab.runner.run` as ``custom_probes`` (`eoslab.runner.ScanProbe`,
-    `HostProbe`, `GroupProbe`, or a function).
+    are objects passed to `eoslab.runner.run` as ``custom_probes`` (subclasses of
+    `eoslab.runner.ScanProbe`, `HostProbe` or `GroupProbe`).
     """
 
     sharpness: bool = True

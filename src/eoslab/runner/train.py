@@ -18,7 +18,7 @@ from ..objective import Objective, as_objective
 from ..parallel import microbatched, shard_objective
 from .accuracy import Accuracy
 from .loop import run
-from .probe import Probe, ProbeFn
+from .probe import Probe, check_probes
 from .probes import Probes
 from .records import Run, Stop
 
@@ -44,7 +44,7 @@ def train(
     devices: int | None = None,
     microbatch: int | None = None,
     memory_budget_bytes: int | None = None,
-    custom_probes: tuple[Probe | ProbeFn, ...] = (),
+    custom_probes: tuple[Probe, ...] = (),
     accuracy: bool = True,
 ) -> Run:
     r"""Run ``rule`` on ``objective`` for ``steps`` full-batch steps, probing curvature on the way.
@@ -66,8 +66,9 @@ def train(
             ``eoslab run`` does (`eoslab.runner.Accuracy`); the same default there.
 
     Raises:
-        ConfigError: before any work, for a rule that is not an `eoslab.rules` rule or a
-            ``steps`` that is not an integer >= 1.
+        ConfigError: before any work, for a rule that is not an `eoslab.rules` rule, a
+            ``steps`` that is not an integer >= 1, or ``custom_probes`` that are not probe
+            objects (a function: subclass `eoslab.runner.HostProbe`).
 
     Returns:
         A `Run` whose metrics have one process, named after the rule. With ``out``, the run
@@ -76,6 +77,7 @@ def train(
     if not isinstance(rule, Rule):
         raise ConfigError("rule", rule, "an update rule from eoslab.rules (e.g. rules.GD(0.1))")
     check_int("steps", steps, 1)
+    custom_probes = check_probes(custom_probes)
     obj = as_objective(objective, w0)
     acc = Accuracy.of(obj) if accuracy else None
     if acc is not None:

@@ -16,13 +16,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, CorruptFileError
+from ..errors import ConfigError, CorruptFileError, DownloadError
 
-__all__ = ["SOURCES", "DownloadError", "Source", "download", "extract_tar", "file_digest"]
-
-
-class DownloadError(CorruptFileError):
-    """The transfer stopped before the expected size; rerun to resume from ``<dest>.part``."""
+__all__ = ["SOURCES", "Source", "download", "extract_tar", "file_digest"]
 
 
 @dataclass(frozen=True)
