@@ -82,7 +82,7 @@ def main(reps: int = 5, steps: int = 200) -> None:
         extra = (acc,) if kw.pop("accuracy", False) else ()
         t, c = time.perf_counter(), time.process_time()
         r = run(proc, obj, steps, w0=w, custom_probes=extra, **kw)
-        jax.block_until_ready(r.w)
+        jax.block_until_ready(r.point())
         return time.perf_counter() - t, time.process_time() - c, r.metrics
 
     metrics = {name: once(kw)[2] for name, kw in vs.items()}  # compile every variant

@@ -60,7 +60,7 @@ def _timed(obj, steps: int, probe_every: int, sharpness: bool) -> float:
     train(obj, rules.GD(0.1), min(steps, 2 * probe_every), probe_every=probe_every, probes=probes)
     t0 = time.perf_counter()
     run = train(obj, rules.GD(0.1), steps, probe_every=probe_every, probes=probes)
-    jax.block_until_ready(run.w)
+    jax.block_until_ready(run.point())
     return time.perf_counter() - t0
 
 

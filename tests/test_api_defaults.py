@@ -101,7 +101,7 @@ def test_train_measures_a_classifiers_accuracy_by_default():
     run = train(obj, rules.GD(0.5), 20, probe_every=10, probes=NO_SHARPNESS)
     probed = run.metrics[run.metrics["accuracy"].notna()]
     assert list(probed["step"]) == [0, 10, 20]
-    w_end = np.asarray(run.w, np.float64)
+    w_end = np.asarray(run.point(), np.float64)
     assert probed["accuracy"].iloc[-1] == pytest.approx(_numpy_accuracy(w_end, x, y), abs=1e-6)
     w0 = np.asarray(obj.w0, np.float64)
     assert probed["accuracy"].iloc[0] == pytest.approx(_numpy_accuracy(w0, x, y), abs=1e-6)

@@ -282,7 +282,7 @@ def test_sharpness_and_report_commands(tmp_path, capsys):
     values = np.array([float(r[1]) for r in rows])
     # independent: the dense Hessian of the same objective at the checkpointed point
     obj = build(from_dict(TINY)).objective
-    w = np.asarray(load_run(out).w)
+    w = np.asarray(load_run(out).point())
     H = np.asarray(jax.hessian(obj)(jax.numpy.asarray(w, obj.dtype)), np.float64)
     top = np.sort(np.linalg.eigvalsh(H))[::-1][:2]
     np.testing.assert_allclose(values, top, rtol=1e-4)

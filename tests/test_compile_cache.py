@@ -50,7 +50,7 @@ def _closure_rule(lr: float) -> rules.Rule:
 
 def _final(rule) -> np.ndarray:
     run = train(_objective(), rule, 5, probe_every=5, probes=Probes(sharpness=False))
-    return np.asarray(run.w)
+    return np.asarray(run.point())
 
 
 def test_rules_with_different_lr_give_different_results():

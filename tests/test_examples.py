@@ -28,7 +28,7 @@ def _check_printed_sharpness(ns: dict, run, out: str) -> None:
     printed = float(re.search(r"final sharpness (\S+) vs 2/lr = (\S+)", out).group(1))
     assert re.search(r"vs 2/lr = 6\.66667", out)
     objective = ns["make_objective"]()  # the same start: the example is deterministic
-    w = jnp.asarray(run.w, objective.dtype)
+    w = jnp.asarray(run.point(), objective.dtype)
     dense = np.asarray(jax.jit(jax.hessian(objective))(w), np.float64)
     assert dense.shape == (objective.dim, objective.dim)
     lam = np.linalg.eigvalsh(0.5 * (dense + dense.T))[-1]
@@ -52,7 +52,7 @@ def test_flax_example(capsys):
     # the accuracy column is on by default for integer labels: argmax of the outputs, by hand
     objective = ns["make_objective"]()
     x, y = ns["spirals"]()
-    params = objective.unravel(jnp.asarray(run.w, objective.dtype))
+    params = objective.unravel(jnp.asarray(run.point(), objective.dtype))
     outputs = np.asarray(ns["MLP"]().apply(params, jnp.asarray(x)))
     printed_acc = float(re.search(r"^\s+50\s+\S+\s+(\S+)", out, flags=re.M).group(1))
     assert printed_acc == pytest.approx(np.mean(np.argmax(outputs, axis=1) == y), abs=1e-3)

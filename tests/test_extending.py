@@ -199,7 +199,7 @@ def test_new_rule_and_new_process_run_in_lockstep_against_closed_forms(reference
             np.testing.assert_allclose(pr[f"dist_{other}"], dist, rtol=1e-10, err_msg=name)
             assert df[f"dist_{other}"].isna().sum() == STEPS + 1 - len(probed)
         # the final point, as stored in the checkpoint
-        np.testing.assert_allclose(run_.points[name], V @ c[-1], rtol=1e-11, atol=1e-15)
+        np.testing.assert_allclose(run_.point(name), V @ c[-1], rtol=1e-11, atol=1e-15)
     # the columns the process and the optimizer add on their own
     gf_time = np.concatenate([[0.0], np.cumsum(lr_eff["decay"][:STEPS])])
     np.testing.assert_allclose(run_.series("decay")["gf_time"], gf_time, rtol=1e-13)
@@ -212,9 +212,9 @@ def test_the_store_holds_all_three_processes(reference):
     back = load_run(reference.path)
     assert back.status == "completed" and back.step == STEPS
     assert_same_metrics(back.metrics, reference.metrics)
-    assert set(back.points) == {"gd", "decay", "euler"}
-    for name, w in reference.points.items():
-        np.testing.assert_array_equal(back.points[name], np.asarray(w))
+    assert set(back.final_points) == {"gd", "decay", "euler"}
+    for name, w in reference.final_points.items():
+        np.testing.assert_array_equal(back.point(name), np.asarray(w))
     procs = json.loads((reference.path / "config.json").read_text())["config"]["processes"]
     assert procs["euler"] == {"kind": "EulerFlow", "lr": LR, "substeps": SUBSTEPS}
     assert procs["decay"] == {
@@ -241,8 +241,8 @@ def test_sigkill_then_resume_is_bit_identical(reference, tmp_path):
     assert resumed.status == "completed" and resumed.step == STEPS
     assert_same_metrics(resumed.metrics, reference.metrics)
     assert_same_metrics(load_run(cut).metrics, reference.metrics)
-    for name, w in reference.points.items():
-        np.testing.assert_array_equal(np.asarray(resumed.points[name]), np.asarray(w))
+    for name, w in reference.final_points.items():
+        np.testing.assert_array_equal(np.asarray(resumed.point(name)), np.asarray(w))
 
 
 def test_the_run_is_plotted(reference, tmp_path):

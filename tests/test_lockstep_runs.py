@@ -89,7 +89,7 @@ def test_three_processes_in_one_store_resume_after_sigkill_bit_for_bit(toy_runs)
     assert list(cfg["processes"]) == list(NAMES)
     for name in NAMES:
         assert list(ref.series(name)["step"]) == list(range(STEPS + 1)), name
-        np.testing.assert_array_equal(cut.points[name], ref.points[name])
+        np.testing.assert_array_equal(cut.point(name), ref.point(name))
     assert {"w", "dist_gd", "dist_flow", "dist_central", "pred_loss", "gf_time"} <= set(ref.metrics)
     assert_same_metrics(cut.metrics, ref.metrics)
 
@@ -171,7 +171,7 @@ def test_gradient_flow_matches_exp_of_minus_A_t():
     assert list(df["step"]) == list(range(steps + 1))
     np.testing.assert_allclose(df["loss"], 0.5 * np.sum(lam * c**2, axis=1), rtol=1e-6)
     np.testing.assert_allclose(df["gf_time"], lr * np.arange(steps + 1), rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(res.w), V @ c[-1], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(res.point()), V @ c[-1], rtol=1e-6)
 
 
 class _CompileCounter:
@@ -221,7 +221,7 @@ def test_the_same_rule_is_compiled_once_and_rules_that_differ_never_share_code()
     assert_same_metrics(ra2.metrics, ra.metrics)
     np.testing.assert_allclose(other.metrics["loss"], _gd_losses(objs[1], 0.3, 25), rtol=1e-12)
     np.testing.assert_allclose(rb.metrics["loss"], _gd_losses(objs[0], 0.5, 25), rtol=1e-12)
-    assert np.abs(np.asarray(ra.w) - np.asarray(rb.w)).max() > 1e-3
+    assert np.abs(np.asarray(ra.point()) - np.asarray(rb.point())).max() > 1e-3
 
 
 # --------------------------------------------------------------------------- divergence
@@ -262,7 +262,7 @@ def test_divergence_of_one_process_stops_the_run_and_keeps_every_row(tmp_path, p
     np.testing.assert_allclose(f["loss"], _div_losses(0.1, len(f), flow=True), rtol=1e-6)
     assert np.isfinite(res.metrics["loss"]).all()
     # GD stays at the last point it reached, finite (its loss is not)
-    assert np.asarray(res.points["gd"])[0] == 2.0**DIV_AT and np.isfinite(res.points["gd"]).all()
+    assert np.asarray(res.point("gd"))[0] == 2.0**DIV_AT and np.isfinite(res.point("gd")).all()
     # the store says the same, and resuming a diverged run changes nothing
     back = load_run(tmp_path / "run")
     assert (back.status, back.step, back.message) == ("diverged", DIV_AT, res.message)
@@ -276,4 +276,4 @@ def test_divergence_between_probes_leaves_every_process_at_the_stopping_step(tmp
     res = _diverging_run(None, 10)
     assert res.metrics["step"].max() <= res.step
     lam = np.diag(DIV_A)
-    np.testing.assert_allclose(res.points["flow"], np.exp(-0.1 * lam * DIV_AT), rtol=1e-5)
+    np.testing.assert_allclose(res.point("flow"), np.exp(-0.1 * lam * DIV_AT), rtol=1e-5)

@@ -186,14 +186,14 @@ def test_cli_sgd_is_the_reference_loop_and_resumes_to_the_same_bits(tmp_path, ca
     full, batch, points, batches, _ = _reference(steps)
     np.testing.assert_allclose(m["loss"], full, rtol=1e-10)
     np.testing.assert_allclose(m["batch_loss"].iloc[:steps], batch, rtol=1e-10)
-    np.testing.assert_allclose(np.asarray(run.points["gd"]), points[-1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(run.point("gd")), points[-1], rtol=1e-9, atol=1e-12)
     assert len(set(np.concatenate(batches[:6]))) == N  # one epoch: every example once
     # a run cut at step 4 (mid-epoch) and extended to 10 draws the same batches: same bits
     cut = tmp_path / "cut"
     assert main(["run", "sgd-eoss", *FLAGS, "--steps", "4", "--out", str(cut)]) == 0
     assert main(["resume", str(cut), "--steps", str(steps), "--quiet", "--no-plot"]) == 0
     assert_same_metrics(eoslab.load_run(cut).metrics, m)
-    np.testing.assert_array_equal(eoslab.load_run(cut).points["gd"], run.points["gd"])
+    np.testing.assert_array_equal(eoslab.load_run(cut).point("gd"), run.point("gd"))
 
 
 def test_cli_sgd_steps_and_batch_sharpness_against_the_reference(tmp_path):

@@ -88,7 +88,7 @@ def test_own_model_example(capsys):
     ns, out = _exec(2, capsys)
     objective, result = ns["objective"], ns["result"]
     x, y = np.asarray(ns["x"], np.float64), np.asarray(ns["y"])
-    w = np.asarray(result.w, np.float64)
+    w = np.asarray(result.point(), np.float64)
     w1, w2 = w[: 5 * 16].reshape(5, 16), w[5 * 16 :].reshape(16, 3)  # ravel order: w1, w2
     outputs = np.tanh(x @ w1) @ w2
     row = re.search(r"^\d+\s+200\s+(\S+)\s+(\S+)\s+(\S+)$", out, flags=re.M)
@@ -96,7 +96,7 @@ def test_own_model_example(capsys):
     loss, sharpness, accuracy = (float(g) for g in row.groups())
     assert loss == pytest.approx(0.5 * np.mean(np.sum((outputs - np.eye(3)[y]) ** 2, 1)), 1e-4)
     assert accuracy == pytest.approx(np.mean(np.argmax(outputs, 1) == y), abs=1e-6)
-    dense = np.asarray(jax.jit(jax.hessian(objective))(result.w), np.float64)
+    dense = np.asarray(jax.jit(jax.hessian(objective))(result.point()), np.float64)
     assert sharpness == pytest.approx(np.linalg.eigvalsh(0.5 * (dense + dense.T))[-1], rel=2e-3)
 
 

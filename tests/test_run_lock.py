@@ -382,7 +382,7 @@ def test_train_saves_every_row_on_a_signal_and_resumes_bit_for_bit(tmp_path, sig
     back = train(obj, rule, 120, out=tmp_path / "cut", resume=True, **kw)
     assert back.status == "completed"
     assert_same_metrics(back.metrics, ref.metrics)
-    np.testing.assert_array_equal(np.asarray(back.w), np.asarray(ref.w))
+    np.testing.assert_array_equal(np.asarray(back.point()), np.asarray(ref.point()))
 
 
 def test_an_ignored_sigint_stays_ignored(tmp_path):

@@ -45,7 +45,7 @@ def test_gd_on_quadratic_matches_closed_form():
     assert list(df["step"]) == list(range(steps + 1))
     # w_t = (1 - lr h)^t w0
     w_exact = (1 - lr * H.astype(np.float64)) ** steps * W0
-    np.testing.assert_allclose(np.asarray(run.w), w_exact, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(run.point()), w_exact, rtol=1e-4, atol=1e-6)
     loss_exact = [0.5 * np.sum(H * ((1 - lr * H) ** t * W0) ** 2) for t in range(steps + 1)]
     np.testing.assert_allclose(df["loss"], loss_exact, rtol=1e-4)
     probed = df[df["sharpness"].notna()]
@@ -73,7 +73,7 @@ def test_divergence_stops_cleanly_and_keeps_metrics():
     assert len(df) > 50
     assert np.isfinite(df["loss"]).all()
     assert np.all(np.diff(df["loss"].to_numpy()[5:]) > 0)  # blowing up, every row kept
-    assert np.all(np.isfinite(np.asarray(run.w)))
+    assert np.all(np.isfinite(np.asarray(run.point())))
     assert run.step < 2000
     with pytest.raises(DivergenceError, match="diverged"):
         train(_diag_quadratic(), rules.GD(lr), 2000, stop=Stop(raise_on_divergence=True))
@@ -121,7 +121,7 @@ def test_sqrt_objective_reports_base_loss_and_matches_sqrt_rule():
     lr = 0.05
     a = train(obj.sqrt(), rules.GD(lr), 30, probe_every=10)
     b = train(obj, rules.SqrtLossGD(lr), 30, probe_every=10)  # L_min: the objective's
-    np.testing.assert_allclose(np.asarray(a.w), np.asarray(b.w), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(a.point()), np.asarray(b.point()), rtol=1e-5, atol=1e-6)
     for col in ("loss", "grad_norm", "lr_eff", "threshold", "sharpness"):
         np.testing.assert_allclose(a.metrics[col], b.metrics[col], rtol=2e-4, err_msg=col)
     assert a.metrics["loss"].iloc[0] == pytest.approx(float(obj(obj.w0)), rel=1e-6)
@@ -261,9 +261,9 @@ def test_heavy_ball_runs_in_float64_on_a_plain_callable():
         w0=jnp.asarray(W0, jnp.float64),
         probes=Probes(sharpness=False),
     )
-    assert run.w.dtype == jnp.float64
+    assert run.point().dtype == jnp.float64
     assert run.metrics["loss"].iloc[-1] < run.metrics["loss"].iloc[0]
-    assert jax.tree_util.tree_leaves(run.w)[0].shape == (4,)
+    assert jax.tree_util.tree_leaves(run.point())[0].shape == (4,)
 
 
 def test_run_accessors_series_wide_and_trajectory():

@@ -73,11 +73,11 @@ def test_store_files_and_plain_pandas(tmp_path):
     ckpts = list((out / "checkpoints").glob("*.npz"))
     assert len(ckpts) == 1
     with np.load(ckpts[0], allow_pickle=False) as z:
-        np.testing.assert_array_equal(z["gd__point"], np.asarray(run.w))
+        np.testing.assert_array_equal(z["gd__point"], np.asarray(run.point()))
     back = load_run(out)
     assert back.status == "completed"
     pd.testing.assert_frame_equal(back.metrics, run.metrics)
-    np.testing.assert_array_equal(np.asarray(back.w), np.asarray(run.w))
+    np.testing.assert_array_equal(np.asarray(back.point()), np.asarray(run.point()))
 
 
 def test_existing_directory_is_never_overwritten(tmp_path):
@@ -131,7 +131,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path):
     RunStore(tmp_path / "cut").write_part(ref.metrics[ref.metrics.step.between(130, 139)])
     run = train(obj, rule, 200, probe_every=10, out=tmp_path / "cut", resume=True)
     assert run.status == "completed"
-    np.testing.assert_array_equal(np.asarray(run.w), np.asarray(ref.w))
+    np.testing.assert_array_equal(np.asarray(run.point()), np.asarray(ref.point()))
     cols = ["step", "loss", "grad_norm", "lr_eff", "threshold", "sharpness"]
     pd.testing.assert_frame_equal(run.metrics[cols], ref.metrics[cols])
     # resuming a finished run changes nothing
@@ -184,7 +184,7 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     a, b = load_run(tmp_path / "ref"), load_run(tmp_path / "cut")
     assert a.status == b.status == "completed"
     assert a.metrics["loss"].iloc[-1] == b.metrics["loss"].iloc[-1]  # bit for bit
-    np.testing.assert_array_equal(np.asarray(a.w), np.asarray(b.w))
+    np.testing.assert_array_equal(np.asarray(a.point()), np.asarray(b.point()))
     pd.testing.assert_series_equal(a.metrics["loss"], b.metrics["loss"])
     # probes restart from the checkpointed warm start: equal to the eigen-solver's tolerance
     # (bit-equal in every run we made but one, made under heavy CPU load)

@@ -428,13 +428,13 @@ def _cmd_sharpness(args: Sharpness) -> int:
 
     exp = _recorded(args.dir)
     run = load_run(args.dir)
-    name = args.process or next(iter(run.points), None)
-    if name not in run.points:
-        have = ", ".join(run.points) or "none"
+    name = args.process or next(iter(run.final_points), None)
+    if name not in run.final_points:
+        have = ", ".join(run.final_points) or "none"
         raise _UsageError(f"--process {name}: no checkpointed point (have: {have})")
     with jax.enable_x64(exp.dtype == "float64"):
         obj = build(exp).objective.base()
-        w = jnp.asarray(np.asarray(run.points[name]), obj.dtype)
+        w = jnp.asarray(np.asarray(run.point(name)), obj.dtype)
         res = top_eigenpairs(obj, w, min(args.k, obj.dim), tol=args.tol)
     print(f"{args.dir} [{name}] at step {run.step}, {obj.dtype}: {int(res.matvecs)} HVPs")
     print(f"{'i':>3}  {'eigenvalue':>14}  {'certified bound':>16}  {'residual':>10}")

@@ -280,7 +280,7 @@ def ngd_beside_flow(
         wide = part if wide is None else wide.join(part, how="outer")
     wide = wide.reset_index()
     wide.insert(1, "tau", lr**2 * wide["step"].to_numpy(np.float64))
-    return wide, res.points["ngd"]
+    return wide, res.point("ngd")
 
 
 def run_mnist_flow(out: Path, quick: bool) -> list[dict]:

@@ -50,7 +50,7 @@ NARROW_VGG: tuple = (8, "P", 16, "P", 16, 16, "P", 32, 32, "P", 32, 32, "P")
 
 def _one_step(obj: Objective, w: jax.Array, rule: Rule) -> jax.Array:
     """The rule's next iterate from ``w`` (one step through the loop)."""
-    return run(Optimizer(rule), obj, 1, w0=w, probes=NO_PROBES).points["main"]
+    return run(Optimizer(rule), obj, 1, w0=w, probes=NO_PROBES).point("main")
 
 
 # ------------------------------------------------------------------------------ CIFAR-10
@@ -103,7 +103,7 @@ def run_cifar_vgg(out: Path, quick: bool, data_dir: Path | None = None) -> list[
         m = res.metrics
         eig = np.stack(m["eigs"].to_list())
         # one exact step from the last iterate checks the rule's definition on the network
-        w, l0 = res.w, float(m["loss"].iloc[-1])
+        w, l0 = res.point(), float(m["loss"].iloc[-1])
         nxt = _one_step(obj, w, rule)
         g = jax.grad(obj)(w)
         lr_eff = lr / float(jnp.linalg.norm(g)) if alg == "normalized_gd" else lr / (2 * l0**0.5)
@@ -225,7 +225,7 @@ def fashion_vgg(out: Path, settings: FashionVGG, data_dir: Path | None = None) -
         eig = np.stack(m["eigs"].to_list())
         steps, loss = m["step"].to_numpy(), m["loss"].to_numpy(np.float64)
         curves[alg] = (steps, loss, eig, m["threshold"].to_numpy(np.float64))
-        rows += _step_rows(obj, alg, rule, jnp.asarray(res.points[alg]), s.lr)
+        rows += _step_rows(obj, alg, rule, jnp.asarray(res.point(alg)), s.lr)
         rows.append(
             row(f"{alg}: loss at the end below the start", loss[0], loss[-1], 0.0, at_most=True)
         )

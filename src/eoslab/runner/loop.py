@@ -728,13 +728,12 @@ def _drive(
     points = {n: lock.point(n) for n in procs}
     return Run(
         metrics=metrics,
-        w=points[first],
         status=status,
         message=message,
         step=t,
         path=store.path if store else None,
         config=cfg,
-        points=points,
+        final_points=points,
     )
 
 

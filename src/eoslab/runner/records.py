@@ -60,29 +60,28 @@ class Stop:
 class Run:
     """The outcome of `run` / `train` (or `load_run`): the one result type of a trajectory.
 
-    Read it with `series` (one process's rows), `wide` (the processes side by side) and
-    `trajectory` (the kept points); a theory's derived quantities are columns of its process's
-    rows (``pred_loss``, ``tau``) or methods of the process (`CentralFlow.predicted_mean`).
+    Read it with `series` (one process's rows), `wide` (the processes side by side),
+    `trajectory` (the kept points) and `point` (the final point); a theory's derived quantities
+    are columns of its process's rows (``pred_loss``, ``tau``) or methods of the process
+    (`CentralFlow.predicted_mean`).
 
     Attributes:
         metrics: one row per logged step and process (probe columns filled on probed steps).
-        w: the first process's final point (the last finite one if the run diverged).
         status: one of `STATUSES`.
         message: a one-line account of how the run ended.
         step: the number of steps taken.
         path: the run directory, if any.
         config: the recorded config (``config.json``), if any.
-        points: every process's final point, by name.
     """
 
     metrics: pd.DataFrame
-    w: Any
     status: str
     message: str
     step: int
     path: Path | None = None
     config: dict | None = None
-    points: dict[str, Any] = dataclasses.field(default_factory=dict)
+    final_points: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    """Every process's final point, by name: read it with `point`."""
 
     @property
     def diverged(self) -> bool:
@@ -150,6 +149,15 @@ class Run:
         if not pts:
             raise ConfigError("keep_points", False, "True (the run kept no points)")
         return np.stack(pts)
+
+    def point(self, process: str | None = None) -> Any:
+        """The final point of ``process`` (default: the first; the last finite one if the run
+        diverged; from the last checkpoint for a loaded run)."""
+        name = self._process(process)
+        if name not in self.final_points:
+            have = ", ".join(self.final_points) or "none"
+            raise ConfigError("process", name, f"a process with a final point (have: {have})")
+        return self.final_points[name]
 
     def _process(self, name: str | None) -> str:
         have = self.process_names
@@ -239,11 +247,10 @@ def load_run(path: str | Path) -> Run:
         points = {n: arrays[f"{n}__point"] for n in names if f"{n}__point" in arrays}
     return Run(
         metrics=metrics,
-        w=next(iter(points.values()), None),
         status=man.get("status", "unknown"),
         message=man.get("message", ""),
         step=int(man.get("step", 0)),
         path=store.path,
         config=cfg,
-        points=points,
+        final_points=points,
     )
