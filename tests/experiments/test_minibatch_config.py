@@ -246,7 +246,7 @@ def test_sgd_on_four_host_devices_gives_the_numbers_of_one(tmp_path):
     import sys
     from pathlib import Path
 
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=4",

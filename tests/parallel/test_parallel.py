@@ -28,7 +28,7 @@ from eoslab.errors import ConfigError
 from eoslab.models import create
 from eoslab.parallel import free_port, microbatched, plan_microbatch, shard_objective
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 COMMON = textwrap.dedent(
     """
