@@ -81,9 +81,9 @@ import {module} as _m
 
 def run_python(tmp_path, module, code, *, kill_at_checkpoint_of=None, cache=None, pause=0.0):
     """Run ``code`` (statements using ``_m``, the test module ``module``) in a fresh interpreter:
-    float64, CPU, ``tests/`` and the module's folder importable, every checkpoint write followed by a ``pause``, and JAX's
-    persistent compilation cache in ``cache`` if given (so a second interpreter loads the first
-    one's executables instead of compiling them again).
+    float64, CPU, ``tests/`` and the module's folder importable, every checkpoint write followed
+    by a ``pause``, and JAX's persistent compilation cache in ``cache`` if given (so a second
+    interpreter loads the first one's executables instead of compiling them again).
 
     With ``kill_at_checkpoint_of`` (a run directory), SIGKILL the interpreter as soon as that
     directory holds a checkpoint and return the manifest read after the kill; otherwise wait for

@@ -196,6 +196,7 @@ def test_cli_sgd_is_the_reference_loop_and_resumes_to_the_same_bits(tmp_path, ca
     np.testing.assert_array_equal(eoslab.load_run(cut).points["gd"], run.points["gd"])
 
 
+@pytest.mark.usefixtures("x64")
 def test_cli_sgd_steps_and_batch_sharpness_against_the_reference(tmp_path):
     steps = 4
     out = tmp_path / "run"
