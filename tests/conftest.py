@@ -1,9 +1,24 @@
-"""Test configuration: 64-bit JAX (tests are float64 unless they are about float32)."""
+"""Test configuration. JAX runs in its default precision (float32); a test that needs float64 asks
+for the ``x64`` fixture (``pytestmark = pytest.mark.usefixtures("x64")`` for a whole module)."""
 
 import jax
 import pytest
 
-jax.config.update("jax_enable_x64", True)
+_X64_AT_START = jax.config.jax_enable_x64  # off unless JAX_ENABLE_X64 is set
+
+
+@pytest.fixture
+def x64():
+    """64-bit JAX for the test, scoped: the mode before the test is restored after it."""
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _precision_left_as_found():
+    # a test that flips jax_enable_x64 globally would change the precision of every test after it
+    yield
+    assert jax.config.jax_enable_x64 == _X64_AT_START, "a test left jax_enable_x64 switched"
 
 
 @pytest.fixture(autouse=True, scope="module")

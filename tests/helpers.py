@@ -1,4 +1,5 @@
-"""Problems with known answers for the curvature tests."""
+"""Helpers shared by the test modules of every folder: problems with known answers, runs in a
+fresh interpreter, and a Markdown table reader."""
 
 from __future__ import annotations
 
@@ -80,9 +81,9 @@ import {module} as _m
 
 def run_python(tmp_path, module, code, *, kill_at_checkpoint_of=None, cache=None, pause=0.0):
     """Run ``code`` (statements using ``_m``, the test module ``module``) in a fresh interpreter:
-    float64, CPU, ``tests/`` importable, every checkpoint write followed by a ``pause``, and JAX's
-    persistent compilation cache in ``cache`` if given (so a second interpreter loads the first
-    one's executables instead of compiling them again).
+    float64, CPU, ``tests/`` and the module's folder importable, every checkpoint write followed
+    by a ``pause``, and JAX's persistent compilation cache in ``cache`` if given (so a second
+    interpreter loads the first one's executables instead of compiling them again).
 
     With ``kill_at_checkpoint_of`` (a run directory), SIGKILL the interpreter as soon as that
     directory holds a checkpoint and return the manifest read after the kill; otherwise wait for
@@ -97,6 +98,7 @@ def run_python(tmp_path, module, code, *, kill_at_checkpoint_of=None, cache=None
     from pathlib import Path
 
     tests_dir = Path(__file__).resolve().parent
+    (module_file,) = tests_dir.rglob(f"{module}.py")  # test modules' basenames are unique
     name = f"{module}_{len(list(Path(tmp_path).glob(f'{module}_*.py')))}"
     script, log = Path(tmp_path) / f"{name}.py", Path(tmp_path) / f"{name}.log"
     script.write_text(_SCRIPT.format(pause=pause, module=module, code=code))
@@ -104,7 +106,9 @@ def run_python(tmp_path, module, code, *, kill_at_checkpoint_of=None, cache=None
         os.environ,
         JAX_PLATFORMS="cpu",
         JAX_ENABLE_X64="1",
-        PYTHONPATH=os.pathsep.join([str(tests_dir.parent / "src"), str(tests_dir)]),
+        PYTHONPATH=os.pathsep.join(
+            [str(tests_dir.parent / "src"), str(tests_dir), str(module_file.parent)]
+        ),
     )
     if cache is not None:
         env.update(
@@ -237,3 +241,41 @@ def eoslab_process(*args, cache=None, pause=0.0, log=None):
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# -- the tables of a Markdown report (test_report, test_cli)
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """The tables of a Markdown text as rows of cell texts, read by an independent parser
+    (markdown-it, GitHub tables) from the HTML it renders."""
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables: list[list[list[str]]] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th"):
+                self.tables[-1][-1].append("".join(self.cell))
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Cells()
+    parser.feed(MarkdownIt("commonmark").enable("table").render(text))
+    return parser.tables

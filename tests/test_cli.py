@@ -15,6 +15,7 @@ import pytest
 from eoslab.cli import main
 from eoslab.experiments import PRESETS, Experiment, from_dict, to_dict
 from eoslab.runner import load_run
+from helpers import markdown_tables
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TINY = {
@@ -160,9 +161,7 @@ def test_divergence_exit_code_message_and_metrics(tmp_path, capsys):
     assert main(["resume", str(out)]) == 3
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
-    from test_report import _markdown_tables
-
-    (table,) = _markdown_tables((out / "report.md").read_text())
+    (table,) = markdown_tables((out / "report.md").read_text())
     row = dict(zip(table[0], table[1], strict=True))
     assert row["last step"] == str(t_inf - 1) and row["probed at step"] == str(probe)
     assert float(row["sharpness"]) == pytest.approx(25, rel=1e-5) and row["threshold"] == "20"

@@ -24,6 +24,9 @@ from eoslab.report import plot_runs
 from eoslab.runner import Probes, RunStore, ScanProbe, load_run, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, run_python
 
+# float64 throughout: every column is held to its closed form at 1e-11 and below
+pytestmark = pytest.mark.usefixtures("x64")
+
 EIGS = (4.0, 2.0, 1.0, 0.5)
 W0 = np.array([1.0, -0.5, 0.75, 2.0])
 LR = 0.2  # GD and the Euler flow: lr * lambda_1 = 0.8
@@ -153,8 +156,10 @@ def _closed_form():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted run, written to its own directory."""
-    return lockstep_run(tmp_path_factory.mktemp("ext") / "ref")
+    """The uninterrupted run, written to its own directory (float64: a module fixture is set up
+    before the tests' x64 fixture)."""
+    with jax.enable_x64(True):
+        return lockstep_run(tmp_path_factory.mktemp("ext") / "ref")
 
 
 def test_the_spectrum_is_known():
@@ -324,7 +329,8 @@ def probe_run(out, every_step: bool, resume=False):
 @pytest.fixture(scope="module", params=[True, False], ids=["every-step", "probed"])
 def probe_reference(request, tmp_path_factory):
     every = request.param
-    return every, probe_run(tmp_path_factory.mktemp("probe") / "ref", every)
+    with jax.enable_x64(True):  # as in `reference`
+        return every, probe_run(tmp_path_factory.mktemp("probe") / "ref", every)
 
 
 def test_new_probe_against_closed_forms(probe_reference):

@@ -9,13 +9,6 @@ from eoslab import Objective, curvature, data, losses, models
 from eoslab.errors import ConfigError
 
 
-@pytest.fixture
-def x64():
-    """float64 for the finite-difference checks (conftest turns it on; this makes it explicit)."""
-    with jax.enable_x64(True):
-        yield
-
-
 def random_images(shape, n, k, seed=0):
     rng = np.random.default_rng(seed)
     return (jnp.asarray(rng.normal(size=(n, *shape))), jnp.asarray(rng.integers(0, k, n)))

@@ -6,6 +6,7 @@ import pytest
 from eoslab import ConfigError, Objective
 
 
+@pytest.mark.usefixtures("x64")
 def test_from_fn_defaults_to_float32_and_float64_on_request():
     obj = Objective.from_fn(lambda w: jnp.sum(w**2), np.ones(3))
     assert obj.w0.dtype == jnp.float32
@@ -14,6 +15,7 @@ def test_from_fn_defaults_to_float32_and_float64_on_request():
     assert float(obj64(obj64.w0)) == 3.0
 
 
+@pytest.mark.usefixtures("x64")
 def test_from_pytree_flattens_and_unravels():
     params = {"a": jnp.ones((2, 3)), "b": jnp.arange(4.0)}
     fn = lambda p: jnp.sum(p["a"] ** 2) + jnp.sum(p["b"])
@@ -27,6 +29,7 @@ def test_from_pytree_flattens_and_unravels():
     )
 
 
+@pytest.mark.usefixtures("x64")
 def test_sqrt_value_gradient_and_finite_at_minimum():
     obj = Objective.from_fn(
         lambda w: (1 + w[0] ** 2) * w[1] ** 2 + 0.5,
@@ -74,6 +77,7 @@ def test_bad_dtype_is_refused():
         Objective.from_fn(lambda w: jnp.sum(w), np.ones(2), dtype="float16")
 
 
+@pytest.mark.usefixtures("x64")
 def test_from_pytree_takes_an_equinox_module():
     import equinox as eqx
     import jax

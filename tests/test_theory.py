@@ -70,6 +70,7 @@ def ngd_flow_x(x0, tau):
     return brentq(lambda s: np.log(s) + s * s / 2 - c, 1e-6, 50.0)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("start", [(2.0, 0.3), (0.5, -1.0), (-1.5, 0.8)])
 def test_phi_matches_conserved_quantity_on_valley(start):
     x = phi(valley, jnp.array(start))
@@ -91,6 +92,7 @@ def test_phi_refuses_to_return_an_unconverged_point():
         phi(valley, jnp.array([2.0, 0.3]), gtol=-1.0)
 
 
+@pytest.mark.usefixtures("x64")
 def test_tangent_projector_on_a_curved_manifold():
     x = jnp.array([0.36, 0.48, 0.8])  # on the unit sphere
     P = tangent_projector(sphere, x)
@@ -102,6 +104,7 @@ def test_tangent_projector_on_a_curved_manifold():
     np.testing.assert_allclose(P(v), (np.eye(3) - np.outer(x, x)) @ v, atol=1e-10)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("integrator, tol", [("projection", 1e-8), ("retraction", 2e-3)])
 def test_limiting_flows_on_valley_match_closed_forms(integrator, tol):
     x0 = jnp.array([2.0, 0.3])
@@ -119,6 +122,7 @@ def test_limiting_flows_on_valley_match_closed_forms(integrator, tol):
     assert np.all(np.diff(np.asarray(ngd.sharpness)) < 0)  # sharpness decreases along the flow
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("algorithm", ["normalized_gd", "sqrt_loss_gd"])
 def test_limiting_flow_on_the_sphere_matches_independent_integration(algorithm):
     # Riemannian gradient of lambda_1 = 4 (1 + w1^2) on the sphere: 8 w1 (e1 - w1 w)
@@ -159,6 +163,7 @@ def _coarse_flow(loss, x0, algorithm, tau):
     return limiting_flow(loss, x0, algorithm=algorithm, tau=tau, n_save=3)
 
 
+@pytest.mark.usefixtures("x64")
 def test_eos_identities_normalized_gd():
     lr = 0.01
     tail = jnp.asarray(iterates(valley, jnp.array([2.0, 0.3]), NormalizedGD(lr), 10_000)[-50:])
@@ -231,6 +236,7 @@ def test_quadratic_two_cycle_theorem_3_1():
     assert np.all(np.abs(xt[-10:, 1]) < 1e-8)  # aligned with v1
 
 
+@pytest.mark.usefixtures("x64")
 def test_optimizer_beside_gradient_flow_and_limiting_flow():
     # sqrt-loss GD, gradient flow and the limiting flow from one start in one loop, Phi probed
     lr = 0.05
@@ -267,6 +273,7 @@ def test_bad_algorithm_is_refused():
         limiting_flow(valley, jnp.array([2.0, 0.3]), algorithm="gd", tau=1.0)
 
 
+@pytest.mark.usefixtures("x64")
 def test_retraction_flow_stays_on_gamma_and_records_its_guards():
     # every retraction projects to |grad L| < phi_gtol; the guard columns are L and |grad L| at X
     gtol = 1e-7
@@ -305,8 +312,9 @@ def test_retraction_refuses_a_bad_tolerance_and_has_no_fixed_projection_time():
         RetractedLimitingFlow(algorithm="normalized_gd", lr=0.1, projection_time=1.0)
 
 
+@pytest.mark.usefixtures("x64")
 def test_float32_objectives_stay_float32_under_64_bit_mode():
-    # tests run with jax_enable_x64 on; diffrax promotes its state to its times' dtype, so
+    # 64-bit mode on (the x64 fixture); diffrax promotes its state to its times' dtype, so
     # Python-float times once made phi of a float32 objective float64, and the retraction flow's
     # HVP then paired a float64 point with a float32 eigenvector (mnist-flow under pytest)
     import jax

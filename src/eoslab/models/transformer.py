@@ -14,7 +14,7 @@ $s \le t$ with weights $\mathrm{softmax}_s(q_t^{j} \cdot k_s^{j} / \sqrt{d_h})$.
 
 Everything is written with JAX primitives (no fused kernels or hand-written backward passes), so
 derivatives of every order are JAX's own; third derivatives through attention and LayerNorm are
-checked against finite differences in ``tests/test_transformer.py``.
+checked against finite differences in ``tests/models/test_transformer.py``.
 
 Inputs are token ids of shape ``(N, T)`` (any numeric dtype: `eoslab.Objective.from_model` casts
 inputs to the float dtype of the run, the ids are cast back to ``int32`` here). Outputs are logits

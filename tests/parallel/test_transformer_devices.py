@@ -14,7 +14,7 @@ import pytest
 
 from eoslab.experiments import PRESETS, Experiment, ModelProblem, build, from_dict, to_dict
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _transformer_params(v: int, t: int, d: int, layers: int, m: int) -> int:

@@ -217,6 +217,7 @@ def test_sequence_datasets_refuse_a_balanced_subset_before_any_work(monkeypatch)
         data.load("sort-L4-V10", n=4097)
 
 
+@pytest.mark.usefixtures("x64")
 def test_losses_and_accuracy_on_token_sequences():
     """cross_entropy, mse_half and the accuracy probe of (N, T, V) logits against (N, T) labels,
     against loops over examples and positions."""

@@ -19,6 +19,9 @@ from eoslab.dynamics.rules import GD
 from eoslab.runner import Probes, RunStore, load_run, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, run_python
 
+# float64 throughout, as in the runs the subprocesses make (helpers.run_python)
+pytestmark = pytest.mark.usefixtures("x64")
+
 # --------------------------------------------------------------------------- GD at the EoS
 
 C0, KAPPA, LR = 1.0, 0.05, 0.1

@@ -1,8 +1,8 @@
 """Sharded, micro-batched and multi-process runs agree with the single-device full-batch run.
 
-Tolerances (float64, the test default): loss and every gradient entry to 1e-12 relative to the
-gradient's scale; top-3 eigenvalues (Lanczos, certified 1e-10) to 1e-8 relative; a 20-step GD
-trajectory to 1e-10 relative in parameters and loss. Float32: loss/gradient to 1e-5 relative.
+Tolerances (float64, here and in the workers): loss and every gradient entry to 1e-12 relative
+to the gradient's scale; top-3 eigenvalues (Lanczos, certified 1e-10) to 1e-8 relative; a 20-step
+GD trajectory to 1e-10 relative in parameters and loss. Float32: loss/gradient to 1e-5 relative.
 Multi-device runs happen in subprocesses with XLA_FLAGS=--xla_force_host_platform_device_count=5
 (50 examples: 5 and 2 devices divide them, 4 devices need zero-weight padding; the flag must be
 set before jax starts). Two processes with 2 devices each (Gloo CPU collectives) reproduce the
@@ -28,13 +28,15 @@ from eoslab.errors import ConfigError
 from eoslab.models import create
 from eoslab.parallel import free_port, microbatched, plan_microbatch, shard_objective
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+# float64 here, as in the worker processes (COMMON): agreement to 1e-12
+pytestmark = pytest.mark.usefixtures("x64")
 
-COMMON = textwrap.dedent(
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+DEFS = textwrap.dedent(
     """
     import json, sys
     import jax, jax.numpy as jnp, numpy as np, equinox as eqx
-    jax.config.update("jax_enable_x64", True)
     from eoslab import Objective
     from eoslab.models import create
     from eoslab.curvature import top_eigenpairs, EigenTracker
@@ -58,6 +60,8 @@ COMMON = textwrap.dedent(
         return np.asarray(w).tolist(), losses
     """
 )
+# the worker processes switch float64 on globally; this process runs DEFS under the x64 fixture
+COMMON = 'import jax\njax.config.update("jax_enable_x64", True)\n' + DEFS
 
 WORKER = COMMON + textwrap.dedent(
     """
@@ -155,7 +159,7 @@ def _result(proc: subprocess.Popen, timeout: float = 120) -> dict:
 def reference() -> dict:
     """The single-device full-batch run, in this process (float64)."""
     ns: dict = {}
-    exec(COMMON, ns)
+    exec(DEFS, ns)
     out = {}
 
     def get(n: int) -> dict:

@@ -79,6 +79,7 @@ def test_divergence_stops_cleanly_and_keeps_metrics():
         train(_diag_quadratic(), rules.GD(lr), 2000, stop=Stop(raise_on_divergence=True))
 
 
+@pytest.mark.usefixtures("x64")
 def test_adam_preconditioned_sharpness_closed_form():
     """lambda_1(P^-1 H) for a dense quadratic, P from the optimizer state: known exactly."""
     rng = np.random.default_rng(0)
@@ -252,6 +253,7 @@ def test_a_function_probe_is_refused_before_any_work(tmp_path):
             assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.usefixtures("x64")
 def test_heavy_ball_runs_in_float64_on_a_plain_callable():
     f = lambda w: 0.5 * jnp.sum(jnp.asarray(H, jnp.float64) * w * w)
     run = train(
@@ -266,6 +268,7 @@ def test_heavy_ball_runs_in_float64_on_a_plain_callable():
     assert jax.tree_util.tree_leaves(run.point())[0].shape == (4,)
 
 
+@pytest.mark.usefixtures("x64")
 def test_run_accessors_series_wide_and_trajectory():
     # GD and gradient flow on a diagonal quadratic: GD's iterates are (1 - lr h)^t w0, the flow's
     # exp(-h lr t) w0; the accessors must return exactly the stored rows, side by side by step

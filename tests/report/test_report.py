@@ -15,6 +15,7 @@ import eoslab.report as report
 from eoslab.cli import main
 from eoslab.dynamics.rules import GD, Adam, HeavyBall, Nesterov, NormalizedGD, RMSProp
 from eoslab.report import beyond_figures, paper_figures, plots, run_info, tables
+from helpers import markdown_tables
 
 ROWS = [
     {
@@ -69,41 +70,6 @@ def test_write_table_round_trips_and_marks_failures(tmp_path):
     assert not list((tmp_path / "t").glob("*.tmp"))
 
 
-def _markdown_tables(text: str) -> list[list[list[str]]]:
-    """The tables of a Markdown text as rows of cell texts, read by an independent parser
-    (markdown-it, GitHub tables) from the HTML it renders."""
-    from html.parser import HTMLParser
-
-    from markdown_it import MarkdownIt
-
-    class Cells(HTMLParser):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tables: list[list[list[str]]] = []
-            self.cell: list[str] | None = None
-
-        def handle_starttag(self, tag, attrs):
-            if tag == "table":
-                self.tables.append([])
-            elif tag == "tr":
-                self.tables[-1].append([])
-            elif tag in ("td", "th"):
-                self.cell = []
-
-        def handle_endtag(self, tag):
-            if tag in ("td", "th"):
-                self.tables[-1][-1].append("".join(self.cell))
-                self.cell = None
-
-        def handle_data(self, data):
-            if self.cell is not None:
-                self.cell.append(data)
-
-    parser = Cells()
-    parser.feed(MarkdownIt("commonmark").enable("table").render(text))
-    return parser.tables
-
-
 def test_markdown_tables_escape_their_cells(tmp_path):
     # flow-tracking's quantity holds pipes: unescaped, Markdown split the row and the "ok"
     # column showed the error; a backslash must survive too
@@ -112,7 +78,7 @@ def test_markdown_tables_escape_their_cells(tmp_path):
         dict(ROWS[1], quantity="a \\ b | c\\|d"),
     ]
     md = tables.write_table(tmp_path / "t", rows, "a title").read_text()
-    (table,) = _markdown_tables(md)
+    (table,) = markdown_tables(md)
     assert table[0] == ["quantity", "predicted", "measured", "error", "tolerance", "ok"]
     assert [len(r) for r in table] == [6, 6, 6]
     assert [r[0] for r in table[1:]] == [r["quantity"] for r in rows]

@@ -20,6 +20,9 @@ from eoslab.curvature.step_tracker import StepTracker
 from eoslab.errors import ConfigError
 from eoslab.models import create
 
+# every bound is judged against a float64 dense Hessian; float32 objectives are explicit
+pytestmark = pytest.mark.usefixtures("x64")
+
 TOLS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7)
 
 

@@ -20,6 +20,7 @@ def lam1_dense(f, w):
     return np.linalg.eigvalsh(np.asarray(jax.hessian(f)(w)))[-1]
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("activation", ["tanh", "gelu"])
 def test_grad_top_eigenvalue_matches_finite_differences(activation):
     f, w = small_mlp_loss(activation, "mse", n=20, hidden=5)
@@ -54,6 +55,7 @@ def test_hutchinson_matches_exact_trace():
     assert est.matvecs == 400
 
 
+@pytest.mark.usefixtures("x64")
 def test_hutchpp_is_exact_on_low_rank_and_beats_hutchinson():
     # rank-5 Hessian: the sketch captures all of it, so Hutch++ is exact
     spectrum = np.concatenate([[9.0, 7.0, 5.0, 3.0, 1.0], np.zeros(55)])
@@ -73,6 +75,7 @@ def test_hutchpp_is_exact_on_low_rank_and_beats_hutchinson():
     assert np.mean(errs_pp) < 0.2 * np.mean(errs_h)
 
 
+@pytest.mark.usefixtures("x64")
 def test_slq_quadrature_is_exact_per_probe_and_moments_match():
     spectrum = np.linspace(-1, 4, 40)
     f, A = quadratic_with_spectrum(spectrum)
@@ -95,6 +98,7 @@ def test_slq_quadrature_is_exact_per_probe_and_moments_match():
     assert mass == pytest.approx(1.0, rel=1e-2)
 
 
+@pytest.mark.usefixtures("x64")
 def test_stableness_on_quadratic_is_eta_lambda1():
     f, _ = quadratic_with_spectrum(np.concatenate([[6.0], np.linspace(0, 2, 19)]))
     w = jnp.asarray(np.random.default_rng(0).normal(size=20))
@@ -102,6 +106,7 @@ def test_stableness_on_quadratic_is_eta_lambda1():
     assert float(out.value) == pytest.approx(0.3 * 6.0, rel=1e-8)
 
 
+@pytest.mark.usefixtures("x64")
 def test_stableness_on_valley_matches_dense_segment():
     # L = (1 + x^2) y^2: the Hessian changes along the step, the sup is not at an endpoint
     f = lambda w: (1 + w[0] ** 2) * w[1] ** 2
@@ -127,6 +132,7 @@ def test_trace_and_density_bad_arguments():
         spectral_density(f, w, jax.random.PRNGKey(0), lanczos_steps=0)
 
 
+@pytest.mark.usefixtures("x64")
 def test_top_eigenpairs_accepts_objective_and_callable_alike():
     from eoslab import Objective
 

@@ -18,6 +18,7 @@ from eoslab.runner import HostProbe, Probes, run
 from helpers import assert_same_metrics, quadratic_with_spectrum, small_mlp_loss
 
 
+@pytest.mark.usefixtures("x64")
 def test_linearize_matches_value_grad_and_dense_hessian():
     loss, w = small_mlp_loss(n=20, hidden=5)
     value, grad, matmat = as_operator(loss, w).linearize()
@@ -30,6 +31,7 @@ def test_linearize_matches_value_grad_and_dense_hessian():
     np.testing.assert_allclose(matmat(jnp.asarray(X[:, :1])), H @ X[:, :1], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("k", [1, 2])
 def test_bounds_hold_on_a_fixed_matrix_with_a_cluster(k):
     eigs = np.array([5.0, 4.999, 4.0, *np.linspace(-1.0, 3.0, 27)])
@@ -49,6 +51,7 @@ def test_bounds_hold_on_a_fixed_matrix_with_a_cluster(k):
     assert np.all(np.abs(np.asarray(again.values) - want) <= np.asarray(again.error_bound))
 
 
+@pytest.mark.usefixtures("x64")
 def test_a_top_only_round_is_bounded_by_its_residual_and_keeps_the_guard():
     """A warm step multiplies only the top vector; its bound is the residual norm
     ||Hv - theta v|| (no guard, no gap), which must hold against eigvalsh."""
@@ -133,6 +136,7 @@ def test_predict_with_a_short_history(n):
     np.testing.assert_allclose(pred, want, atol=1e-3 * 1e-2 * np.linalg.norm(e))
 
 
+@pytest.mark.usefixtures("x64")
 def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
     """GD at lr 0.5 on a small tanh MLP (sharpening to 2/lr = 4, then the edge): every step's
     certified sharpness against eigvalsh of jax.hessian at the same point."""
@@ -158,6 +162,7 @@ def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
     assert np.median(m["sharpness_matvecs"][1:]) <= 8
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize(
     # gd and sqrt-loss GD (its own objective) by default; normalized GD uses the gradient as gd does
     "rule",
@@ -179,6 +184,7 @@ def test_the_fused_step_takes_the_same_steps(rule):
     np.testing.assert_allclose(np.stack(fused["w"]), np.stack(plain["w"]), rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.usefixtures("x64")
 def test_resume_continues_the_step_tracker_bit_for_bit(tmp_path):
     """Interrupted at a probe (a custom probe raises), then resumed: the same table as one run."""
     loss, w0 = small_mlp_loss(n=24, hidden=6)
@@ -210,6 +216,7 @@ def test_every_step_refuses_a_growing_k():
         Probes(every_step=True, grow_above=1.0)
 
 
+@pytest.mark.usefixtures("x64")
 def test_checkpoint_round_trip_and_older_column_layout():
     """A checkpoint's tracker arrays restore the state exactly; one from an older run (``step_V``,
     vectors as columns, no history) restarts the history from those vectors."""

@@ -5,10 +5,14 @@ from typing import ClassVar
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from eoslab import Objective
 from eoslab.dynamics import rules
 from eoslab.runner import Probes, train
+
+# float64 objectives: the final points are checked at 1e-12
+pytestmark = pytest.mark.usefixtures("x64")
 
 
 def _half_sq(w, data):

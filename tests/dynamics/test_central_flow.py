@@ -84,6 +84,7 @@ def flow_rows(loss, w0, process, steps, *, every=None):
     return df[df["step"] < steps].reset_index(drop=True)
 
 
+@pytest.mark.usefixtures("x64")
 def test_central_flow_time_average_matches_gd_on_orbit():
     ys = float(np.arccosh(np.exp(KAPPA)))  # GD's period-2 orbit: y -> -y, log cosh y = kappa
     xs = 2 * ys / (LR * np.tanh(ys)) - C0
@@ -109,6 +110,7 @@ def test_central_flow_time_average_matches_gd_on_orbit():
     assert f_pred == pytest.approx(y2, rel=0.1)
 
 
+@pytest.mark.usefixtures("x64")
 def test_complementarity_along_sdp_flow_two_eigenvalues():
     w0 = jnp.array([18.9, 0.2, 18.95, 0.15])
     proc = SDPCentralFlow(lr=LR, k=2)
@@ -245,6 +247,7 @@ def test_one_step_spikes_finds_the_reported_shape():
     assert one_step_spikes(np.array([0.03, 0.05, 0.15, 0.05, 0.04])) == []
 
 
+@pytest.mark.usefixtures("x64")
 def test_warm_block_keeps_the_top_of_an_edge_cluster():
     # a 40-12-12-10 tanh net whose 10 outlier eigenvalues reach 2/lr together: several sit within
     # 1% of the edge, and the one the flow holds must be the dense Hessian's top one, at every

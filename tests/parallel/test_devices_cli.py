@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 RUNS = {"plain": (), "sharded": ("--devices", "2"), "micro": ("--microbatch", "16")}

@@ -132,6 +132,7 @@ def numpy_forward(params, tokens, n_heads, eps=1e-5):
     return np.stack(out)
 
 
+@pytest.mark.usefixtures("x64")
 def test_forward_matches_numpy_loop():
     ds = sequence_task("sort", 3, 1, length=3, vocab=5, seed=2)
     apply, params = models.create(
@@ -175,6 +176,7 @@ def derivatives(loss):
     return params, obj, w, dense, grad, plane, third
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("loss", ["mse_half", _SLOW_LOSS])
 def test_hvp_against_dense_hessian_and_gradient_differences(loss):
     _, obj, w, dense_fn, grad, _, _ = derivatives(loss)
@@ -193,6 +195,7 @@ def test_hvp_against_dense_hessian_and_gradient_differences(loss):
         np.testing.assert_allclose(fd, dense @ v, rtol=1e-6, atol=1e-7 * scale)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("loss", ["mse_half", _SLOW_LOSS])
 def test_third_derivative_against_finite_differences(loss):
     r"""$\nabla_w u^\top H(w) u$ along $e$ against central differences of the dense
@@ -226,6 +229,7 @@ def test_third_derivative_against_finite_differences(loss):
 # --------------------------------------------------------------------- training
 
 
+@pytest.mark.usefixtures("x64")
 def test_gradient_descent_lowers_the_loss():
     ds = sequence_task("sort", 16, 2, length=3, vocab=4, seed=0)
     apply, params = models.create(

@@ -39,6 +39,7 @@ def test_warm_tracking_is_cheaper_than_cold_and_certified():
     assert tr.total_matvecs == sum(warm)
 
 
+@pytest.mark.usefixtures("x64")
 def test_signs_and_subspaces_stay_aligned():
     f, w0 = small_mlp_loss("gelu", "mse", n=30, seed=2)
     traj = gd_trajectory(f, w0, 0.02, 10)
@@ -51,6 +52,7 @@ def test_signs_and_subspaces_stay_aligned():
         prev = V
 
 
+@pytest.mark.usefixtures("x64")
 def test_align_vectors_rotates_within_a_cluster():
     rng = np.random.default_rng(0)
     Q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
@@ -66,6 +68,7 @@ def test_align_vectors_rotates_within_a_cluster():
     np.testing.assert_allclose(out, old, atol=1e-12)
 
 
+@pytest.mark.usefixtures("x64")
 def test_k_grows_when_the_next_eigenvalue_crosses_the_threshold():
     # H(t) = diag(10, 5 + t, spread): lambda_2 rises past 7.5 as t grows
     base = np.concatenate([[10.0, 5.0], np.linspace(0, 2, 28)])
@@ -94,6 +97,7 @@ def test_tracker_rejects_bad_arguments():
         EigenTracker(f, k=3, max_k=2)
 
 
+@pytest.mark.usefixtures("x64")
 def test_extrapolated_start_follows_a_rotating_eigenvector():
     # H(t) = Q R(t) diag(s) R(t)^T Q^T with the top eigenvector turning at a constant rate in the
     # plane of q1 and q3: the start 2 v_t - v_{t-1} is second-order accurate, the plain one first.

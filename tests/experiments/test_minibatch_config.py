@@ -196,6 +196,7 @@ def test_cli_sgd_is_the_reference_loop_and_resumes_to_the_same_bits(tmp_path, ca
     np.testing.assert_array_equal(eoslab.load_run(cut).point("gd"), run.point("gd"))
 
 
+@pytest.mark.usefixtures("x64")
 def test_cli_sgd_steps_and_batch_sharpness_against_the_reference(tmp_path):
     steps = 4
     out = tmp_path / "run"
@@ -246,7 +247,7 @@ def test_sgd_on_four_host_devices_gives_the_numbers_of_one(tmp_path):
     import sys
     from pathlib import Path
 
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=4",

@@ -197,6 +197,7 @@ def test_bad_names_and_options_raise_config_error():
     )
 
 
+@pytest.mark.usefixtures("x64")
 @settings(max_examples=15, deadline=None)
 @given(
     k=st.sampled_from([1, 3, 5]),

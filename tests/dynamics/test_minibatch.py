@@ -24,6 +24,9 @@ from eoslab.parallel import microbatched
 from eoslab.runner import BatchSharpness, HostProbe, Probes, run
 from helpers import assert_same_metrics
 
+# float64 throughout: every reference is a dense float64 Hessian over all batches
+pytestmark = pytest.mark.usefixtures("x64")
+
 N, DIN, H, DOUT, B = 16, 3, 4, 2, 4
 SHAPES = [(DIN, H), (H,), (H, DOUT), (DOUT,)]
 D = sum(math.prod(s) for s in SHAPES)
@@ -75,22 +78,24 @@ def per_batch(w, x, y, idx):
 
 @pytest.fixture(scope="module")
 def exact():
-    obj, x, y = problem()
-    w = obj.w0
-    rq, lam, gb = per_batch(w, x, y, all_batches())
-    g = jax.grad(ref_loss)(w, x, y)
-    Hf = jax.hessian(ref_loss)(w, x, y)
-    gni = float(jnp.mean(jnp.einsum("bi,ij,bj->b", gb, Hf, gb)) / (g @ g))
-    return {
-        "obj": obj,
-        "x": x,
-        "y": y,
-        "bs": float(jnp.mean(rq)),
-        "lam": float(jnp.mean(lam)),
-        "gni": gni,
-        "full_rq": float(g @ Hf @ g / (g @ g)),
-        "full_lam": float(jnp.linalg.eigvalsh(Hf)[-1]),
-    }
+    # float64 here too: a module fixture is set up before the tests' x64 fixture
+    with jax.enable_x64(True):
+        obj, x, y = problem()
+        w = obj.w0
+        rq, lam, gb = per_batch(w, x, y, all_batches())
+        g = jax.grad(ref_loss)(w, x, y)
+        Hf = jax.hessian(ref_loss)(w, x, y)
+        gni = float(jnp.mean(jnp.einsum("bi,ij,bj->b", gb, Hf, gb)) / (g @ g))
+        return {
+            "obj": obj,
+            "x": x,
+            "y": y,
+            "bs": float(jnp.mean(rq)),
+            "lam": float(jnp.mean(lam)),
+            "gni": gni,
+            "full_rq": float(g @ Hf @ g / (g @ g)),
+            "full_lam": float(jnp.linalg.eigvalsh(Hf)[-1]),
+        }
 
 
 def test_batch_sharpness_matches_the_mean_over_all_batches(exact):

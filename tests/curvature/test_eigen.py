@@ -30,6 +30,7 @@ def _quadratic_form(w, A):
     return 0.5 * w @ A @ w
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize(
     # every activation with both losses, every k twice (each case compiles its own solver)
     ("activation", "loss", "k"),
@@ -50,6 +51,7 @@ def test_mlp_hessian_matches_dense(activation, loss, k):
     check_result(res, vals[:k], H, 1e-7)
 
 
+@pytest.mark.usefixtures("x64")
 def test_hvp_and_block_match_dense_hessian():
     f, w = small_mlp_loss("gelu", "ce")
     _, _, H = dense_eigh(f, w)
@@ -60,6 +62,7 @@ def test_hvp_and_block_match_dense_hessian():
     np.testing.assert_allclose(op.mm(jnp.asarray(V)), H @ V, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize(
     "spectrum",
     [
@@ -83,6 +86,7 @@ def test_known_spectra(spectrum, k):
     assert np.all(np.abs(np.asarray(res.values) - true) <= np.asarray(res.error_bound) + 1e-9)
 
 
+@pytest.mark.usefixtures("x64")
 def test_bottom_eigenpairs_find_most_negative():
     spectrum = np.concatenate([[5.0, 4.0], np.linspace(-1, 1, 30), [-7.0, -9.0]])
     f, A = quadratic_with_spectrum(spectrum)
@@ -94,6 +98,7 @@ def test_bottom_eigenpairs_find_most_negative():
     assert np.all(true_res < 1e-3)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("solver", [LOBPCG(), Power()])
 def test_block_methods_on_separated_spectrum(solver):
     spectrum = np.concatenate([[10.0, 6.0], np.linspace(0, 2, 48)])
@@ -109,6 +114,7 @@ def test_block_methods_on_separated_spectrum(solver):
     assert int(res.matvecs) > 0
 
 
+@pytest.mark.usefixtures("x64")
 def test_repeated_eigenvalue_lanczos_gives_one_copy_lobpcg_both():
     # the documented limit of single-vector Krylov methods, and the documented remedy
     spectrum = np.concatenate([[5.0, 5.0, 3.0], np.linspace(0, 1, 37)])
@@ -126,6 +132,7 @@ def _unused():
     np.testing.assert_allclose(res.values, [5.0, 5.0], rtol=1e-7)
 
 
+@pytest.mark.usefixtures("x64")
 def test_power_baseline_is_largest_magnitude():
     # documents the classic failure that Lanczos avoids: |-100| beats 4
     spectrum = np.concatenate([[4.0], np.linspace(0, 1, 28), [-100.0]])
@@ -135,6 +142,7 @@ def test_power_baseline_is_largest_magnitude():
     assert float(top_eigenpairs(f, jnp.zeros(30), k=1).values[0]) == pytest.approx(4.0)
 
 
+@pytest.mark.usefixtures("x64")
 def test_warm_start_from_block_and_budget():
     spectrum = np.concatenate([[10.0, 8.0, 7.0], np.linspace(0, 3, 97)])
     f, _ = quadratic_with_spectrum(spectrum)
@@ -171,6 +179,7 @@ def test_block_start_resolves_a_close_pair_at_once():
     assert int(res.matvecs) <= 3 < int(summed.matvecs)
 
 
+@pytest.mark.usefixtures("x64")
 def test_block_start_with_dependent_columns_and_restarts():
     # Two equal columns (one is replaced at random) and a slow spectrum that forces thick restarts
     # while the block's pending rows are carried along.
@@ -225,6 +234,7 @@ def test_bad_points_raise_clear_errors():
         top_eigenpairs(Objective.from_fn(f, np.zeros(30)), jnp.zeros(29))
 
 
+@pytest.mark.usefixtures("x64")
 @settings(max_examples=12, deadline=None)
 @given(
     # distinct eigenvalues (single-vector Lanczos returns one copy of a repeated one, see above)

@@ -19,6 +19,7 @@ def preconditioned(f, w, P):
     return PreconditionedOperator(HessianOperator(as_objective(f, w), w), P)
 
 
+@pytest.mark.usefixtures("x64")
 def test_preconditioned_sharpness_matches_dense():
     f, w = small_mlp_loss()
     rule = Adam(1e-2)

@@ -51,6 +51,7 @@ def check_products(op, M, V):
     assert float(quad) == pytest.approx(V[:, 2] @ M @ V[:, 2], rel=1e-10)
 
 
+@pytest.mark.usefixtures("x64")
 def test_hessian_operator_products_match_dense():
     f, w, _, hessian = problem()
     H = np.asarray(hessian(w))
@@ -67,6 +68,7 @@ def test_hessian_operator_products_match_dense():
     check_products(op.at(w2), np.asarray(hessian(w2)), V)
 
 
+@pytest.mark.usefixtures("x64")
 def test_preconditioned_operator_matches_dense():
     f, w, p, hessian = problem()
     H = np.asarray(hessian(w))
@@ -80,6 +82,7 @@ def test_preconditioned_operator_matches_dense():
     check_products(PreconditionedOperator(as_operator(f, w), 4.0), H / 4.0, V)
 
 
+@pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("preconditioned", [False, True])
 def test_grad_quadratic_form_matches_finite_differences(preconditioned):
     f, w, p, hessian = problem()
@@ -102,6 +105,7 @@ def test_grad_quadratic_form_matches_finite_differences(preconditioned):
         assert float(jnp.dot(g, e)) == pytest.approx(fd, rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.usefixtures("x64")
 def test_krylov_top_matches_dense_and_the_m_dim_krylov_space():
     spectrum = np.concatenate([[6.0, 4.0, 3.5], np.linspace(-1.0, 2.0, 27)])
     f, A = quadratic_with_spectrum(spectrum, seed=5)
@@ -219,6 +223,7 @@ class Shear(AbstractOperator):
         pass
 
 
+@pytest.mark.usefixtures("x64")
 def test_a_new_operator_is_one_subclass_and_every_solver_takes_it():
     f, w, _, hessian = problem()
     obj = Objective.from_fn(f, np.asarray(w))
@@ -241,6 +246,7 @@ def test_a_new_operator_is_one_subclass_and_every_solver_takes_it():
     assert float(est.value) == pytest.approx(np.mean(np.sum(Z * (M @ Z), 0)), rel=1e-10)
 
 
+@pytest.mark.usefixtures("x64")
 def test_tags_are_read_eigensolvers_refuse_a_non_symmetric_operator():
     A = jnp.asarray(np.triu(np.random.default_rng(5).normal(size=(12, 12))))
     op = Shear(A, jnp.zeros(12))

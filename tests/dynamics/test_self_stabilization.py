@@ -65,6 +65,7 @@ def test_projection_lands_on_stable_set():
     assert abs(float(jnp.vdot(q.u, q.grad_L))) < 1e-5
 
 
+@pytest.mark.usefixtures("x64")
 def test_gd_oscillation_matches_delta():
     df = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250)
     x2 = float(np.mean(df["x"].to_numpy()[100:] ** 2))
@@ -96,6 +97,7 @@ def test_bad_inputs():
     assert e.value.field == "steps"
 
 
+@pytest.mark.usefixtures("x64")
 def test_pull_against_dense_third_derivative():
     # pull = grad S_perp . grad^3 L(dagger)[v, v], by central differences of dense Hessians
     obj = Objective.from_fn(toy, jnp.array([19.6, 0.3, 0.3]))
@@ -121,6 +123,7 @@ def test_pull_balances_two_alpha_on_the_toy():
     assert np.mean(df["pull"].to_numpy()[100:]) == pytest.approx(2 * KAPPA, rel=0.1)
 
 
+@pytest.mark.usefixtures("x64")
 def test_gd_beside_flows_averages_the_prediction_over_gds_window():
     from eoslab.dynamics import CentralFlow, GradientFlow, Optimizer
     from eoslab.dynamics.rules import GD

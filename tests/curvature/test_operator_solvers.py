@@ -22,6 +22,9 @@ from eoslab.curvature import (
 )
 from helpers import small_mlp_loss
 
+# float64 objectives and float64 tolerances (certified to 1e-8 and below) throughout
+pytestmark = pytest.mark.usefixtures("x64")
+
 
 @functools.cache
 def problem():
