@@ -18,10 +18,10 @@ demo: $(STAMP)
 	$(BIN)/eoslab demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -m ''
+	$(BIN)/python -m pytest -n 2 --dist loadfile -m ''
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
