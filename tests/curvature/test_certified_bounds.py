@@ -85,7 +85,14 @@ def _check(values, bounds, spectrum, *, top_found: bool = True) -> float:
     return float(np.max(err / bounds))
 
 
-@pytest.mark.parametrize("name", sorted(PROBLEMS))
+# the two slowest problems (~20-40 s each) under make test-all; the rest in make test
+SLOW_PROBLEMS = ("softplus-deep", "tanh-ce")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_PROBLEMS else n for n in PROBLEMS],
+)
 def test_top_eigenpairs_bounds_hold_in_float32_and_float64(name):
     # 6 problems x 2 dtypes x 6 tolerances = 72 cases (float32 refuses 1e-6 and 1e-7: 60 solves)
     objs = PROBLEMS[name]()
@@ -150,6 +157,7 @@ def test_tolerances_below_the_dtype_are_refused_before_any_work():
         run(Optimizer(rules.GD(0.1)), obj, 2, probes=Probes(tol=1e-7))
 
 
+@pytest.mark.slow  # ~40 s
 def test_tracker_bounds_hold_along_a_float32_trajectory():
     # EigenTracker (warm Lanczos) and StepTracker (every step) along GD in float32, each value
     # against the float64 Hessian at the same float32 point

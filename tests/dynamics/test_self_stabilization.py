@@ -65,6 +65,7 @@ def test_projection_lands_on_stable_set():
     assert abs(float(jnp.vdot(q.u, q.grad_L))) < 1e-5
 
 
+@pytest.mark.slow  # ~20-30 s
 @pytest.mark.usefixtures("x64")
 def test_gd_oscillation_matches_delta():
     df = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250)

@@ -29,6 +29,7 @@ for name, extra in runs.items():
 """
 
 
+@pytest.mark.slow  # three CLI runs in a 2-device subprocess: ~40 s
 @pytest.mark.subprocess
 @pytest.mark.multidevice
 def test_sharded_and_microbatched_cli_runs_match_plain(tmp_path):

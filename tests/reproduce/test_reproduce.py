@@ -116,6 +116,7 @@ def test_experiments_scope_their_own_precision(tmp_path):
     assert rows_32 == reproduce.get("valley")(tmp_path / "b", quick=True)
 
 
+@pytest.mark.slow  # ~20-30 s
 def test_gd_beside_flows_with_the_sdp_central_flow():
     # the full central-flow variant (k = 2, SDP) through the loop, on a tiny net
     from eoslab import data, models
@@ -148,6 +149,7 @@ def test_beyond_quick_variants_write_figures_and_tables(name, tmp_path):
     assert pngs and all(p.stat().st_size > 10_000 for p in pngs)
 
 
+@pytest.mark.slow  # ~30 s
 def test_ngd_beside_flow_projects_the_iterate_and_guards_the_flow():
     # a tiny float64 net: every probed column against dense jax.hessian and an independent Phi
     from eoslab import data, models

@@ -139,6 +139,7 @@ def test_resume_after_interrupt_is_bit_identical(tmp_path):
     pd.testing.assert_frame_equal(again.metrics, run.metrics)
 
 
+@pytest.mark.slow  # ~20-40 s; test_extending and test_lockstep_runs SIGKILL a run too
 @pytest.mark.subprocess
 def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     cfg = {
