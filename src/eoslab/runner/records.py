@@ -143,12 +143,14 @@ class Run:
 
     def trajectory(self, process: str | None = None) -> np.ndarray:
         """The points ``(n, d)`` of one process (default: the first) at the rows that kept one
-        (every logged row with ``keep_points=True``), in step order."""
+        (every logged row with ``keep_points=True``), in step order, in the dtype of its final
+        point (the rows hold Python floats)."""
         df = self.series(process)
         pts = [np.asarray(x) for x in df["w"] if _is_value(x)] if "w" in df else []
         if not pts:
             raise ConfigError("keep_points", False, "True (the run kept no points)")
-        return np.stack(pts)
+        last = self.points.get(self._process(process))
+        return np.stack(pts).astype(None if last is None else np.asarray(last).dtype)
 
     def point(self, process: str | None = None) -> Any:
         """The final point of ``process`` (default: the first; the last finite one if the run
