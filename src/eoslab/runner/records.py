@@ -149,7 +149,7 @@ class Run:
         pts = [np.asarray(x) for x in df["w"] if _is_value(x)] if "w" in df else []
         if not pts:
             raise ConfigError("keep_points", False, "True (the run kept no points)")
-        last = self.points.get(self._process(process))
+        last = self.final_points.get(self._process(process))
         return np.stack(pts).astype(None if last is None else np.asarray(last).dtype)
 
     def point(self, process: str | None = None) -> Any:
