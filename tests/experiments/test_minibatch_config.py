@@ -250,7 +250,7 @@ def test_sgd_on_four_host_devices_gives_the_numbers_of_one(tmp_path):
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )

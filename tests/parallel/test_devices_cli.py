@@ -37,7 +37,7 @@ def test_sharded_and_microbatched_cli_runs_match_plain(tmp_path):
 
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
         PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
     proc = subprocess.run(

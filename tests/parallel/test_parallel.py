@@ -136,7 +136,8 @@ def _run(script: str, args: list[str], tmp_path: Path, devices: int, timeout: fl
     path = tmp_path / "worker.py"
     path.write_text(script)
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    devices_flag = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {devices_flag}"
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     env["JAX_PLATFORMS"] = "cpu"
     return subprocess.Popen(

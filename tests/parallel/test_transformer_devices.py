@@ -61,7 +61,7 @@ sys.exit(main(["run", "transformer", "--problem.n", n, "--steps", "6", "--probe-
 def _run(tmp_path: Path, name: str, devices: int, n: int) -> Path:
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
