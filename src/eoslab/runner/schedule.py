@@ -1,0 +1,154 @@
+r"""When to run the certified sharpness probe: `AdaptiveSchedule` decides from cheap signals.
+
+A fixed schedule probes every ``probe_every`` steps. The adaptive one (``Probes(schedule=
+"adaptive", budget=B)``) picks the gap to the next probe after each probe, on the host between
+two compiled chunks of steps, from signals that cost nothing beyond the probes it already made:
+
+- the certified values $(t_i,\lambda_i)$ so far. Linear interpolation between two probes errs by
+  at most $g^2|\lambda''|/8$ over a gap $g$; with $\lambda''$ estimated by the second divided
+  difference $D_2$ of the last three probes, the gap $g=\sqrt{8\,\varepsilon\,\lambda/|D_2|}$
+  keeps that error near $\varepsilon\lambda$ (``curvature``);
+- the trend towards the threshold $2/\eta$: with slope $s>0$ from the last two probes the
+  straight line crosses it after $g_\times=(2/\eta-\lambda)/s$ steps; the next probe comes at
+  half that (``crossing``), so probes close in on the onset geometrically;
+- the edge: once $\lambda\ge(1-\delta)\,2/\eta$, or the loss rose ($L_{t}>L_{t-1}$, which GD's
+  loss does not do below the threshold) since the last probe, the gap is at most ``edge_gap``
+  (``edge``); a rise seen while the last value sat well below the threshold cuts the current
+  chunk short (``loss_rise``);
+- the budget: the products spent after the first (cold) probe stay within $B\,t$ plus one probe,
+  so the gap is at least $(c + S - B\,t)/B$ for spent $S$ and the next probe's cost $c$,
+  estimated by the largest of the last three (``budget``); where the curve was smooth the credit
+  saved is spent at the edge;
+- the longest gap, ``longest`` steps (``longest``).
+
+Every decision is a pure function of these numbers (`AdaptiveSchedule.gap`), so a run and its
+resume probe the same steps; each probed row records why it was probed (``probe_reason``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["REASONS", "AdaptiveSchedule", "Decision", "ScheduleState"]
+
+#: Why a step was probed (the ``probe_reason`` column): the rule that set the gap before it.
+REASONS = (
+    "start",  # the first probes (step 0, and before three values give a curvature)
+    "curvature",  # the interpolation error bound
+    "crossing",  # half the way to the predicted crossing of 2/lr
+    "edge",  # at the edge of stability (value near 2/lr, or the loss rose)
+    "loss_rise",  # the loss rose below the threshold: the chunk was cut short
+    "longest",  # the longest gap
+    "budget",  # the budget of Hessian products forced a longer gap
+    "last",  # the run's last step (every schedule probes it)
+)
+
+
+class Decision(NamedTuple):
+    """The gap to the next probe and why (an entry of `REASONS`)."""
+
+    gap: int
+    reason: str
+
+
+class ScheduleState(NamedTuple):
+    """What the schedule remembers between probes (plain arrays: it is checkpointed)."""
+
+    steps: np.ndarray  # (3,) the last three probed steps, oldest first; NaN before
+    values: np.ndarray  # (3,) their certified lambda_1
+    costs: np.ndarray  # (3,) their Hessian products
+    spent: np.ndarray  # () products spent after the first probe
+    last_loss: np.ndarray  # () the last loss seen (NaN before any)
+    rises: np.ndarray  # () loss rises since the last probe
+    reason: np.ndarray  # () index in REASONS of why the next probe comes
+
+    @classmethod
+    def empty(cls) -> ScheduleState:
+        nan3 = np.full(3, np.nan)
+        return cls(
+            nan3, nan3.copy(), nan3.copy(), np.zeros(()), np.full((), np.nan), np.zeros(()),
+            np.zeros((), np.int64),
+        )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveSchedule:
+    r"""The adaptive schedule's rules (see the module docstring); all gaps are in steps.
+
+    ``budget`` (None: unlimited) is the Hessian products per step on average, ``longest`` the
+    longest gap, ``rtol`` the relative interpolation error $\varepsilon$ aimed at, ``edge`` the
+    relative distance $\delta$ below $2/\eta$ from which the value is at the edge, ``edge_gap``
+    the longest gap there and ``first_gap`` the gap while fewer than three values are known."""
+
+    budget: float | None = None
+    longest: int = 100
+    rtol: float = 0.005
+    edge: float = 0.05
+    edge_gap: int = 8
+    first_gap: int = 8
+
+    def observe(self, state: ScheduleState, losses: np.ndarray) -> ScheduleState:
+        """``state`` after the losses of consecutive steps (a chunk's, in order)."""
+        losses = np.asarray(losses, np.float64).ravel()
+        if losses.size == 0:
+            return state
+        seq = np.concatenate([[float(state.last_loss)], losses])
+        rises = int(np.sum(seq[1:] > seq[:-1]))  # NaN compares False: the first loss is free
+        return state._replace(
+            last_loss=np.asarray(seq[-1]), rises=np.asarray(float(state.rises) + rises)
+        )
+
+    def record(self, state: ScheduleState, step: int, value: float, cost: int) -> ScheduleState:
+        """``state`` after a probe at ``step`` found ``value`` for ``cost`` products."""
+        first = bool(np.all(np.isnan(state.steps)))  # the cold start: free, and no estimate
+        return state._replace(
+            steps=np.append(state.steps[1:], float(step)),
+            values=np.append(state.values[1:], float(value)),
+            costs=np.append(state.costs[1:], math.nan if first else float(cost)),
+            spent=np.asarray(float(state.spent) + (0.0 if first else float(cost))),
+            rises=np.zeros(()),
+        )
+
+    def gap(self, state: ScheduleState, step: int, threshold: float) -> Decision:
+        """The gap from the probe just recorded at ``step`` to the next (before the run's end,
+        which the loop clips), from the values, the loss rises and the budget."""
+        t, lam = state.steps, state.values
+        known = int(np.sum(np.isfinite(lam)))
+        if known < 3:
+            g, why = float(self.first_gap), "start"
+        else:
+            g, why = math.inf, "curvature"
+            d2 = 2.0 * ((lam[2] - lam[1]) / (t[2] - t[1]) - (lam[1] - lam[0]) / (t[1] - t[0]))
+            d2 /= t[2] - t[0]
+            if d2 != 0.0:
+                g = math.sqrt(8.0 * self.rtol * abs(lam[2]) / abs(d2))
+            slope = (lam[2] - lam[1]) / (t[2] - t[1])
+            if math.isfinite(threshold) and lam[2] < threshold and slope > 0:
+                half = 0.5 * (threshold - lam[2]) / slope
+                if half < g:
+                    g, why = half, "crossing"
+        at_edge = math.isfinite(threshold) and lam[2] >= (1.0 - self.edge) * threshold
+        if (at_edge or float(state.rises) > 0) and g > self.edge_gap:
+            g, why = float(self.edge_gap), "edge"
+        if g > self.longest:
+            g, why = float(self.longest), "longest"
+        gap = max(1, int(math.floor(g)))
+        costs = state.costs[np.isfinite(state.costs)]
+        if self.budget is not None and costs.size:
+            # the next probe at step + gap must leave spent + its cost within budget * (step + gap)
+            cost = float(np.max(costs))
+            need = math.ceil((float(state.spent) + cost) / self.budget - step)
+            if need > gap:
+                gap, why = need, "budget"
+        return Decision(gap, why)
+
+    def cut(self, state: ScheduleState, threshold: float) -> bool:
+        """Whether a chunk under way should stop at once: the loss rose while the last value sat
+        below the edge (the threshold was crossed since, unforeseen)."""
+        lam = float(state.values[-1])
+        below = math.isfinite(threshold) and lam < (1.0 - self.edge) * threshold
+        return float(state.rises) > 0 and below
