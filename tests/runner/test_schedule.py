@@ -1,0 +1,190 @@
+"""The adaptive probe schedule: its decisions on synthetic signals (closed forms), bad input, and
+a tiny run: the budget kept, every probed step recorded with its reason, the decisions replayed."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from eoslab import Objective
+from eoslab.dynamics import Optimizer, rules
+from eoslab.errors import ConfigError
+from eoslab.runner import Probes, run
+from eoslab.runner.schedule import REASONS, AdaptiveSchedule, ScheduleState
+from helpers import small_mlp_loss
+
+
+def _probed(sched: AdaptiveSchedule, curve, steps, costs=None) -> ScheduleState:
+    st = ScheduleState.empty()
+    for i, t in enumerate(steps):
+        st = sched.record(st, t, curve(t), 10 if costs is None else costs[i])
+    return st
+
+
+def test_curvature_gap_is_the_interpolation_bound():
+    # lambda(t) = 10 + c t^2 / 2: D2 = c exactly; the gap g = sqrt(8 rtol lambda / c)
+    c, rtol = 0.002, 0.005
+    sched = AdaptiveSchedule(rtol=rtol, longest=1000)
+    st = _probed(sched, lambda t: 10 + c * t * t / 2, [0, 10, 20])
+    lam = 10 + c * 400 / 2
+    gap, why = sched.gap(st, 20, threshold=1e6)
+    assert why == "curvature" and gap == math.floor(math.sqrt(8 * rtol * lam / c))
+    # the linear interpolation over that gap errs by at most rtol * lambda (c g^2 / 8)
+    assert c * gap**2 / 8 <= rtol * lam
+
+
+def test_crossing_gap_is_half_the_way_to_the_threshold():
+    # a straight line 10 + t/2 crosses 2/lr = 20 at t = 20; probed at 0, 5, 10 (value 15)
+    sched = AdaptiveSchedule(longest=1000)
+    st = _probed(sched, lambda t: 10 + t / 2, [0, 5, 10])
+    assert sched.gap(st, 10, threshold=20.0) == (5, "crossing")  # half of 10 steps
+    st = sched.record(st, 15, 17.5, 10)
+    assert sched.gap(st, 15, threshold=20.0) == (2, "crossing")  # floor(half of 5)
+    # no crossing is predicted with a falling trend, nor without a threshold
+    st = _probed(sched, lambda t: 10 - t / 2, [0, 5, 10])
+    assert sched.gap(st, 10, threshold=20.0) == (1000, "longest")
+    st = _probed(sched, lambda t: 10 + t / 2, [0, 5, 10])
+    assert sched.gap(st, 10, threshold=math.nan) == (1000, "longest")
+
+
+def test_edge_and_loss_rises_shorten_the_gap():
+    sched = AdaptiveSchedule(longest=100, edge=0.05, edge_gap=8)
+    flat = _probed(sched, lambda t: 19.5, [0, 50, 100])  # within 5% below 2/lr = 20
+    assert sched.gap(flat, 100, threshold=20.0) == (8, "edge")
+    far = _probed(sched, lambda t: 10.0, [0, 50, 100])
+    assert sched.gap(far, 100, threshold=20.0) == (100, "longest")
+    # a loss rise since the last probe: the edge, and a chunk under way is cut
+    rose = sched.observe(far, np.array([1.0, 0.9, 0.95, 0.8]))
+    assert int(rose.rises) == 1 and float(rose.last_loss) == 0.8
+    assert sched.gap(rose, 100, threshold=20.0) == (8, "edge")
+    assert sched.cut(rose, threshold=20.0) and not sched.cut(far, threshold=20.0)
+    # at the edge already a rise is expected: no cut
+    assert not sched.cut(sched.observe(flat, np.array([1.0, 1.1])), threshold=20.0)
+    # rises are counted across chunks (the last loss is kept), and a probe resets them
+    again = sched.observe(rose, np.array([0.85, 0.7]))
+    assert int(again.rises) == 2
+    assert int(sched.record(again, 120, 10.0, 10).rises) == 0
+
+
+def test_start_longest_and_budget():
+    sched = AdaptiveSchedule(longest=50, first_gap=8, budget=0.5)
+    st = sched.record(ScheduleState.empty(), 0, 10.0, 60)  # the cold start is free
+    assert float(st.spent) == 0 and sched.gap(st, 0, 20.0) == (8, "start")
+    st = sched.record(st, 8, 10.0, 12)
+    st = sched.record(st, 16, 10.0, 9)
+    assert float(st.spent) == 21
+    # flat curve: the longest gap 50 would put the next probe at 66; the budget asks that
+    # spent + the largest recent cost (21 + 12) fit in 0.5 * (16 + gap): gap >= 50
+    assert sched.gap(st, 16, 20.0) == (50, "longest")
+    st = sched.record(st, 66, 10.0, 40)
+    need = math.ceil((21 + 40 + 40) / 0.5 - 66)
+    assert sched.gap(st, 66, 20.0) == (need, "budget")
+    assert (float(st.spent) + 40) <= 0.5 * (66 + need)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"schedule": "sometimes"}, "probes.schedule"),
+        ({"schedule": "adaptive", "budget": 0.0}, "probes.budget"),
+        ({"schedule": "adaptive", "budget": -1.0}, "probes.budget"),
+        ({"schedule": "adaptive", "budget": math.inf}, "probes.budget"),
+        ({"schedule": "adaptive", "budget": math.nan}, "probes.budget"),
+        ({"schedule": "adaptive", "budget": True}, "probes.budget"),
+        ({"schedule": "adaptive", "budget": "2"}, "probes.budget"),
+        ({"budget": 2.0}, "probes.budget"),  # a budget belongs to the adaptive schedule
+        ({"schedule": "adaptive", "sharpness": False}, "probes.schedule"),
+        ({"schedule": "adaptive", "every_step": True}, "probes.schedule"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, field):
+    with pytest.raises(ConfigError) as err:
+        Probes(**kwargs)
+    assert err.value.field == field
+    if field == "probes.schedule" and kwargs["schedule"] == "sometimes":
+        assert "'fixed' or 'adaptive'" in str(err.value)
+
+
+def _net():
+    loss, w = small_mlp_loss(n=40, hidden=8)
+    return Objective.from_fn(loss, w, dtype="float64")
+
+
+def test_probe_every_one_is_refused_before_any_step():
+    calls = []
+
+    def loss(w):
+        calls.append(1)
+        return (w**2).sum()
+
+    with pytest.raises(ConfigError) as err:
+        run(Optimizer(rules.GD(0.1)), loss, 10, w0=np.ones(3), probe_every=1,
+            probes=Probes(schedule="adaptive"))  # fmt: skip
+    assert err.value.field == "probe_every" and not calls
+
+
+# sharpening from 3.2 to 2/lr = 3.64 and on to the edge (float64)
+STEPS, LR, BUDGET = 250, 0.55, 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    return _tiny()
+
+
+def _tiny():
+    probes = Probes(schedule="adaptive", budget=BUDGET, alignment=False)
+    with jax.enable_x64(True):
+        return run(Optimizer(rules.GD(LR)), _net(), STEPS, probe_every=40, probes=probes)
+
+
+def test_tiny_run_records_every_probe_and_keeps_the_budget(tiny_run):
+    m = tiny_run.metrics
+    assert tiny_run.status == "completed" and list(m["step"]) == list(range(STEPS + 1))
+    probed = m[m["sharpness"].notna()]
+    # a probed row says why, an unprobed one nothing
+    assert probed["probe_reason"].isin(REASONS).all()
+    assert m.loc[m["sharpness"].isna(), "probe_reason"].isna().all()
+    steps = probed["step"].to_numpy()
+    assert steps[0] == 0 and steps[-1] == STEPS
+    assert probed["probe_reason"].iloc[0] == "start" and probed["probe_reason"].iloc[-1] == "last"
+    gaps = np.diff(steps)
+    assert np.all((gaps <= 40) | (probed["probe_reason"].to_numpy()[1:] == "budget"))
+    # the budget: the products after the first probe and before the last stay within
+    # BUDGET * t at every probe (the estimate of the next probe's cost may miss by one probe)
+    cost = probed["sharpness_matvecs"].to_numpy(float)
+    inner = np.cumsum(cost[1:-1])
+    assert np.all(inner <= BUDGET * steps[1:-1] + cost[1:-1].max())
+    assert inner[-1] <= BUDGET * STEPS
+
+
+def test_tiny_run_decisions_replay(tiny_run):
+    """The gaps the run took are the schedule's pure decisions on the values and losses it
+    recorded (every step's loss is logged), replayed here without the loop."""
+    m = tiny_run.metrics
+    sched = Probes(schedule="adaptive", budget=BUDGET).adaptive(40)
+    probed = m[m["sharpness"].notna()]
+    loss = m["loss"].to_numpy(float)
+    st = ScheduleState.empty()
+    rows = list(probed.itertuples())
+    for a, b in zip(rows[:-1], rows[1:], strict=True):
+        st = sched.record(st, a.step, a.sharpness, a.sharpness_matvecs)
+        gap, why = sched.gap(st, a.step, a.threshold)
+        st = sched.observe(st, loss[a.step : b.step])
+        if b.probe_reason == "last":
+            assert b.step <= a.step + gap and b.step == STEPS
+        elif b.probe_reason == "loss_rise":
+            assert b.step < a.step + gap and int(st.rises) > 0
+        else:
+            assert (b.step - a.step, b.probe_reason) == (gap, why)
+
+
+def test_adaptive_run_is_deterministic(tiny_run):
+    a, b = tiny_run.metrics, _tiny().metrics
+    np.testing.assert_array_equal(
+        a["step"][a["sharpness"].notna()], b["step"][b["sharpness"].notna()]
+    )
+    assert list(a["probe_reason"].dropna()) == list(b["probe_reason"].dropna())
