@@ -50,23 +50,28 @@ def test_crossing_gap_is_half_the_way_to_the_threshold():
     assert sched.gap(st, 10, threshold=math.nan) == (1000, "longest")
 
 
-def test_edge_and_loss_rises_shorten_the_gap():
-    sched = AdaptiveSchedule(longest=100, edge=0.05, edge_gap=8)
-    flat = _probed(sched, lambda t: 19.5, [0, 50, 100])  # within 5% below 2/lr = 20
-    assert sched.gap(flat, 100, threshold=20.0) == (8, "edge")
+def test_loss_rises_shorten_the_gap():
+    sched = AdaptiveSchedule(longest=100, edge_gap=4)
     far = _probed(sched, lambda t: 10.0, [0, 50, 100])
     assert sched.gap(far, 100, threshold=20.0) == (100, "longest")
-    # a loss rise since the last probe: the edge, and a chunk under way is cut
+    # a loss rise since the last probe: the edge; a long gap under way ends
     rose = sched.observe(far, np.array([1.0, 0.9, 0.95, 0.8]))
     assert int(rose.rises) == 1 and float(rose.last_loss) == 0.8
-    assert sched.gap(rose, 100, threshold=20.0) == (8, "edge")
-    assert sched.cut(rose, threshold=20.0) and not sched.cut(far, threshold=20.0)
-    # at the edge already a rise is expected: no cut
-    assert not sched.cut(sched.observe(flat, np.array([1.0, 1.1])), threshold=20.0)
+    assert sched.gap(rose, 100, threshold=20.0) == (4, "edge")
+    assert sched.cut(rose, 100) and not sched.cut(far, 100)
+    assert not sched.cut(rose, 4)  # a gap as short as the edge's runs to its end
     # rises are counted across chunks (the last loss is kept), and a probe resets them
     again = sched.observe(rose, np.array([0.85, 0.7]))
     assert int(again.rises) == 2
     assert int(sched.record(again, 120, 10.0, 10).rises) == 0
+
+
+def test_pieces_add_up_to_the_gap():
+    sched = AdaptiveSchedule(look=8)
+    for gap in range(1, 70):
+        pieces = sched.pieces(gap)
+        assert sum(pieces) == gap and set(pieces) <= {1, 2, 4, 8}
+        assert len(pieces) == gap // 8 + bin(gap % 8).count("1")
 
 
 def test_start_longest_and_budget():

@@ -279,16 +279,16 @@ class _Lockstep:
 
     def advance_adaptive(self, t0: int, left: int, log_every: int, *, may_end: bool) -> _Chunk:
         """As `advance`, with the adaptive schedule: probe ``t0`` first, let the schedule pick
-        the gap to the next probe (at most ``left`` steps), and take it in compiled chunks of
-        powers of two (few compiled lengths), feeding the schedule their losses; a loss rise
-        below the edge ends the gap early (`AdaptiveSchedule.cut`)."""
+        the gap to the next probe (at most ``left`` steps), and take it in compiled chunks
+        (`AdaptiveSchedule.pieces`), feeding the schedule their losses; a loss rise ends a long
+        gap early (`AdaptiveSchedule.cut`)."""
         self._snapshot(t0, may_end)
         self.before = (dict(self.states), {n: dict(s) for n, s in self.pstates.items()})
         probed = self._probe(t0, self._rows_at(t0), self.states, final=False)
         gap = min(self._plan(t0, probed), left)
         rows: list[dict] = []
         done, diverged_at, reason = 0, None, ""
-        for piece in _pieces(gap):
+        for piece in self.schedule.pieces(gap):
             base, more, diverged_at, reason, losses = self._advance(t0 + done, piece, log_every)
             if done and (t0 + done) % log_every == 0:  # a piece's first row: not a probed one
                 rows.extend(
@@ -301,12 +301,7 @@ class _Lockstep:
                 break
             for name, loss in losses.items():
                 self.sched[name] = self.schedule.observe(self.sched[name], loss)
-            cut = [
-                name
-                for name, row in probed.items()
-                if self.schedule.cut(self.sched[name], row.get("threshold", math.nan))
-            ]
-            if cut and done < gap:
+            if done < gap and any(self.schedule.cut(st, gap) for st in self.sched.values()):
                 for name in self.sched:
                     self.sched[name] = self.sched[name]._replace(
                         reason=np.asarray(REASONS.index("loss_rise"))
@@ -490,11 +485,6 @@ class _Chunk(NamedTuple):
     diverged_at: int | None
     reason: str
     n: int  # the steps it took (up to a divergence) or meant to
-
-
-def _pieces(n: int) -> list[int]:
-    """``n`` as distinct powers of two, smallest first (so a run compiles few scan lengths)."""
-    return [1 << i for i in range(n.bit_length()) if n >> i & 1]
 
 
 def _recover(store: RunStore, dmg: Damage) -> int:

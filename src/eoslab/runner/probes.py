@@ -167,7 +167,8 @@ class Probes:
             raise ConfigError("probe_every", probe_every, why)
         first = min(AdaptiveSchedule.first_gap, probe_every)
         edge = min(AdaptiveSchedule.edge_gap, probe_every)
-        return AdaptiveSchedule(self.budget, probe_every, edge_gap=edge, first_gap=first)
+        look = min(AdaptiveSchedule.look, probe_every)
+        return AdaptiveSchedule(self.budget, probe_every, edge_gap=edge, first_gap=first, look=look)
 
     def cadence(self, probe_every: int) -> int:
         """How often the probes that do not fit in a step run, when the others run in it."""

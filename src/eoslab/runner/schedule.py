@@ -11,10 +11,11 @@ two compiled chunks of steps, from signals that cost nothing beyond the probes i
 - the trend towards the threshold $2/\eta$: with slope $s>0$ from the last two probes the
   straight line crosses it after $g_\times=(2/\eta-\lambda)/s$ steps; the next probe comes at
   half that (``crossing``), so probes close in on the onset geometrically;
-- the edge: once $\lambda\ge(1-\delta)\,2/\eta$, or the loss rose ($L_{t}>L_{t-1}$, which GD's
-  loss does not do below the threshold) since the last probe, the gap is at most ``edge_gap``
-  (``edge``); a rise seen while the last value sat well below the threshold cuts the current
-  chunk short (``loss_rise``);
+- the edge: where the loss rose ($L_t>L_{t-1}$, which GD's loss does not do below the
+  threshold) since the last probe, the gap is at most ``edge_gap`` (``edge``): at the edge of
+  stability the loss rises from a few steps before each drop of $\lambda_1$ (a catapult) to its
+  end, while between drops $\lambda_1$ climbs back smoothly and long gaps suffice. A rise
+  during a longer gap ends it at the next chunk boundary (every ``look`` steps; ``loss_rise``);
 - the budget: the products spent after the first (cold) probe stay within $B\,t$ plus one probe,
   so the gap is at least $(c + S - B\,t)/B$ for spent $S$ and the next probe's cost $c$,
   estimated by the largest of the last three (``budget``); where the curve was smooth the credit
@@ -40,7 +41,7 @@ REASONS = (
     "start",  # the first probes (step 0, and before three values give a curvature)
     "curvature",  # the interpolation error bound
     "crossing",  # half the way to the predicted crossing of 2/lr
-    "edge",  # at the edge of stability (value near 2/lr, or the loss rose)
+    "edge",  # at the edge of stability: the loss rose since the last probe
     "loss_rise",  # the loss rose below the threshold: the chunk was cut short
     "longest",  # the longest gap
     "budget",  # the budget of Hessian products forced a longer gap
@@ -80,16 +81,23 @@ class AdaptiveSchedule:
     r"""The adaptive schedule's rules (see the module docstring); all gaps are in steps.
 
     ``budget`` (None: unlimited) is the Hessian products per step on average, ``longest`` the
-    longest gap, ``rtol`` the relative interpolation error $\varepsilon$ aimed at, ``edge`` the
-    relative distance $\delta$ below $2/\eta$ from which the value is at the edge, ``edge_gap``
-    the longest gap there and ``first_gap`` the gap while fewer than three values are known."""
+    longest gap, ``rtol`` the relative interpolation error $\varepsilon$ aimed at, ``edge_gap``
+    the longest gap after a loss rise, ``first_gap`` the gap while fewer than three values are
+    known and ``look`` the steps between two looks at the losses within a gap."""
 
     budget: float | None = None
     longest: int = 100
     rtol: float = 0.005
-    edge: float = 0.05
-    edge_gap: int = 8
+    edge_gap: int = 4
     first_gap: int = 8
+    look: int = 8
+
+    def pieces(self, gap: int) -> list[int]:
+        """``gap`` steps as compiled chunks: ``look`` steps each, then the rest as distinct
+        powers of two (a run compiles few scan lengths)."""
+        rest = gap % self.look
+        tail = [1 << i for i in range(rest.bit_length()) if rest >> i & 1]
+        return [self.look] * (gap // self.look) + tail
 
     def observe(self, state: ScheduleState, losses: np.ndarray) -> ScheduleState:
         """``state`` after the losses of consecutive steps (a chunk's, in order)."""
@@ -131,8 +139,7 @@ class AdaptiveSchedule:
                 half = 0.5 * (threshold - lam[2]) / slope
                 if half < g:
                     g, why = half, "crossing"
-        at_edge = math.isfinite(threshold) and lam[2] >= (1.0 - self.edge) * threshold
-        if (at_edge or float(state.rises) > 0) and g > self.edge_gap:
+        if float(state.rises) > 0 and g > self.edge_gap:
             g, why = float(self.edge_gap), "edge"
         if g > self.longest:
             g, why = float(self.longest), "longest"
@@ -146,9 +153,7 @@ class AdaptiveSchedule:
                 gap, why = need, "budget"
         return Decision(gap, why)
 
-    def cut(self, state: ScheduleState, threshold: float) -> bool:
-        """Whether a chunk under way should stop at once: the loss rose while the last value sat
-        below the edge (the threshold was crossed since, unforeseen)."""
-        lam = float(state.values[-1])
-        below = math.isfinite(threshold) and lam < (1.0 - self.edge) * threshold
-        return float(state.rises) > 0 and below
+    def cut(self, state: ScheduleState, gap: int) -> bool:
+        """Whether a gap of ``gap`` steps under way should end at once: the loss rose since the
+        last probe, which was not yet at the edge (a gap longer than ``edge_gap``)."""
+        return float(state.rises) > 0 and gap > self.edge_gap
