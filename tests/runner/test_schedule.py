@@ -7,12 +7,13 @@ import math
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from eoslab import Objective
 from eoslab.dynamics import Optimizer, rules
 from eoslab.errors import ConfigError
-from eoslab.runner import Probes, run
+from eoslab.runner import HostProbe, Probes, run
 from eoslab.runner.schedule import REASONS, AdaptiveSchedule, ScheduleState
 from helpers import small_mlp_loss
 
@@ -187,9 +188,40 @@ def test_tiny_run_decisions_replay(tiny_run):
             assert (b.step - a.step, b.probe_reason) == (gap, why)
 
 
+@pytest.mark.slow  # the resume test below repeats a run too
 def test_adaptive_run_is_deterministic(tiny_run):
     a, b = tiny_run.metrics, _tiny().metrics
     np.testing.assert_array_equal(
         a["step"][a["sharpness"].notna()], b["step"][b["sharpness"].notna()]
     )
     assert list(a["probe_reason"].dropna()) == list(b["probe_reason"].dropna())
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_adaptive_run_resumes_to_the_same_probes(tiny_run, tmp_path):
+    """Stopped at a probed step (its checkpoint holds the schedule's state from before that
+    probe) and resumed, the run probes the same steps for the same reasons and values."""
+    ref = tiny_run.metrics
+    probed = ref[ref["sharpness"].notna()]
+    cut = int(probed["step"].iloc[6])
+
+    class Boom(HostProbe):
+        def __call__(self, at, state):
+            if at.step == cut:
+                raise _Interrupt
+            return {}, state
+
+    probes = Probes(schedule="adaptive", budget=BUDGET, alignment=False)
+    kw = dict(probe_every=40, probes=probes, out=tmp_path / "cut", flush_seconds=0)
+    with jax.enable_x64(True):
+        with pytest.raises(_Interrupt):
+            run(Optimizer(rules.GD(LR)), _net(), STEPS, custom_probes=(Boom(),), **kw)
+        again = run(Optimizer(rules.GD(LR)), _net(), STEPS, resume=True, **kw)
+    assert again.status == "completed"
+    m = again.metrics
+    cols = ["step", "loss", "sharpness", "sharpness_matvecs", "probe_reason"]
+    a, b = m[m["sharpness"].notna()][cols], probed[cols]
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))

@@ -18,6 +18,10 @@ product along the gradient, which is that linearization's *output*, so it cannot
 pass (a second pass costs 1.7-2.5 plain steps on eos-gd); the effective sharpness, the
 stableness, $\Phi$ and the distances solve on the host. Host processes, and compiled processes
 probed every ``probe_every > 1`` steps, run every probe at the probed steps.
+
+**When.** The probed steps are every ``probe_every``-th (``schedule="fixed"``), or those the
+adaptive schedule picks from the values so far, the loss rises and a budget of Hessian products
+(``schedule="adaptive"``, `eoslab.runner.schedule`; ``probe_every`` is then the longest gap).
 """
 
 from __future__ import annotations
