@@ -59,8 +59,8 @@ def test_loss_rises_shorten_the_gap():
     rose = sched.observe(far, np.array([1.0, 0.9, 0.95, 0.8]))
     assert int(rose.rises) == 1 and float(rose.last_loss) == 0.8
     assert sched.gap(rose, 100, threshold=20.0) == (4, "edge")
-    assert sched.cut(rose, 100) and not sched.cut(far, 100)
-    assert not sched.cut(rose, 4)  # a gap as short as the edge's runs to its end
+    assert sched.cut(rose, 100, 108) and not sched.cut(far, 100, 108)
+    assert not sched.cut(rose, 4, 102)  # a gap as short as the edge's runs to its end
     # rises are counted across chunks (the last loss is kept), and a probe resets them
     again = sched.observe(rose, np.array([0.85, 0.7]))
     assert int(again.rises) == 2
@@ -77,18 +77,21 @@ def test_pieces_add_up_to_the_gap():
 
 def test_start_longest_and_budget():
     sched = AdaptiveSchedule(longest=50, first_gap=8, budget=0.5)
-    st = sched.record(ScheduleState.empty(), 0, 10.0, 60)  # the cold start is free
-    assert float(st.spent) == 0 and sched.gap(st, 0, 20.0) == (8, "start")
+    st = sched.record(ScheduleState.empty(), 0, 10.0, 60)
+    assert sched.gap(st, 0, 20.0) == (8, "start")
     st = sched.record(st, 8, 10.0, 12)
     st = sched.record(st, 16, 10.0, 9)
-    assert float(st.spent) == 21
-    # flat curve: the longest gap 50 would put the next probe at 66; the budget asks that
-    # spent + the largest recent cost (21 + 12) fit in 0.5 * (16 + gap): gap >= 50
+    assert float(st.spent) == 0  # the first three probes (the start) are outside the budget
+    # flat curve: the longest gap; the budget affords the next probe (cost <= 12, the largest
+    # of the last three but the cold one) from step 12 / 0.5 = 24 on
     assert sched.gap(st, 16, 20.0) == (50, "longest")
     st = sched.record(st, 66, 10.0, 40)
-    need = math.ceil((21 + 40 + 40) / 0.5 - 66)
-    assert sched.gap(st, 66, 20.0) == (need, "budget")
-    assert (float(st.spent) + 40) <= 0.5 * (66 + need)
+    assert float(st.spent) == 40
+    need = math.ceil((40 + 40) / 0.5 - 66)  # spent + the next cost within 0.5 * (66 + gap)
+    assert need > 50 and sched.gap(st, 66, 20.0) == (need, "budget")
+    # a loss rise ends a long gap only where the budget affords a probe
+    rose = sched.observe(st, np.array([1.0, 1.1]))
+    assert not sched.cut(rose, 94, 66 + 8) and sched.cut(rose, 94, 160)
 
 
 @pytest.mark.parametrize(
@@ -159,11 +162,11 @@ def test_tiny_run_records_every_probe_and_keeps_the_budget(tiny_run):
     assert probed["probe_reason"].iloc[0] == "start" and probed["probe_reason"].iloc[-1] == "last"
     gaps = np.diff(steps)
     assert np.all((gaps <= 40) | (probed["probe_reason"].to_numpy()[1:] == "budget"))
-    # the budget: the products after the first probe and before the last stay within
+    # the budget: the products after the first three probes and before the last stay within
     # BUDGET * t at every probe (the estimate of the next probe's cost may miss by one probe)
     cost = probed["sharpness_matvecs"].to_numpy(float)
-    inner = np.cumsum(cost[1:-1])
-    assert np.all(inner <= BUDGET * steps[1:-1] + cost[1:-1].max())
+    inner = np.cumsum(cost[3:-1])
+    assert np.all(inner <= BUDGET * steps[3:-1] + cost[3:-1].max())
     assert inner[-1] <= BUDGET * STEPS
 
 

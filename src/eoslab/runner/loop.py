@@ -301,7 +301,8 @@ class _Lockstep:
                 break
             for name, loss in losses.items():
                 self.sched[name] = self.schedule.observe(self.sched[name], loss)
-            if done < gap and any(self.schedule.cut(st, gap) for st in self.sched.values()):
+            cut = (self.schedule.cut(st, gap, t0 + done) for st in self.sched.values())
+            if done < gap and any(cut):
                 for name in self.sched:
                     self.sched[name] = self.sched[name]._replace(
                         reason=np.asarray(REASONS.index("loss_rise"))

@@ -16,10 +16,11 @@ two compiled chunks of steps, from signals that cost nothing beyond the probes i
   stability the loss rises from a few steps before each drop of $\lambda_1$ (a catapult) to its
   end, while between drops $\lambda_1$ climbs back smoothly and long gaps suffice. A rise
   during a longer gap ends it at the next chunk boundary (every ``look`` steps; ``loss_rise``);
-- the budget: the products spent after the first (cold) probe stay within $B\,t$ plus one probe,
-  so the gap is at least $(c + S - B\,t)/B$ for spent $S$ and the next probe's cost $c$,
-  estimated by the largest of the last three (``budget``); where the curve was smooth the credit
-  saved is spent at the edge;
+- the budget: the products spent after the first three probes (the start) stay within $B\,t$
+  plus one probe, so the gap is at least $(c + S - B\,t)/B$ for spent $S$ and the next probe's
+  cost $c$, estimated by the largest of the last three (``budget``), and a loss rise ends a gap
+  early only where the budget affords it; where the curve was smooth the credit saved is spent
+  at the edge;
 - the longest gap, ``longest`` steps (``longest``).
 
 Every decision is a pure function of these numbers (`AdaptiveSchedule.gap`), so a run and its
@@ -62,7 +63,7 @@ class ScheduleState(NamedTuple):
     steps: np.ndarray  # (3,) the last three probed steps, oldest first; NaN before
     values: np.ndarray  # (3,) their certified lambda_1
     costs: np.ndarray  # (3,) their Hessian products
-    spent: np.ndarray  # () products spent after the first probe
+    spent: np.ndarray  # () products spent after the first three probes
     last_loss: np.ndarray  # () the last loss seen (NaN before any)
     rises: np.ndarray  # () loss rises since the last probe
     reason: np.ndarray  # () index in REASONS of why the next probe comes
@@ -112,12 +113,13 @@ class AdaptiveSchedule:
 
     def record(self, state: ScheduleState, step: int, value: float, cost: int) -> ScheduleState:
         """``state`` after a probe at ``step`` found ``value`` for ``cost`` products."""
-        first = bool(np.all(np.isnan(state.steps)))  # the cold start: free, and no estimate
+        known = int(np.sum(np.isfinite(state.steps)))
+        spent = float(state.spent) + (float(cost) if known >= 3 else 0.0)  # the start is free
         return state._replace(
             steps=np.append(state.steps[1:], float(step)),
             values=np.append(state.values[1:], float(value)),
-            costs=np.append(state.costs[1:], math.nan if first else float(cost)),
-            spent=np.asarray(float(state.spent) + (0.0 if first else float(cost))),
+            costs=np.append(state.costs[1:], math.nan if known == 0 else float(cost)),
+            spent=np.asarray(spent),
             rises=np.zeros(()),
         )
 
@@ -144,16 +146,22 @@ class AdaptiveSchedule:
         if g > self.longest:
             g, why = float(self.longest), "longest"
         gap = max(1, int(math.floor(g)))
-        costs = state.costs[np.isfinite(state.costs)]
-        if self.budget is not None and costs.size:
-            # the next probe at step + gap must leave spent + its cost within budget * (step + gap)
-            cost = float(np.max(costs))
-            need = math.ceil((float(state.spent) + cost) / self.budget - step)
-            if need > gap:
-                gap, why = need, "budget"
+        need = self._affordable(state) - step
+        if need > gap:
+            gap, why = need, "budget"
         return Decision(gap, why)
 
-    def cut(self, state: ScheduleState, gap: int) -> bool:
-        """Whether a gap of ``gap`` steps under way should end at once: the loss rose since the
-        last probe, which was not yet at the edge (a gap longer than ``edge_gap``)."""
-        return float(state.rises) > 0 and gap > self.edge_gap
+    def _affordable(self, state: ScheduleState) -> int:
+        """The first step at which the budget affords the next probe (0: any)."""
+        costs = state.costs[np.isfinite(state.costs)]
+        if self.budget is None or not costs.size or int(np.sum(np.isfinite(state.steps))) < 3:
+            return 0
+        # the next probe at step s must leave spent + its cost within budget * s
+        return math.ceil((float(state.spent) + float(np.max(costs))) / self.budget)
+
+    def cut(self, state: ScheduleState, gap: int, step: int) -> bool:
+        """Whether a gap of ``gap`` steps under way should end at ``step``: the loss rose since
+        the last probe, the gap is longer than at the edge (``edge_gap``), and the budget
+        affords a probe at ``step``."""
+        rose = float(state.rises) > 0 and gap > self.edge_gap
+        return rose and step >= self._affordable(state)
