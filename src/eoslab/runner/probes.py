@@ -75,7 +75,9 @@ class Probes:
     With ``probe_every=1`` or ``every_step`` a compiled process's sharpness (and accuracy) is
     certified at every step inside its compiled loop (`StepSharpness`, whose Hessian products
     share one linearization with the step's gradient); the alignment, the effective sharpness,
-    the stableness, Phi and the distances then run every ``host_every`` steps. Your own probes
+    the stableness, Phi and the distances then run every ``host_every`` steps. With
+    ``schedule="adaptive"`` the host probes run at the steps `eoslab.runner.schedule` picks
+    (within ``budget`` Hessian products a step, at most ``probe_every`` apart). Your own probes
     are objects passed to `eoslab.runner.run` as ``custom_probes`` (subclasses of
     `eoslab.runner.ScanProbe`, `HostProbe` or `GroupProbe`).
     """
@@ -119,14 +121,13 @@ class Probes:
     phi_gtol: float = 1e-8
     """Gradient-norm tolerance at which Phi's gradient flow stops."""
     schedule: Literal["fixed", "adaptive"] = "fixed"
-    """When the host probes run: every probe_every steps ("fixed"), or where the cheap signals
-    ask ("adaptive": the certified sharpness's trend towards 2/lr, the edge, loss rises, a
-    budget; probe_every is then the longest gap; the probe_reason column says why)."""
+    """When the host probes run: every probe_every steps, or where the loss and the sharpness's
+    trend ask (adaptive; probe_every is the longest gap; probe_reason says why)."""
     budget: Annotated[
         float | None, tyro.conf.arg(metavar="FLOAT", help_behavior_hint="(default: unlimited)")
     ] = None
-    """With schedule adaptive: Hessian products per step on average for the certified probes
-    (after the first, cold one; honoured to within one probe)."""
+    """Adaptive schedule: Hessian products per step for the certified probes (the first three
+    aside; kept to within one probe)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
