@@ -55,16 +55,24 @@ def test_loss_rises_shorten_the_gap():
     sched = AdaptiveSchedule(longest=100, edge_gap=4)
     far = _probed(sched, lambda t: 10.0, [0, 50, 100])
     assert sched.gap(far, 100, threshold=20.0) == (100, "longest")
-    # a loss rise since the last probe: the edge; a long gap under way ends
+    # a loss rise in a gap under way ends it (if longer than the edge's)
     rose = sched.observe(far, np.array([1.0, 0.9, 0.95, 0.8]))
     assert int(rose.rises) == 1 and float(rose.last_loss) == 0.8
-    assert sched.gap(rose, 100, threshold=20.0) == (4, "edge")
     assert sched.cut(rose, 100, 108) and not sched.cut(far, 100, 108)
     assert not sched.cut(rose, 4, 102)  # a gap as short as the edge's runs to its end
-    # rises are counted across chunks (the last loss is kept), and a probe resets them
+    # rises are counted across chunks (the last loss is kept)
     again = sched.observe(rose, np.array([0.85, 0.7]))
     assert int(again.rises) == 2
-    assert int(sched.record(again, 120, 10.0, 10).rises) == 0
+    # the probe after them: the edge; its count starts again
+    edge = sched.record(again, 108, 10.0, 10)
+    assert int(edge.rises) == 0 and sched.gap(edge, 108, threshold=20.0) == (4, "edge")
+    # a calm gap after it: no edge, but no curvature across the catapult either
+    calm = sched.record(sched.observe(edge, np.array([0.6, 0.5])), 112, 12.0, 10)
+    assert sched.gap(calm, 112, threshold=1e6) == (100, "longest")
+    calm = sched.record(calm, 212, 13.0, 10)
+    calm = sched.record(calm, 312, 15.0, 10)  # three calm values: D2 = 2 (0.02 - 0.01) / 200
+    g = math.floor(math.sqrt(8 * sched.rtol * 15.0 / 1e-4))
+    assert sched.gap(calm, 312, threshold=1e6) == (g, "curvature")
 
 
 def test_pieces_add_up_to_the_gap():

@@ -12,7 +12,8 @@ two compiled chunks of steps, from signals that cost nothing beyond the probes i
   straight line crosses it after $g_\times=(2/\eta-\lambda)/s$ steps; the next probe comes at
   half that (``crossing``), so probes close in on the onset geometrically;
 - the edge: where the loss rose ($L_t>L_{t-1}$, which GD's loss does not do below the
-  threshold) since the last probe, the gap is at most ``edge_gap`` (``edge``): at the edge of
+  threshold) in the gap before the probe, the next gap is at most ``edge_gap`` (``edge``), and
+  no curvature is read across such a gap: at the edge of
   stability the loss rises from a few steps before each drop of $\lambda_1$ (a catapult) to its
   end, while between drops $\lambda_1$ climbs back smoothly and long gaps suffice. A rise
   during a longer gap ends it at the next chunk boundary (every ``look`` steps; ``loss_rise``);
@@ -63,6 +64,7 @@ class ScheduleState(NamedTuple):
     steps: np.ndarray  # (3,) the last three probed steps, oldest first; NaN before
     values: np.ndarray  # (3,) their certified lambda_1
     costs: np.ndarray  # (3,) their Hessian products
+    rough: np.ndarray  # (3,) whether the loss rose in the gap ending at each (1.0) or not
     spent: np.ndarray  # () products spent after the first three probes
     last_loss: np.ndarray  # () the last loss seen (NaN before any)
     rises: np.ndarray  # () loss rises since the last probe
@@ -72,8 +74,8 @@ class ScheduleState(NamedTuple):
     def empty(cls) -> ScheduleState:
         nan3 = np.full(3, np.nan)
         return cls(
-            nan3, nan3.copy(), nan3.copy(), np.zeros(()), np.full((), np.nan), np.zeros(()),
-            np.zeros((), np.int64),
+            nan3, nan3.copy(), nan3.copy(), np.zeros(3), np.zeros(()), np.full((), np.nan),
+            np.zeros(()), np.zeros((), np.int64),
         )  # fmt: skip
 
 
@@ -89,7 +91,7 @@ class AdaptiveSchedule:
     budget: float | None = None
     longest: int = 100
     rtol: float = 0.005
-    edge_gap: int = 4
+    edge_gap: int = 8
     first_gap: int = 8
     look: int = 8
 
@@ -119,13 +121,14 @@ class AdaptiveSchedule:
             steps=np.append(state.steps[1:], float(step)),
             values=np.append(state.values[1:], float(value)),
             costs=np.append(state.costs[1:], math.nan if known == 0 else float(cost)),
+            rough=np.append(state.rough[1:], float(float(state.rises) > 0)),
             spent=np.asarray(spent),
             rises=np.zeros(()),
         )
 
     def gap(self, state: ScheduleState, step: int, threshold: float) -> Decision:
         """The gap from the probe just recorded at ``step`` to the next (before the run's end,
-        which the loop clips), from the values, the loss rises and the budget."""
+        which the loop clips), from the values, the loss rises before it and the budget."""
         t, lam = state.steps, state.values
         known = int(np.sum(np.isfinite(lam)))
         if known < 3:
@@ -134,14 +137,15 @@ class AdaptiveSchedule:
             g, why = math.inf, "curvature"
             d2 = 2.0 * ((lam[2] - lam[1]) / (t[2] - t[1]) - (lam[1] - lam[0]) / (t[1] - t[0]))
             d2 /= t[2] - t[0]
-            if d2 != 0.0:
+            # across a catapult (the loss rose) the three values do not measure a curvature
+            if d2 != 0.0 and not np.any(state.rough[1:]):
                 g = math.sqrt(8.0 * self.rtol * abs(lam[2]) / abs(d2))
             slope = (lam[2] - lam[1]) / (t[2] - t[1])
             if math.isfinite(threshold) and lam[2] < threshold and slope > 0:
                 half = 0.5 * (threshold - lam[2]) / slope
                 if half < g:
                     g, why = half, "crossing"
-        if float(state.rises) > 0 and g > self.edge_gap:
+        if state.rough[-1] and g > self.edge_gap:
             g, why = float(self.edge_gap), "edge"
         if g > self.longest:
             g, why = float(self.longest), "longest"
