@@ -18,6 +18,7 @@ the Hessian products the certified probe spent (all of them, the first cold solv
 and the onset: the first probed step with lambda_1 >= 2/lr, against the reference's first step.
 
 Usage: python benchmarks/bench_adaptive.py [--steps 2500] [--cache /tmp/eoslab_adaptive]
+       [--longest 200] [--fixed 10 20 30 50] [--fractions 0.27 0.2] [--unlimited]
 """
 
 from __future__ import annotations
@@ -112,7 +113,14 @@ def score(ref: dict, probed: dict) -> dict[str, float]:
     return out
 
 
-def main(steps: int, cache: Path, longest: int, fixed: list[int], fractions: list[float]) -> None:
+def main(
+    steps: int,
+    cache: Path,
+    longest: int,
+    fixed: list[int],
+    fractions: list[float],
+    unlimited: bool = False,
+) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     obj = _objective()
     ref = reference(obj, steps, cache)
@@ -134,11 +142,14 @@ def main(steps: int, cache: Path, longest: int, fixed: list[int], fractions: lis
             f"{r} {c}" for r, c in zip(reasons, counts, strict=True)
         )
         print(f"{label}: {float(res['seconds']):.0f} s", flush=True)
-    res = schedule(obj, steps, cache, f"adaptive_none_l{longest}", longest, schedule="adaptive")
-    label = f"adaptive, no budget, longest {longest}"
-    results[label] = score(ref, res)
-    reasons, counts = np.unique(res["reason"], return_counts=True)
-    results[label]["reasons"] = ", ".join(f"{r} {c}" for r, c in zip(reasons, counts, strict=True))
+    if unlimited:
+        res = schedule(obj, steps, cache, f"adaptive_none_l{longest}", longest, schedule="adaptive")
+        label = f"adaptive, no budget, longest {longest}"
+        results[label] = score(ref, res)
+        reasons, counts = np.unique(res["reason"], return_counts=True)
+        results[label]["reasons"] = ", ".join(
+            f"{r} {c}" for r, c in zip(reasons, counts, strict=True)
+        )
 
     print()
     onset = next(iter(results.values()))["onset"]
@@ -186,6 +197,7 @@ if __name__ == "__main__":
     ap.add_argument("--cache", type=Path, default=Path("/tmp/eoslab_adaptive"))
     ap.add_argument("--longest", type=int, default=100)
     ap.add_argument("--fixed", type=int, nargs="*", default=[10, 20, 30, 50])
-    ap.add_argument("--fractions", type=float, nargs="*", default=[1 / 3, 1 / 4])
+    ap.add_argument("--fractions", type=float, nargs="*", default=[0.27, 0.2])
+    ap.add_argument("--unlimited", action="store_true", help="also the schedule without budget")
     args = ap.parse_args()
-    main(args.steps, args.cache, args.longest, args.fixed, args.fractions)
+    main(args.steps, args.cache, args.longest, args.fixed, args.fractions, args.unlimited)

@@ -38,16 +38,22 @@ def test_curvature_gap_is_the_interpolation_bound():
 
 
 def test_crossing_gap_is_half_the_way_to_the_threshold():
-    # a straight line 10 + t/2 crosses 2/lr = 20 at t = 20; probed at 0, 5, 10 (value 15)
-    sched = AdaptiveSchedule(longest=1000)
-    st = _probed(sched, lambda t: 10 + t / 2, [0, 5, 10])
-    assert sched.gap(st, 10, threshold=20.0) == (5, "crossing")  # half of 10 steps
-    st = sched.record(st, 15, 17.5, 10)
-    assert sched.gap(st, 15, threshold=20.0) == (2, "crossing")  # floor(half of 5)
+    # a straight line 10 + t/20 crosses 2/lr = 20 at t = 200; probed at 0, 50, 100 (value 15)
+    sched = AdaptiveSchedule(longest=1000, look=8)
+    line = lambda t: 10 + t / 20  # noqa: E731
+    st = _probed(sched, line, [0, 50, 100])
+    assert sched.gap(st, 100, threshold=20.0) == (50, "crossing")  # half of 100 steps
+    st = sched.record(st, 150, line(150), 10)
+    assert sched.gap(st, 150, threshold=20.0) == (25, "crossing")
+    st = sched.record(st, 175, line(175), 10)
+    assert sched.gap(st, 175, threshold=20.0) == (12, "crossing")  # floor(half of 25)
+    # within two looks (16 steps) of the crossing: onto it (ceil), 13 steps to t = 200
+    st = sched.record(st, 187, line(187), 10)
+    assert sched.gap(st, 187, threshold=20.0) == (13, "crossing")
     # no crossing is predicted with a falling trend, nor without a threshold
     st = _probed(sched, lambda t: 10 - t / 2, [0, 5, 10])
     assert sched.gap(st, 10, threshold=20.0) == (1000, "longest")
-    st = _probed(sched, lambda t: 10 + t / 2, [0, 5, 10])
+    st = _probed(sched, line, [0, 5, 10])
     assert sched.gap(st, 10, threshold=math.nan) == (1000, "longest")
 
 

@@ -10,7 +10,8 @@ two compiled chunks of steps, from signals that cost nothing beyond the probes i
   keeps that error near $\varepsilon\lambda$ (``curvature``);
 - the trend towards the threshold $2/\eta$: with slope $s>0$ from the last two probes the
   straight line crosses it after $g_\times=(2/\eta-\lambda)/s$ steps; the next probe comes at
-  half that (``crossing``), so probes close in on the onset geometrically;
+  half that, or at $\lceil g_\times\rceil$ once that is within two looks (``crossing``), so
+  probes close in on the onset geometrically;
 - the edge: where the loss rose ($L_t>L_{t-1}$, which GD's loss does not do below the
   threshold) in the gap before the probe, the next gap is at most ``edge_gap`` (``edge``), and
   no curvature is read across such a gap: at the edge of
@@ -142,9 +143,11 @@ class AdaptiveSchedule:
                 g = math.sqrt(8.0 * self.rtol * abs(lam[2]) / abs(d2))
             slope = (lam[2] - lam[1]) / (t[2] - t[1])
             if math.isfinite(threshold) and lam[2] < threshold and slope > 0:
-                half = 0.5 * (threshold - lam[2]) / slope
-                if half < g:
-                    g, why = half, "crossing"
+                cross = (threshold - lam[2]) / slope
+                # half way, or onto the crossing once it is within two looks
+                near = cross if cross <= 2 * self.look else 0.5 * cross
+                if near < g:
+                    g, why = float(math.ceil(near)) if near == cross else near, "crossing"
         if state.rough[-1] and g > self.edge_gap:
             g, why = float(self.edge_gap), "edge"
         if g > self.longest:
