@@ -39,6 +39,7 @@ from .probe import At, GroupProbe, InStep, Probe, ScanProbe, check_probes
 from .probes import Probes, Sharpness
 from .progress import Progress
 from .records import RESUMABLE, Run, Stop, frame, load_run
+from .schedule import REASONS, ScheduleState
 from .store import Damage, RunStore
 
 __all__ = ["run"]
@@ -91,6 +92,8 @@ def _observe(observer: InStep, process, objective, state, step, row, carry):
 
 #: The checkpoint's prefix of the group probes' states (no process has this name).
 _GROUP = ".group"
+#: The checkpoint's key of a process's adaptive schedule (no probe has this key).
+_SCHEDULE = ".schedule"
 
 
 class _Plan(NamedTuple):
@@ -157,6 +160,9 @@ class _Lockstep:
         fine = any(not c for plan in self.plans.values() for _, c in plan.probed)
         fine = fine or any(not c for _, c in self.group) or goals
         self.chunk = self.host_every if every_in_step and not fine else probe_every
+        # the adaptive schedule (None: fixed), and each process's schedule state
+        self.schedule = cfg.adaptive(probe_every)
+        self.sched = {n: ScheduleState.empty() for n in procs}
 
     def point(self, name: str) -> Array:
         return self.procs[name].point(self.states[name])
@@ -186,6 +192,13 @@ class _Lockstep:
         """The rows of every process at step ``t``, every probe run, without stepping (the last
         step of a run). ``may_end``: see `_snapshot`."""
         self._snapshot(t, may_end)
+        rows = self._probe(t, self._rows_at(t), self.states, final=True)
+        if self.schedule is not None:
+            self._plan(t, rows, "last")
+        return rows
+
+    def _rows_at(self, t: int) -> dict[str, dict]:
+        """Every process's row at step ``t`` (its in-step probes' columns too), without a step."""
         base = {}
         for n, p in self.procs.items():
             st = self.states[n]
@@ -206,7 +219,7 @@ class _Lockstep:
                 if self.keep_points:
                     row = {**row, "w": p.point(st)}
             base[n] = row
-        return self._probe(t, base, self.states, final=True)
+        return base
 
     def _snapshot(self, t: int, may_end: bool) -> None:
         """The run may stop at ``t``, so its last checkpoint (at ``t``) must hold the probes'
@@ -260,9 +273,63 @@ class _Lockstep:
         process to diverge did so (None if none did). `rewind` goes back."""
         self._snapshot(t0, may_end)
         self.before = (dict(self.states), {n: dict(s) for n, s in self.pstates.items()})
-        base, rows, diverged_at, reason = self._advance(t0, n, log_every)
+        base, rows, diverged_at, reason, _ = self._advance(t0, n, log_every)
         probed = self._probe(t0, base, self.before[0], final=False)
-        return _Chunk(probed, rows, diverged_at, reason)
+        return _Chunk(probed, rows, diverged_at, reason, n)
+
+    def advance_adaptive(self, t0: int, left: int, log_every: int, *, may_end: bool) -> _Chunk:
+        """As `advance`, with the adaptive schedule: probe ``t0`` first, let the schedule pick
+        the gap to the next probe (at most ``left`` steps), and take it in compiled chunks
+        (`AdaptiveSchedule.pieces`), feeding the schedule their losses; a loss rise ends a long
+        gap early (`AdaptiveSchedule.cut`)."""
+        self._snapshot(t0, may_end)
+        self.before = (dict(self.states), {n: dict(s) for n, s in self.pstates.items()})
+        probed = self._probe(t0, self._rows_at(t0), self.states, final=False)
+        gap = min(self._plan(t0, probed), left)
+        rows: list[dict] = []
+        done, diverged_at, reason = 0, None, ""
+        for piece in self.schedule.pieces(gap):
+            base, more, diverged_at, reason, losses = self._advance(t0 + done, piece, log_every)
+            if done and (t0 + done) % log_every == 0:  # a piece's first row: not a probed one
+                rows.extend(
+                    {"step": t0 + done, "process": name, **_values(row)}
+                    for name, row in base.items()
+                )
+            rows.extend(more)
+            done += piece
+            if diverged_at is not None:
+                break
+            for name, loss in losses.items():
+                self.sched[name] = self.schedule.observe(self.sched[name], loss)
+            cut = (self.schedule.cut(st, gap, t0 + done) for st in self.sched.values())
+            if done < gap and any(cut):
+                for name in self.sched:
+                    self.sched[name] = self.sched[name]._replace(
+                        reason=np.asarray(REASONS.index("loss_rise"))
+                    )
+                break
+        return _Chunk(probed, rows, diverged_at, reason, done)
+
+    def _plan(self, t: int, rows: dict[str, dict], why: str | None = None) -> int:
+        """Record the probe at ``t`` in each process's schedule, its ``probe_reason`` in its
+        row (``why``, else the reason planned), and the gap to the next probe: the shortest
+        any process asks for."""
+        gaps = []
+        for n, row in rows.items():
+            st = self.sched[n]
+            row["probe_reason"] = why or REASONS[int(st.reason)]
+            lam, cost = row.get("sharpness", math.nan), row.get("sharpness_matvecs", 0)
+            if isinstance(lam, float) and math.isfinite(lam):
+                st = self.schedule.record(st, t, lam, int(cost))
+                dec = self.schedule.gap(st, t, float(row.get("threshold", math.nan)))
+            else:  # a process that was not probed here (its point is not finite)
+                dec = self.schedule.gap(st, t, math.nan)
+            self.sched[n] = st
+            gaps.append(dec)
+        dec = min(gaps)
+        for n in self.sched:
+            self.sched[n] = self.sched[n]._replace(reason=np.asarray(REASONS.index(dec.reason)))
+        return dec.gap
 
     def rewind(self, t0: int, to: int, log_every: int) -> None:
         """Back to step ``t0`` (the in-step probes' states too), then forward to ``to``: after a
@@ -281,8 +348,12 @@ class _Lockstep:
             self._advance(t0, to - t0, log_every)
 
     def _advance(self, t0: int, n: int, log_every: int):
+        """``n`` steps of every process from ``t0``: the rows at ``t0``, the logged rows after
+        it, where the first to diverge did so and why, and each compiled process's losses at
+        the steps it took."""
         base: dict[str, dict] = {}
         rows: list[dict] = []
+        losses: dict[str, np.ndarray] = {}
         diverged_at, reason = None, ""
         for name, p in self.procs.items():
             if isinstance(p, HostProcess):
@@ -323,6 +394,7 @@ class _Lockstep:
                     why = f"{name}: the parameters became non-finite"
                 if diverged_at is None or at < diverged_at:
                     diverged_at, reason = at, why
+            losses[name] = arrs["loss"][: last + 1]
             for i in range(1, last + 1):
                 if (t0 + i) % log_every == 0:
                     rows.append(
@@ -332,7 +404,7 @@ class _Lockstep:
                             **_values({k: v[i] for k, v in arrs.items()}),
                         }
                     )
-        return base, rows, diverged_at, reason
+        return base, rows, diverged_at, reason, losses
 
     # -- checkpoints: plain arrays, one key per leaf
     def arrays(self, step: int) -> dict[str, np.ndarray]:
@@ -362,8 +434,10 @@ class _Lockstep:
         return inner + [q for q, _ in plan.probed]
 
     def _probe_arrays(self, n: str) -> dict[str, np.ndarray]:
-        """Process ``n``'s probes' states as ``{KEY_NAME: array}``."""
+        """Process ``n``'s probes' states as ``{KEY_NAME: array}`` (and its schedule's)."""
         out = {}
+        if self.schedule is not None:
+            out.update({f"{_SCHEDULE}_{f}": v for f, v in self.sched[n]._asdict().items()})
         for q in self._probes(n):
             st = self.pstates[n].get(q.key)
             if st is not None:
@@ -387,6 +461,12 @@ class _Lockstep:
                 treedef,
                 [jnp.asarray(a, jnp.asarray(b).dtype) for a, b in zip(saved, leaves, strict=True)],
             )
+            if self.schedule is not None:
+                prefix = f"{n}__probe_{_SCHEDULE}_"
+                mine = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+                if set(mine) != set(ScheduleState._fields):
+                    raise ConfigError("resume", where, "a checkpoint of an adaptive schedule")
+                self.sched[n] = ScheduleState(**{f: np.asarray(mine[f]) for f in mine})
             at = self._at(-1, n, self.states[n], {})
             for q in self._probes(n):
                 prefix = f"{n}__probe_{q.key}_"
@@ -405,6 +485,7 @@ class _Chunk(NamedTuple):
     rows: list[dict]  # the logged rows of its other steps, up to a divergence
     diverged_at: int | None
     reason: str
+    n: int  # the steps it took (up to a divergence) or meant to
 
 
 def _recover(store: RunStore, dmg: Damage) -> int:
@@ -647,6 +728,9 @@ def _drive(
         while True:
             if t == steps:  # the last step: every probe, no step after it
                 rows = lock.measure(t, may_end=True)
+            elif lock.schedule is not None:
+                chunk = lock.advance_adaptive(t, steps - t, log_every, may_end=goals)
+                n, rows = chunk.n, chunk.probed
             else:
                 n = min(lock.chunk - t % lock.chunk, steps - t)
                 chunk = lock.advance(t, n, log_every, may_end=goals)

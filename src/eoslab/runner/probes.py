@@ -18,6 +18,10 @@ product along the gradient, which is that linearization's *output*, so it cannot
 pass (a second pass costs 1.7-2.5 plain steps on eos-gd); the effective sharpness, the
 stableness, $\Phi$ and the distances solve on the host. Host processes, and compiled processes
 probed every ``probe_every > 1`` steps, run every probe at the probed steps.
+
+**When.** The probed steps are every ``probe_every``-th (``schedule="fixed"``), or those the
+adaptive schedule picks from the values so far, the loss rises and a budget of Hessian products
+(``schedule="adaptive"``, `eoslab.runner.schedule`; ``probe_every`` is then the longest gap).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import equinox as eqx
 import jax
@@ -43,6 +47,7 @@ from ..dynamics.process import CompiledProcess, Process
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
 from .probe import At, GroupProbe, HostProbe, Probe, ScanProbe
+from .schedule import AdaptiveSchedule
 
 __all__ = [
     "Alignment",
@@ -70,7 +75,9 @@ class Probes:
     With ``probe_every=1`` or ``every_step`` a compiled process's sharpness (and accuracy) is
     certified at every step inside its compiled loop (`StepSharpness`, whose Hessian products
     share one linearization with the step's gradient); the alignment, the effective sharpness,
-    the stableness, Phi and the distances then run every ``host_every`` steps. Your own probes
+    the stableness, Phi and the distances then run every ``host_every`` steps. With
+    ``schedule="adaptive"`` the host probes run at the steps `eoslab.runner.schedule` picks
+    (within ``budget`` Hessian products a step, at most ``probe_every`` apart). Your own probes
     are objects passed to `eoslab.runner.run` as ``custom_probes`` (subclasses of
     `eoslab.runner.ScanProbe`, `HostProbe` or `GroupProbe`).
     """
@@ -113,6 +120,14 @@ class Probes:
     """Phi(w), the limit of gradient flow: phi_dist, phi_loss, phi_grad_norm, phi_sharpness."""
     phi_gtol: float = 1e-8
     """Gradient-norm tolerance at which Phi's gradient flow stops."""
+    schedule: Literal["fixed", "adaptive"] = "fixed"
+    """When the host probes run: every probe_every steps, or where the loss and the sharpness's
+    trend ask (adaptive; probe_every is the longest gap; probe_reason says why)."""
+    budget: Annotated[
+        float | None, tyro.conf.arg(metavar="FLOAT", help_behavior_hint="(default: unlimited)")
+    ] = None
+    """Adaptive schedule: Hessian products per step for the certified probes (the first three
+    aside; kept to within one probe)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -127,10 +142,38 @@ class Probes:
             raise ConfigError("probes.stableness_points", self.stableness_points, "an integer >= 2")
         if self.host_every is not None:
             check_int("probes.host_every", self.host_every, 1)
+        if self.schedule not in ("fixed", "adaptive"):
+            raise ConfigError("probes.schedule", self.schedule, "'fixed' or 'adaptive'")
+        if self.budget is not None:
+            b = self.budget
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not (0 < b < math.inf):
+                raise ConfigError("probes.budget", b, "None or a number > 0 (products per step)")
+            if self.schedule != "adaptive":
+                raise ConfigError("probes.budget", b, "None with schedule 'fixed'")
+        if self.schedule == "adaptive":
+            if not self.sharpness:
+                raise ConfigError(
+                    "probes.schedule", self.schedule, "'fixed' without the sharpness probe"
+                )
+            if self.every_step:
+                raise ConfigError("probes.schedule", self.schedule, "'fixed' with every_step")
 
     def in_step(self, probe_every: int) -> bool:
         """Whether compiled processes are probed inside their step, at every step."""
-        return self.every_step or probe_every == 1
+        return self.schedule == "fixed" and (self.every_step or probe_every == 1)
+
+    def adaptive(self, probe_every: int) -> AdaptiveSchedule | None:
+        """The adaptive schedule (None for the fixed one), whose longest gap is
+        ``probe_every``."""
+        if self.schedule != "adaptive":
+            return None
+        if probe_every < 2:
+            why = "an integer >= 2 with schedule 'adaptive' (the longest gap)"
+            raise ConfigError("probe_every", probe_every, why)
+        first = min(AdaptiveSchedule.first_gap, probe_every)
+        edge = min(AdaptiveSchedule.edge_gap, probe_every)
+        look = min(AdaptiveSchedule.look, probe_every)
+        return AdaptiveSchedule(self.budget, probe_every, edge_gap=edge, first_gap=first, look=look)
 
     def cadence(self, probe_every: int) -> int:
         """How often the probes that do not fit in a step run, when the others run in it."""
