@@ -1,8 +1,9 @@
 """Curvature at a point: operators, eigenpairs, trackers, traces, densities, stableness.
 
 Every solver takes an operator (an `AbstractOperator`: `HessianOperator` $\\nabla^2L(w)$, a
-`PreconditionedOperator` $P^{-1/2}HP^{-1/2}$, or a subclass of your own), or a loss (a callable
-``loss(w)`` or an `eoslab.Objective`) and a point ``w``; an `Objective` alone means its ``w0``.
+`PreconditionedOperator` $P^{-1/2}HP^{-1/2}$, a `GaussNewtonOperator` $J^\\top H_\\ell J$, or a
+subclass of your own), or a loss (a callable ``loss(w)`` or an `eoslab.Objective`) and a point
+``w``; an `Objective` alone means its ``w0``.
 Products are the operator's own: ``op.mv(v)``, ``op.mm(V)``, ``op.as_matrix()``,
 ``op.linearize()``. Eigenpairs come from one entry point, `top_eigenpairs` (and
 `bottom_eigenpairs`), with a solver Module (`Lanczos`, `LOBPCG`, `Power`) and one result type,
@@ -23,6 +24,7 @@ from .eigen import Power as Power
 from .eigen import bottom_eigenpairs as bottom_eigenpairs
 from .eigen import top_eigenpairs as top_eigenpairs
 from .eigenvalue_gradient import grad_top_eigenvalue as grad_top_eigenvalue
+from .gauss_newton import GaussNewtonOperator as GaussNewtonOperator
 from .lanczos import krylov_top as krylov_top
 from .operator import AbstractOperator as AbstractOperator
 from .operator import HessianOperator as HessianOperator
@@ -41,6 +43,7 @@ __all__ = [
     "BatchEstimate",
     "EigResult",
     "EigenTracker",
+    "GaussNewtonOperator",
     "HessianOperator",
     "LOBPCG",
     "Lanczos",
