@@ -30,6 +30,13 @@ from .operator import AbstractOperator as AbstractOperator
 from .operator import HessianOperator as HessianOperator
 from .operator import PreconditionedOperator as PreconditionedOperator
 from .operator import as_operator as as_operator
+from .proxies import BlockOperator as BlockOperator
+from .proxies import CriticalSharpness as CriticalSharpness
+from .proxies import critical_sharpness as critical_sharpness
+from .proxies import directional_sharpness as directional_sharpness
+from .proxies import layer_sharpness as layer_sharpness
+from .proxies import parameter_groups as parameter_groups
+from .proxies import trace_per_parameter as trace_per_parameter
 from .stableness import Stableness as Stableness
 from .stableness import stableness as stableness
 from .trace import TraceEstimate as TraceEstimate
@@ -41,6 +48,8 @@ __all__ = [
     "AbstractEigenSolver",
     "AbstractOperator",
     "BatchEstimate",
+    "BlockOperator",
+    "CriticalSharpness",
     "EigResult",
     "EigenTracker",
     "GaussNewtonOperator",
@@ -57,11 +66,16 @@ __all__ = [
     "batch_lambda_max",
     "batch_sharpness",
     "bottom_eigenpairs",
+    "critical_sharpness",
+    "directional_sharpness",
     "gradient_noise_interaction",
     "grad_top_eigenvalue",
     "hutchinson_trace",
     "krylov_top",
+    "layer_sharpness",
+    "parameter_groups",
     "spectral_density",
     "stableness",
     "top_eigenpairs",
+    "trace_per_parameter",
 ]
