@@ -31,7 +31,7 @@ from .operator import HessianOperator as HessianOperator
 from .operator import PreconditionedOperator as PreconditionedOperator
 from .operator import as_operator as as_operator
 from .proxies import BlockOperator as BlockOperator
-from .proxies import CriticalSharpness as CriticalSharpness
+from .proxies import CriticalEstimate as CriticalEstimate
 from .proxies import critical_sharpness as critical_sharpness
 from .proxies import directional_sharpness as directional_sharpness
 from .proxies import layer_sharpness as layer_sharpness
@@ -49,7 +49,7 @@ __all__ = [
     "AbstractOperator",
     "BatchEstimate",
     "BlockOperator",
-    "CriticalSharpness",
+    "CriticalEstimate",
     "EigResult",
     "EigenTracker",
     "GaussNewtonOperator",

@@ -33,7 +33,7 @@ from .trace import hutchinson_trace
 
 __all__ = [
     "BlockOperator",
-    "CriticalSharpness",
+    "CriticalEstimate",
     "critical_sharpness",
     "directional_sharpness",
     "layer_sharpness",
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-class CriticalSharpness(NamedTuple):
+class CriticalEstimate(NamedTuple):
     """The result of `critical_sharpness`.
 
     Attributes:
@@ -132,7 +132,7 @@ def _critical(objective, w, d, loss0, eta0, *, max_evals, rtol):
     eta_c, n = line_search(phi, jnp.asarray(eta0, w.dtype), max_evals=max_evals, rtol=rtol)
     value = jnp.where(eta_c > 0, 2.0 / jnp.where(eta_c > 0, eta_c, 1.0), jnp.inf)
     value = jnp.where(jnp.isinf(eta_c), 0.0, value)
-    return CriticalSharpness(value, eta_c, n)
+    return CriticalEstimate(value, eta_c, n)
 
 
 def critical_sharpness(
@@ -143,7 +143,7 @@ def critical_sharpness(
     eta0: float = 1.0,
     max_evals: int = 10,
     rtol: float = 1e-6,
-) -> CriticalSharpness:
+) -> CriticalEstimate:
     r"""Critical sharpness $2/\eta_c$ along ``direction`` $d$ (Kalra et al. 2026):
     $\eta_c = \min\{\eta > 0: L(w+\eta d) > L(w)\}$, by `line_search` from ``eta0``.
 
