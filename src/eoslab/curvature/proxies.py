@@ -37,6 +37,7 @@ __all__ = [
     "critical_sharpness",
     "directional_sharpness",
     "layer_sharpness",
+    "line_search",
     "parameter_groups",
     "trace_per_parameter",
 ]
