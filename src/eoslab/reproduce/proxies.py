@@ -132,7 +132,7 @@ QUICK = ProxySettings(
         Trajectory("gd-digits", "digits", "gd", 0.5, 400, 10),
         Trajectory("gd-transformer", "transformer", "gd", 0.2, 1000, 25),
         Trajectory("adam-transformer", "transformer", "adam", 2e-3, 1000, 25),
-        Trajectory("sgd-eoss", "eoss", "gd", 0.6, 4000, 500, batch_size=8),
+        Trajectory("sgd-eoss", "eoss", "gd", 0.6, 4000, 1000, batch_size=8),
     )
 )
 FULL = dataclasses.replace(
@@ -141,7 +141,7 @@ FULL = dataclasses.replace(
         Trajectory("gd-digits", "digits", "gd", 0.5, 600, 5),
         Trajectory("gd-transformer", "transformer", "gd", 0.2, 1500, 10),
         Trajectory("adam-transformer", "transformer", "adam", 2e-3, 1500, 25),
-        Trajectory("sgd-eoss", "eoss", "gd", 0.6, 4000, 250, batch_size=8),
+        Trajectory("sgd-eoss", "eoss", "gd", 0.6, 4000, 500, batch_size=8),
     ),
 )
 
@@ -460,19 +460,19 @@ def proxies_experiment(out: Path, quick: bool, settings: ProxySettings | None = 
         frames.append(frame)
         summaries.append(summary)
         rows += trajectory_rows(frame, summary, t)
+        _write(out, s, frames, summaries, rows)  # after each trajectory: a partial result stays
+    return rows
+
+
+def _write(out: Path, s: ProxySettings, frames: list, summaries: list, rows: list) -> None:
     curves = pd.concat(frames, ignore_index=True)
     table = pd.concat(summaries, ignore_index=True)
     write_frame(curves, out / "curves.csv")
     write_frame(table, out / "proxies.csv")
     write_text(out / "proxies.md", _proxies_markdown(table))
-    proxy_figures(
-        out,
-        curves,
-        {t.name: t.lr for t in s.trajectories},
-        {t.name: t.rule for t in s.trajectories},
-    )
+    lrs = {t.name: t.lr for t in s.trajectories}
+    proxy_figures(out, curves, lrs, {t.name: t.rule for t in s.trajectories})
     write_table(out, rows, "Sharpness proxies beside the certified lambda_1: what theory fixes")
-    return rows
 
 
 def _proxies_markdown(table: pd.DataFrame) -> str:
