@@ -228,12 +228,6 @@ def proxy_run(t: Trajectory, s: ProxySettings) -> pd.DataFrame:
     ]
     keep += sorted(c for c in m.columns if c.startswith("layer_sharpness_"))
     frame = m[[c for c in dict.fromkeys(keep) if c in m.columns]].copy()
-    if t.batch_size is not None:
-        # a batch's Hessian product costs b/N of a full one
-        n = int(jnp.shape(obj.data["y"])[0])
-        frac = t.batch_size / n
-        frame["batch_sharpness_hvp"] = frame["batch_sharpness_batches"] * frac
-        frame["batch_lambda_max_hvp"] = np.nan  # Lanczos products per batch are not reported
     frame.insert(0, "trajectory", t.name)
     return frame
 
