@@ -277,6 +277,8 @@ def proxy_summary(frame: pd.DataFrame, t: Trajectory) -> pd.DataFrame:
                 "ratio_worst_ps": _worst(r[~edge]),
                 "ratio_median_edge": med(r[edge]),
                 "ratio_worst_edge": _worst(r[edge]),
+                "over_2_lr_median_edge": med(v[edge] / two_over_lr),
+                "lambda1_over_2_lr_median_edge": med(lam[edge] / two_over_lr),
                 "onset_step": _onset(steps, v, two_over_lr),
                 "lambda1_onset_step": ref_onset,
                 "fwd_per_probe": med(frame[fwd].to_numpy(np.float64)) if fwd else 0.0,
@@ -481,6 +483,7 @@ def _proxies_markdown(table: pd.DataFrame) -> str:
             f(r["ratio_worst_ps"]),
             f(r["ratio_median_edge"]),
             f(r["ratio_worst_edge"]),
+            f(r["over_2_lr_median_edge"]),
             "never" if not np.isfinite(r["onset_step"]) else f"{r['onset_step']:.0f}",
             "never"
             if not np.isfinite(r["lambda1_onset_step"])
@@ -498,6 +501,7 @@ def _proxies_markdown(table: pd.DataFrame) -> str:
         "ratio worst (PS)",
         "ratio median (edge)",
         "ratio worst (edge)",
+        "/ (2/lr), median (edge)",
         "reaches 2/lr at",
         "lambda_1 at threshold",
         "fwd / probe",
