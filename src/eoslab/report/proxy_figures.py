@@ -52,8 +52,11 @@ def proxy_figures(
             if col in f and np.isfinite(f[col].to_numpy(np.float64)).any():
                 ax.plot(s, f[col], "o-", ms=2.5, lw=1.0, color=f"C{i}", label=label)
         ax.axhline(thr, color="0.4", ls="--", lw=1.0, label="2/lr")
-        top = float(np.nanmax(f[["sharpness"]].to_numpy(np.float64)))
-        ax.set_ylim(0, 1.6 * max(top, thr))
+        base = max(float(np.nanmax(f["sharpness"].to_numpy(np.float64))), thr)
+        cols = [c for c in _LINES if c in f]
+        vals = f[cols].to_numpy(np.float64) if cols else np.zeros(1)
+        top = float(np.nanmax(np.where(np.isfinite(vals), vals, 0.0), initial=0.0))
+        ax.set_ylim(0, 1.1 * min(max(top, base), 3.0 * base))  # a proxy far off is cut at 3x
         ax.set_title(name)
         ax.set_xlabel("step")
     axes[0][0].set_ylabel("sharpness")
