@@ -45,6 +45,17 @@ TWINS: dict[str, str] = {
     "eoslab.curvature.SpectralDensity ~ eoslab.curvature.spectral_density": _RESULT,
     "eoslab.curvature.Stableness ~ eoslab.curvature.stableness": _RESULT,
     "eoslab.runner.Run ~ eoslab.runner.run": _RESULT,
+    **{
+        f"eoslab.curvature.{f} ~ eoslab.runner.{c}": (
+            "kept: the estimator at a point and the probe that records it with its cost"
+        )
+        for f, c in [
+            ("critical_sharpness", "CriticalSharpness"),
+            ("directional_sharpness", "DirectionalSharpness"),
+            ("layer_sharpness", "LayerSharpness"),
+            ("trace_per_parameter", "TracePerParameter"),
+        ]
+    },
 }
 
 

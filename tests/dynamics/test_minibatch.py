@@ -135,6 +135,7 @@ def test_batch_lambda_max_per_batch_and_in_expectation(exact):
     idx = random_batches(jax.random.fold_in(key, 0), N, B, 16)[:5]
     _, lam, _ = per_batch(obj.w0, x, y, idx)
     assert few.batches == 5
+    assert few.matvecs >= 5 * 2  # at least two products per Lanczos solve
     assert few.mean == pytest.approx(float(jnp.mean(lam)), rel=1e-7)
     assert few.stderr == pytest.approx(float(jnp.std(lam, ddof=1) / math.sqrt(5)), rel=1e-5)
     est = batch_lambda_max(obj, None, B, rel_err=0.01, max_batches=100, tol=1e-6)
@@ -244,6 +245,9 @@ def test_probe_in_the_loop_against_dense_values():
     lam = float(jnp.linalg.eigvalsh(Hf)[-1])
     assert row["batch_lambda_max"] == pytest.approx(lam, rel=1e-6)
     assert row["sharpness"] == pytest.approx(lam, rel=1e-6)
+    # cost in full-batch products: batches of all N examples count 1 each
+    assert row["batch_sharpness_hvp"] == row["batch_sharpness_batches"]
+    assert row["batch_lambda_max_hvp"] >= 2 * row["batch_lambda_max_batches"]  # a Lanczos each
 
 
 def test_bad_input_names_the_field():

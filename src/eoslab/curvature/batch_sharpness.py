@@ -62,6 +62,8 @@ class BatchEstimate(NamedTuple):
         converged: whether ``stderr <= rel_err * |mean|`` was reached.
         error: a deterministic error bound on top of the statistical one (Lanczos certificates
             of the batch $\\lambda_{\\max}$; 0 otherwise).
+        matvecs: the batch Hessian-vector products spent (the batch $\\lambda_{\\max}$'s Lanczos
+            solves; 0 otherwise).
     """
 
     mean: float
@@ -69,6 +71,7 @@ class BatchEstimate(NamedTuple):
     batches: int
     converged: bool
     error: float = 0.0
+    matvecs: int = 0
 
 
 def _check(objective, w, batch_size, rel_err, max_batches, min_batches):
@@ -207,6 +210,7 @@ def batch_lambda_max(
     key = jax.random.key(0) if key is None else key
     vals: list[float] = []
     worst = 0.0
+    spent = 0
     i = 0
     while len(vals) < max_batches:
         k = jax.random.fold_in(key, i)
@@ -218,8 +222,10 @@ def batch_lambda_max(
             res = top_eigenpairs(op, k=1, tol=tol, key=jax.random.fold_in(k, _CHUNK + j))
             vals.append(float(res.values[0]))
             worst = max(worst, float(res.error_bound[0]))
+            spent += int(res.matvecs)
             if _done(vals, rel_err, min_batches):
                 mean, stderr = _stats(vals)
-                return BatchEstimate(mean, stderr, len(vals), True, worst)
+                return BatchEstimate(mean, stderr, len(vals), True, worst, spent)
     mean, stderr = _stats(vals)
-    return BatchEstimate(mean, stderr, len(vals), _done(vals, rel_err, min_batches), worst)
+    done = _done(vals, rel_err, min_batches)
+    return BatchEstimate(mean, stderr, len(vals), done, worst, spent)

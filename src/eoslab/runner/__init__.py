@@ -9,6 +9,11 @@ from .probe import HostProbe as HostProbe
 from .probe import Probe as Probe
 from .probe import ScanProbe as ScanProbe
 from .probes import Probes as Probes
+from .proxy_probes import CriticalSharpness as CriticalSharpness
+from .proxy_probes import DirectionalSharpness as DirectionalSharpness
+from .proxy_probes import GaussNewtonSharpness as GaussNewtonSharpness
+from .proxy_probes import LayerSharpness as LayerSharpness
+from .proxy_probes import TracePerParameter as TracePerParameter
 from .records import RESUMABLE as RESUMABLE
 from .records import STATUSES as STATUSES
 from .records import Run as Run
@@ -22,8 +27,12 @@ __all__ = [
     "Accuracy",
     "At",
     "BatchSharpness",
+    "CriticalSharpness",
+    "DirectionalSharpness",
+    "GaussNewtonSharpness",
     "GroupProbe",
     "HostProbe",
+    "LayerSharpness",
     "RESUMABLE",
     "STATUSES",
     "Probe",
@@ -33,6 +42,7 @@ __all__ = [
     "RunStore",
     "ScanProbe",
     "Stop",
+    "TracePerParameter",
     "load_run",
     "run",
     "train",

@@ -8,7 +8,9 @@ examples (`eoslab.curvature.batch_sharpness` and its siblings, which hold the ma
 - ``gni`` $\ \mathbb{E}_B[g_B^\top H g_B] / \|g\|^2$ (with ``gni``);
 
 each a Monte-Carlo mean with ``*_stderr`` and ``*_batches`` (and ``batch_lambda_max_error``,
-the largest certified Lanczos bound over the batches).
+the largest certified Lanczos bound over the batches), and the cost of the batch sharpness and
+the batch $\lambda_{\max}$ in full-batch Hessian-vector products (``*_hvp``: a product on a
+batch of $b$ of $N$ examples counts $b/N$).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import jax
 
+from ..batches import example_count
 from ..curvature.batch_sharpness import (
     batch_lambda_max,
     batch_sharpness,
@@ -85,10 +88,12 @@ class BatchSharpness(HostProbe):
             min_batches=self.min_batches,
             key=jax.random.fold_in(key, 0),
         )
+        frac = self.batch_size / example_count(objective)
         out: dict[str, Any] = {
             "batch_sharpness": bs.mean,
             "batch_sharpness_stderr": bs.stderr,
             "batch_sharpness_batches": bs.batches,
+            "batch_sharpness_hvp": bs.batches * frac,
         }
         if self.lambda_max:
             lm = batch_lambda_max(
@@ -106,6 +111,7 @@ class BatchSharpness(HostProbe):
                 batch_lambda_max_stderr=lm.stderr,
                 batch_lambda_max_batches=lm.batches,
                 batch_lambda_max_error=lm.error,
+                batch_lambda_max_hvp=lm.matvecs * frac,
             )
         if self.gni:
             gn = gradient_noise_interaction(
