@@ -233,6 +233,8 @@ class SharpnessProbe:
 
     def _open(self, out: Path) -> None:
         store = RunStore(out)
+        store.check_new()  # before anything is made: never over another run or files
+        out.mkdir(parents=True, exist_ok=True)
         self._held.enter_context(store.lock("torch probe"))
         try:
             store.create(self._record())
