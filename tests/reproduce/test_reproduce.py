@@ -86,6 +86,7 @@ def test_registry_lists_the_papers_reproductions():
         cohen2022,
         cohen2025,
         damian2023,
+        torch_eos,
         transformer,
     )
 
@@ -97,6 +98,7 @@ def test_registry_lists_the_papers_reproductions():
         cohen2022,
         transformer,
         andreyev2024,
+        torch_eos,
     )
     listed = [e.name for m in modules for e in m.REPRODUCTIONS]
     assert list(reproduce.REPRODUCTIONS) == listed

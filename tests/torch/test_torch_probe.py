@@ -21,7 +21,7 @@ from eoslab.torch import (  # noqa: E402
     TorchModel,
     adam_preconditioner,
     adam_threshold,
-    batch_sharpness,
+    minibatch_sharpness,
     to_jax,
 )
 from torch import nn  # noqa: E402
@@ -182,9 +182,9 @@ def test_adam_preconditioned_sharpness_matches_dense():
         np.testing.assert_allclose(op.as_matrix(), A, atol=1e-10)
 
 
-def test_batch_sharpness_of_a_mini_batch():
+def test_minibatch_sharpness_of_one_batch():
     net, X, y = _problem(seed=4)
-    got = batch_sharpness(net, _loss, (X[:16], y[:16]))
+    got = minibatch_sharpness(net, _loss, (X[:16], y[:16]))
     net.zero_grad()
     _loss(net(X[:16]), y[:16]).backward()
     g = torch.cat([p.grad.reshape(-1) for p in net.parameters()]).numpy()

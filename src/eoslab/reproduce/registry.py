@@ -8,7 +8,16 @@ this one. `register` adds one, `get` looks one up.
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import andreyev2024, arora2022, arora2022_vgg, cohen2022, cohen2025, damian2023, transformer
+from . import (
+    andreyev2024,
+    arora2022,
+    arora2022_vgg,
+    cohen2022,
+    cohen2025,
+    damian2023,
+    torch_eos,
+    transformer,
+)
 from ._common import Reproduction
 
 __all__ = ["REPRODUCTIONS", "Reproduction", "get", "register"]
@@ -33,7 +42,16 @@ def get(name: str) -> Reproduction:
     return REPRODUCTIONS[name]
 
 
-_PAPERS = (arora2022, arora2022_vgg, cohen2025, damian2023, cohen2022, transformer, andreyev2024)
+_PAPERS = (
+    arora2022,
+    arora2022_vgg,
+    cohen2025,
+    damian2023,
+    cohen2022,
+    transformer,
+    andreyev2024,
+    torch_eos,
+)
 for _entry in (e for paper in _PAPERS for e in paper.REPRODUCTIONS):
     register(_entry)
 del _entry

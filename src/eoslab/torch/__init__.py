@@ -21,7 +21,7 @@ from .operator import adam_preconditioner as adam_preconditioner
 from .operator import adam_threshold as adam_threshold
 from .probe import ProbeResult as ProbeResult
 from .probe import SharpnessProbe as SharpnessProbe
-from .probe import batch_sharpness as batch_sharpness
+from .probe import minibatch_sharpness as minibatch_sharpness
 from .probe import rule_of as rule_of
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
     "TorchModel",
     "adam_preconditioner",
     "adam_threshold",
-    "batch_sharpness",
+    "minibatch_sharpness",
     "flat_parameters",
     "rule_of",
     "to_jax",

@@ -38,7 +38,7 @@ from ..runner.store import RunStore
 from .model import TorchModel, to_jax
 from .operator import TorchHessianOperator, adam_preconditioner
 
-__all__ = ["ProbeResult", "SharpnessProbe", "batch_sharpness", "rule_of"]
+__all__ = ["ProbeResult", "SharpnessProbe", "minibatch_sharpness", "rule_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def rule_of(optimizer: torch.optim.Optimizer | None, lr: float | None) -> Rule |
     )
 
 
-def batch_sharpness(module: torch.nn.Module, loss_fn: Any, batch: Any, *, train: bool = False):
+def minibatch_sharpness(module: torch.nn.Module, loss_fn: Any, batch: Any, *, train: bool = False):
     r"""$g_B^\top H_B g_B / \lVert g_B\rVert^2$ of one mini-batch $B$ at the module's
     parameters: the curvature along the step SGD takes on that batch (Andreyev & Beneventano;
     its mean over batches is `eoslab.curvature.batch_sharpness`). One gradient and one product,
