@@ -18,7 +18,7 @@ def test_torch_cohen_example(tmp_path, capsys):
     ns = runpy.run_path(str(EXAMPLE), run_name="example")
     model, results = ns["main"](n=64, width=12, lr=0.3, steps=20, every=10, out=tmp_path / "r")
     out = capsys.readouterr().out
-    assert out.startswith("fc-tanh in PyTorch, 758 parameters")
+    assert out.startswith(f"fc-tanh in PyTorch, {41 * 12 + 13 * 12 + 13 * 10} parameters")
     assert out.count("lambda_1") == 3 and "(2/lr = 6.66667)" in out
 
     from eoslab import data

@@ -118,6 +118,12 @@ def test_batches_are_weighted_by_size_and_buffers_are_used(x64):
     H = _dense_hessian(net, X, y)
     np.testing.assert_allclose(one.mm(V), H @ np.asarray(V), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(one.as_matrix(), H, atol=1e-12)
+    twice = TorchHessianOperator.of(
+        net, _loss, [(X[:30], y[:30]), (X[30:], y[30:])], hvp="double_backward"
+    )
+    np.testing.assert_allclose(twice.mm(V), H @ np.asarray(V), rtol=1e-10, atol=1e-12)
+    w2 = twice.w + 0.01  # a new point: the cached gradient graph is rebuilt
+    np.testing.assert_allclose(twice.at(w2).mm(V), one.at(w2).mm(V), rtol=1e-10, atol=1e-12)
     net.scale.mul_(0.5)  # a buffer change changes the curvature: it is read at each product
     assert not np.allclose(np.asarray(one.mm(V)), H @ np.asarray(V))
 

@@ -5,7 +5,8 @@ The net is eoslab's zoo ``fc-tanh`` (MNIST-1D, MSE/2, float64) with its initial 
 into an ``nn.Sequential``; GD runs in torch (``torch.optim.SGD``), the probe writes an eoslab run
 directory every ``every`` steps. The checks:
 
-- $\lambda_1$ reaches $2/\eta$ and its mean over the second half of the run stays at it;
+- $\lambda_1$ reaches $2/\eta$, never falls more than 10% below it after that, and its mean over
+  the last third of the run is within 20% of it (it hovers just above, as in Cohen et al.);
 - eoslab's JAX zoo net, at the same weights, gives the same $\lambda_1$ (relative $10^{-5}$);
 - on a small net every certified bound of the top 3 holds against the dense float64 Hessian.
 
@@ -165,10 +166,10 @@ def _experiment(out: Path, quick: bool) -> list[dict]:
             at_least=True,
         ),
         row(
-            "mean lambda_1 / (2/lr) over the 2nd half",
+            "mean lambda_1 / (2/lr) over the last third",
             1.0,
-            float(ratio[len(ratio) // 2 :].mean()),
-            0.25,
+            float(ratio[-(len(ratio) // 3) :].mean()),
+            0.2,
         ),
         row(
             f"lambda_1, torch vs eoslab's JAX fc-tanh: max rel. difference ({len(lam_j)} points)",

@@ -103,6 +103,11 @@ class TorchModel:
         train: evaluate the module in train mode (dropout, batch statistics; their buffers are
             copied first, so running statistics are never updated) instead of eval mode.
         vectorize: compute a block of products with ``torch.func.vmap`` (else one at a time).
+        hvp: ``"jvp"`` (default): each product is ``torch.func.jvp`` of ``grad``, forward and
+            backward again; ``"double_backward"``: the gradient's graph is built once per point
+            (``create_graph=True``, kept for every batch while the point stays the same) and each
+            product is one more backward pass through it (as PyHessian): faster per product,
+            more memory.
 
     Objects compare by identity: a JAX computation compiled for one model is reused while the
     model is the same object.
@@ -116,11 +121,14 @@ class TorchModel:
         *,
         train: bool = False,
         vectorize: bool = True,
+        hvp: str = "jvp",
     ) -> None:
         if not isinstance(module, nn.Module):
             raise ConfigError("module", type(module).__name__, "a torch.nn.Module")
         if not callable(loss_fn):
             raise ConfigError("loss_fn", loss_fn, "a callable loss_fn(outputs, targets)")
+        if hvp not in ("jvp", "double_backward"):
+            raise ConfigError("hvp", hvp, "'jvp' or 'double_backward'")
         if not isinstance(train, bool):
             raise ConfigError("train", train, "True (train mode) or False (eval mode)")
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
@@ -136,6 +144,8 @@ class TorchModel:
         self.loss_fn = loss_fn
         self.train = train
         self.vectorize = vectorize
+        self.hvp_method = hvp
+        self._graph: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None = None
         self.names = [n for n, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
         self.numels = [p.numel() for _, p in named]
@@ -206,10 +216,35 @@ class TorchModel:
                 g = g + (nb / self.n) * gb.detach()
         return value, g
 
+    def _gradient_graph(self, w: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The leaf at ``w`` and each batch's weighted gradient with its graph (one per point)."""
+        if self._graph is not None and torch.equal(self._graph[0], w):
+            return self._graph[1], self._graph[2]
+        self._graph = None
+        leaf = w.detach().clone().requires_grad_(True)
+        grads = []
+        with torch.enable_grad(), self._mode() as buffers:
+            for (x, y), nb in zip(self.batches, self.sizes, strict=True):
+                loss = self._batch_loss(buffers, x, y)(leaf)
+                (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
+                grads.append((nb / self.n) * g)
+        self._graph = (w.detach().clone(), leaf, grads)
+        return leaf, grads
+
     def hvp(self, w: Any, V: Any) -> torch.Tensor:
-        r"""$\nabla^2 L(w)\,V$ for a block $V$ of shape ``(D, k)`` (``jvp`` of ``grad``)."""
+        r"""$\nabla^2 L(w)\,V$ for a block $V$ of shape ``(D, k)`` (``jvp`` of ``grad``, or a
+        backward pass through the cached gradient graph with ``hvp="double_backward"``)."""
         w = self._w(w)
         V = self._w(V)
+        if self.hvp_method == "double_backward":
+            leaf, grads = self._gradient_graph(w)
+            cols = []
+            for i in range(V.shape[1]):
+                hv = torch.autograd.grad(
+                    grads, leaf, grad_outputs=[V[:, i]] * len(grads), retain_graph=True
+                )[0]
+                cols.append(hv.detach())
+            return torch.stack(cols, dim=1)
         out = torch.zeros_like(V)
         with self._mode() as buffers:
             for (x, y), nb in zip(self.batches, self.sizes, strict=True):

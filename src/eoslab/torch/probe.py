@@ -123,6 +123,7 @@ class SharpnessProbe:
             $P=\sqrt{\hat\nu}+\epsilon$) instead of $\lambda(H)$.
         lr: the learning rate of a plain GD loop, when no ``optimizer`` is given (threshold 2/lr).
         train: evaluate the module in train mode (default eval).
+        hvp: how products are computed, ``"jvp"`` or ``"double_backward"`` (see `TorchModel`).
         solver, max_matvecs, seed: passed to `EigenTracker`.
         out: a new eoslab run directory that `log` writes rows to (None: no store).
         name: the problem's name in the run record (default the module's class name).
@@ -143,6 +144,7 @@ class SharpnessProbe:
         preconditioned: bool = False,
         lr: float | None = None,
         train: bool = False,
+        hvp: str = "jvp",
         solver: AbstractEigenSolver | None = None,
         max_matvecs: int | None = None,
         seed: int = 0,
@@ -156,7 +158,7 @@ class SharpnessProbe:
             check_positive("lr", lr)
             if optimizer is not None:
                 raise ConfigError("lr", lr, "None when an optimizer is given (its lr is used)")
-        self.model = TorchModel(module, loss_fn, data, train=train)
+        self.model = TorchModel(module, loss_fn, data, train=train, hvp=hvp)
         self.rule = rule_of(optimizer, lr)
         if preconditioned and not isinstance(self.rule, Adam):
             raise ConfigError(
