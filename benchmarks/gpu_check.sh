@@ -66,3 +66,11 @@ m = eoslab.load_run(sys.argv[1]).metrics
 cols = [c for c in ("step", "loss", "grad_norm", "sharpness", "threshold", "accuracy") if c in m]
 print(m[m["sharpness"].notna()][cols].to_string(index=False))
 PYEOF
+
+# --- PyTorch side by side (issue 26): eoslab's probe vs PyHessian, hessian-eigenthings v1 and
+# curvlinops + eigsh on the GPU (torch models on cuda; needs `pip install -e '.[bench]'`).
+if [ "${ONLY:-all}" = all ] || [ "${ONLY:-all}" = torch ]; then
+  "$VENV/bin/python" -m pip install --quiet -e '.[bench]' || echo "bench extra not installed (offline?)"
+  timeout 420 "$VENV/bin/python" benchmarks/bench_torch.py --points 6 \
+    --out "benchmarks/results/2026-12-07-torch-side-by-side-gpu.md" || echo "torch side by side failed"
+fi

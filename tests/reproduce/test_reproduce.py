@@ -87,6 +87,7 @@ def test_registry_lists_the_papers_reproductions():
         cohen2025,
         damian2023,
         proxies,
+        torch_eos,
         transformer,
     )
 
@@ -99,6 +100,7 @@ def test_registry_lists_the_papers_reproductions():
         transformer,
         andreyev2024,
         proxies,
+        torch_eos,
     )
     listed = [e.name for m in modules for e in m.REPRODUCTIONS]
     assert list(reproduce.REPRODUCTIONS) == listed

@@ -16,6 +16,7 @@ from . import (
     cohen2025,
     damian2023,
     proxies,
+    torch_eos,
     transformer,
 )
 from ._common import Reproduction
@@ -51,6 +52,7 @@ _PAPERS = (
     transformer,
     andreyev2024,
     proxies,
+    torch_eos,
 )
 for _entry in (e for paper in _PAPERS for e in paper.REPRODUCTIONS):
     register(_entry)
