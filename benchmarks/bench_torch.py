@@ -121,7 +121,7 @@ def workload(name: str, quick: bool, cnn_n: int):
 
 # --------------------------------------------------------------------------- the tools
 class Eoslab:
-    name, bound = "eoslab probe", "certified (residual + 8 eps |H|)"
+    name, bound = "eoslab probe", "certified (residual + 8 eps ‖H‖)"
     hvp = "jvp"
 
     def __init__(self, model, loss_fn, X, Y):

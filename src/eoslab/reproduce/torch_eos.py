@@ -75,7 +75,7 @@ def _zoo_point(net: Any, num_hidden: int) -> jax.Array:
     return ravel_pytree(tree)[0]
 
 
-def _mse_half(out, y):
+def mse_half(out, y):
     return 0.5 * ((out - y) ** 2).sum(dim=1).mean()
 
 
@@ -100,18 +100,18 @@ def _bounds_row(quick: bool) -> dict:
     obj, net, X, Y = _problem(64, 8, seed=1)
     del obj
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
-    probe = SharpnessProbe(net, _mse_half, (X, Y), k=3, tol=1e-6)
+    probe = SharpnessProbe(net, mse_half, (X, Y), k=3, tol=1e-6)
     worst = 0.0
     for _ in range(2 if quick else 4):
         r = probe()
-        m = TorchModel(net, _mse_half, (X, Y))
+        m = TorchModel(net, mse_half, (X, Y))
         w = m.flat()
         H = m.hvp(w, torch.eye(w.numel(), dtype=torch.float64)).numpy()
         ev = np.linalg.eigvalsh(0.5 * (H + H.T))[::-1][:3]
         worst = max(worst, float(np.max(np.abs(r.values - ev) / r.error_bound)))
         for _ in range(20):
             opt.zero_grad()
-            _mse_half(net(X), Y).backward()
+            mse_half(net(X), Y).backward()
             opt.step()
     return row(
         "small net, top 3: max |lambda_i - dense_i| / certified bound",
@@ -138,7 +138,7 @@ def _experiment(out: Path, quick: bool) -> list[dict]:
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     lam_t, lam_j = [], []
     with SharpnessProbe(
-        net, _mse_half, (X, Y), k=1, tol=1e-7, optimizer=opt, out=out / "run", name="fc-tanh"
+        net, mse_half, (X, Y), k=1, tol=1e-7, optimizer=opt, out=out / "run", name="fc-tanh"
     ) as probe:
         for step in range(steps + 1):
             if step % every == 0:
@@ -150,7 +150,7 @@ def _experiment(out: Path, quick: bool) -> list[dict]:
                     lam_j.append((r.sharpness, lam))
             if step < steps:
                 opt.zero_grad()
-                _mse_half(net(X), Y).backward()
+                mse_half(net(X), Y).backward()
                 opt.step()
     ratio = np.asarray(lam_t) / (2 / lr)
     reached = int(np.argmax(ratio >= 0.95)) if np.any(ratio >= 0.95) else len(ratio)
