@@ -142,7 +142,8 @@ def main(
     print()
     print(
         f"fc-tanh {n} synthetic, lr {lr:.4g} (2/lr = {thr:.4g}), "
-        f"steps {start}-{start + chunks * CHUNK - 1}, cluster above {frac} x 2/lr (max {max_k}), tol {tol}, chunk {chunk_cols}"
+        f"steps {start}-{start + chunks * CHUNK - 1}, "
+        f"cluster above {frac} x 2/lr (max {max_k}), tol {tol}, chunk {chunk_cols}"
     )
     print()
     print(
