@@ -454,13 +454,25 @@ class ClusterTracker(eqx.Module):
         settled = seen[size] & ((theta[size] + bound[size] < cutoff) | (size == m))
         return size, bound, jnp.all(good | ~inblock) & settled
 
+    def _need(self, theta, bound, seen, norm, size, cutoff, tol):
+        """Which Ritz rows a further round works on: block values whose bound misses ``tol``
+        (with a residual above the rounding floor), and the guard while it is not certified
+        below the cutoff (or was never multiplied)."""
+        rows = jnp.arange(self.max_k + 1)
+        floor = rounding_floor(norm, theta.dtype)
+        miss = (rows < size) & (bound > tol * jnp.abs(theta)) & (bound > 2.0 * floor)
+        guard = (rows == size) & (size < self.max_k) & ~(seen & (theta + bound < cutoff))
+        return miss | guard
+
     def update(
         self, matmat: Callable[[Array], Array], state: ClusterState, threshold: Array
     ) -> tuple[ClusterState, ClusterEig]:
         """The certified block at this step: ``matmat(X) = H_t X`` (``X`` is (d, j)),
         ``threshold`` the value whose fraction ``frac`` is the cutoff (e.g. $2/\\eta$)."""
         m, m1, chunk = self.max_k, self.max_k + 1, self.chunk
-        cutoff = self.frac * jnp.asarray(threshold, state.vectors.dtype)
+        big = m1 * self.max_rounds
+        dtype = state.vectors.dtype
+        cutoff = self.frac * jnp.asarray(threshold, dtype)
         # round 1: the block and its guard (and the spares that fill the last chunk)
         Q = _orth(state.vectors.T)
         start = jnp.zeros((), jnp.int32)
@@ -470,31 +482,79 @@ class ClusterTracker(eqx.Module):
         resid = jnp.linalg.norm(R, axis=1)
         size, bound, ok = self._block(theta, seen, resid, norm, cutoff, self.tol)
 
-        def more(c):
-            theta, U, HU, R, seen, norm, size, bound, ok, rounds, used = c
-            v = jnp.sum(seen, dtype=jnp.int32)
-            a = jnp.minimum(size + 1, m1)  # the block's and its guard's residuals join
-            i = jnp.arange(2 * m1)
-            take_u = i < v
-            take_r = (i >= v) & (i < v + a)
-            rows = jnp.where(
-                take_u[:, None],
-                U[jnp.clip(i, 0, m)],
-                jnp.where(take_r[:, None], R[jnp.clip(i - v, 0, m)], 0.0),
-            )
-            Q, T = jnp.linalg.qr(rows.T)  # Q[:, :v] = U^T up to signs (U is orthonormal)
-            HQ, made = _products(matmat, Q, v, a, chunk)
-            sign = jnp.where(jnp.diagonal(T)[:m1] < 0, -1.0, 1.0).astype(Q.dtype)
-            HQ = HQ + jnp.pad((HU * sign[:, None] * seen[:, None]).T, ((0, 0), (0, m1)))
-            theta, U, HU, R, seen, norm = self._rr(Q, HQ, take_u | take_r, norm)
-            resid = jnp.linalg.norm(R, axis=1)
-            size, bound, ok = self._block(theta, seen, resid, norm, cutoff, _POLISH * self.tol)
-            return theta, U, HU, R, seen, norm, size, bound, ok, rounds + 1, used + made
+        def more_rounds():
+            # a subspace that grows by the residuals still needed each round (no restart: the
+            # earlier directions are what makes it converge like a Krylov method); it exists
+            # only on the steps that need it
+            p0 = jnp.minimum(used, m1).astype(jnp.int32)
+            X = jnp.zeros((state.vectors.shape[1], big), dtype).at[:, :m1].set(Q)
+            HX = jnp.zeros_like(X).at[:, :m1].set(HQ)
 
-        init = (theta, U, HU, R, seen, norm, size, bound, ok, jnp.ones((), jnp.int32), used)
-        theta, U, HU, R, seen, norm, size, bound, ok, rounds, used = jax.lax.while_loop(
-            lambda c: (~c[8]) & (c[9] < self.max_rounds), more, init
+            def body(c):
+                X, HX, p, theta, U, HU, R, seen, norm, size, bound, _, rounds, used = c
+                need = self._need(theta, bound, seen, norm, size, cutoff, _POLISH * self.tol)
+                a = jnp.sum(need, dtype=jnp.int32)
+                order = jnp.argsort(~need, stable=True)  # the rows needed first
+                D = jnp.where(need[order][:, None], R[order], 0.0).T  # (d, m1)
+                live = (jnp.arange(big) < p)[None, :]
+                Xa = X * live
+                for _ in range(2):
+                    D = D - Xa @ (Xa.T @ D)
+                Dq, _ = jnp.linalg.qr(D)
+                Dq = Dq - Xa @ (Xa.T @ Dq)
+                Dq = Dq / jnp.linalg.norm(Dq, axis=0, keepdims=True)
+                HD, made = _products(matmat, Dq, jnp.zeros((), jnp.int32), a, chunk)
+                X = jax.lax.dynamic_update_slice_in_dim(X, Dq, p, axis=1)
+                HX = jax.lax.dynamic_update_slice_in_dim(HX, HD, p, axis=1)
+                p = p + a
+                valid = jnp.arange(big) < p
+                theta, U, HU, R, seen, norm = self._rr(X, HX, valid, norm)
+                resid = jnp.linalg.norm(R, axis=1)
+                size, bound, ok = self._block(theta, seen, resid, norm, cutoff, _POLISH * self.tol)
+                return (
+                    X,
+                    HX,
+                    p,
+                    theta,
+                    U,
+                    HU,
+                    R,
+                    seen,
+                    norm,
+                    size,
+                    bound,
+                    ok,
+                    rounds + 1,
+                    used + made,
+                )
+
+            init = (
+                X,
+                HX,
+                p0,
+                theta,
+                U,
+                HU,
+                R,
+                seen,
+                norm,
+                size,
+                bound,
+                ok,
+                jnp.ones((), jnp.int32),
+                used,
+            )
+            out = jax.lax.while_loop(
+                lambda c: (~c[11]) & (c[12] < self.max_rounds) & (c[2] + m1 <= big), body, init
+            )
+            return out[3:]
+
+        theta, U, HU, R, seen, norm, size, bound, ok, rounds, used = jax.lax.cond(
+            ok,
+            lambda: (theta, U, HU, R, seen, norm, size, bound, ok, jnp.ones((), jnp.int32), used),
+            more_rounds,
         )
+        del rounds
         # the free power step, Hu / theta, on every vector seen; the others stay as they were
         refine = seen & (theta > 0)
         W = U + R * (refine / jnp.where(refine, theta, 1.0))[:, None]

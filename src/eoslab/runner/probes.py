@@ -212,7 +212,10 @@ class Probes:
                         f"None for a {dim}-parameter problem",
                     )
                 return None
-            cluster = ClusterTracker(max_k=m, frac=float(self.cluster_above), tol=self.tol)
+            rounds = 6 if self.max_matvecs is None else max(1, self.max_matvecs // (m + 1))
+            cluster = ClusterTracker(
+                max_k=m, frac=float(self.cluster_above), tol=self.tol, max_rounds=rounds
+            )
             return StepCluster(cluster, self.max_matvecs, seed)
         block = self.k + 1
         rounds = 8 if self.max_matvecs is None else max(1, self.max_matvecs // block)
