@@ -30,15 +30,15 @@ def spectrum(t: int) -> np.ndarray:
 
 @pytest.mark.usefixtures("x64")
 def test_the_block_grows_and_shrinks_with_the_eigenvalues_above_the_cutoff():
-    O, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(D, D)))
+    Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(D, D)))
     tr = ClusterTracker(max_k=8, frac=FRAC, tol=1e-6, max_rounds=6)
-    top = np.linalg.eigh(O @ np.diag(spectrum(0)) @ O.T)[1][:, ::-1][:, :2]
+    top = np.linalg.eigh(Q @ np.diag(spectrum(0)) @ Q.T)[1][:, ::-1][:, :2]
     st = tr.warm(jnp.asarray(top), jax.random.key(0), 20.0, size=1)
     step = jax.jit(lambda H, st: tr.update(lambda X: H @ X, st, THRESHOLD))
     sizes = []
     for t in range(150):
         lam = spectrum(t)
-        st, eig = step(jnp.asarray(O @ np.diag(lam) @ O.T), st)
+        st, eig = step(jnp.asarray(Q @ np.diag(lam) @ Q.T), st)
         n, want = int(eig.size), np.sort(lam)[::-1]
         vals, bounds = np.asarray(eig.values), np.asarray(eig.error_bound)
         # each certified value within its bound of the eigenvalue of its rank
