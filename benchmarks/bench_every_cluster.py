@@ -108,6 +108,14 @@ def main(
             carry[name] = out[name].carry
         state = out["cluster"].state
         print(f"chunk {c}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in secs.items()), flush=True)
+        for name in probes:
+            r = rows[name][-1]
+            print(
+                f"  {name}: products {r['sharpness_matvecs'].tolist()}, "
+                f"size {r.get('cluster_size', np.ones(1, int)).tolist()}, "
+                f"rel. bounds {np.round(r['sharpness_error'] / abs(r['sharpness']), 6).tolist()}",
+                flush=True,
+            )
     cat = {k: {c: np.concatenate([r[c] for r in v]) for c in v[0]} for k, v in rows.items()}
     # float64 references at the first step of sampled chunks
     obj64 = fc_tanh(n, "float64")

@@ -167,6 +167,9 @@ def bench(name, make, steps: int, reps: int, piece_steps: int) -> dict:
         run_ratio_min=float(rr.min()),
         run_ratio_max=float(rr.max()),
     )
+    if not piece_steps:
+        out["pieces"], out["piece_plain_s"] = {"floor": np.nan, "tracker": np.nan}, np.nan
+        return out
     # pieces
     for k in variants:
         _time(variants[k], piece_steps)
