@@ -1,7 +1,7 @@
 """Every-step certified values of float32 runs against float64 dense Hessians (issue 29): small
 versions of the every-step workloads (tanh MLPs 2 hidden layers, MSE, GD at 1.9/lambda_1(w_0)),
-the lambda_1 tracker and the cluster block, rounding's floor included in every bound. Slow (one float64 Hessian a sampled step, four
-compilations of the tracker): ``make test-all``."""
+the lambda_1 tracker and the cluster block, rounding's floor included in every bound. Slow (a
+float64 Hessian per sampled step, four compilations of the tracker): ``make test-all``."""
 
 from __future__ import annotations
 
