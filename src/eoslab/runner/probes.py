@@ -2,7 +2,8 @@ r"""The built-in probes, and `Probes`: the config that chooses them.
 
 Every process is probed the same way: the certified top-$k$ eigenvalues of $H=\nabla^2L$ at its
 point (``sharpness``, ``eigs``, ``sharpness_error``, ``sharpness_matvecs``; `Sharpness` on the
-host, or `StepSharpness` inside the step), for adaptive rules the top eigenvalue of its operator
+host, or `StepSharpness` inside the step; with ``cluster_above`` the block above a fraction of
+the threshold, `StepCluster`), for adaptive rules the top eigenvalue of its operator
 $P^{-1/2}HP^{-1/2}$ (``eff_sharpness``, `EffectiveSharpness`), the gradient's alignment with the
 top eigenvector $g^\top Hg/(\|g\|^2\lambda_1)$ (`Alignment`), the stableness $S_L(w,\eta_t)$
 (`Stableness`); with several processes the distances between them (`Distances`), and $\Phi$
