@@ -36,7 +36,14 @@ from jaxtyping import Array, Float, Int
 from ..errors import ConfigError, check_positive
 from .rounding import check_tol, rounding_floor
 
-__all__ = ["StepTracker", "StepTrackerState", "StepEig"]
+__all__ = [
+    "ClusterEig",
+    "ClusterState",
+    "ClusterTracker",
+    "StepEig",
+    "StepTracker",
+    "StepTrackerState",
+]
 
 
 class StepTrackerState(NamedTuple):
@@ -305,4 +312,263 @@ class StepTracker(eqx.Module):
             next_value=nxt,
             matvecs=(rounds - 1) * k1 + k,
             converged=jnp.all(bound <= self.tol * jnp.abs(values)),
+        )
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+class ClusterState(NamedTuple):
+    """`ClusterTracker`'s carry: Ritz vectors at the last step (largest value first; rows
+    ``[0, size)`` the block, row ``size`` its guard, the rest spare), and $\\lVert H\\rVert$."""
+
+    vectors: Float[Array, "m1 d"]
+    size: Int[Array, ""]  # the block's size: how many values lay above the cutoff
+    norm: Float[Array, ""]
+
+
+class ClusterEig(NamedTuple):
+    """One step's certified block: ``values[:size]`` (largest first; NaN beyond ``size``) each
+    within ``error_bound`` of an eigenvalue of $H_t$, the guard's Ritz value ``next_value``
+    (below the cutoff unless the block is full), the products spent."""
+
+    values: Float[Array, " m"]
+    error_bound: Float[Array, " m"]
+    size: Int[Array, ""]
+    next_value: Float[Array, ""]
+    matvecs: Int[Array, ""]
+    converged: Array
+
+
+def _products(matmat: Callable[[Array], Array], Q: Array, start: Array, count: Array, chunk: int):
+    """``H q`` for the columns ``start .. start+count-1`` of ``Q`` (d, p), ``chunk`` at a time in
+    a ``while_loop`` (shapes are static, the count is not); other columns come back zero.
+    Returns the products and how many were made (``count`` rounded up to chunks)."""
+    d, p = Q.shape
+    n = ((count + chunk - 1) // chunk).astype(jnp.int32)
+    Qp = jnp.pad(Q, ((0, 0), (0, chunk)))
+
+    def body(c):
+        i, HQ = c
+        at = start + i * chunk
+        block = jax.lax.dynamic_slice_in_dim(Qp, at, chunk, axis=1)
+        return i + 1, jax.lax.dynamic_update_slice_in_dim(HQ, matmat(block), at, axis=1)
+
+    zero = jnp.zeros((), jnp.int32)
+    _, HQ = jax.lax.while_loop(lambda c: c[0] < n, body, (zero, jnp.zeros_like(Qp)))
+    cols = jnp.arange(p)
+    keep = (cols >= start) & (cols < start + count)
+    return jnp.where(keep[None, :], HQ[:, :p], 0.0), n * chunk
+
+
+class ClusterTracker(eqx.Module):
+    r"""Certified top eigenvalues of $H_t$ at every step: the block of all of them above
+    ``frac`` times a threshold (e.g. $2/\eta$), its size following them as they cross.
+
+    The block, its guard and (in the last chunk) spare vectors are orthonormalized and multiplied
+    ``chunk`` columns at a time (``max_k + 1`` at most: shapes inside a scan are static, the
+    count is not), from the step's linearization; Rayleigh-Ritz on them gives the values, each
+    certified by its residual plus rounding's floor ($\lVert Hu-\theta u\rVert +
+    8\epsilon\lVert H\rVert$, `eoslab.curvature.rounding`). The block is then the Ritz values at
+    or above the cutoff (at least one), the guard the next one. While a block value's bound
+    misses ``tol``, or the guard lies above the cutoff (the block grows), a further round adds
+    the residuals of the block and its guard to the subspace (block Davidson, restarted to
+    ``max_k + 1`` vectors), until ``max_rounds``. As `StepTracker`, the vectors kept for the
+    next step are $Hu/\theta$ (a free power step along the block).
+
+    What is certified is that each reported value is within its bound of *an* eigenvalue; that
+    the block holds *all* eigenvalues above the cutoff rests, as every warm start does, on the
+    vectors following the top of the spectrum (the guard's Ritz value is a lower bound on the
+    next eigenvalue, not an upper one).
+    """
+
+    max_k: int = eqx.field(static=True, default=16)
+    frac: float = eqx.field(static=True, default=0.75)
+    tol: float = eqx.field(static=True, default=1e-3)
+    max_rounds: int = eqx.field(static=True, default=4)
+    chunk: int = eqx.field(static=True, default=1)
+
+    def __check_init__(self) -> None:
+        for name in ("max_k", "max_rounds", "chunk"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(name, v, "an integer >= 1")
+        check_positive("tol", self.tol)
+        if not (isinstance(self.frac, (int, float)) and 0.0 < self.frac <= 1.0):
+            raise ConfigError("frac", self.frac, "a fraction in (0, 1] of the threshold")
+
+    def init(self, d: int, dtype, key: Array) -> ClusterState:
+        """A random orthonormal start with a block of one."""
+        check_tol(self.tol, dtype)
+        if d < 2 * (self.max_k + 1):
+            raise ConfigError("dim", d, f"at least 2 (max_k + 1) = {2 * (self.max_k + 1)}")
+        X = _orth(jax.random.normal(key, (d, self.max_k + 1), dtype)).T
+        return ClusterState(X, jnp.asarray(1, jnp.int32), jnp.zeros((), dtype))
+
+    def warm(
+        self, vectors: Float[Array, "d j"], key: Array, norm: float | Array = 0.0, size: int = 1
+    ) -> ClusterState:
+        """A state from eigenvectors solved otherwise (the top ones first; random vectors fill
+        the rest of the ``max_k + 1`` rows), with a block of ``size``."""
+        check_tol(self.tol, vectors.dtype)
+        d, j = vectors.shape
+        m1 = self.max_k + 1
+        X = vectors[:, :m1]
+        if j < m1:
+            X = jnp.concatenate([X, jax.random.normal(key, (d, m1 - j), vectors.dtype)], axis=1)
+        size = max(1, min(int(size), self.max_k))
+        return ClusterState(
+            _orth(X).T, jnp.asarray(size, jnp.int32), jnp.asarray(norm, vectors.dtype)
+        )
+
+    def _rr(self, Q: Array, HQ: Array, valid: Array, norm: Array):
+        """Rayleigh-Ritz on the ``valid`` orthonormal columns of ``Q``: the top ``max_k + 1``
+        Ritz pairs as rows (invalid ones parked below), their residuals, the updated norm."""
+        m1 = self.max_k + 1
+        both = valid[:, None] & valid[None, :]
+        T = jnp.where(both, 0.5 * (Q.T @ HQ + HQ.T @ Q), 0.0)
+        # invalid columns are parked below the valid block, in their order (distinct values,
+        # so that eigh keeps each of them a column of Q instead of mixing them)
+        scale = 2.0 * jnp.sqrt(jnp.sum(T * T)) + 1.0
+        park = -scale * (1.0 + jnp.arange(valid.shape[0], dtype=T.dtype))
+        theta, S = jnp.linalg.eigh(T + jnp.diag(jnp.where(valid, 0.0, park)))
+        theta, S = theta[::-1][:m1], S[:, ::-1][:, :m1]
+        U, HU = (Q @ S).T, (HQ @ S).T
+        R = HU - theta[:, None] * U
+        seen = jnp.arange(m1) < jnp.sum(valid)
+        norm = jnp.maximum(norm, jnp.max(jnp.where(seen, jnp.abs(theta), 0.0)))
+        return theta, U, HU, R, seen, norm
+
+    def _block(self, theta: Array, seen: Array, resid: Array, norm: Array, cutoff: Array, tol):
+        """The block's size (values at or above the cutoff, at least 1, at most ``max_k``), the
+        bounds, and whether the round certifies: every block bound within ``tol`` (or at the
+        rounding floor), and the guard multiplied and certified below the cutoff (its value plus
+        its bound), or the block full."""
+        m = self.max_k
+        above = seen[:m] & (theta[:m] >= cutoff)
+        size = jnp.clip(jnp.sum(jnp.cumprod(above.astype(jnp.int32)), dtype=jnp.int32), 1, m)
+        floor = rounding_floor(norm, theta.dtype)
+        bound = resid + floor
+        inblock = jnp.arange(m + 1) < size
+        good = (bound <= tol * jnp.abs(theta)) | (resid <= floor)
+        settled = seen[size] & ((theta[size] + bound[size] < cutoff) | (size == m))
+        return size, bound, jnp.all(good | ~inblock) & settled
+
+    def _need(self, theta, bound, seen, norm, size, cutoff, tol):
+        """Which Ritz rows a further round works on: block values whose bound misses ``tol``
+        (with a residual above the rounding floor), and the guard while it is not certified
+        below the cutoff (or was never multiplied)."""
+        rows = jnp.arange(self.max_k + 1)
+        floor = rounding_floor(norm, theta.dtype)
+        miss = (rows < size) & (bound > tol * jnp.abs(theta)) & (bound > 2.0 * floor)
+        guard = (rows == size) & (size < self.max_k) & ~(seen & (theta + bound < cutoff))
+        return miss | guard
+
+    def update(
+        self, matmat: Callable[[Array], Array], state: ClusterState, threshold: Array
+    ) -> tuple[ClusterState, ClusterEig]:
+        """The certified block at this step: ``matmat(X) = H_t X`` (``X`` is (d, j)),
+        ``threshold`` the value whose fraction ``frac`` is the cutoff (e.g. $2/\\eta$)."""
+        m, m1, chunk = self.max_k, self.max_k + 1, self.chunk
+        big = m1 * self.max_rounds
+        dtype = state.vectors.dtype
+        cutoff = self.frac * jnp.asarray(threshold, dtype)
+        # round 1: the block and its guard (and the spares that fill the last chunk)
+        Q = _orth(state.vectors.T)
+        start = jnp.zeros((), jnp.int32)
+        HQ, used = _products(matmat, Q, start, jnp.minimum(state.size + 1, m1), chunk)
+        valid = jnp.arange(m1) < jnp.minimum(used, m1)
+        theta, U, HU, R, seen, norm = self._rr(Q, HQ, valid, state.norm)
+        resid = jnp.linalg.norm(R, axis=1)
+        size, bound, ok = self._block(theta, seen, resid, norm, cutoff, self.tol)
+
+        def more_rounds():
+            # a subspace that grows by the residuals still needed each round (no restart: the
+            # earlier directions are what makes it converge like a Krylov method); it exists
+            # only on the steps that need it
+            p0 = jnp.minimum(used, m1).astype(jnp.int32)
+            X = jnp.zeros((state.vectors.shape[1], big), dtype).at[:, :m1].set(Q)
+            HX = jnp.zeros_like(X).at[:, :m1].set(HQ)
+
+            def body(c):
+                X, HX, p, theta, U, HU, R, seen, norm, size, bound, _, rounds, used = c
+                need = self._need(theta, bound, seen, norm, size, cutoff, _POLISH * self.tol)
+                a = jnp.sum(need, dtype=jnp.int32)
+                order = jnp.argsort(~need, stable=True)  # the rows needed first
+                D = jnp.where(need[order][:, None], R[order], 0.0).T  # (d, m1)
+                live = (jnp.arange(big) < p)[None, :]
+                Xa = X * live
+                for _ in range(2):
+                    D = D - Xa @ (Xa.T @ D)
+                Dq, _ = jnp.linalg.qr(D)
+                Dq = Dq - Xa @ (Xa.T @ Dq)
+                Dq = Dq / jnp.linalg.norm(Dq, axis=0, keepdims=True)
+                HD, made = _products(matmat, Dq, jnp.zeros((), jnp.int32), a, chunk)
+                X = jax.lax.dynamic_update_slice_in_dim(X, Dq, p, axis=1)
+                HX = jax.lax.dynamic_update_slice_in_dim(HX, HD, p, axis=1)
+                p = p + a
+                valid = jnp.arange(big) < p
+                theta, U, HU, R, seen, norm = self._rr(X, HX, valid, norm)
+                resid = jnp.linalg.norm(R, axis=1)
+                size, bound, ok = self._block(theta, seen, resid, norm, cutoff, _POLISH * self.tol)
+                return (
+                    X,
+                    HX,
+                    p,
+                    theta,
+                    U,
+                    HU,
+                    R,
+                    seen,
+                    norm,
+                    size,
+                    bound,
+                    ok,
+                    rounds + 1,
+                    used + made,
+                )
+
+            init = (
+                X,
+                HX,
+                p0,
+                theta,
+                U,
+                HU,
+                R,
+                seen,
+                norm,
+                size,
+                bound,
+                ok,
+                jnp.ones((), jnp.int32),
+                used,
+            )
+            out = jax.lax.while_loop(
+                lambda c: (~c[11]) & (c[12] < self.max_rounds) & (c[2] + m1 <= big), body, init
+            )
+            return out[3:]
+
+        theta, U, HU, R, seen, norm, size, bound, ok, rounds, used = jax.lax.cond(
+            ok,
+            lambda: (theta, U, HU, R, seen, norm, size, bound, ok, jnp.ones((), jnp.int32), used),
+            more_rounds,
+        )
+        del rounds
+        # the free power step, Hu / theta, on every vector seen; the others stay as they were
+        refine = seen & (theta > 0)
+        W = U + R * (refine / jnp.where(refine, theta, 1.0))[:, None]
+        W = W / jnp.linalg.norm(W, axis=1, keepdims=True)
+        W = jnp.where(seen[:, None], W, state.vectors)
+        inblock = jnp.arange(m) < size
+        nan = jnp.asarray(jnp.nan, theta.dtype)
+        values = jnp.where(inblock, theta[:m], nan)
+        bounds = jnp.where(inblock, bound[:m], nan)
+        return ClusterState(W, size.astype(jnp.int32), norm), ClusterEig(
+            values=values,
+            error_bound=bounds,
+            size=size,
+            next_value=jnp.where(seen[size], theta[size], nan),
+            matvecs=used,
+            converged=jnp.all((bounds <= self.tol * jnp.abs(values)) | ~inblock),
         )

@@ -2,7 +2,8 @@ r"""The built-in probes, and `Probes`: the config that chooses them.
 
 Every process is probed the same way: the certified top-$k$ eigenvalues of $H=\nabla^2L$ at its
 point (``sharpness``, ``eigs``, ``sharpness_error``, ``sharpness_matvecs``; `Sharpness` on the
-host, or `StepSharpness` inside the step), for adaptive rules the top eigenvalue of its operator
+host, or `StepSharpness` inside the step; with ``cluster_above`` the block above a fraction of
+the threshold, `StepCluster`), for adaptive rules the top eigenvalue of its operator
 $P^{-1/2}HP^{-1/2}$ (``eff_sharpness``, `EffectiveSharpness`), the gradient's alignment with the
 top eigenvector $g^\top Hg/(\|g\|^2\lambda_1)$ (`Alignment`), the stableness $S_L(w,\eta_t)$
 (`Stableness`); with several processes the distances between them (`Distances`), and $\Phi$
@@ -41,7 +42,7 @@ from jaxtyping import Array
 from ..curvature import EigenTracker, stableness, top_eigenpairs
 from ..curvature.operator import HessianOperator
 from ..curvature.rounding import check_tol
-from ..curvature.step_tracker import StepTracker, StepTrackerState
+from ..curvature.step_tracker import ClusterState, ClusterTracker, StepTracker, StepTrackerState
 from ..dynamics.phi import phi_result
 from ..dynamics.process import CompiledProcess, Process
 from ..errors import ConfigError, check_int, check_positive
@@ -57,6 +58,7 @@ __all__ = [
     "Probes",
     "Sharpness",
     "Stableness",
+    "StepCluster",
     "StepSharpness",
     "distances",
     "phi_probe",
@@ -114,6 +116,13 @@ class Probes:
     ] = None
     """With the sharpness at every step: run the alignment, eff_sharpness, stableness, Phi and
     distances every this many steps (a multiple of probe_every)."""
+    cluster_above: Annotated[
+        float | None, tyro.conf.arg(metavar="FLOAT", help_behavior_hint="(default: top k only)")
+    ] = None
+    """With the sharpness at every step: certify the whole block of eigenvalues above this
+    fraction of the threshold 2/lr (e.g. 0.75), its size following them (eigs, cluster_size)."""
+    cluster_max_k: int = 16
+    """The most eigenvalues the every-step cluster block holds."""
     distances: bool = True
     """With several processes, |w_p - w_q| to every other process (dist_NAME)."""
     phi: bool = False
@@ -157,6 +166,15 @@ class Probes:
                 )
             if self.every_step:
                 raise ConfigError("probes.schedule", self.schedule, "'fixed' with every_step")
+        check_int("probes.cluster_max_k", self.cluster_max_k, 1)
+        if self.cluster_above is not None:
+            frac = self.cluster_above
+            if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+                raise ConfigError("probes.cluster_above", frac, "a fraction in (0, 1] or None")
+            if self.grow_above is not None:
+                raise ConfigError(
+                    "probes.grow_above", self.grow_above, "None with cluster_above (it grows k)"
+                )
 
     def in_step(self, probe_every: int) -> bool:
         """Whether compiled processes are probed inside their step, at every step."""
@@ -223,9 +241,26 @@ class Probes:
             out.append(Phi(self.phi_gtol, self.tol, dist))
         return tuple(out)
 
-    def _step_sharpness(self, dim: int, seed: int, required: bool) -> StepSharpness | None:
+    def _step_sharpness(
+        self, dim: int, seed: int, required: bool
+    ) -> StepSharpness | StepCluster | None:
         if self.grow_above is not None:
             return None  # k grows on the host (every_step refuses grow_above)
+        if self.cluster_above is not None:
+            m = min(self.cluster_max_k, dim // 2 - 1)
+            if m < 1:
+                if required:
+                    raise ConfigError(
+                        "probes.cluster_above",
+                        self.cluster_above,
+                        f"None for a {dim}-parameter problem",
+                    )
+                return None
+            rounds = 6 if self.max_matvecs is None else max(1, self.max_matvecs // (m + 1))
+            cluster = ClusterTracker(
+                max_k=m, frac=float(self.cluster_above), tol=self.tol, max_rounds=rounds
+            )
+            return StepCluster(cluster, self.max_matvecs, seed)
         block = self.k + 1
         rounds = 8 if self.max_matvecs is None else max(1, self.max_matvecs // block)
         rounds = min(rounds, dim // block)
@@ -363,6 +398,68 @@ class StepSharpness(ScanProbe):
             V = jnp.asarray(arrays["V"], dtype)
             return self.tracker.warm(V[:, :-1], V[:, -1])
         raise ConfigError("resume", sorted(arrays), "a step tracker's saved vectors")
+
+
+class StepCluster(ScanProbe):
+    """The certified block of all eigenvalues of $H$ above a fraction of the threshold, at every
+    step inside the compiled step (`eoslab.curvature.step_tracker.ClusterTracker`; its products
+    share the step's linearization): ``sharpness``, ``eigs`` (the block, NaN beyond its size),
+    ``eigs_error``, ``sharpness_error``, ``sharpness_matvecs``, ``cluster_size``. Its state
+    starts from a Lanczos solve of the top ``max_k + 1`` at the first point probed."""
+
+    tracker: ClusterTracker
+    max_matvecs: int | None = None
+    seed: int = 0
+    linearize = True
+
+    @property
+    def key(self) -> str:
+        return "cluster"
+
+    def init(self, at: At) -> ClusterState:
+        tr, w = self.tracker, at.w
+        res = top_eigenpairs(
+            HessianOperator(at.objective.base(), w),
+            k=tr.max_k + 1,
+            tol=tr.tol,
+            max_matvecs=self.max_matvecs,
+            key=jax.random.key(self.seed),
+        )
+        thr = at.row.get("threshold")
+        if thr is None:
+            thr = at.process.measure(at.objective, at.state).get("threshold")
+        size = 1
+        if thr is not None and np.isfinite(float(thr)):
+            size = int(np.sum(np.asarray(res.values) >= tr.frac * float(thr)))
+        return tr.warm(res.vectors, jax.random.key(self.seed), res.operator_norm, size)
+
+    def __call__(self, at: At, state: ClusterState) -> tuple[dict[str, Any], Any]:
+        lin = at.lin
+        thr = at.row.get("threshold")
+        if thr is None:
+            raise ConfigError("probes.cluster_above", self.tracker.frac, "a rule with a threshold")
+        state, eig = self.tracker.update(lin.matmat, state, thr)
+        row = {
+            "sharpness": eig.values[0],
+            "eigs": eig.values,
+            "eigs_error": eig.error_bound,
+            "sharpness_error": eig.error_bound[0],
+            "sharpness_matvecs": eig.matvecs,
+            "cluster_size": eig.size,
+        }
+        return row, state
+
+    def arrays(self, state: ClusterState) -> dict[str, np.ndarray]:
+        return {f: np.asarray(x) for f, x in state._asdict().items()}
+
+    def load(self, arrays: Mapping[str, np.ndarray], at: At) -> ClusterState:
+        if set(arrays) != set(ClusterState._fields):
+            raise ConfigError("resume", sorted(arrays), "a cluster tracker's saved vectors")
+        dtype = at.objective.dtype
+        types = {"size": jnp.int32}
+        return ClusterState(
+            **{f: jnp.asarray(arrays[f], types.get(f, dtype)) for f in ClusterState._fields}
+        )
 
 
 class Alignment(HostProbe):
