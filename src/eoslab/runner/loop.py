@@ -764,5 +764,6 @@ def _default_config(procs, steps, obj, seed, probe_every, log_every) -> dict:
         "seed": seed,
         "dim": obj.dim,
         "dtype": str(obj.dtype),
+        "matmul_dtype": obj.matmul_dtype,
         "transform": obj.transform,
     }

@@ -42,6 +42,7 @@ from ..dynamics.phi import phi_result
 from ..dynamics.process import CompiledProcess, Process
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
+from ..precision import rounding_dtype
 from .probe import At, GroupProbe, HostProbe, Probe, ScanProbe
 
 __all__ = [
@@ -151,12 +152,12 @@ class Probes:
         the alignment, the effective sharpness and the stableness."""
         base = objective.base()
         if self.sharpness or self.stableness or self.phi:
-            check_tol(self.tol, base.dtype, "probes.tol")
+            check_tol(self.tol, rounding_dtype(base.dtype, base.matmul_dtype), "probes.tol")
         out: list[Probe] = []
         if self.sharpness:
             step = None
             if self.in_step(probe_every) and isinstance(process, CompiledProcess):
-                step = self._step_sharpness(base.dim, seed + 1, required=self.every_step)
+                step = self._step_sharpness(base, seed + 1, required=self.every_step)
             if step is None:
                 k = min(self.k, base.dim)
                 out.append(
@@ -180,7 +181,8 @@ class Probes:
             out.append(Phi(self.phi_gtol, self.tol, dist))
         return tuple(out)
 
-    def _step_sharpness(self, dim: int, seed: int, required: bool) -> StepSharpness | None:
+    def _step_sharpness(self, base: Objective, seed: int, required: bool) -> StepSharpness | None:
+        dim = base.dim
         if self.grow_above is not None:
             return None  # k grows on the host (every_step refuses grow_above)
         block = self.k + 1
@@ -190,7 +192,7 @@ class Probes:
             if required:
                 raise ConfigError("probes.every_step", True, f"False for a {dim}-parameter problem")
             return None
-        tracker = StepTracker(k=self.k, tol=self.tol, max_rounds=rounds)
+        tracker = StepTracker(k=self.k, tol=self.tol, max_rounds=rounds, rounding=base.matmul_dtype)
         return StepSharpness(tracker, self.max_matvecs, seed)
 
 
