@@ -34,6 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mean_objective",),  # a mean objective as a weighted sum (padding, micro-batch scan)
     ("objective",),  # Objective: a loss on a flat vector and its data
     ("losses", "models", "data", "report"),  # report: figures and tables from a run directory
+    ("precision",),  # mixed precision: the layers' products in bfloat16
     ("rundir", "runlock", "helptext", "_version"),  # rundir: the one reader of a run directory
     ("errors",),
 )

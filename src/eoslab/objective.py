@@ -21,6 +21,7 @@ from jaxtyping import Array, Float
 from .errors import ConfigError
 from .losses import get as get_loss
 from .losses import safe_sqrt
+from .precision import MixedPrecision, check_matmul_dtype
 
 __all__ = ["ModelLoss", "Objective", "as_objective", "safe_sqrt"]
 
@@ -95,6 +96,8 @@ class Objective(eqx.Module):
         unravel: maps a flat vector back to the model's pytree (identity for flat problems).
         transform: ``"none"`` or ``"sqrt"`` (this objective is $\sqrt{L_{base} - L_{\min}}$).
         base_fn: for ``transform="sqrt"``, the untransformed loss ``fn(w, data)``.
+        matmul_dtype: the dtype the model's matrix products run in (None: the parameters';
+            ``"bfloat16"``: mixed precision, see `with_matmul_dtype`).
     """
 
     fn: Callable[[Array, Any], Array] = eqx.field(static=True)
@@ -104,6 +107,7 @@ class Objective(eqx.Module):
     unravel: Callable[[Array], Any] = eqx.field(static=True, default=None)
     transform: Literal["none", "sqrt"] = eqx.field(static=True, default="none")
     base_fn: Callable[[Array, Any], Array] | None = eqx.field(static=True, default=None)
+    matmul_dtype: str | None = eqx.field(static=True, default=None)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -321,6 +325,31 @@ class Objective(eqx.Module):
             base_fn=self.fn,
             loss_min=0.0,
         )
+
+    def with_matmul_dtype(self, dtype: str | None) -> Objective:
+        r"""The same loss with the model's matrix products (dense layers, convolutions,
+        attention) run on ``dtype`` operands with sums in the parameters' dtype: ``"bfloat16"``
+        is GPU mixed precision (float32 parameters and accumulation), None the plain products.
+
+        The value and every derivative are then those of the rounded computation: a
+        Hessian-vector product carries bfloat16's rounding, and the certified bounds of
+        `eoslab.curvature` use it (`eoslab.precision.rounding_dtype`). Only layers that route
+        their products through `eoslab.precision` (every eoslab model) are affected; for a
+        plain ``fn(w, data)`` the whole call runs inside `eoslab.precision.computing_in`.
+        """
+        dtype = check_matmul_dtype(dtype)
+        if self.transform == "sqrt":
+            return self.base().with_matmul_dtype(dtype).sqrt()
+        fn = self.fn
+        if dataclasses.is_dataclass(fn) and hasattr(fn, "apply"):  # a model's loss: wrap apply
+            inner = fn.apply.fn if isinstance(fn.apply, MixedPrecision) else fn.apply
+            new_fn = dataclasses.replace(
+                fn, apply=inner if dtype is None else MixedPrecision(inner, dtype)
+            )
+        else:
+            inner = fn.fn if isinstance(fn, MixedPrecision) else fn
+            new_fn = inner if dtype is None else MixedPrecision(inner, dtype)
+        return dataclasses.replace(self, fn=new_fn, matmul_dtype=dtype)
 
     def with_w0(self, w0: Any) -> Objective:
         """The same objective started from another flat vector."""

@@ -89,7 +89,15 @@ def _check_v0(v0, d: int, k: int) -> None:
 def _lanczos_jit(op, v0, key, sign, tol, *, k, m_max, max_matvecs, keep):
     mv = lambda x: sign * op.mv(x)
     st = lanczos_top(
-        mv, v0, k, tol=tol, m_max=m_max, max_matvecs=max_matvecs, key=key, restart_keep=keep
+        mv,
+        v0,
+        k,
+        tol=tol,
+        m_max=m_max,
+        max_matvecs=max_matvecs,
+        key=key,
+        restart_keep=keep,
+        rounding=op.rounding_dtype,
     )
     kk = min(k + 1, m_max)
     vecs = ritz_vectors(st, kk)
@@ -125,7 +133,7 @@ def _certify_block(op, X, sign, tol, extra_mv):
     res = jnp.linalg.norm(HX - X * theta[None, :], axis=0)
     k = X.shape[1]
     norm = jnp.max(jnp.abs(theta))
-    bound = res + rounding_floor(norm, X.dtype)
+    bound = res + rounding_floor(norm, op.rounding_dtype)
     ok = bound <= tol * jnp.abs(theta)
     return EigResult(
         values=sign * theta,
@@ -306,9 +314,9 @@ def _solve(loss, w, k, v0, tol, solver, max_matvecs, key, sign) -> EigResult:
     if not isinstance(solver, AbstractEigenSolver):
         raise ConfigError("solver", solver, "an eigensolver: Lanczos(), LOBPCG() or Power()")
     if tol is None:
-        tol = default_tol(op.dtype)
+        tol = default_tol(op.rounding_dtype)
     check_positive("tol", tol)
-    check_tol(tol, op.dtype)
+    check_tol(tol, op.rounding_dtype)
     if max_matvecs is not None and (not isinstance(max_matvecs, int) or max_matvecs < k):
         raise ConfigError("max_matvecs", max_matvecs, f"None or an integer >= k (= {k})")
     _check_v0(v0, d, k)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from numbers import Integral
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +118,7 @@ def lanczos_top(
     max_matvecs: int,
     key: Array,
     restart_keep: int,
+    rounding: Any = None,
 ) -> LanczosState:
     """Top-``k`` Ritz pairs of the symmetric operator ``matvec`` (traceable; call under jit).
 
@@ -128,7 +129,8 @@ def lanczos_top(
 
     Stops when every one of the top ``k`` Ritz values has ``bound <= tol * |theta|`` (or its
     residual is at the rounding floor, `rounding_floor`), when the basis spans the whole space,
-    or when ``max_matvecs`` is spent.
+    or when ``max_matvecs`` is spent. ``rounding``: the dtype whose rounding the products carry
+    (the operator's ``rounding_dtype``; default ``v0``'s).
     """
     v0 = v0[:, None] if v0.ndim == 1 else v0
     d = v0.shape[0]
@@ -179,7 +181,7 @@ def lanczos_top(
         theta, S, res, norm = _ritz(T, j + 1, m_max)
         # a restart keeps the top of the spectrum only: the norm seen before still holds
         norm = jnp.maximum(s.norm, norm)
-        floor = rounding_floor(norm, dtype)
+        floor = rounding_floor(norm, dtype if rounding is None else rounding)
         # The bound is the residual plus what rounding can hide; no gap enters it, because a gap
         # read off Ritz values can hide an eigenvalue the Krylov space has not resolved yet.
         bound = res + floor

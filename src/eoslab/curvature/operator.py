@@ -25,6 +25,7 @@ from jaxtyping import Array, Float
 
 from ..errors import ConfigError
 from ..objective import LossLike, Objective, as_objective
+from ..precision import rounding_dtype
 from ._checks import check_w, concrete
 
 __all__ = [
@@ -80,6 +81,14 @@ class AbstractOperator(eqx.Module):
     @property
     def dtype(self) -> Any:
         return self.w.dtype
+
+    @property
+    def rounding_dtype(self) -> Any:
+        r"""The precision whose rounding the products carry: the coarser of the point's dtype and
+        the objective's ``matmul_dtype`` (bfloat16 for a mixed-precision model), the
+        $\epsilon$ of every certified bound (`eoslab.curvature.rounding`)."""
+        obj = getattr(self, "objective", None)
+        return rounding_dtype(self.dtype, getattr(obj, "matmul_dtype", None))
 
     @abc.abstractmethod
     def linearize(self) -> Linearization:

@@ -25,7 +25,6 @@ import math
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array
 
 from ..errors import ConfigError
@@ -39,7 +38,7 @@ ROUNDING = 8.0
 def rounding_floor(norm: Array, dtype: Any) -> Array:
     r"""$c\,\epsilon\,\lVert H\rVert$: what rounding can hide in a residual of ``dtype``
     products."""
-    return ROUNDING * jnp.finfo(dtype).eps * norm
+    return ROUNDING * float(jnp.finfo(dtype).eps) * norm
 
 
 def min_tol(dtype: Any) -> float:
@@ -48,7 +47,7 @@ def min_tol(dtype: Any) -> float:
     Even for $\lambda_1$ with $\lVert H\rVert = \lambda_1$ and a residual at the rounding level,
     the bound is at least $c\,\epsilon\,\lambda_1$ plus that residual.
     """
-    return float(2 * ROUNDING * np.finfo(np.dtype(dtype)).eps)
+    return float(2 * ROUNDING * float(jnp.finfo(dtype).eps))
 
 
 def default_tol(dtype: Any) -> float:
@@ -70,7 +69,7 @@ def check_tol(tol: float, dtype: Any, name: str = "tol") -> float:
         raise ConfigError(
             name,
             tol,
-            f">= {floor:.1e} for {np.dtype(dtype).name} (what its rounding lets a bound certify)",
+            f">= {floor:.1e} for {jnp.dtype(dtype).name} (what its rounding lets a bound certify)",
             "Tighter bounds need float64 (e.g. a run with --dtype float64).",
         )
     return float(tol)

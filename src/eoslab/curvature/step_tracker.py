@@ -26,7 +26,7 @@ the tracked vectors follow the top $k$ eigenvalues, as any warm start does.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..errors import ConfigError, check_positive
+from ..precision import check_matmul_dtype, rounding_dtype
 from .rounding import check_tol, rounding_floor
 
 __all__ = [
@@ -79,10 +80,13 @@ class StepEig(NamedTuple):
 _POLISH = 0.25
 
 
-def _certify(theta: Array, resid: Array, norm: Array, tol: float) -> tuple[Array, Array]:
-    """Each value's bound, its residual norm plus the products' rounding floor, and whether all
-    bounds are within ``tol`` of their values or at the rounding level (no round can help)."""
-    floor = rounding_floor(norm, theta.dtype)
+def _certify(
+    theta: Array, resid: Array, norm: Array, tol: float, rounding: Any
+) -> tuple[Array, Array]:
+    """Each value's bound, its residual norm plus the products' rounding floor (in ``rounding``,
+    the products' precision), and whether all bounds are within ``tol`` of their values or at
+    the rounding level (no round can help)."""
+    floor = rounding_floor(norm, rounding)
     bound = resid + floor
     return bound, jnp.all((bound <= tol * jnp.abs(theta)) | (resid <= floor))
 
@@ -133,11 +137,15 @@ class StepTracker(eqx.Module):
     k: int = eqx.field(static=True, default=1)
     tol: float = eqx.field(static=True, default=1e-3)
     max_rounds: int = eqx.field(static=True, default=8)
+    rounding: str | None = eqx.field(static=True, default=None)
+    """The dtype of the products' rounding when coarser than the vectors' (``"bfloat16"`` for
+    a mixed-precision model, `eoslab.precision`); None: the vectors' dtype."""
 
     def __check_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ConfigError("k", self.k, "an integer >= 1")
         check_positive("tol", self.tol)
+        check_matmul_dtype(self.rounding, "rounding")
         if isinstance(self.max_rounds, bool) or not isinstance(self.max_rounds, int):
             raise ConfigError("max_rounds", self.max_rounds, "an integer >= 1")
         if self.max_rounds < 1:
@@ -150,7 +158,7 @@ class StepTracker(eqx.Module):
 
     def init(self, d: int, dtype, key: Array) -> StepTrackerState:
         """A random orthonormal start (the first steps converge from it)."""
-        check_tol(self.tol, dtype)
+        check_tol(self.tol, rounding_dtype(dtype, self.rounding))
         if d < self.block * self.max_rounds:
             raise ConfigError(
                 "dim", d, f"at least (k+1) * max_rounds = {self.block * self.max_rounds} parameters"
@@ -162,7 +170,7 @@ class StepTracker(eqx.Module):
     ) -> StepTrackerState:
         """A state from eigenvectors solved otherwise (e.g. by Lanczos at the first step), with
         that solve's estimate of $\\lVert H\rVert$ (`EigResult.operator_norm`)."""
-        check_tol(self.tol, vectors.dtype)
+        check_tol(self.tol, rounding_dtype(vectors.dtype, self.rounding))
         rows = jnp.concatenate([vectors[:, : self.k].T, guard[None, :]], axis=0)
         return self._fresh(rows, norm)
 
@@ -229,7 +237,13 @@ class StepTracker(eqx.Module):
         R = HU - U * theta[None, :]
         seen = jnp.arange(k1) < jnp.sum(active)
         norm = jnp.maximum(norm, jnp.max(jnp.where(seen, jnp.abs(theta), 0.0)))
-        bound, ok = _certify(theta[:k], jnp.linalg.norm(R[:, :k], axis=0), norm, tol)
+        bound, ok = _certify(
+            theta[:k],
+            jnp.linalg.norm(R[:, :k], axis=0),
+            norm,
+            tol,
+            rounding_dtype(theta.dtype, self.rounding),
+        )
         eig = (theta[:k], bound, jnp.where(valid, theta[k], jnp.nan))
         return U, R, eig, ok, norm
 
@@ -243,7 +257,13 @@ class StepTracker(eqx.Module):
             U, HU = S.T @ Q, S.T @ HQ
         R = HU - theta[:, None] * U
         norm = jnp.maximum(norm, jnp.max(jnp.abs(theta)))
-        bound, ok = _certify(theta, jnp.linalg.norm(R, axis=1), norm, self.tol)
+        bound, ok = _certify(
+            theta,
+            jnp.linalg.norm(R, axis=1),
+            norm,
+            self.tol,
+            rounding_dtype(theta.dtype, self.rounding),
+        )
         return U, HU, R, (theta, bound, jnp.asarray(jnp.nan, theta.dtype)), ok, norm
 
     def update(
@@ -387,8 +407,11 @@ class ClusterTracker(eqx.Module):
     tol: float = eqx.field(static=True, default=1e-3)
     max_rounds: int = eqx.field(static=True, default=4)
     chunk: int = eqx.field(static=True, default=1)
+    rounding: str | None = eqx.field(static=True, default=None)
+    """The dtype of the products' rounding when coarser than the vectors' (as `StepTracker`)."""
 
     def __check_init__(self) -> None:
+        check_matmul_dtype(self.rounding, "rounding")
         for name in ("max_k", "max_rounds", "chunk"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -399,7 +422,7 @@ class ClusterTracker(eqx.Module):
 
     def init(self, d: int, dtype, key: Array) -> ClusterState:
         """A random orthonormal start with a block of one."""
-        check_tol(self.tol, dtype)
+        check_tol(self.tol, rounding_dtype(dtype, self.rounding))
         if d < 2 * (self.max_k + 1):
             raise ConfigError("dim", d, f"at least 2 (max_k + 1) = {2 * (self.max_k + 1)}")
         X = _orth(jax.random.normal(key, (d, self.max_k + 1), dtype)).T
@@ -410,7 +433,7 @@ class ClusterTracker(eqx.Module):
     ) -> ClusterState:
         """A state from eigenvectors solved otherwise (the top ones first; random vectors fill
         the rest of the ``max_k + 1`` rows), with a block of ``size``."""
-        check_tol(self.tol, vectors.dtype)
+        check_tol(self.tol, rounding_dtype(vectors.dtype, self.rounding))
         d, j = vectors.shape
         m1 = self.max_k + 1
         X = vectors[:, :m1]
@@ -447,7 +470,7 @@ class ClusterTracker(eqx.Module):
         m = self.max_k
         above = seen[:m] & (theta[:m] >= cutoff)
         size = jnp.clip(jnp.sum(jnp.cumprod(above.astype(jnp.int32)), dtype=jnp.int32), 1, m)
-        floor = rounding_floor(norm, theta.dtype)
+        floor = rounding_floor(norm, rounding_dtype(theta.dtype, self.rounding))
         bound = resid + floor
         inblock = jnp.arange(m + 1) < size
         good = (bound <= tol * jnp.abs(theta)) | (resid <= floor)
@@ -459,7 +482,7 @@ class ClusterTracker(eqx.Module):
         (with a residual above the rounding floor), and the guard while it is not certified
         below the cutoff (or was never multiplied)."""
         rows = jnp.arange(self.max_k + 1)
-        floor = rounding_floor(norm, theta.dtype)
+        floor = rounding_floor(norm, rounding_dtype(theta.dtype, self.rounding))
         miss = (rows < size) & (bound > tol * jnp.abs(theta)) & (bound > 2.0 * floor)
         guard = (rows == size) & (size < self.max_k) & ~(seen & (theta + bound < cutoff))
         return miss | guard

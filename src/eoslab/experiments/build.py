@@ -16,7 +16,7 @@ from ..dynamics.optimizer import Optimizer
 from ..dynamics.process import Process
 from ..errors import ConfigError
 from ..objective import Objective
-from ..parallel import batch_size_of, microbatched, shard_objective
+from ..parallel import batch_size_of, microbatched, shard_objective, shard_params
 from ..runner import Accuracy, BatchSharpness
 from .config import Experiment, ModelProblem, QuadraticProblem, ToyMLPProblem, ValleyProblem
 
@@ -142,10 +142,15 @@ def build(exp: Experiment) -> Built:
         obj, acc, info = _valley(p, dtype)
     else:
         obj, acc, info = _model(p, exp.seed, dtype)
+    if exp.matmul_dtype != "param":
+        obj = obj.with_matmul_dtype(exp.matmul_dtype)
+        info["matmul_dtype"] = exp.matmul_dtype
     if exp.microbatch is not None:
         obj = microbatched(obj, batch_size=exp.microbatch)
     if exp.devices != 1:
         obj = shard_objective(obj, devices=exp.devices)
+    if exp.shard_params:
+        obj = shard_params(obj, devices=exp.devices)
     custom: tuple = (acc,) if (acc is not None and exp.accuracy) else ()
     if exp.batch_size is None:
         processes: dict[str, Process] = {exp.rule.kind: Optimizer(exp.rule)}

@@ -216,6 +216,10 @@ class Experiment:
     """Seed of the initialization, data subset and eigen-solver starts."""
     dtype: Literal["float32", "float64"] = "float32"
     """Parameter dtype (float64 runs inside jax.enable_x64; nothing global changes)."""
+    matmul_dtype: Literal["param", "bfloat16"] = "param"
+    """The model's matrix products: "param" in the parameter dtype, "bfloat16" mixed
+    precision as on GPUs (bfloat16 operands, sums and parameters in dtype); bounds then carry
+    bfloat16's rounding, so probes.tol must be >= 0.125 (eoslab.precision)."""
     flush_seconds: float = 10.0
     """Write metrics and a checkpoint at least this often (seconds)."""
     description: Annotated[
@@ -228,6 +232,10 @@ class Experiment:
     """A note saved with the run (config.json, report.md)."""
     devices: int = 1
     """Shard the training examples over this many devices (eoslab.parallel)."""
+    shard_params: bool = False
+    """Also split the flat parameter vector over the same devices (FSDP: all-gathered inside
+    the loss; gradients, Hessian products, eigenvectors and optimizer state in shards). Needs
+    devices >= 2 and a parameter count divisible by devices."""
     microbatch: Annotated[
         int | None, tyro.conf.arg(metavar="INT", help_behavior_hint="(default: off, one batch)")
     ] = None
@@ -250,6 +258,16 @@ class Experiment:
 
     def __post_init__(self) -> None:
         _check_int("devices", self.devices, 1)
+        if self.matmul_dtype not in ("param", "bfloat16"):
+            raise ConfigError("matmul_dtype", self.matmul_dtype, "'param' or 'bfloat16'")
+        if not isinstance(self.shard_params, bool):
+            raise ConfigError("shard_params", self.shard_params, "True or False")
+        if self.shard_params and self.devices < 2:
+            raise ConfigError(
+                "shard_params",
+                True,
+                f"False with devices={self.devices} (parameters are split over devices >= 2)",
+            )
         if self.microbatch is not None:
             _check_int("microbatch", self.microbatch, 1)
         check_positive("batch_sharpness_rel_err", self.batch_sharpness_rel_err)

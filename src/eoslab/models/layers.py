@@ -16,6 +16,8 @@ from jax import lax
 from jaxtyping import Array
 
 from ..errors import ConfigError
+from ..precision import conv as conv_product
+from ..precision import matmul
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
@@ -87,7 +89,7 @@ def head_init(
 
 def dense(p: dict[str, Array], x: Array) -> Array:
     """$x W + b$ for ``x`` of shape ``(N, n_in)``."""
-    y = x @ p["w"]
+    y = matmul(x, p["w"])
     return y + p["b"] if "b" in p else y
 
 
@@ -126,9 +128,7 @@ def conv(p: dict[str, Array], x: Array, stride: int = 1) -> Array:
     if jax.default_backend() == "cpu":
         y = _conv_im2col(x, w, stride)
     else:
-        y = lax.conv_general_dilated(
-            x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        y = conv_product(x, w, stride)
     return y + p["b"] if "b" in p else y
 
 
@@ -150,7 +150,7 @@ def _conv_im2col(x: Array, w: Array, stride: int) -> Array:
         for b in range(kw)
     ]
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-    return patches @ w.reshape(kh * kw * c_in, c_out)
+    return matmul(patches, w.reshape(kh * kw * c_in, c_out))
 
 
 def max_pool(x: Array, k: int = 2) -> Array:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ..errors import ConfigError
+from ..precision import matmul
 from .layers import normal, rng_from_key
 
 __all__ = ["DeepLinear", "deep_linear"]
@@ -27,7 +28,7 @@ class DeepLinear:
         h = x.reshape(x.shape[0], -1)
         for i in range(self.num_layers):
             p = params[f"layer{i:02d}"]
-            h = h @ p["w"]
+            h = matmul(h, p["w"])
             if "b" in p:
                 h = h + p["b"]
         return h

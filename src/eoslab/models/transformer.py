@@ -33,6 +33,7 @@ from jax import lax
 from jaxtyping import Array
 
 from ..errors import ConfigError
+from ..precision import einsum
 from .layers import activation as _activation
 from .layers import dense, dense_init, head_init, norm_init, normal, rng_from_key
 
@@ -58,12 +59,12 @@ def causal_attention(p: dict, x: Array, n_heads: int) -> Array:
     dh = d // n_heads
     qkv = dense(p["qkv"], x).reshape(n, t, 3, n_heads, dh)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (N, T, H, dh)
-    scores = jnp.einsum("nthe,nshe->nhts", q, k) / math.sqrt(dh)
+    scores = einsum("nthe,nshe->nhts", q, k) / math.sqrt(dh)
     causal = jnp.tril(jnp.ones((t, t), dtype=bool))
     # A finite mask value: exp(mask - max) is exactly 0, and no inf enters any derivative.
     scores = jnp.where(causal, scores, jnp.asarray(-1e30, scores.dtype))
     weights = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("nhts,nshe->nthe", weights, v).reshape(n, t, d)
+    out = einsum("nhts,nshe->nthe", weights, v).reshape(n, t, d)
     return dense(p["out"], out)
 
 

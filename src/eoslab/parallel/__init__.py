@@ -2,6 +2,8 @@
 
 * `shard_objective(obj, devices=N)`: examples sharded over N devices; every eoslab function runs
   unchanged with XLA collectives.
+* `shard_params(obj, devices=N)`: the flat parameter vector split over the same N devices
+  (FSDP: all-gathered inside the loss; gradients, HVPs and eigenvectors stay in shards).
 * `microbatched(obj, batch_size=B)` / ``memory_budget_bytes=...``: the full-batch loss and its
   derivatives accumulated over blocks inside one compiled loop.
 * `initialize(coordinator, num_processes, process_id)`: multi-host via ``jax.distributed``.
@@ -17,7 +19,9 @@ from .microbatch import plan_microbatch as plan_microbatch
 from .sharding import compiled_collectives as compiled_collectives
 from .sharding import data_mesh as data_mesh
 from .sharding import is_sharded as is_sharded
+from .sharding import params_sharded as params_sharded
 from .sharding import shard_objective as shard_objective
+from .sharding import shard_params as shard_params
 
 __all__ = [
     "MicrobatchPlan",
@@ -28,7 +32,9 @@ __all__ = [
     "initialize",
     "is_sharded",
     "microbatched",
+    "params_sharded",
     "plan_microbatch",
     "shard_objective",
+    "shard_params",
     "shutdown",
 ]

@@ -22,6 +22,17 @@ $m_i = 1/N$ on real examples, $0$ on padding: the same function of $w$. Any othe
 refused with `ConfigError` (XLA shardings must divide the axis evenly, and a general
 ``fn(w, data)`` cannot be told to ignore padding).
 
+Parameters (FSDP): `shard_params` splits the flat parameter vector $w \in \mathbb{R}^D$ itself
+over the same devices, ``NamedSharding(mesh, P("data"))``: each device holds $D/n$ entries of $w$,
+of the gradient, of every Hessian product and of every eigen-solver vector (Lanczos bases,
+LOBPCG blocks, Ritz vectors), and of the optimizer's state. Inside the loss the parameters are
+constrained to their shards and then to a replicated layout (``with_sharding_constraint`` twice):
+XLA all-gathers them for the forward pass, and the transpose of those two constraints makes the
+gradient's (and an HVP's) partial sums over the example shards land sharded again (an
+all-reduce or reduce-scatter). One mesh axis serves both, as in FSDP: the examples and the
+parameters are split over the same $n$ devices. $D$ must be divisible by $n$ (XLA shards evenly;
+a `ConfigError` says so otherwise).
+
 Multi-host: after `eoslab.parallel.initialize`, ``jax.devices()`` lists every process's devices;
 each process builds the same objective (the full data on each host) and `shard_objective` keeps
 on each host only the shards of its own devices (``jax.make_array_from_callback``). Results are
@@ -43,7 +54,14 @@ from ..errors import ConfigError
 from ..mean_objective import batch_size_of, mean_parts, weighted_objective
 from ..objective import Objective
 
-__all__ = ["compiled_collectives", "data_mesh", "shard_objective", "is_sharded"]
+__all__ = [
+    "compiled_collectives",
+    "data_mesh",
+    "is_sharded",
+    "params_sharded",
+    "shard_objective",
+    "shard_params",
+]
 
 AXIS = "data"
 
@@ -134,6 +152,9 @@ def shard_objective(obj: Objective, devices: int | None = None) -> Objective:
         obj = weighted_objective(obj, multiple=n_dev)
     rows = NamedSharding(mesh, PartitionSpec(AXIS))
     repl = NamedSharding(mesh, PartitionSpec())
+    split = params_sharded(obj)
+    if split > 1 and split != n_dev:
+        raise ConfigError("devices", n_dev, f"{split}: the devices the parameters are split over")
     data = obj.data
     if _is_model_layout(data):
         new = {
@@ -146,13 +167,106 @@ def shard_objective(obj: Objective, devices: int | None = None) -> Objective:
         }
     else:
         new = jax.tree_util.tree_map(lambda a: _place(a, rows if np.ndim(a) >= 1 else repl), data)
-    return dataclasses.replace(obj, data=new, w0=_place(obj.w0, repl))
+    w0 = obj.w0 if split > 1 else _place(obj.w0, repl)  # parameters in shards stay so
+    return dataclasses.replace(obj, data=new, w0=w0)
 
 
 def is_sharded(obj: Objective) -> int:
     """How many devices the objective's data span (1 for an unsharded objective)."""
     leaves = [a for a in jax.tree_util.tree_leaves(obj.data) if isinstance(a, jax.Array)]
     return max((len(a.sharding.device_set) for a in leaves), default=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class GatheredParams:
+    r"""``w -> unravel(w)`` with $w$ held in shards over a mesh and all-gathered before use.
+
+    ``with_sharding_constraint(w, shards)`` then ``with_sharding_constraint(w, full)``: outside the
+    loss $w$ (and, by the transpose of the constraints, its gradient and tangents) is split over
+    the mesh; inside it is whole on every device. Hashable: objectives sharded alike share
+    compiled code.
+    """
+
+    unravel: Any
+    shards: NamedSharding
+    full: NamedSharding
+
+    def __call__(self, w: jax.Array) -> Any:
+        w = jax.lax.with_sharding_constraint(w, self.shards)
+        return self.unravel(jax.lax.with_sharding_constraint(w, self.full))
+
+
+@dataclasses.dataclass(frozen=True)
+class GatheredFn:
+    """``fn(gather(w), data)`` for an objective that is not a model's (``fn(w, data)``)."""
+
+    fn: Any
+    gather: GatheredParams
+
+    def __call__(self, w: jax.Array, data: Any) -> jax.Array:
+        return self.fn(self.gather(w), data)
+
+
+def shard_params(obj: Objective, devices: int | None = None) -> Objective:
+    r"""``obj`` with its flat parameter vector sharded over ``devices`` (FSDP-style).
+
+    The same function of $w$; ``w0`` is placed in $n$ shards of $D/n$ entries, and every
+    derivative is computed with the parameters all-gathered inside the loss and the results
+    (gradients, Hessian products, eigenvectors) left in shards. Composes with `shard_objective`
+    (the examples over the same devices; use the same ``devices``), and with `microbatched`
+    in either order.
+
+    Raises:
+        ConfigError: ``devices`` out of range, $D$ not divisible by it, or data already sharded
+            over another number of devices.
+
+    >>> # obj = shard_params(shard_objective(obj, devices=8), devices=8)
+    >>> # obj.w0.addressable_shards[0].data.shape == (obj.dim // 8,)
+    """
+    if not isinstance(obj, Objective):
+        raise ConfigError("objective", type(obj).__name__, "an eoslab.Objective")
+    mesh = data_mesh(devices)
+    n_dev = int(mesh.devices.size)
+    if obj.dim % n_dev:
+        raise ConfigError(
+            "shard_params",
+            f"D={obj.dim} parameters over {n_dev} devices",
+            "a parameter count divisible by the devices (XLA splits an axis evenly)",
+            "Change a width by one, or shard over a divisor of D.",
+        )
+    on_data = is_sharded(obj)
+    if on_data > 1 and on_data != n_dev:
+        raise ConfigError("devices", n_dev, f"{on_data}: the devices the examples are sharded over")
+    if obj.transform == "sqrt":
+        return shard_params(obj.base(), devices).sqrt()
+    shards = NamedSharding(mesh, PartitionSpec(AXIS))
+    full = NamedSharding(mesh, PartitionSpec())
+    fn = obj.fn
+    if _has_unravel(fn):  # a model's loss (from_model, weighted, micro-batched): keep its type
+        inner = fn.unravel.unravel if isinstance(fn.unravel, GatheredParams) else fn.unravel
+        new_fn: Any = dataclasses.replace(fn, unravel=GatheredParams(inner, shards, full))
+    else:
+        inner = fn.fn if isinstance(fn, GatheredFn) else fn
+        new_fn = GatheredFn(inner, GatheredParams(_identity, shards, full))
+    return dataclasses.replace(obj, fn=new_fn, w0=_place(obj.w0, shards))
+
+
+def _identity(w: jax.Array) -> jax.Array:
+    return w
+
+
+def _has_unravel(fn: Any) -> bool:
+    """A dataclass loss with an ``unravel`` field (`eoslab.objective.ModelLoss` and the weighted
+    and micro-batched losses of `eoslab.mean_objective`), which `mean_parts` recognises."""
+    return dataclasses.is_dataclass(fn) and any(f.name == "unravel" for f in dataclasses.fields(fn))
+
+
+def params_sharded(obj: Objective) -> int:
+    """How many shards the objective's ``w0`` is split into (1: whole on each device)."""
+    w0 = obj.w0
+    if not isinstance(w0, jax.Array):
+        return 1
+    return obj.dim // int(w0.sharding.shard_shape(w0.shape)[0])
 
 
 _COLLECTIVE = re.compile(

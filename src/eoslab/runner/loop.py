@@ -104,6 +104,15 @@ class _Plan(NamedTuple):
     probed: tuple[tuple[Probe, bool], ...]  # (probe, coarse)
 
 
+def _like(saved: np.ndarray, fresh: Any) -> Array:
+    """A checkpointed array in the dtype and device layout of the fresh state's leaf (a run
+    whose parameters are sharded resumes sharded, whichever layout saved it)."""
+    arr = np.asarray(saved, jnp.asarray(fresh).dtype)
+    if isinstance(fresh, jax.Array) and len(fresh.sharding.device_set) > 1:
+        return jax.device_put(arr, fresh.sharding)
+    return jnp.asarray(arr)
+
+
 class _Lockstep:
     """The processes, their states and probes; one checkpoint holds them all."""
 
@@ -459,7 +468,7 @@ class _Lockstep:
                 )
             self.states[n] = jax.tree_util.tree_unflatten(
                 treedef,
-                [jnp.asarray(a, jnp.asarray(b).dtype) for a, b in zip(saved, leaves, strict=True)],
+                [_like(a, b) for a, b in zip(saved, leaves, strict=True)],
             )
             if self.schedule is not None:
                 prefix = f"{n}__probe_{_SCHEDULE}_"
@@ -592,6 +601,8 @@ def run(
     probes = Probes() if probes is None else probes
     stop = Stop() if stop is None else stop
     w = jnp.asarray(obj.w0 if w0 is None else w0, obj.dtype)
+    if w0 is not None and isinstance(obj.w0, jax.Array):  # laid out as the objective's own
+        w = jax.device_put(w, obj.w0.sharding)
     goals = stop.loss_below is not None or stop.accuracy_above is not None
     custom = check_probes(custom_probes)
     lock = _Lockstep(procs, obj, w, probes, seed, keep_points, custom, probe_every, goals)
@@ -837,5 +848,6 @@ def _default_config(procs, steps, obj, seed, probe_every, log_every) -> dict:
         "seed": seed,
         "dim": obj.dim,
         "dtype": str(obj.dtype),
+        "matmul_dtype": obj.matmul_dtype,
         "transform": obj.transform,
     }

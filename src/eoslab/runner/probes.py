@@ -47,6 +47,7 @@ from ..dynamics.phi import phi_result
 from ..dynamics.process import CompiledProcess, Process
 from ..errors import ConfigError, check_int, check_positive
 from ..objective import Objective
+from ..precision import rounding_dtype
 from .probe import At, GroupProbe, HostProbe, Probe, ScanProbe
 from .schedule import AdaptiveSchedule
 
@@ -212,12 +213,12 @@ class Probes:
         the alignment, the effective sharpness and the stableness."""
         base = objective.base()
         if self.sharpness or self.stableness or self.phi:
-            check_tol(self.tol, base.dtype, "probes.tol")
+            check_tol(self.tol, rounding_dtype(base.dtype, base.matmul_dtype), "probes.tol")
         out: list[Probe] = []
         if self.sharpness:
             step = None
             if self.in_step(probe_every) and isinstance(process, CompiledProcess):
-                step = self._step_sharpness(base.dim, seed + 1, required=self.every_step)
+                step = self._step_sharpness(base, seed + 1, required=self.every_step)
             if step is None:
                 k = min(self.k, base.dim)
                 out.append(
@@ -242,8 +243,9 @@ class Probes:
         return tuple(out)
 
     def _step_sharpness(
-        self, dim: int, seed: int, required: bool
+        self, base: Objective, seed: int, required: bool
     ) -> StepSharpness | StepCluster | None:
+        dim = base.dim
         if self.grow_above is not None:
             return None  # k grows on the host (every_step refuses grow_above)
         if self.cluster_above is not None:
@@ -258,7 +260,11 @@ class Probes:
                 return None
             rounds = 6 if self.max_matvecs is None else max(1, self.max_matvecs // (m + 1))
             cluster = ClusterTracker(
-                max_k=m, frac=float(self.cluster_above), tol=self.tol, max_rounds=rounds
+                max_k=m,
+                frac=float(self.cluster_above),
+                tol=self.tol,
+                max_rounds=rounds,
+                rounding=base.matmul_dtype,
             )
             return StepCluster(cluster, self.max_matvecs, seed)
         block = self.k + 1
@@ -268,7 +274,7 @@ class Probes:
             if required:
                 raise ConfigError("probes.every_step", True, f"False for a {dim}-parameter problem")
             return None
-        tracker = StepTracker(k=self.k, tol=self.tol, max_rounds=rounds)
+        tracker = StepTracker(k=self.k, tol=self.tol, max_rounds=rounds, rounding=base.matmul_dtype)
         return StepSharpness(tracker, self.max_matvecs, seed)
 
 

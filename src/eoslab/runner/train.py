@@ -16,6 +16,7 @@ from ..dynamics.rules import Rule
 from ..errors import ConfigError, check_int
 from ..objective import Objective, as_objective
 from ..parallel import microbatched, shard_objective
+from ..parallel import shard_params as parallel_shard_params
 from .accuracy import Accuracy
 from .loop import run
 from .probe import Probe, check_probes
@@ -42,6 +43,7 @@ def train(
     progress: bool | None = False,
     w0: Array | None = None,
     devices: int | None = None,
+    shard_params: bool = False,
     microbatch: int | None = None,
     memory_budget_bytes: int | None = None,
     custom_probes: tuple[Probe, ...] = (),
@@ -59,6 +61,8 @@ def train(
         w0: start here instead of ``objective.w0``.
         devices: shard the examples over this many devices (`eoslab.parallel.shard_objective`;
             same numbers as one device, to float tolerance).
+        shard_params: split the flat parameters over the same ``devices`` too
+            (`eoslab.parallel.shard_params`, FSDP-style).
         microbatch, memory_budget_bytes: accumulate loss, gradient and HVPs over micro-batches
             of this size, or the largest size within the budget (`eoslab.parallel.microbatched`).
         accuracy: measure the training accuracy at probed steps (column ``accuracy``) when the
@@ -86,6 +90,10 @@ def train(
         obj = microbatched(obj, batch_size=microbatch, memory_budget_bytes=memory_budget_bytes)
     if devices is not None and devices != 1:
         obj = shard_objective(obj, devices=devices)
+    if not isinstance(shard_params, bool):
+        raise ConfigError("shard_params", shard_params, "True or False")
+    if shard_params:
+        obj = parallel_shard_params(obj, devices=devices)
     result = run(
         {rule.kind: Optimizer(rule)},
         obj,
