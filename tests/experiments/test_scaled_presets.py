@@ -127,6 +127,7 @@ def test_resnet20_cifar_20_steps_on_1000_synthetic_images_with_certified_sharpne
         problem=dataclasses.replace(exp.problem, n=1000, data_dir=str(tmp_path / "none")),
         steps=20,
         probe_every=5,
+        microbatch=250,  # im2col activations of 1,000 images would hold ~12 GB on a CPU
     )
     with pytest.warns(UserWarning, match="synthetic"):
         run = execute(exp)
