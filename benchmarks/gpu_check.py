@@ -45,22 +45,29 @@ print(json.dumps({r.name: r.at_batch.peak for r in rep.rows}))
 """
 
 
-def predict_on_cpu(name: str, n: int) -> dict:
-    """The CPU-compiled peak bytes of the step and the step + sharpness (a subprocess on
-    XLA:CPU, so the GPU's memory is not touched)."""
+def start_prediction(name: str, n: int) -> tuple[subprocess.Popen, float]:
+    """Start the CPU-side prediction of the step's and the step + sharpness's peak bytes: a
+    subprocess on XLA:CPU (the GPU's memory is not touched), compiling while the GPU measures."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    t = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PREDICT, name, str(n)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, time.perf_counter()
+
+
+def finish_prediction(started: tuple[subprocess.Popen, float]) -> dict:
+    proc, t = started
     try:
-        out = subprocess.run(
-            [sys.executable, "-c", _PREDICT, name, str(n)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        ).stdout
-        pred = json.loads(out.strip().splitlines()[-1])
+        out, err = proc.communicate(timeout=float(os.environ.get("PREDICT_TIMEOUT", "300")))
+        pred = json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 else {}
+        if proc.returncode != 0:
+            print(f"  CPU-side prediction failed: {err.strip()[-500:]}", file=sys.stderr)
     except (subprocess.SubprocessError, ValueError, IndexError) as exc:
+        proc.kill()
         print(f"  CPU-side prediction failed: {exc}", file=sys.stderr)
         pred = {}
     pred["seconds"] = time.perf_counter() - t
@@ -147,10 +154,11 @@ def main() -> int:
     steps = args.steps or (3 if args.dry_run else 20)
     print(f"backend {jax.default_backend()}, devices {jax.devices()}", flush=True)
     rows = []
+    started = {name: start_prediction(name, n) for name, n in presets.items()}
     for name, n in presets.items():
         print(f"-- {name} (n={n}) --", flush=True)
-        pred = predict_on_cpu(name, n)
         row = measure(name, n, steps)
+        pred = finish_prediction(started[name])
         row["pred_step_bytes"] = pred.get("step")
         row["pred_step_sharpness_bytes"] = pred.get("step + sharpness")
         row["predict_s"] = pred["seconds"]
