@@ -178,7 +178,7 @@ class Sharpness:
 class Memory:
     """XLA's compiled memory of a preset's step and probes, before a run (nothing runs)."""
 
-    preset: tyro.conf.Positional[str]
+    preset: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="PRESET")]
     """The preset (eoslab list), e.g. gpt-small."""
     batch: Annotated[int | None, _opt("INT", "the preset's mini-batch, else all its examples")] = (
         None
