@@ -412,6 +412,7 @@ HELPS = [
     ["plot"],
     ["report"],
     ["sharpness"],
+    ["memory"],
     ["data"],
     ["demo"],
     ["reproduce"],

@@ -175,6 +175,24 @@ class Sharpness:
 
 
 @dataclasses.dataclass(frozen=True)
+class Memory:
+    """XLA's compiled memory of a preset's step and probes, before a run (nothing runs)."""
+
+    preset: Annotated[tyro.conf.Positional[str], tyro.conf.arg(metavar="PRESET")]
+    """The preset (eoslab list), e.g. gpt-small."""
+    batch: Annotated[int | None, _opt("INT", "the preset's mini-batch, else all its examples")] = (
+        None
+    )
+    """Examples per step, over all devices."""
+    devices: int = 1
+    """Devices the batch is sharded over (parameters replicated on each)."""
+    budget: str = "80GB"
+    """Memory per device for the largest-batch estimate (80GB, 512MB, 79.6GiB, 8e10)."""
+    remat: Literal["blocks", "dots"] = "blocks"
+    """Rematerialization policy of the model's blocks for the second set of columns."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Data:
     """Datasets: `eoslab data list`, or `eoslab data fetch NAME`."""
 
@@ -448,6 +466,20 @@ def _cmd_sharpness(args: Sharpness) -> int:
     return 0
 
 
+def _cmd_memory(args: Memory) -> int:
+    from .experiments import get_preset
+    from .experiments.memory import format_report, memory_report
+    from .parallel.memory import parse_bytes
+
+    exp = get_preset(args.preset)
+    budget = parse_bytes(args.budget)
+    rep = memory_report(
+        exp, batch=args.batch, devices=args.devices, budget_bytes=budget, remat=args.remat
+    )
+    print(format_report(args.preset, rep))
+    return 0
+
+
 def _cmd_data(args: Data) -> int:
     from .data import commands
 
@@ -520,6 +552,7 @@ COMMANDS = {
     "plot": Plot,
     "report": Report,
     "sharpness": Sharpness,
+    "memory": Memory,
     "data": Data,
     "demo": Demo,
     "reproduce": Reproduce,
@@ -656,6 +689,8 @@ def _dispatch(argv: list[str]) -> int:
             return 0
         if isinstance(args, Sharpness):
             return _cmd_sharpness(args)
+        if isinstance(args, Memory):
+            return _cmd_memory(args)
         if isinstance(args, Data):
             return _cmd_data(args)
         if isinstance(args, Demo):

@@ -24,6 +24,7 @@ from .registry import load as load
 from .registry import register as register
 from .registry import require as require
 from .registry import standardize as standardize
+from .registry import synthetic_twin as synthetic_twin
 
 __all__ = [
     "DATASETS",
@@ -41,4 +42,5 @@ __all__ = [
     "register",
     "require",
     "standardize",
+    "synthetic_twin",
 ]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..errors import ConfigError, DatasetNotFoundError
-from . import builtin, disk
+from . import builtin, disk, synthetic_images, tokens
 from .specs import Dataset as Dataset
 from .specs import DatasetSpec as DatasetSpec
 from .specs import RawData as RawData
@@ -28,6 +28,7 @@ __all__ = [
     "load",
     "register",
     "require",
+    "synthetic_twin",
 ]
 
 SUBSETS = ("first", "balanced")
@@ -44,9 +45,17 @@ def register(spec: DatasetSpec) -> DatasetSpec:
     return spec
 
 
-for shipped in (*builtin.SPECS, *disk.SPECS):  # the datasets eoslab knows out of the box
-    register(shipped)
+for shipped in (*builtin.SPECS, *disk.SPECS, *synthetic_images.SPECS, *tokens.SPECS):
+    register(shipped)  # the datasets eoslab knows out of the box
 del shipped
+
+#: On-disk datasets and the built-in synthetic sets of the same shapes that stand in for them.
+SYNTHETIC_TWINS = {"cifar10": "cifar10-synthetic", "text-T256": "text-T256-synthetic"}
+
+
+def synthetic_twin(name: str) -> str | None:
+    """The synthetic dataset of the same shapes as on-disk dataset ``name``, or None."""
+    return SYNTHETIC_TWINS.get(name)
 
 
 def require(
@@ -64,6 +73,8 @@ def require(
     d = Path(data_dir).expanduser() if data_dir is not None else None
     where = spec.locate(d)
     if where is None:
+        if name == "text-T256":
+            raise DatasetNotFoundError(tokens.missing_text_message(d))
         raise DatasetNotFoundError(disk.missing_message(name, d, field))
     return where
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -93,10 +95,28 @@ def _toy_mlp(p: ToyMLPProblem, seed: int, dtype) -> tuple[Objective, None, dict]
     return obj, None, {"dim": obj.dim}
 
 
-def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
-    ds = data.load(
-        p.dataset, n=p.n, subset=p.subset, seed=seed, data_dir=p.data_dir, scaling=p.scaling
+def _dataset_to_load(p: ModelProblem) -> tuple[str, dict]:
+    """The dataset to read: ``p.dataset``, or with ``if_missing="synthetic"`` its synthetic
+    stand-in when the files are not found (warned, and recorded for the manifest)."""
+    if p.if_missing != "synthetic":
+        return p.dataset, {}
+    spec = data.DATASETS[p.dataset]
+    if spec.locate(Path(p.data_dir).expanduser() if p.data_dir else None) is not None:
+        return p.dataset, {"synthetic_data": False}
+    twin = data.synthetic_twin(p.dataset)
+    where = p.data_dir if p.data_dir else "the default data directory"
+    warnings.warn(
+        f"dataset {p.dataset!r} not found in {where}: running on {twin!r}, synthetic data of "
+        "the same shapes (times and memory are those of the real run, the dynamics are not)",
+        UserWarning,
+        stacklevel=3,
     )
+    return twin, {"synthetic_data": True, "synthetic_dataset": twin}
+
+
+def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
+    name, note = _dataset_to_load(p)
+    ds = data.load(name, n=p.n, subset=p.subset, seed=seed, data_dir=p.data_dir, scaling=p.scaling)
     apply, params = models.create(
         p.model, jax.random.PRNGKey(seed), ds.input_shape, ds.num_classes, **p.model_options
     )
@@ -110,6 +130,7 @@ def _model(p: ModelProblem, seed: int, dtype) -> tuple[Objective, Any, dict]:
         "n_train": int(np.shape(ds.x_train)[0]),
         "num_classes": ds.num_classes,
         "dataset": getattr(ds, "name", p.dataset),
+        **note,
     }
     return obj, probe, info
 

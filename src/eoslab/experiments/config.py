@@ -80,11 +80,22 @@ class ModelProblem:
     """Integer options of the model family over its defaults (transformer: d_model, n_heads,
     n_layers, d_mlp; see eoslab.models.create), e.g. --problem.model-options d_model 64."""
 
+    if_missing: Literal["error", "synthetic"] = "error"
+    """When an on-disk dataset (cifar10, text-T256) is not found: stop with an error, or run on
+    its synthetic stand-in of the same shapes (a warning, and synthetic_data in the manifest)."""
+
     kind: ClassVar[str] = "model"
 
     def __post_init__(self) -> None:
         if self.n is not None:
             _check_int("n", self.n, 1)
+        if self.if_missing == "synthetic" and data_registry.synthetic_twin(self.dataset) is None:
+            raise ConfigError(
+                "if_missing",
+                "synthetic",
+                "'error': only " + ", ".join(data_registry.SYNTHETIC_TWINS) + " have a synthetic "
+                f"stand-in, not {self.dataset!r}",
+            )
         if not isinstance(self.model_options, dict):
             raise ConfigError("model_options", self.model_options, "a mapping of names to ints")
         accepted = int_option_names(self.model)

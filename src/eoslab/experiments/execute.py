@@ -45,4 +45,5 @@ def execute(
             config=to_dict(exp),
             progress=progress,
             custom_probes=built.custom_probes,
+            notes={k: v for k, v in built.info.items() if k.startswith("synthetic")} or None,
         )

@@ -23,6 +23,7 @@ from .config import (
     ToyMLPProblem,
     ValleyProblem,
 )
+from .scaled import SCALED_PRESETS
 
 __all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset"]
 
@@ -125,6 +126,7 @@ PRESETS: dict[str, Experiment] = {
         "the paper's valley (1 + x^2) y^2 + 0.3 z^2 (tau = lr^2 t = 1): Phi(x_t) follows X(tau) "
         "to O(lr) while the sharpness falls (seconds).",
     ),
+    **SCALED_PRESETS,  # CIFAR-10 and GPT-2 small at the field's scale (scaled.py)
 }
 
 

@@ -23,6 +23,7 @@ from .resnet import ResNet as ResNet
 from .transformer import Transformer as Transformer
 from .vgg import VGG as VGG
 from .vgg import VGG11 as VGG11
+from .vit import ViT as ViT
 
 __all__ = [
     "ACTIVATIONS",
@@ -31,6 +32,7 @@ __all__ = [
     "MODELS",
     "VGG",
     "VGG11",
+    "ViT",
     "DeepLinear",
     "ModelSpec",
     "ResNet",

@@ -30,6 +30,26 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+#: Rematerialization policies for a model's blocks (`remat`): ``"none"`` keeps every
+#: intermediate for the backward pass; ``"blocks"`` keeps only each block's input and recomputes
+#: the rest (`jax.checkpoint`, nothing saveable); ``"dots"`` also keeps the matrix products'
+#: outputs that have no batch dimension (``dots_with_no_batch_dims_saveable``).
+REMAT_POLICIES = ("none", "blocks", "dots")
+
+
+def remat(fn: Callable, policy: str) -> Callable:
+    """``fn`` under the rematerialization ``policy`` (one of `REMAT_POLICIES`): the same values
+    and derivatives of every order, with less memory held between the forward and the backward
+    pass (at the cost of recomputing the block's forward)."""
+    if policy == "none":
+        return fn
+    if policy == "blocks":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+    if policy == "dots":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    raise ConfigError("remat", policy, "one of " + ", ".join(map(repr, REMAT_POLICIES)))
+
+
 def activation(name: str) -> Callable[[Array], Array]:
     """The activation function called ``name`` (one of `ACTIVATIONS`)."""
     if name not in ACTIVATIONS:

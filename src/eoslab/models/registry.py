@@ -17,6 +17,7 @@ from .mlp import mlp
 from .resnet import resnet
 from .transformer import transformer
 from .vgg import vgg
+from .vit import vit
 
 __all__ = ["MODELS", "ModelSpec", "create", "int_option_names"]
 
@@ -109,6 +110,27 @@ MODELS: dict[str, ModelSpec] = {
         {"d_model": 32, "n_heads": 2, "n_layers": 2, "activation": "gelu"},
         "pre-LN causal decoder, d_model 32, 2 heads, 2 layers, GELU, learned positions; "
         "input_shape (T,) token ids, num_classes the vocabulary, outputs (N, T, V)",
+    ),
+    "gpt2-small": ModelSpec(
+        transformer,
+        {
+            "d_model": 768,
+            "n_heads": 12,
+            "n_layers": 12,
+            "activation": "gelu",
+            "embed_std": 0.02,
+            "max_len": 1024,
+            "vocab": 50257,
+            "tie_embeddings": True,
+        },
+        "GPT-2 small: pre-LN causal decoder, d_model 768, 12 heads, 12 layers, vocabulary "
+        "50,257, 1,024 positions, logits off the tied token embeddings (124,439,808 parameters)",
+    ),
+    "vit-tiny": ModelSpec(
+        vit,
+        {"patch": 4, "d_model": 192, "n_heads": 3, "n_layers": 12},
+        "ViT-Tiny/4 for 32x32 images: 64 patches, d_model 192, 3 heads, 12 layers, mean pool "
+        "(5,362,378 parameters on CIFAR-10)",
     ),
 }
 

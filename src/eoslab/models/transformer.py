@@ -25,6 +25,7 @@ over examples and positions.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -34,10 +35,19 @@ from jaxtyping import Array
 
 from ..errors import ConfigError
 from ..precision import einsum
+from .layers import (
+    REMAT_POLICIES,
+    dense,
+    dense_init,
+    head_init,
+    norm_init,
+    normal,
+    remat,
+    rng_from_key,
+)
 from .layers import activation as _activation
-from .layers import dense, dense_init, head_init, norm_init, normal, rng_from_key
 
-__all__ = ["Transformer", "layer_norm", "transformer"]
+__all__ = ["Transformer", "block", "causal_attention", "layer_norm", "transformer"]
 
 
 def layer_norm(p: dict[str, Array], x: Array, eps: float = 1e-5) -> Array:
@@ -49,20 +59,34 @@ def layer_norm(p: dict[str, Array], x: Array, eps: float = 1e-5) -> Array:
     return (x - mu) * lax.rsqrt(var + eps) * p["scale"] + p["shift"]
 
 
-def causal_attention(p: dict, x: Array, n_heads: int) -> Array:
+def block(
+    p: dict, h: Array, n_heads: int, act_name: str, ln_eps: float, causal: bool = True
+) -> Array:
+    r"""One pre-LN block: $a = h + \mathrm{MHA}(\mathrm{LN}_1(h))$, then
+    $a + \mathrm{act}(\mathrm{LN}_2(a) W_1 + b_1) W_2 + b_2$ (``p``: ``ln1``, ``attn``, ``ln2``,
+    ``mlp``)."""
+    act = _activation(act_name)
+    h = h + causal_attention(p["attn"], layer_norm(p["ln1"], h, ln_eps), n_heads, causal)
+    z = act(dense(p["mlp"]["fc"], layer_norm(p["ln2"], h, ln_eps)))
+    return h + dense(p["mlp"]["proj"], z)
+
+
+def causal_attention(p: dict, x: Array, n_heads: int, causal: bool = True) -> Array:
     r"""Causal multi-head self-attention of ``x`` ``(N, T, d)``.
 
     $[Q, K, V] = x W_{qkv} + b_{qkv}$ split into ``n_heads`` heads of width $d_h = d/H$;
     $A^j = \mathrm{softmax}(Q^j K^{j\top}/\sqrt{d_h} + M)$ with $M_{ts} = -\infty$ for $s > t$;
-    output $[A^1V^1, \ldots, A^HV^H] W_o + b_o$."""
+    output $[A^1V^1, \ldots, A^HV^H] W_o + b_o$. With ``causal=False`` there is no mask $M$
+    (every position attends to every position: a ViT encoder)."""
     n, t, d = x.shape
     dh = d // n_heads
     qkv = dense(p["qkv"], x).reshape(n, t, 3, n_heads, dh)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (N, T, H, dh)
     scores = einsum("nthe,nshe->nhts", q, k) / math.sqrt(dh)
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    # A finite mask value: exp(mask - max) is exactly 0, and no inf enters any derivative.
-    scores = jnp.where(causal, scores, jnp.asarray(-1e30, scores.dtype))
+    if causal:
+        mask = jnp.tril(jnp.ones((t, t), dtype=bool))
+        # A finite mask value: exp(mask - max) is exactly 0, and no inf enters any derivative.
+        scores = jnp.where(mask, scores, jnp.asarray(-1e30, scores.dtype))
     weights = jax.nn.softmax(scores, axis=-1)
     out = einsum("nhts,nshe->nthe", weights, v).reshape(n, t, d)
     return dense(p["out"], out)
@@ -74,26 +98,35 @@ class Transformer:
     ``(N, T, V)``.
 
     Parameters: ``{"embed": {"tokens" (V, d), "positions" (max_len, d)}, "block0": {"ln1",
-    "attn": {"qkv", "out"}, "ln2", "mlp": {"fc", "proj"}}, ..., "ln_f", "head" (d, V)}``.
+    "attn": {"qkv", "out"}, "ln2", "mlp": {"fc", "proj"}}, ..., "ln_f", "head" (d, V)}``; with
+    ``tied`` there is no ``"head"``: the logits are $\mathrm{LN}_f(h) E^\top$ (GPT-2).
+    ``remat`` names the rematerialization policy of each block (`eoslab.models.layers.remat`).
     Hashable, so jitted callers keep their compiled code."""
 
     n_layers: int
     n_heads: int
     activation: str
     ln_eps: float
+    tied: bool = False
+    remat: str = "none"
 
     def __call__(self, params: dict, x: Array) -> Array:
-        act = _activation(self.activation)
         tokens = x.astype(jnp.int32)
         t = tokens.shape[-1]
         emb = params["embed"]
         h = emb["tokens"][tokens] + emb["positions"][:t]
+        step = remat(
+            functools.partial(
+                block, n_heads=self.n_heads, act_name=self.activation, ln_eps=self.ln_eps
+            ),
+            self.remat,
+        )
         for i in range(self.n_layers):
-            b = params[f"block{i}"]
-            h = h + causal_attention(b["attn"], layer_norm(b["ln1"], h, self.ln_eps), self.n_heads)
-            z = act(dense(b["mlp"]["fc"], layer_norm(b["ln2"], h, self.ln_eps)))
-            h = h + dense(b["mlp"]["proj"], z)
-        return dense(params["head"], layer_norm(params["ln_f"], h, self.ln_eps))
+            h = step(params[f"block{i}"], h)
+        z = layer_norm(params["ln_f"], h, self.ln_eps)
+        if self.tied:
+            return z @ emb["tokens"].T.astype(z.dtype)
+        return dense(params["head"], z)
 
 
 def _positive_int(field: str, value: object) -> int:
@@ -115,6 +148,10 @@ def transformer(
     ln_eps: float = 1e-5,
     embed_std: float = 1.0,
     head_init_std: float | None = None,
+    max_len: int | None = None,
+    vocab: int | None = None,
+    tie_embeddings: bool = False,
+    remat: str = "none",
 ) -> tuple[Transformer, dict]:
     r"""A pre-LN causal decoder for sequences of length ``input_shape = (T,)`` over a vocabulary
     of ``num_classes`` tokens (the readout predicts a token at every position).
@@ -123,7 +160,12 @@ def transformer(
     default for 1.0), linear layers PyTorch's $U(\pm 1/\sqrt{n_{in}})$, LayerNorm $\gamma=1$,
     $\beta=0$; with ``head_init_std`` the head is $N(0, \text{std}^2)$ with zero bias.
     ``d_mlp`` defaults to $4d$. Parameter count, with $d$ = ``d_model``, $m$ = ``d_mlp``:
-    $(V + T)d + L\,[2\cdot 2d + (d+1)3d + (d+1)d + (d+1)m + (m+1)d] + 2d + (d+1)V$.
+    $(V + T)d + L\,[2\cdot 2d + (d+1)3d + (d+1)d + (d+1)m + (m+1)d] + 2d + (d+1)V$, where
+    $T$ is ``max_len`` (default: the input length) and $V$ is ``vocab`` (default
+    ``num_classes``; a larger vocabulary than the data use, e.g. GPT-2's over byte tokens).
+    ``tie_embeddings`` reads the logits off the token embeddings (GPT-2: no head, the last term
+    drops): GPT-2 small is $V = 50257$, $T = 1024$, $d = 768$, $L = 12$, 12 heads, 124,439,808
+    parameters. ``remat``: ``"none"``, ``"blocks"`` or ``"dots"`` (`eoslab.models.layers.remat`).
 
     Raises:
         ConfigError: ``input_shape`` not ``(T,)``, a size < 1, ``d_model`` not divisible by
@@ -132,8 +174,16 @@ def transformer(
     shape = tuple(input_shape)
     if len(shape) != 1:
         raise ConfigError("input_shape", input_shape, "(T,): token sequences of length T")
-    max_len = _positive_int("input_shape[0]", shape[0])
-    vocab = _positive_int("num_classes", num_classes)
+    seq_len = _positive_int("input_shape[0]", shape[0])
+    max_len = seq_len if max_len is None else _positive_int("max_len", max_len)
+    if max_len < seq_len:
+        raise ConfigError("max_len", max_len, f"an int >= the sequence length {seq_len}")
+    if remat not in REMAT_POLICIES:
+        raise ConfigError("remat", remat, "one of " + ", ".join(map(repr, REMAT_POLICIES)))
+    vocab_data = _positive_int("num_classes", num_classes)
+    vocab = vocab_data if vocab is None else _positive_int("vocab", vocab)
+    if vocab < vocab_data:
+        raise ConfigError("vocab", vocab, f"an int >= the data's {vocab_data} token ids")
     d = _positive_int("d_model", d_model)
     heads = _positive_int("n_heads", n_heads)
     layers = _positive_int("n_layers", n_layers)
@@ -160,5 +210,7 @@ def transformer(
             "mlp": {"fc": dense_init(rng, d, m), "proj": dense_init(rng, m, d)},
         }
     params["ln_f"] = norm_init(d)
-    params["head"] = head_init(rng, d, vocab, True, head_init_std)
-    return Transformer(layers, heads, activation, float(ln_eps)), params
+    if not tie_embeddings:
+        params["head"] = head_init(rng, d, vocab, True, head_init_std)
+    arch = Transformer(layers, heads, activation, float(ln_eps), bool(tie_embeddings), remat)
+    return arch, params

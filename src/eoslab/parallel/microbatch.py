@@ -30,6 +30,7 @@ from ..curvature.operator import HessianOperator
 from ..errors import ConfigError
 from ..mean_objective import chunk_sum, mean_parts, num_examples, weighted_objective
 from ..objective import Objective
+from .memory import compiled_memory, fit_affine
 from .sharding import is_sharded, shard_objective
 
 __all__ = ["MicrobatchPlan", "microbatched", "plan_microbatch"]
@@ -70,14 +71,7 @@ def _block_hvp_temp_bytes(obj: Objective, b: int) -> float:
     frozen = jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), obj.data["frozen"]
     )
-    stats = jax.jit(f).lower(w, w, frozen, xs, ys, ms).compile().memory_analysis()
-    if stats is None:  # pragma: no cover - backends without memory analysis
-        raise ConfigError(
-            "memory_budget_bytes",
-            "<unsupported>",
-            "batch_size (this backend reports no memory analysis)",
-        )
-    return float(stats.temp_size_in_bytes)
+    return float(compiled_memory(f, w, w, frozen, xs, ys, ms).temp)
 
 
 def plan_microbatch(obj: Objective, memory_budget_bytes: int) -> MicrobatchPlan:
@@ -99,8 +93,8 @@ def plan_microbatch(obj: Objective, memory_budget_bytes: int) -> MicrobatchPlan:
     b1, b2 = min(n, 8), min(n, 64)
     t1 = _block_hvp_temp_bytes(obj, b1)
     t2 = _block_hvp_temp_bytes(obj, b2) if b2 > b1 else t1
-    c = max((t2 - t1) / (b2 - b1), 1.0) if b2 > b1 else max(t1 / b1, 1.0)
-    a = max(t1 - c * b1, 0.0)
+    fit = fit_affine(b1, t1, b2, t2)  # eoslab.parallel.memory: the same analysis as `eoslab memory`
+    a, c = fit.fixed, fit.per_example
     if a + c > memory_budget_bytes:
         raise ConfigError(
             "memory_budget_bytes",

@@ -550,6 +550,7 @@ def run(
     progress: bool | None = False,
     keep_points: bool = False,
     custom_probes: tuple[Probe, ...] = (),
+    notes: dict | None = None,
 ) -> Run:
     r"""Advance ``processes`` in lockstep from one start for ``steps`` steps, probing on the way.
 
@@ -578,6 +579,8 @@ def run(
             (`eoslab.runner.ScanProbe`, `HostProbe`, `GroupProbe`; e.g. `Accuracy`,
             `BatchSharpness`). A `ScanProbe` runs inside the compiled step where the sharpness
             does (every step); host and group probes run at every probed step.
+        notes: facts about the run kept in ``config.json`` (``notes``) and in every manifest,
+            e.g. ``{"synthetic_data": ...}`` when a stand-in dataset replaced a missing one.
 
     Returns:
         A `Run`. Divergence (a non-finite loss or point in any process) stops the run with
@@ -611,7 +614,7 @@ def run(
             lock, procs, None, 0, steps, probe_every, log_every, stop, progress, flush_seconds
         )
 
-    store = RunStore(out)
+    store = RunStore(out, notes)
     with _Signals() as signals, contextlib.ExitStack() as held:
         t = 0
         if resume:

@@ -118,9 +118,10 @@ class RunStore:
     written, so `verify` can tell a whole file from a truncated or overwritten one.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, notes: dict[str, Any] | None = None) -> None:
         self.path = Path(path)
         self._sums: dict[str, dict[str, Any]] = {}
+        self.notes = dict(notes or {})  # facts about the run kept in every manifest
 
     # ---------------------------------------------------------------- creating / opening
     @property
@@ -182,6 +183,7 @@ class RunStore:
         self.checkpoint_dir.mkdir()
         record = {
             "config": config,
+            **({"notes": self.notes} if self.notes else {}),
             "eoslab_version": __version__,
             "seed": config.get("seed") if isinstance(config, dict) else None,
             "command_line": list(sys.argv),
@@ -220,7 +222,7 @@ class RunStore:
         return man
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        manifest = dict(manifest, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        manifest = dict(self.notes, **manifest, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         manifest["files"] = dict(self._sums)
         atomic_write_bytes(
             self.path / "manifest.json",
