@@ -177,6 +177,7 @@ def _rayleigh(params, x, y, idx):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("x64")  # the float64 run against a float64 reference
 def test_cli_sgd_is_the_reference_loop_and_resumes_to_the_same_bits(tmp_path, capsys):
     steps = 10  # 48 / 8 = 6 batches an epoch: the run crosses into a second epoch
     out = tmp_path / "whole"
