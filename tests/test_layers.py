@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("eoslab",),  # the facade: re-exports the public names, imports anything below it
     ("reproduce",),  # the papers' experiments
-    ("experiments",),  # typed run configs, presets, build, execute
+    ("experiments", "torch"),  # typed run configs, presets, build, execute | PyTorch models
     ("theory",),  # limiting_flow: a limiting flow through the loop
     ("runner",),  # the loop, probes, the run store
     ("dynamics", "parallel"),  # processes and rules | sharding and micro-batching

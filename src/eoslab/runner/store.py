@@ -222,7 +222,7 @@ class RunStore:
         return man
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        manifest = dict(self.notes, **manifest, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        manifest = {**self.notes, **manifest, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         manifest["files"] = dict(self._sums)
         atomic_write_bytes(
             self.path / "manifest.json",
