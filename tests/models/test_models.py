@@ -83,6 +83,11 @@ def test_every_preset_builds_and_maps_to_num_classes():
         if name == "transformer":  # token sequences (N, T) -> logits (N, T, V)
             assert shapes(name, (5,), 7)[2] == (4, 5, 7)
             continue
+        if name == "gpt2-small":  # GPT-2's vocabulary (50,257) over the data's token ids
+            small = {"d_model": 8, "n_heads": 2, "n_layers": 1}
+            assert shapes(name, (5,), 7, **small)[2] == (4, 5, 50257)
+            assert shapes(name, (5,), 7, vocab=7, **small)[2] == (4, 5, 7)
+            continue
         shape = (50,) if name == "deep-linear" else CIFAR
         _, _, out = shapes(name, shape, 7)
         assert out == (4, 7), name
