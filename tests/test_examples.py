@@ -38,6 +38,7 @@ def _check_printed_sharpness(ns: dict, run, out: str) -> None:
     assert first_loss == pytest.approx(float(objective(objective.w0)), rel=1e-3)
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 def test_equinox_example(capsys):
     ns, run, out = _run_example("equinox_model.py", capsys)
     assert out.startswith("Equinox MLP, 1251 parameters")

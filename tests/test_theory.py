@@ -202,6 +202,7 @@ def test_eos_identities_sqrt_loss_gd():
     assert np.all(np.abs(df["stab_sum"][ok] - 1) <= 5 * lr)
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 def test_stableness_identity_and_alignment_with_a_second_normal_direction():
     lr = 0.02
     steps = int(1 / lr**2)
@@ -312,6 +313,7 @@ def test_retraction_refuses_a_bad_tolerance_and_has_no_fixed_projection_time():
         RetractedLimitingFlow(algorithm="normalized_gd", lr=0.1, projection_time=1.0)
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.usefixtures("x64")
 def test_float32_objectives_stay_float32_under_64_bit_mode():
     # 64-bit mode on (the x64 fixture); diffrax promotes its state to its times' dtype, so

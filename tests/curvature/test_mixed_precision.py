@@ -85,6 +85,7 @@ def _problem(name: str):
     return apply, p, x, y, loss
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.parametrize(
     "name",
     [

@@ -164,9 +164,13 @@ def test_every_step_sharpness_is_within_its_bound_of_the_dense_eigenvalue():
 
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize(
-    # gd and sqrt-loss GD (its own objective) by default; normalized GD uses the gradient as gd does
+    # gd by default; sqrt-loss GD (its own objective) and normalized GD under -m slow
     "rule",
-    [GD(0.5), pytest.param(NormalizedGD(0.05), marks=pytest.mark.slow), SqrtLossGD(0.1)],
+    [
+        GD(0.5),
+        pytest.param(NormalizedGD(0.05), marks=pytest.mark.slow),
+        pytest.param(SqrtLossGD(0.1), marks=pytest.mark.slow),
+    ],
 )
 def test_the_fused_step_takes_the_same_steps(rule):
     """The step given the linearization's gradient = the step that computes its own."""

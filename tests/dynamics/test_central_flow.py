@@ -84,6 +84,7 @@ def flow_rows(loss, w0, process, steps, *, every=None):
     return df[df["step"] < steps].reset_index(drop=True)
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.usefixtures("x64")
 def test_central_flow_time_average_matches_gd_on_orbit():
     ys = float(np.arccosh(np.exp(KAPPA)))  # GD's period-2 orbit: y -> -y, log cosh y = kappa
@@ -247,6 +248,7 @@ def test_one_step_spikes_finds_the_reported_shape():
     assert one_step_spikes(np.array([0.03, 0.05, 0.15, 0.05, 0.04])) == []
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.usefixtures("x64")
 def test_warm_block_keeps_the_top_of_an_edge_cluster():
     # a 40-12-12-10 tanh net whose 10 outlier eigenvalues reach 2/lr together: several sit within

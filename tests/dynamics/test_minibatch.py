@@ -98,6 +98,7 @@ def exact():
         }
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 def test_batch_sharpness_matches_the_mean_over_all_batches(exact):
     est = batch_sharpness(exact["obj"], None, B, rel_err=0.005, max_batches=1000)
     print(f"batch sharpness {est} exact {exact['bs']:.6g}")

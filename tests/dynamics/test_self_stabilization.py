@@ -98,6 +98,7 @@ def test_bad_inputs():
     assert e.value.field == "steps"
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.usefixtures("x64")
 def test_pull_against_dense_third_derivative():
     # pull = grad S_perp . grad^3 L(dagger)[v, v], by central differences of dense Hessians
@@ -118,12 +119,14 @@ def test_pull_against_dense_third_derivative():
     assert float(row["pull"]) == pytest.approx(float(ref), rel=1e-4)
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 def test_pull_balances_two_alpha_on_the_toy():
     # one direction at the edge: the time-averaged pull is 2 alpha = 2 kappa (alpha = kappa at y=0)
     df = self_stabilization(toy, jnp.array([19.6, 0.3, 0.3]), lr=LR, steps=250)
     assert np.mean(df["pull"].to_numpy()[100:]) == pytest.approx(2 * KAPPA, rel=0.1)
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.usefixtures("x64")
 def test_gd_beside_flows_averages_the_prediction_over_gds_window():
     from eoslab.dynamics import CentralFlow, GradientFlow, Optimizer

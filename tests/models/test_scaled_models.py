@@ -109,6 +109,7 @@ def gpt_derivatives():
     )
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.usefixtures("x64")
 def test_tied_decoder_hvp_against_dense_hessian_and_gradient_differences():
     _, obj, w, dense_fn, grad, _ = gpt_derivatives()
@@ -210,6 +211,7 @@ def _images(n, shape, k, seed=0):
     return Dataset("img", x, y, x, y, k, shape)
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize(
     "name, shape, opts, policy",

@@ -176,6 +176,7 @@ def derivatives(loss):
     return params, obj, w, dense, grad, plane, third
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("loss", ["mse_half", _SLOW_LOSS])
 def test_hvp_against_dense_hessian_and_gradient_differences(loss):

@@ -61,6 +61,7 @@ def report():
     return memory_report(TINY, batch=32, budget_bytes=1e8, functions=("gradient", "hvp block"))
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 def test_report_sizes_functions_from_shapes(report):
     assert [r.name for r in report.rows] == ["gradient", "hvp block"]
     d, b, t = report.params, 32, 7  # sort-L4: sequences of 2L - 1 = 7 tokens

@@ -221,6 +221,7 @@ def test_float32_agreement(tmp_path):
         assert dl <= 1e-5 and dg <= 1e-5, key
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.subprocess
 @pytest.mark.multidevice
 def test_two_processes_reproduce_single_process(reference, tmp_path):

@@ -194,6 +194,7 @@ def test_shard_params_needs_several_devices():
     assert Experiment(devices=4, shard_params=True).shard_params
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.subprocess
 @pytest.mark.multidevice
 def test_train_with_sharded_parameters_on_four_devices(tmp_path):

@@ -112,6 +112,7 @@ def test_bad_settings_name_the_field():
             EossSettings(**{**base, field: bad})
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 def test_problem_and_run_against_the_test_s_own_computation():
     with jax.enable_x64(False):
         obj = eoss_problem(TINY, seed=3)

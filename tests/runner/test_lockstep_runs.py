@@ -82,6 +82,7 @@ def toy_runs(request, tmp_path_factory):
     return {"manifest": man, "killed_at": killed_at, "ref": load_run(ref), "cut": load_run(cut)}
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.subprocess
 def test_three_processes_in_one_store_resume_after_sigkill_bit_for_bit(toy_runs):
     assert toy_runs["manifest"]["status"] == "running"

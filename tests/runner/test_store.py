@@ -193,6 +193,7 @@ def test_sigkill_then_resume_gives_the_same_final_loss(tmp_path):
     assert list(b.metrics["step"]) == list(range(401))
 
 
+@pytest.mark.slow  # ~10-25 s on 2 cores: make test-all
 @pytest.mark.subprocess
 def test_ctrl_c_marks_the_run_interrupted_and_resume_finishes_it(tmp_path):
     cfg = {
