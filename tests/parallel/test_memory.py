@@ -91,6 +91,7 @@ def test_every_function_compiles_with_and_without_remat():
     assert peaks["step + sharpness"] >= peaks["step"] >= peaks["gradient"]
 
 
+@pytest.mark.slow  # the report fixture compiles a model at three batches: ~20 s
 def test_affine_fit_predicts_a_third_batch(report):
     """The fit from batches 16 and 32 against a compile at 64 (within 15%)."""
     third = memory_report(TINY, batch=64, functions=("hvp block",), remat="none")
