@@ -60,5 +60,15 @@ def proxy_figures(
         ax.set_title(name)
         ax.set_xlabel("step")
     axes[0][0].set_ylabel("sharpness")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    handles: dict[str, object] = {}  # every line of every panel once (Adam's only in its own)
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    axes[0][-1].legend(
+        list(handles.values()),
+        list(handles),
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+    )
     return [save_figure(fig, Path(out) / "proxies.png")]
