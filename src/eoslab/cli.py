@@ -474,7 +474,12 @@ def _cmd_memory(args: Memory) -> int:
     exp = get_preset(args.preset)
     budget = parse_bytes(args.budget)
     rep = memory_report(
-        exp, batch=args.batch, devices=args.devices, budget_bytes=budget, remat=args.remat
+        exp,
+        batch=args.batch,
+        devices=args.devices,
+        budget_bytes=budget,
+        remat=args.remat,
+        progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
     )
     print(format_report(args.preset, rep))
     return 0

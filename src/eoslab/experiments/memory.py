@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -140,18 +142,23 @@ def _programs(exp: Experiment, obj: Objective, k_block: int, k_eigs: int) -> dic
     }
 
 
-def _sizes(obj: Objective, exp, b: int, k_block: int, k_eigs: int, budget: float, functions):
+def _sizes(
+    obj: Objective, exp, b: int, k_block: int, k_eigs: int, budget: float, functions, progress
+):
     lo, hi = (max(1, b // 2), b) if b > 1 else (1, 2)
     out = {}
     for name, (fn, extra) in _programs(exp, obj, k_block, k_eigs).items():
         if name not in functions:
             continue
+        t0 = time.perf_counter()
         at = compiled_memory(fn, _with_batch(obj, b), *extra)
         other = compiled_memory(fn, _with_batch(obj, lo if hi == b else hi), *extra)
         fit = fit_affine(
             *((lo, other.peak, b, at.peak) if hi == b else (b, at.peak, hi, other.peak))
         )
         out[name] = (at, fit, fit.largest_batch(budget))
+        if progress is not None:
+            progress(f"{name}: compiled twice in {time.perf_counter() - t0:.0f} s")
     return out
 
 
@@ -164,9 +171,11 @@ def memory_report(
     remat: str = "blocks",
     k_block: int = 8,
     functions: tuple[str, ...] = FUNCTIONS,
+    progress: Callable[[str], None] | None = None,
 ) -> MemoryReport:
     r"""Size ``exp``'s compiled functions (see the module docstring) at ``batch`` examples
-    (default: the experiment's mini-batch, else its $N$) over ``devices`` devices.
+    (default: the experiment's mini-batch, else its $N$) over ``devices`` devices;
+    ``progress`` is told each function's name as its two compiles end.
 
     Raises:
         ConfigError: not a model problem; a batch, device count, budget or block < 1; an
@@ -202,9 +211,14 @@ def memory_report(
     )
     obj = built.objective.base()
     k_eigs = exp.probes.k
-    plain = _sizes(obj, exp, per_device, k_block, k_eigs, budget_bytes, functions)
+    plain = _sizes(obj, exp, per_device, k_block, k_eigs, budget_bytes, functions, progress)
     robj = _remat_objective(obj, remat)
-    rem = _sizes(robj, exp, per_device, k_block, k_eigs, budget_bytes, functions) if robj else None
+    tell = None if progress is None else (lambda m: progress(f"{m} (remat {remat})"))
+    rem = (
+        _sizes(robj, exp, per_device, k_block, k_eigs, budget_bytes, functions, tell)
+        if robj
+        else None
+    )
     rows = tuple(
         MemoryRow(
             name,
