@@ -24,9 +24,9 @@ from .eigen import Power as Power
 from .eigen import bottom_eigenpairs as bottom_eigenpairs
 from .eigen import top_eigenpairs as top_eigenpairs
 from .eigenvalue_gradient import grad_top_eigenvalue as grad_top_eigenvalue
-from .gauss_newton import GaussNewtonOperator as GaussNewtonOperator
 from .lanczos import krylov_top as krylov_top
 from .operator import AbstractOperator as AbstractOperator
+from .operator import GaussNewtonOperator as GaussNewtonOperator
 from .operator import HessianOperator as HessianOperator
 from .operator import PreconditionedOperator as PreconditionedOperator
 from .operator import as_operator as as_operator

@@ -32,7 +32,7 @@ import numpy as np
 from jaxtyping import Array
 
 from ..curvature import EigenTracker
-from ..curvature.gauss_newton import GaussNewtonOperator
+from ..curvature.operator import GaussNewtonOperator
 from ..curvature.proxies import layer_sharpness, line_search, parameter_groups
 from ..dynamics.process import CompiledProcess
 from ..errors import check_int, check_positive
