@@ -34,8 +34,6 @@ import tyro
 from eoslab import Objective
 from eoslab.curvature import top_eigenpairs
 from eoslab.curvature.step_tracker import StepTracker
-from eoslab.dynamics.optimizer import Optimizer
-from eoslab.dynamics.rules import GD
 from eoslab.runner.probe import InStep, linearization
 from eoslab.runner.probes import StepSharpness
 
@@ -100,12 +98,9 @@ def _time(fn, *args):
 
 
 def bench(name, make, steps: int, reps: int, piece_steps: int) -> dict:
-    obj, lr, warmup = make()
-    proc = Optimizer(GD(lr))
-    state = proc.init(obj, obj.w0)
-    if warmup:
-        state = proc.scan(obj, state, warmup).state
-    w = proc.point(state)
+    from bench_every_step import warmed
+
+    obj, lr, proc, state, w = warmed(make)
     tracker = StepTracker(k=1, tol=1e-3, max_rounds=8)
     carry = _start(obj, w, tracker)
     probe = InStep((StepSharpness(tracker),), "gd")

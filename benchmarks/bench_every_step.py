@@ -88,13 +88,18 @@ def flop_ratio(obj: Objective, w) -> float:
     return both / grad
 
 
-def bench_workload(make, chunks: int, samples: int) -> dict:
+def warmed(make):
+    """A workload's objective, lr, GD process, and its state and point after the warm-up."""
     obj, lr, warmup = make()
     proc = Optimizer(GD(lr))
     state = proc.init(obj, obj.w0)
     if warmup:
         state = proc.scan(obj, state, warmup).state
-    w = proc.point(state)
+    return obj, lr, proc, state, proc.point(state)
+
+
+def bench_workload(make, chunks: int, samples: int) -> dict:
+    obj, lr, proc, state, w = warmed(make)
     flop_floor = flop_ratio(obj, w)
     tracker = StepTracker(k=1, tol=1e-3, max_rounds=8)
     res = top_eigenpairs(obj, w, 1, tol=1e-3)  # the loop's Lanczos start
