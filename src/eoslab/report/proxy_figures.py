@@ -41,9 +41,10 @@ def proxy_figures(
         thr = 2.0 / lrs[name]
         ax.plot(s, f["sharpness"], "k-", lw=2.2, label="lambda_1 (certified)")
         if rules.get(name) == "adam" and "eff_sharpness" in f:
+            # threshold = (2 + 2 beta_1) / ((1 - beta_1) lr): rescaled onto 2/lr by the row's own
             ax.plot(
                 s,
-                f["eff_sharpness"] * 0.1 / 1.9,
+                f["eff_sharpness"] * thr / f["threshold"],
                 "k:",
                 lw=1.5,
                 label="lambda_1(P^-1 H) (1-b1)/(1+b1)",
