@@ -81,6 +81,60 @@ def group_mask(params, groups):
     return ravel_pytree(jax.tree_util.tree_map_with_path(pick, params))[0]
 
 
+def unstack(params):
+    """Stacked ``"blocks"`` (leading layer axis, the scanned layout) as ``"block0"``, ... ."""
+    if "blocks" not in params:
+        return params
+    out = {k: v for k, v in params.items() if k != "blocks"}
+    n = jax.tree_util.tree_leaves(params["blocks"])[0].shape[0]
+    for i in range(n):
+        out[f"block{i}"] = jax.tree_util.tree_map(lambda a, i=i: a[i], params["blocks"])
+    return out
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("remat", ["none", "blocks"])
+def test_scanned_blocks_are_the_looped_blocks(remat):
+    """The stacked layout under one lax.scan (gpt2-small's default) gives the loop's logits,
+    gradient and Hessian products to rounding, with the same initial values."""
+    _, params, ds, _, _ = tiny_gpt()
+    opts = {**TINY_GPT, "n_layers": 2, "remat": remat}
+    scan_apply, scan_p = models.create("gpt2-small", jax.random.key(0), ds.input_shape, 3, **opts)
+    loop_apply, loop_p = models.create(
+        "gpt2-small", jax.random.key(0), ds.input_shape, 3, **opts, scan_layers=False
+    )
+    assert "blocks" in scan_p and "block1" in loop_p and "blocks" not in loop_p
+    jax.tree_util.tree_map(np.testing.assert_array_equal, unstack(scan_p), loop_p)
+    x = ds.x_train
+
+    w_s, unravel_s = ravel_pytree(
+        jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), scan_p)
+    )
+    _, unravel_l = ravel_pytree(
+        jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), loop_p)
+    )
+    w_s = w_s + 0.3 * jax.random.normal(jax.random.key(2), w_s.shape, jnp.float64)
+    v_s = jax.random.normal(jax.random.key(3), w_s.shape, jnp.float64)
+
+    def to_loop(w):
+        return ravel_pytree(unstack(unravel_s(w)))[0]
+
+    def f_scan(w):
+        return jnp.sum(jnp.sin(scan_apply(unravel_s(w), x)))
+
+    def f_loop(w):
+        return jnp.sum(jnp.sin(loop_apply(unravel_l(w), x)))
+
+    w_l, v_l = to_loop(w_s), to_loop(v_s)
+    np.testing.assert_allclose(f_scan(w_s), f_loop(w_l), rtol=1e-12)
+    np.testing.assert_allclose(
+        to_loop(jax.grad(f_scan)(w_s)), jax.grad(f_loop)(w_l), rtol=1e-10, atol=1e-12
+    )
+    hv_s = jax.jvp(jax.grad(f_scan), (w_s,), (v_s,))[1]
+    hv_l = jax.jvp(jax.grad(f_loop), (w_l,), (v_l,))[1]
+    np.testing.assert_allclose(to_loop(hv_s), hv_l, rtol=1e-9, atol=1e-11)
+
+
 @pytest.mark.usefixtures("x64")
 def test_tied_logits_are_the_token_embeddings():
     """Tied logits = LN_f(h) E^T: the same as an untied decoder whose head is E^T, zero bias."""
@@ -89,7 +143,10 @@ def test_tied_logits_are_the_token_embeddings():
     untied_apply, _ = models.create(
         "transformer", jax.random.key(0), ds.input_shape, 5, **{**TINY_GPT, "vocab": None}
     )
-    untied = {**p64, "head": {"w": p64["embed"]["tokens"].T, "b": jnp.zeros(5, jnp.float64)}}
+    untied = {
+        **unstack(p64),
+        "head": {"w": p64["embed"]["tokens"].T, "b": jnp.zeros(5, jnp.float64)},
+    }
     np.testing.assert_allclose(
         apply(p64, ds.x_train), untied_apply(untied, ds.x_train), rtol=1e-12, atol=1e-12
     )
@@ -151,7 +208,7 @@ def test_tied_decoder_third_derivative_through_attention_and_layernorm():
 # ------------------------------------------------------------------ ViT
 def numpy_vit(params, images, patch, n_heads, eps):
     """The ViT written out patch by patch in numpy (float64), bidirectional attention."""
-    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), unstack(params))
 
     def ln(q, z):
         return (z - z.mean()) / math.sqrt(z.var() + eps) * q["scale"] + q["shift"]

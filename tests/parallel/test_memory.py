@@ -24,6 +24,31 @@ def test_compiled_memory_counts_arguments_and_outputs_by_shape():
     assert abstract({"w": jnp.ones(3)})["w"] == jax.ShapeDtypeStruct((3,), jnp.float32)
 
 
+def test_analysis_compile_sizes_what_the_optimised_compile_runs():
+    """`compiled_memory` skips LLVM's optimisation; XLA's buffer assignment, and so every
+    number it reads, is that of the default (optimised) compile of the same program."""
+
+    def loss(w, x):
+        h = jnp.tanh(x @ w[:, :40]) @ w[:40, 40:]
+        return jnp.mean(jnp.sin(h) ** 2)
+
+    def hvp_block(w, x, V):
+        g = lambda u: jax.grad(loss)(u, x)  # noqa: E731
+        return jax.vmap(lambda v: jax.jvp(g, (w,), (v,))[1], in_axes=2, out_axes=2)(V)
+
+    w = jax.ShapeDtypeStruct((60, 70), jnp.float32)
+    x = jax.ShapeDtypeStruct((500, 60), jnp.float32)
+    V = jax.ShapeDtypeStruct((60, 70, 4), jnp.float32)
+    got = compiled_memory(hvp_block, w, x, V)
+    want = jax.jit(hvp_block).lower(w, x, V).compile().memory_analysis()
+    assert got.temp == want.temp_size_in_bytes > 0
+    assert (got.argument, got.output, got.alias) == (
+        want.argument_size_in_bytes,
+        want.output_size_in_bytes,
+        want.alias_size_in_bytes,
+    )
+
+
 def test_affine_fit_and_largest_batch():
     fit = fit_affine(4, 1000.0 + 4 * 50, 16, 1000.0 + 16 * 50)
     assert fit.fixed == pytest.approx(1000.0) and fit.per_example == pytest.approx(50.0)

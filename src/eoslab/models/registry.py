@@ -122,15 +122,17 @@ MODELS: dict[str, ModelSpec] = {
             "max_len": 1024,
             "vocab": 50257,
             "tie_embeddings": True,
+            "scan_layers": True,
         },
         "GPT-2 small: pre-LN causal decoder, d_model 768, 12 heads, 12 layers, vocabulary "
-        "50,257, 1,024 positions, logits off the tied token embeddings (124,439,808 parameters)",
+        "50,257, 1,024 positions, logits off the tied token embeddings (124,439,808 parameters); "
+        "the blocks stacked under one lax.scan",
     ),
     "vit-tiny": ModelSpec(
         vit,
-        {"patch": 4, "d_model": 192, "n_heads": 3, "n_layers": 12},
+        {"patch": 4, "d_model": 192, "n_heads": 3, "n_layers": 12, "scan_layers": True},
         "ViT-Tiny/4 for 32x32 images: 64 patches, d_model 192, 3 heads, 12 layers, mean pool "
-        "(5,362,378 parameters on CIFAR-10)",
+        "(5,362,378 parameters on CIFAR-10); the blocks stacked under one lax.scan",
     ),
 }
 

@@ -30,6 +30,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jaxtyping import Array
 
@@ -47,7 +48,16 @@ from .layers import (
 )
 from .layers import activation as _activation
 
-__all__ = ["Transformer", "block", "causal_attention", "layer_norm", "transformer"]
+__all__ = [
+    "Transformer",
+    "block",
+    "block_init",
+    "causal_attention",
+    "layer_norm",
+    "place_blocks",
+    "run_blocks",
+    "transformer",
+]
 
 
 def layer_norm(p: dict[str, Array], x: Array, eps: float = 1e-5) -> Array:
@@ -69,6 +79,38 @@ def block(
     h = h + causal_attention(p["attn"], layer_norm(p["ln1"], h, ln_eps), n_heads, causal)
     z = act(dense(p["mlp"]["fc"], layer_norm(p["ln2"], h, ln_eps)))
     return h + dense(p["mlp"]["proj"], z)
+
+
+def block_init(rng: np.random.Generator, d: int, m: int) -> dict:
+    r"""One block's parameters: LayerNorms $\gamma=1, \beta=0$, linear layers PyTorch's
+    $U(\pm 1/\sqrt{n_{in}})$ (``qkv`` $d \to 3d$, ``out`` $d \to d$, ``fc`` $d \to m$,
+    ``proj`` $m \to d$)."""
+    return {
+        "ln1": norm_init(d),
+        "attn": {"qkv": dense_init(rng, d, 3 * d), "out": dense_init(rng, d, d)},
+        "ln2": norm_init(d),
+        "mlp": {"fc": dense_init(rng, d, m), "proj": dense_init(rng, m, d)},
+    }
+
+
+def place_blocks(params: dict, blocks: list[dict], scan: bool) -> None:
+    """Put ``blocks`` into ``params``: as ``"block0"``, ``"block1"``, ... or, with ``scan``,
+    stacked along a leading layer axis as ``"blocks"`` (the same values, another flat order)."""
+    if scan:
+        params["blocks"] = jax.tree.map(lambda *a: np.stack(a), *blocks)
+    else:
+        params.update({f"block{i}": b for i, b in enumerate(blocks)})
+
+
+def run_blocks(step, params: dict, h: Array, n_layers: int, scan: bool) -> Array:
+    r"""$h \leftarrow$ ``step(p_l, h)`` for $l = 1..L$: a Python loop over ``"block{l}"``, or one
+    `jax.lax.scan` over the stacked ``"blocks"`` (``scan``), which XLA compiles once for all
+    $L$ layers: compile time and the compiled program no longer grow with depth."""
+    if scan:
+        return lax.scan(lambda c, p: (step(p, c), None), h, params["blocks"])[0]
+    for i in range(n_layers):
+        h = step(params[f"block{i}"], h)
+    return h
 
 
 def causal_attention(p: dict, x: Array, n_heads: int, causal: bool = True) -> Array:
@@ -100,7 +142,8 @@ class Transformer:
     Parameters: ``{"embed": {"tokens" (V, d), "positions" (max_len, d)}, "block0": {"ln1",
     "attn": {"qkv", "out"}, "ln2", "mlp": {"fc", "proj"}}, ..., "ln_f", "head" (d, V)}``; with
     ``tied`` there is no ``"head"``: the logits are $\mathrm{LN}_f(h) E^\top$ (GPT-2).
-    ``remat`` names the rematerialization policy of each block (`eoslab.models.layers.remat`).
+    ``remat`` names the rematerialization policy of each block (`eoslab.models.layers.remat`);
+    with ``scan`` the blocks are stacked as ``"blocks"`` and run by one `jax.lax.scan`.
     Hashable, so jitted callers keep their compiled code."""
 
     n_layers: int
@@ -109,6 +152,7 @@ class Transformer:
     ln_eps: float
     tied: bool = False
     remat: str = "none"
+    scan: bool = False
 
     def __call__(self, params: dict, x: Array) -> Array:
         tokens = x.astype(jnp.int32)
@@ -121,8 +165,7 @@ class Transformer:
             ),
             self.remat,
         )
-        for i in range(self.n_layers):
-            h = step(params[f"block{i}"], h)
+        h = run_blocks(step, params, h, self.n_layers, self.scan)
         z = layer_norm(params["ln_f"], h, self.ln_eps)
         if self.tied:
             return z @ emb["tokens"].T.astype(z.dtype)
@@ -152,6 +195,7 @@ def transformer(
     vocab: int | None = None,
     tie_embeddings: bool = False,
     remat: str = "none",
+    scan_layers: bool = False,
 ) -> tuple[Transformer, dict]:
     r"""A pre-LN causal decoder for sequences of length ``input_shape = (T,)`` over a vocabulary
     of ``num_classes`` tokens (the readout predicts a token at every position).
@@ -166,6 +210,8 @@ def transformer(
     ``tie_embeddings`` reads the logits off the token embeddings (GPT-2: no head, the last term
     drops): GPT-2 small is $V = 50257$, $T = 1024$, $d = 768$, $L = 12$, 12 heads, 124,439,808
     parameters. ``remat``: ``"none"``, ``"blocks"`` or ``"dots"`` (`eoslab.models.layers.remat`).
+    ``scan_layers``: the blocks stacked and run by one `jax.lax.scan` (the same function and
+    initial values; compiles in a time independent of depth: GPT-2 small's presets use it).
 
     Raises:
         ConfigError: ``input_shape`` not ``(T,)``, a size < 1, ``d_model`` not divisible by
@@ -202,15 +248,11 @@ def transformer(
             "positions": normal(rng, (max_len, d), embed_std),
         }
     }
-    for i in range(layers):
-        params[f"block{i}"] = {
-            "ln1": norm_init(d),
-            "attn": {"qkv": dense_init(rng, d, 3 * d), "out": dense_init(rng, d, d)},
-            "ln2": norm_init(d),
-            "mlp": {"fc": dense_init(rng, d, m), "proj": dense_init(rng, m, d)},
-        }
+    place_blocks(params, [block_init(rng, d, m) for _ in range(layers)], bool(scan_layers))
     params["ln_f"] = norm_init(d)
     if not tie_embeddings:
         params["head"] = head_init(rng, d, vocab, True, head_init_std)
-    arch = Transformer(layers, heads, activation, float(ln_eps), bool(tie_embeddings), remat)
+    arch = Transformer(
+        layers, heads, activation, float(ln_eps), bool(tie_embeddings), remat, bool(scan_layers)
+    )
     return arch, params

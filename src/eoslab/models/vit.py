@@ -30,7 +30,7 @@ from .layers import (
 )
 from .layers import activation as _activation
 from .shapes import image_shape
-from .transformer import block, layer_norm
+from .transformer import block, block_init, layer_norm, place_blocks, run_blocks
 
 __all__ = ["ViT", "vit"]
 
@@ -47,6 +47,7 @@ class ViT:
     activation: str
     ln_eps: float
     remat: str = "none"
+    scan: bool = False
 
     def __call__(self, params: dict, x: Array) -> Array:
         h_img, w_img, c = self.image_shape
@@ -65,8 +66,7 @@ class ViT:
             ),
             self.remat,
         )
-        for i in range(self.n_layers):
-            h = step(params[f"block{i}"], h)
+        h = run_blocks(step, params, h, self.n_layers, self.scan)
         pooled = jnp.mean(layer_norm(params["ln_f"], h, self.ln_eps), axis=1)
         return dense(params["head"], pooled)
 
@@ -85,6 +85,7 @@ def vit(
     ln_eps: float = 1e-6,
     head_init_std: float | None = None,
     remat: str = "none",
+    scan_layers: bool = False,
 ) -> tuple[ViT, dict]:
     r"""A ViT on ``input_shape = (H, W, C)`` images cut into ``patch`` x ``patch`` patches
     (default ViT-Tiny/4: $d = 192$, 12 layers, 3 heads, MLP $4d$, 5,362,378 parameters on CIFAR-10).
@@ -122,14 +123,10 @@ def vit(
         "patch": dense_init(rng, patch * patch * c, d),
         "positions": normal(rng, (n_patches, d), 0.02),
     }
-    for i in range(n_layers):
-        params[f"block{i}"] = {
-            "ln1": norm_init(d),
-            "attn": {"qkv": dense_init(rng, d, 3 * d), "out": dense_init(rng, d, d)},
-            "ln2": norm_init(d),
-            "mlp": {"fc": dense_init(rng, d, m), "proj": dense_init(rng, m, d)},
-        }
+    place_blocks(params, [block_init(rng, d, m) for _ in range(n_layers)], bool(scan_layers))
     params["ln_f"] = norm_init(d)
     params["head"] = head_init(rng, d, num_classes, True, head_init_std)
-    arch = ViT((h, w, c), patch, n_layers, n_heads, activation, float(ln_eps), remat)
+    arch = ViT(
+        (h, w, c), patch, n_layers, n_heads, activation, float(ln_eps), remat, bool(scan_layers)
+    )
     return arch, params

@@ -57,6 +57,9 @@ def abstract(tree: Any) -> Any:
     )
 
 
+_ANALYSIS_ONLY = {"xla_backend_optimization_level": 0}
+
+
 def compiled_memory(fn: Callable, *args: Any) -> CompiledMemory:
     """Compile ``jax.jit(fn)`` for ``args`` (arrays or `jax.ShapeDtypeStruct` pytrees; nothing
     runs) and read XLA's memory analysis.
@@ -65,7 +68,9 @@ def compiled_memory(fn: Callable, *args: Any) -> CompiledMemory:
         ConfigError: the backend reports no memory analysis.
     """
     t = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    # Buffer assignment, which the analysis reads, precedes LLVM's optimisation of the machine
+    # code; skipping the latter leaves every number the same and compiles ~1/3 faster.
+    compiled = jax.jit(fn).lower(*args).compile(_ANALYSIS_ONLY)
     seconds = time.perf_counter() - t
     stats = compiled.memory_analysis()
     if stats is None:  # pragma: no cover - backends without memory analysis
