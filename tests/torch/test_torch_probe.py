@@ -117,6 +117,10 @@ def test_batches_are_weighted_by_size_and_buffers_are_used(x64):
     np.testing.assert_allclose(split.mm(V), one.mm(V), rtol=1e-12, atol=1e-14)
     H = _dense_hessian(net, X, y)
     np.testing.assert_allclose(one.mm(V), H @ np.asarray(V), rtol=1e-10, atol=1e-12)
+    for chunk in (1, 2):  # one callback per chunk of columns
+        np.testing.assert_allclose(one.mm(V, chunk=chunk), H @ np.asarray(V), rtol=1e-10)
+    with pytest.raises(ConfigError, match="chunk"):
+        one.mm(V, chunk=0)
     np.testing.assert_allclose(one.as_matrix(), H, atol=1e-12)
     twice = TorchHessianOperator.of(
         net, _loss, [(X[:30], y[:30]), (X[30:], y[30:])], hvp="double_backward"

@@ -8,6 +8,8 @@ memory analysis (`eoslab.parallel.memory`) of:
 * ``step + sharpness``: the step and the certified top-$k$ eigenvalues at every step
   (`eoslab.curvature.StepTracker.update` on the same Hessian, up to 8 rounds);
 * ``hvp block``: $HV$ for a block of ``k_block`` vectors (one linearization, vmapped products);
+* ``hvp block, 1 at a time``: the same block applied one column at a time from the same
+  linearization (`HessianOperator.mm` with ``chunk=1``): the tangents of one vector held at once;
 * ``central-flow substep``: one Euler substep of GD's central flow (warm 8-vector block, Lanczos
   refinement, $\nabla^3L[u,u]$).
 
@@ -43,7 +45,14 @@ from .config import Experiment, ModelProblem
 __all__ = ["FUNCTIONS", "MemoryReport", "MemoryRow", "format_report", "memory_report"]
 
 #: The compiled functions a report sizes, in the order it prints them.
-FUNCTIONS = ("gradient", "step", "step + sharpness", "hvp block", "central-flow substep")
+FUNCTIONS = (
+    "gradient",
+    "step",
+    "step + sharpness",
+    "hvp block",
+    "hvp block, 1 at a time",
+    "central-flow substep",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +86,11 @@ class MemoryReport:
     def row(self, name: str) -> MemoryRow:
         return next(r for r in self.rows if r.name == name)
 
-    def ratio(self, remat: bool = False) -> float:
+    def ratio(self, remat: bool = False, block: str = "hvp block") -> float:
         """HVP-block peak over the gradient's peak (``remat``: the HVP under remat, over the
-        gradient without it, as they run)."""
-        h = self.row("hvp block")
+        gradient without it, as they run; ``block``: ``"hvp block"`` or
+        ``"hvp block, 1 at a time"``)."""
+        h = self.row(block)
         hvp = h.remat_at_batch if remat and h.remat_at_batch is not None else h.at_batch
         return hvp.peak / self.row("gradient").at_batch.peak
 
@@ -130,6 +140,9 @@ def _programs(exp: Experiment, obj: Objective, k_block: int, k_eigs: int) -> dic
     def hvp_block(o, V):
         return HessianOperator(o, o.w0).mm(V)
 
+    def hvp_one_at_a_time(o, V):
+        return HessianOperator(o, o.w0).mm(V, chunk=1)
+
     def cf_substep(o, st):
         return cf.step(o, st)
 
@@ -138,6 +151,10 @@ def _programs(exp: Experiment, obj: Objective, k_block: int, k_eigs: int) -> dic
         "step": (step, (state,)),
         "step + sharpness": (step_sharpness, (state, tstate)),
         "hvp block": (hvp_block, (jax.ShapeDtypeStruct((d, k_block), dtype),)),
+        "hvp block, 1 at a time": (
+            hvp_one_at_a_time,
+            (jax.ShapeDtypeStruct((d, k_block), dtype),),
+        ),
         "central-flow substep": (cf_substep, (cf_state,)),
     }
 
@@ -275,6 +292,12 @@ def format_report(name: str, rep: MemoryReport) -> str:
             "",
             f"HVP block ({rep.k_block} vectors) peak / gradient peak: {rep.ratio():.2f} without "
             f"remat, {rep.ratio(remat=True):.2f} with remat {rep.remat!r}",
+        ]
+    one = "hvp block, 1 at a time"
+    if {"gradient", one} <= names:
+        lines += [
+            f"the same block 1 vector at a time / gradient peak: {rep.ratio(block=one):.2f} "
+            f"without remat, {rep.ratio(remat=True, block=one):.2f} with remat {rep.remat!r}",
         ]
     lines += [
         f"largest batch per device under {rep.budget_bytes / 1e9:g} GB (every function): "

@@ -109,10 +109,19 @@ class TorchHessianOperator(AbstractOperator):
         value, g = self._value_grad()
         return value, g, self.mm
 
-    def mm(self, V: Float[Array, "d k"]) -> Float[Array, "d k"]:
-        r"""$HV$ for a block ``(D, k)``: one callback, ``k`` products (vmapped in torch)."""
+    def mm(self, V: Float[Array, "d k"], chunk: int | None = None) -> Float[Array, "d k"]:
+        r"""$HV$ for a block ``(D, k)``: one callback per ``chunk`` columns (all ``k`` by default),
+        the products of a callback vmapped in torch."""
         m = self.model
-        return _callback(lambda w, X: (m.hvp(w, X),), (self._sds(V.shape),), self.w, V)[0]
+        k = V.shape[1]
+        step = k if chunk is None else chunk
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ConfigError("chunk", chunk, "an integer >= 1 (columns applied at once) or None")
+        parts = [
+            _callback(lambda w, X: (m.hvp(w, X),), (self._sds(X.shape),), self.w, X)[0]
+            for X in (V[:, i : i + step] for i in range(0, k, step))
+        ]
+        return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
 
     def grad_quadratic_form(self, u: Float[Array, " d"]) -> tuple[Array, Array]:
         r"""$(u^\top H u,\ \nabla_w\,u^\top\nabla^2L(w)\,u)$ with $u$ fixed (torch's third
