@@ -289,6 +289,7 @@ def test_warm_block_keeps_the_top_of_an_edge_cluster():
         ((32, 32, 32), 1, "balanced"),  # a deeper tanh net on other examples
     ],
 )
+@pytest.mark.usefixtures("x64")
 def test_predicted_loss_has_no_one_step_spike(widths, seed, subset):
     # |pred_loss / GD's 41-step centred average of its loss - 1| per step over the EoS phase:
     # no step above 50% and 3x both neighbours' (with the 2-vector block: up to 166%, 15 such
