@@ -29,9 +29,10 @@ def spectrum(t: int) -> np.ndarray:
 
 
 @pytest.mark.usefixtures("x64")
-def test_the_block_grows_and_shrinks_with_the_eigenvalues_above_the_cutoff():
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_the_block_grows_and_shrinks_with_the_eigenvalues_above_the_cutoff(chunk):
     Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(D, D)))
-    tr = ClusterTracker(max_k=8, frac=FRAC, tol=1e-6, max_rounds=6)
+    tr = ClusterTracker(max_k=8, frac=FRAC, tol=1e-6, max_rounds=6, chunk=chunk)
     top = np.linalg.eigh(Q @ np.diag(spectrum(0)) @ Q.T)[1][:, ::-1][:, :2]
     st = tr.warm(jnp.asarray(top), jax.random.key(0), 20.0, size=1)
     step = jax.jit(lambda H, st: tr.update(lambda X: H @ X, st, THRESHOLD))
