@@ -543,7 +543,7 @@ class ClusterTracker(eqx.Module):
         differences fitted as in `StepTracker.predict` (at the edge of stability GD
         alternates along the top directions with an amplitude that drifts, and $H_{t+1}$ is
         closer to $H_{t-1}$ than to $H_t$: on the synthetic fc-tanh 5k overshoot the
-        same-parity line's first-round residuals were 4-16x below the last block's). The one
+        same-parity line's first-round residuals were 6-11x below the last block's). The one
         chosen is the one that would have predicted $h_0$ best from the older blocks (Frobenius
         norm over the block and its guard). Only the start depends on it: values and bounds
         come from products at the new point."""
