@@ -438,30 +438,32 @@ class ClusterTracker(eqx.Module):
     the quadratic gap bound below.
 
     *Gap bound* (Lehmann's; a block Kato-Temple). Let $s$ be the block's size, $U$ its $s$
-    Ritz vectors, $R=[r_1,\dots,r_s]$ and $D=\mathrm{diag}(\theta_i-c)$. If $\lambda_{s+1}(H_t)
-    \le c<\theta_s$ — *no eigenvalue above the cutoff lies outside the block* — then for
-    $i\le s$
+    Ritz vectors, $R=[r_1,\dots,r_s]$, $\alpha$ a number with $\alpha<\theta_s$ and
+    $D=\mathrm{diag}(\theta_i-\alpha)$. If $\lambda_{s+1}(H_t)\le\alpha$, then for $i\le s$
 
     $$0\;\le\;\lambda_i-\theta_i\;\le\;\lVert R\,D^{-1/2}\rVert_2^2\;\le\;
-    \frac{\lVert R\rVert_2^2}{\theta_s-c}.$$
+    \frac{\lVert R\rVert_2^2}{\theta_s-\alpha}.$$
 
-    Proof: $\theta_i\le\lambda_i$ by Cauchy interlacing. With $B=H-c$, $B$ has exactly $s$
-    positive eigenvalues $\lambda_i-c$. The pencil $(U^\top B^2U,\;U^\top BU)=(D^2+R^\top R,\;D)$
-    has eigenvalues $\kappa_1\ge\dots\ge\kappa_s>0$ whose reciprocals are Ritz values of
-    $B^{-1}$ on $BU$; interlacing for $B^{-1}$, whose largest eigenvalues are the $1/(\lambda_i-c)$,
-    gives $\lambda_i\le c+\kappa_i$, and Weyl's inequality on $D+D^{-1/2}R^\top RD^{-1/2}$ gives
-    $\kappa_i\le\theta_i-c+\lVert RD^{-1/2}\rVert_2^2$. Rounding: the computed residuals are
-    within $\phi$ per vector of the true ones, so $\lVert R\,D^{-1/2}\rVert_2$ is taken plus
-    $\sqrt{s}\,\phi/\sqrt{\min(\theta_i-c)-\phi}$, $D$ less $\phi$, and $\phi$ is added.
+    Proof: $\theta_i\le\lambda_i$ by Cauchy interlacing. With $B=H-\alpha$, $B$ has exactly $s$
+    positive eigenvalues $\lambda_i-\alpha$. The pencil $(U^\top B^2U,\;U^\top BU)=(D^2+R^\top
+    R,\;D)$ has eigenvalues $\kappa_1\ge\dots\ge\kappa_s>0$ whose reciprocals are Ritz values of
+    $B^{-1}$ on $BU$; interlacing for $B^{-1}$, whose largest eigenvalues are the
+    $1/(\lambda_i-\alpha)$, gives $\lambda_i\le\alpha+\kappa_i$, and Weyl's inequality on
+    $D+D^{-1/2}R^\top RD^{-1/2}$ gives $\kappa_i\le\theta_i-\alpha+\lVert RD^{-1/2}\rVert_2^2$.
+    Rounding: the computed residuals are within $\phi$ per vector of the true ones, so
+    $\lVert R\,D^{-1/2}\rVert_2$ is taken plus $\sqrt{s}\,\phi/\sqrt{\min(\theta_i-\alpha)-\phi}$,
+    $D$ less $\phi$, and $\phi$ is added.
 
-    The gap bound is used only where the block is not full and its guard is certified below the
-    cutoff (its Ritz value plus its residual bound): a guard's Ritz value at or above the cutoff
-    would prove the hypothesis false ($\theta_{s+1}\le\lambda_{s+1}$). Beyond that the
-    hypothesis is not certified by the products (no few products can rule out an
-    eigenvector they never touched): it is the one the block's size rests on anyway (the guard's
-    Ritz value bounds $\lambda_{s+1}$ from *below*). The gap is to the cutoff, never to the
-    guard's Ritz value: a gap to a Ritz value below an eigenvalue the subspace misses is too
-    large, and such bounds failed on 13 of 300 steps of eos-gd (`StepTracker` keeps residual
+    Here $\alpha=\max(c,\ \theta_{s+1}+\lVert r_{s+1}\rVert+\phi)$, the cutoff or the top of the
+    guard's interval: the hypothesis is that *outside the block no eigenvalue lies above the
+    cutoff, except possibly the one in the guard's interval* (it is weaker than "the block holds
+    every eigenvalue above the cutoff"). It is not used for a full block (its guard is above
+    the cutoff, and so may be more). The hypothesis is not certified by the products (no few
+    products can rule out an eigenvector they never touched): it is the one the block's size
+    rests on anyway (the guard's Ritz value bounds $\lambda_{s+1}$ from *below*). The gap is to
+    the cutoff or to the top of the guard's certified interval, never to a Ritz value: a gap to
+    a Ritz value below an eigenvalue the subspace misses is too large, and such bounds failed
+    on 13 of 300 steps of eos-gd (`StepTracker` keeps residual
     bounds for that reason). The residual bound needs no hypothesis but
     is linear in the residual; the gap bound is quadratic, so a block whose subspace turns a
     little each step certifies from one round. ``gap=False`` keeps only residual bounds.
@@ -611,13 +613,14 @@ class ClusterTracker(eqx.Module):
         norm = jnp.maximum(norm, jnp.max(jnp.where(seen, jnp.abs(theta), 0.0)))
         return theta, U, R, seen, norm
 
-    def _gap_bound(self, theta: Array, R: Array, seen: Array, size: Array, floor: Array, cutoff):
-        """The block's gap bound (see the class; ``inf`` where some block value is not above
-        ``cutoff`` by more than ``floor``), and the left singular vectors of $RD^{-1/2}$ as rows
-        (their norms the singular values, largest first)."""
+    def _gap_bound(self, theta: Array, R: Array, seen: Array, size: Array, floor: Array, alpha):
+        r"""The block's gap bound given $\lambda_{s+1}\le$ ``alpha`` (see the class; ``inf``
+        where some block value is not above ``alpha`` by more than ``floor``), and the left
+        singular vectors of $RD^{-1/2}$ as rows (their norms the singular values, largest
+        first)."""
         m1 = self.max_k + 1
         inblock = jnp.arange(m1) < size
-        gap = theta - cutoff - floor
+        gap = theta - alpha - floor
         fine = jnp.all(jnp.where(inblock, seen & (gap > 0), True))
         w = jnp.where(inblock & (gap > 0), jax.lax.rsqrt(jnp.where(gap > 0, gap, 1.0)), 0.0)
         WR = R * w[:, None]
@@ -647,13 +650,15 @@ class ClusterTracker(eqx.Module):
         inblock = rows < size
         want = tol * jnp.abs(theta)
         guard = (rows == size) & (size < m) & ~(seen & (theta + bound < cutoff))
-        below = seen[size] & (theta[size] + resid[size] + floor < cutoff)  # the guard, certified
+        top = theta[size] + resid[size] + floor  # the guard's interval's top
+        below = seen[size] & (top < cutoff)  # the guard, certified below the cutoff
         if self.gap:
+            # the hypothesis: nothing outside the block above the cutoff, but the eigenvalue
+            # in the guard's interval (not for a full block, whose guard lies above the cutoff)
+            q = self._gap_bound(theta, R, seen, size, floor, jnp.maximum(cutoff, top))[0]
+            bound = jnp.where(inblock & seen[size] & (size < m), jnp.minimum(bound, q), bound)
+            # the rounds' directions: those of the bound once the guard is below the cutoff
             q, V = self._gap_bound(theta, R, seen, size, floor, cutoff)
-            # not when the block is full or its guard is not certified below the cutoff: a
-            # guard's Ritz value at or above the cutoff proves the hypothesis false (interlacing)
-            hyp = below & (size < m)
-            bound = jnp.where(inblock & hyp, jnp.minimum(bound, q), bound)
         good = (bound <= want) | (resid <= floor)
         settled = below | (seen[size] & (size == m))
         ok = jnp.all(good | ~inblock) & settled
