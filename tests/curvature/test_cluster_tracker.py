@@ -164,3 +164,24 @@ def test_the_gap_bound_along_gd_on_a_small_mlp_against_dense_hessians():
         w = w - lr * grad(w)
     assert checked >= 30 and max(sizes) >= 3 and len(sizes) > 1  # a block of 3 that shrank
     assert quadratic >= 10  # the gap bound, not the residual bound, certified those steps
+
+
+def test_a_checkpoint_without_the_prediction_history_resumes_with_an_empty_one():
+    from types import SimpleNamespace
+
+    from eoslab.runner.probes import StepCluster
+
+    tr = ClusterTracker(max_k=2)
+    st = tr.init(10, jnp.float32, jax.random.key(0))
+    st = st._replace(past=st.past + 1.0, count=jnp.asarray(3, jnp.int32))
+    probe = StepCluster(tr)
+    at = SimpleNamespace(objective=SimpleNamespace(dtype=jnp.float32))
+    arrays = probe.arrays(st)
+    back = probe.load(arrays, at)
+    assert int(back.count) == 3 and np.all(np.asarray(back.past) == 1.0)
+    older = probe.load({k: arrays[k] for k in ("vectors", "size", "norm")}, at)
+    assert int(older.count) == 0 and older.past.shape == (4, 3, 10)
+    assert np.all(np.asarray(older.past) == 0.0)
+    np.testing.assert_array_equal(np.asarray(older.vectors), np.asarray(st.vectors))
+    with pytest.raises(ConfigError, match="resume"):
+        probe.load({"vectors": arrays["vectors"]}, at)
