@@ -57,7 +57,9 @@ def main(
     max_k: int = 16,
     tol: float = 1e-3,
     chunk_cols: int = 1,
+    gap: bool = True,
 ) -> None:
+    """``gap``: the cluster's quadratic gap bounds (False: residual bounds only)."""
     obj = fc_tanh(n, "float32")
     lam0 = float(top_eigenpairs(obj, obj.w0, 1, tol=1e-4).values[0])
     lr = 1.2 / lam0
@@ -75,7 +77,7 @@ def main(
     step_tr = StepTracker(k=1, tol=tol, max_rounds=8)
     guard = res.vectors[:, 1]
     single = (step_tr.warm(res.vectors[:, :1], guard, res.operator_norm),)
-    cl = ClusterTracker(max_k=max_k, frac=frac, tol=tol, chunk=chunk_cols)
+    cl = ClusterTracker(max_k=max_k, frac=frac, tol=tol, chunk=chunk_cols, gap=gap)
     size0 = int(np.sum(np.asarray(res.values) >= frac * thr))
     cluster = (cl.warm(res.vectors, jax.random.key(0), res.operator_norm, size0),)
     probes = {
@@ -151,8 +153,14 @@ def main(
     print(
         f"fc-tanh {n} synthetic, lr {lr:.4g} (2/lr = {thr:.4g}), "
         f"steps {start}-{start + chunks * CHUNK - 1}, "
-        f"cluster above {frac} x 2/lr (max {max_k}), tol {tol}, chunk {chunk_cols}"
+        f"cluster above {frac} x 2/lr (max {max_k}), tol {tol}, chunk {chunk_cols}, gap {gap}"
     )
+    lam1 = np.asarray(secs["lambda_1"])
+    print(
+        f"cluster / lambda_1 wall time (sum of chunks): {np.sum(secs['cluster']) / lam1.sum():.2f}x"
+    )
+    per = np.asarray(secs["cluster"]) / lam1
+    print(f"cluster / lambda_1 per chunk: {np.round(per, 2).tolist()}")
     print()
     print(
         "| tracker | products/step: median, mean, max | block size: median (min-max) "

@@ -29,9 +29,10 @@ def spectrum(t: int) -> np.ndarray:
 
 
 @pytest.mark.usefixtures("x64")
-def test_the_block_grows_and_shrinks_with_the_eigenvalues_above_the_cutoff():
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_the_block_grows_and_shrinks_with_the_eigenvalues_above_the_cutoff(chunk):
     Q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(D, D)))
-    tr = ClusterTracker(max_k=8, frac=FRAC, tol=1e-6, max_rounds=6)
+    tr = ClusterTracker(max_k=8, frac=FRAC, tol=1e-6, max_rounds=6, chunk=chunk)
     top = np.linalg.eigh(Q @ np.diag(spectrum(0)) @ Q.T)[1][:, ::-1][:, :2]
     st = tr.warm(jnp.asarray(top), jax.random.key(0), 20.0, size=1)
     step = jax.jit(lambda H, st: tr.update(lambda X: H @ X, st, THRESHOLD))
@@ -90,3 +91,97 @@ def test_cluster_config_is_checked_before_any_work():
         ClusterTracker(frac=0.0)
     with pytest.raises(ConfigError, match="max_k"):
         ClusterTracker(max_k=0)
+
+
+@pytest.mark.usefixtures("x64")
+def test_the_gap_bound_holds_for_random_blocks_when_nothing_above_the_cutoff_is_outside():
+    """The quadratic gap bound against dense eigenvalues: random symmetric matrices with a
+    cluster of four above the cutoff (the fifth eigenvalue at or below it, up to touching it),
+    the block's vectors the true ones perturbed by up to 0.3 rad. One round (max_rounds=1) so
+    the residual bound is the alternative; each value within its bound of the eigenvalue of its
+    rank, and the gap bound the smaller one on most draws."""
+    rng = np.random.default_rng(1)
+    n, cutoff = 40, 9.0
+    tr = ClusterTracker(max_k=6, frac=1.0, tol=1e-9, max_rounds=1)
+    upd = jax.jit(lambda H, st: tr.update(lambda X: H @ X, st, cutoff))
+    tighter = 0
+    for trial in range(60):
+        top = 10.0 + rng.uniform(0, 1.5, 4)
+        below = cutoff - rng.choice([0.0, 0.01, 0.3, 2.0]) - rng.uniform(0, 8, n - 4)
+        lam = np.sort(np.concatenate([top, below]))[::-1]
+        Q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+        H = Q @ np.diag(lam) @ Q.T
+        noise = rng.choice([1e-4, 1e-2, 0.1, 0.3])
+        V = Q[:, :7] + noise * rng.normal(size=(n, 7)) / np.sqrt(n)
+        st = tr.warm(jnp.asarray(V), jax.random.key(trial), float(np.abs(lam).max()), 4)
+        _, eig = upd(jnp.asarray(H), st)
+        s = int(eig.size)
+        vals, bounds = np.asarray(eig.values)[:s], np.asarray(eig.error_bound)[:s]
+        assert s == 4, trial
+        assert np.all(np.abs(vals - lam[:s]) <= bounds), (trial, vals - lam[:s], bounds)
+        # the residual bound of each value, from the dense matrix: Ritz vectors of the block
+        Qb = np.linalg.qr(V[:, :5])[0]
+        th, S = np.linalg.eigh(Qb.T @ H @ Qb)
+        U = Qb @ S[:, ::-1][:, :4]
+        resid = np.linalg.norm(H @ U - U * th[::-1][:4], axis=0)
+        tighter += bool(np.all(bounds < 0.5 * resid))
+    assert tighter >= 20
+
+
+@pytest.mark.usefixtures("x64")
+def test_the_gap_bound_along_gd_on_a_small_mlp_against_dense_hessians():
+    """GD on a small tanh MLP in a clustered regime (the block: the top eigenvalues above a
+    cutoff set between the 3rd and 4th at w_0, a fraction of 2/lr): every step's block values,
+    float64, against eigvalsh of jax.hessian. Where no eigenvalue above the cutoff lies outside
+    the block (the gap bound's hypothesis, checked on the dense spectrum) every value is within
+    its bound; one round a step (max_rounds=1), so that the bounds are the first round's."""
+    loss, w0 = small_mlp_loss(n=40, hidden=12, dout=4, seed=3)
+    hessian = jax.jit(jax.hessian(loss))
+    lam0 = np.sort(np.linalg.eigvalsh(np.asarray(hessian(w0))))[::-1]
+    lr = 1.9 / lam0[0]
+    frac = 0.5 * (lam0[2] + lam0[3]) * lr / 2
+    tr = ClusterTracker(max_k=8, frac=float(frac), tol=1e-6, max_rounds=1)
+    H0 = np.asarray(hessian(w0))
+    vec = np.linalg.eigh(H0)[1][:, ::-1]
+    st = tr.warm(jnp.asarray(vec[:, :9]), jax.random.key(0), float(np.abs(lam0).max()), 3)
+    grad = jax.jit(jax.grad(loss))
+    residual = ClusterTracker(max_k=8, frac=float(frac), tol=1e-6, max_rounds=1, gap=False)
+    upd = jax.jit(lambda H, st: tr.update(lambda X: H @ X, st, 2.0 / lr))
+    upd_residual = jax.jit(lambda H, st: residual.update(lambda X: H @ X, st, 2.0 / lr))
+    w, checked, quadratic, sizes = w0, 0, 0, set()
+    for _ in range(40):
+        H = np.asarray(hessian(w))
+        dense = np.sort(np.linalg.eigvalsh(H))[::-1]
+        _, lin = upd_residual(jnp.asarray(H), st)  # the same subspace, residual bounds only
+        st, eig = upd(jnp.asarray(H), st)
+        s = int(eig.size)
+        sizes.add(s)
+        vals, bounds = np.asarray(eig.values)[:s], np.asarray(eig.error_bound)[:s]
+        if dense[s] <= frac * 2.0 / lr:
+            assert np.all(np.abs(vals - dense[:s]) <= bounds), (vals - dense[:s], bounds)
+            checked += 1
+            quadratic += bool(np.all(bounds < 0.5 * np.asarray(lin.error_bound)[:s]))
+        w = w - lr * grad(w)
+    assert checked >= 30 and max(sizes) >= 3 and len(sizes) > 1  # a block of 3 that shrank
+    assert quadratic >= 10  # the gap bound, not the residual bound, certified those steps
+
+
+def test_a_checkpoint_without_the_prediction_history_resumes_with_an_empty_one():
+    from types import SimpleNamespace
+
+    from eoslab.runner.probes import StepCluster
+
+    tr = ClusterTracker(max_k=2)
+    st = tr.init(10, jnp.float32, jax.random.key(0))
+    st = st._replace(past=st.past + 1.0, count=jnp.asarray(3, jnp.int32))
+    probe = StepCluster(tr)
+    at = SimpleNamespace(objective=SimpleNamespace(dtype=jnp.float32))
+    arrays = probe.arrays(st)
+    back = probe.load(arrays, at)
+    assert int(back.count) == 3 and np.all(np.asarray(back.past) == 1.0)
+    older = probe.load({k: arrays[k] for k in ("vectors", "size", "norm")}, at)
+    assert int(older.count) == 0 and older.past.shape == (4, 3, 10)
+    assert np.all(np.asarray(older.past) == 0.0)
+    np.testing.assert_array_equal(np.asarray(older.vectors), np.asarray(st.vectors))
+    with pytest.raises(ConfigError, match="resume"):
+        probe.load({"vectors": arrays["vectors"]}, at)

@@ -345,6 +345,8 @@ class ClusterState(NamedTuple):
     vectors: Float[Array, "m1 d"]
     size: Int[Array, ""]  # the block's size: how many values lay above the cutoff
     norm: Float[Array, ""]
+    past: Float[Array, "4 m1 d"]  # the kept vectors of the 4 steps before, newest first
+    count: Int[Array, ""]  # how many of ``past`` are filled
 
 
 class ClusterEig(NamedTuple):
@@ -360,46 +362,130 @@ class ClusterEig(NamedTuple):
     converged: Array
 
 
-def _products(matmat: Callable[[Array], Array], Q: Array, start: Array, count: Array, chunk: int):
-    """``H q`` for the columns ``start .. start+count-1`` of ``Q`` (d, p), ``chunk`` at a time in
-    a ``while_loop`` (shapes are static, the count is not); other columns come back zero.
-    Returns the products and how many were made (``count`` rounded up to chunks)."""
+def _products(matmat: Callable[[Array], Array], Q: Array, count: Array, chunk: int):
+    """``H q`` for the first ``count`` columns of ``Q`` (d, p): ``chunk`` columns per call (one
+    vmapped product) while a whole chunk remains, then one at a time, in while loops
+    (shapes are static, the count is not); the other columns come back zero. Returns the
+    products and how many were made (``count``)."""
     d, p = Q.shape
-    n = ((count + chunk - 1) // chunk).astype(jnp.int32)
     Qp = jnp.pad(Q, ((0, 0), (0, chunk)))
 
-    def body(c):
-        i, HQ = c
-        at = start + i * chunk
-        block = jax.lax.dynamic_slice_in_dim(Qp, at, chunk, axis=1)
-        return i + 1, jax.lax.dynamic_update_slice_in_dim(HQ, matmat(block), at, axis=1)
+    def loop(width: int, begin: Array, n: Array, HQ: Array) -> Array:
+        def body(c):
+            i, HQ = c
+            at = begin + i * width
+            block = jax.lax.dynamic_slice_in_dim(Qp, at, width, axis=1)
+            return i + 1, jax.lax.dynamic_update_slice_in_dim(HQ, matmat(block), at, axis=1)
 
-    zero = jnp.zeros((), jnp.int32)
-    _, HQ = jax.lax.while_loop(lambda c: c[0] < n, body, (zero, jnp.zeros_like(Qp)))
-    cols = jnp.arange(p)
-    keep = (cols >= start) & (cols < start + count)
-    return jnp.where(keep[None, :], HQ[:, :p], 0.0), n * chunk
+        zero = jnp.zeros((), jnp.int32)
+        return jax.lax.while_loop(lambda c: c[0] < n, body, (zero, HQ))[1]
+
+    count = jnp.asarray(count, jnp.int32)
+    done = jnp.zeros((), jnp.int32)
+    HQ = jnp.zeros_like(Qp)
+    if chunk > 1:
+        HQ = loop(chunk, done, count // chunk, HQ)
+        done = count // chunk * chunk
+    HQ = loop(1, done, count - done, HQ)
+    keep = jnp.arange(p) < count
+    return jnp.where(keep[None, :], HQ[:, :p], 0.0), count
+
+
+def _cluster_state(rows: Array, size: int | Array, norm: float | Array) -> ClusterState:
+    return ClusterState(
+        rows,
+        jnp.asarray(size, jnp.int32),
+        jnp.asarray(norm, rows.dtype),
+        jnp.zeros((4, *rows.shape), rows.dtype),
+        jnp.zeros((), jnp.int32),
+    )
+
+
+class _Round(NamedTuple):
+    """The carry of `ClusterTracker`'s rounds: the subspace ``X`` (its first ``p`` columns live)
+    and its products, the Ritz pairs (rows, largest first) and what the round concluded."""
+
+    X: Array
+    HX: Array
+    p: Array
+    theta: Array
+    U: Array
+    R: Array
+    seen: Array
+    norm: Array
+    size: Array
+    bound: Array
+    ok: Array
+    rounds: Array
+    used: Array
 
 
 class ClusterTracker(eqx.Module):
     r"""Certified top eigenvalues of $H_t$ at every step: the block of all of them above
     ``frac`` times a threshold (e.g. $2/\eta$), its size following them as they cross.
 
-    The block, its guard and (in the last chunk) spare vectors are orthonormalized and multiplied
-    ``chunk`` columns at a time (``max_k + 1`` at most: shapes inside a scan are static, the
-    count is not), from the step's linearization; Rayleigh-Ritz on them gives the values, each
-    certified by its residual plus rounding's floor ($\lVert Hu-\theta u\rVert +
-    8\epsilon\lVert H\rVert$, `eoslab.curvature.rounding`). The block is then the Ritz values at
-    or above the cutoff (at least one), the guard the next one. While a block value's bound
-    misses ``tol``, or the guard lies above the cutoff (the block grows), a further round adds
-    the residuals of the block and its guard to the subspace (block Davidson, restarted to
-    ``max_k + 1`` vectors), until ``max_rounds``. As `StepTracker`, the vectors kept for the
-    next step are $Hu/\theta$ (a free power step along the block).
+    The block predicted from the last steps' (`predict`) and its guard are orthonormalized and
+    multiplied, ``chunk`` columns per call while a whole chunk remains and then one at a time
+    (``max_k + 1`` rows at most: shapes inside a scan are static, the count is not), from the
+    step's linearization. Rayleigh-Ritz on them gives Ritz pairs
+    $(\theta_i,u_i)$, largest first, with residuals $r_i=Hu_i-\theta_iu_i$; the block is the
+    values at or above the cutoff $c$ (at least one), the guard the next one.
 
-    What is certified is that each reported value is within its bound of *an* eigenvalue; that
-    the block holds *all* eigenvalues above the cutoff rests, as every warm start does, on the
-    vectors following the top of the spectrum (the guard's Ritz value is a lower bound on the
-    next eigenvalue, not an upper one).
+    **Bounds.** Each value has the residual bound $\lVert r_i\rVert+\phi$, with
+    $\phi=8\epsilon\lVert H\rVert$ rounding's floor in the products' precision
+    (`eoslab.curvature.rounding`): some eigenvalue of $H_t$ lies within it, whatever the rest
+    of the spectrum. With ``gap`` (the default) a block value's bound is the smaller of that and
+    the quadratic gap bound below.
+
+    *Gap bound* (Lehmann's; a block Kato-Temple). Let $s$ be the block's size, $U$ its $s$
+    Ritz vectors, $R=[r_1,\dots,r_s]$, $\alpha$ a number with $\alpha<\theta_s$ and
+    $D=\mathrm{diag}(\theta_i-\alpha)$. If $\lambda_{s+1}(H_t)\le\alpha$, then for $i\le s$
+
+    $$0\;\le\;\lambda_i-\theta_i\;\le\;\lVert R\,D^{-1/2}\rVert_2^2\;\le\;
+    \frac{\lVert R\rVert_2^2}{\theta_s-\alpha}.$$
+
+    Proof: $\theta_i\le\lambda_i$ by Cauchy interlacing. With $B=H-\alpha$, $B$ has exactly $s$
+    positive eigenvalues $\lambda_i-\alpha$. The pencil $(U^\top B^2U,\;U^\top BU)=(D^2+R^\top
+    R,\;D)$ has eigenvalues $\kappa_1\ge\dots\ge\kappa_s>0$ whose reciprocals are Ritz values of
+    $B^{-1}$ on $BU$; interlacing for $B^{-1}$, whose largest eigenvalues are the
+    $1/(\lambda_i-\alpha)$, gives $\lambda_i\le\alpha+\kappa_i$, and Weyl's inequality on
+    $D+D^{-1/2}R^\top RD^{-1/2}$ gives $\kappa_i\le\theta_i-\alpha+\lVert RD^{-1/2}\rVert_2^2$.
+    Rounding: the computed residuals are within $\phi$ per vector of the true ones, so
+    $\lVert R\,D^{-1/2}\rVert_2$ is taken plus $\sqrt{s}\,\phi/\sqrt{\min(\theta_i-\alpha)-\phi}$,
+    $D$ less $\phi$, and $\phi$ is added.
+
+    Here $\alpha=\max(c,\ \theta_{s+1}+\lVert r_{s+1}\rVert+\phi)$, the cutoff or the top of the
+    guard's interval: the hypothesis is that *outside the block no eigenvalue lies above the
+    cutoff, except possibly the one in the guard's interval* (it is weaker than "the block holds
+    every eigenvalue above the cutoff"). It is not used for a full block (its guard is above
+    the cutoff, and so may be more). The hypothesis is not certified by the products (no few
+    products can rule out an eigenvector they never touched): it is the one the block's size
+    rests on anyway (the guard's Ritz value bounds $\lambda_{s+1}$ from *below*). The gap is to
+    the cutoff or to the top of the guard's certified interval, never to a Ritz value: a gap to
+    a Ritz value below an eigenvalue the subspace misses is too large, and such bounds failed
+    on 13 of 300 steps of eos-gd (`StepTracker` keeps residual
+    bounds for that reason). The residual bound needs no hypothesis but
+    is linear in the residual; the gap bound is quadratic, so a block whose subspace turns a
+    little each step certifies from one round. ``gap=False`` keeps only residual bounds.
+
+    **Rounds.** A step is done when every block bound is within ``tol`` (or the residual at the
+    rounding floor) and the guard is certified below the cutoff (its value plus its residual
+    bound), or the block is full. Otherwise a further round grows one subspace (block
+    Davidson without restart) by the directions still needed: with ``gap``, the leading left
+    singular vectors of $RD^{-1/2}$ whose squared singular value is above ``tol`` times the
+    smallest block value (the gap bound is the largest one); without, the residuals of the
+    values that miss ``tol``, and once a round is needed on to ``tol/4``; with both, the
+    guard's residual while it is not certified; until ``max_rounds``. Each step starts from the
+    block predicted from the last steps' (`predict`), and keeps $Hu/\theta$ (a free power
+    step), as `StepTracker` does.
+
+    >>> import jax, jax.numpy as jnp
+    >>> H = jnp.diag(jnp.concatenate([jnp.array([10.0, 9.5, 9.0]), jnp.linspace(0.0, 5.0, 37)]))
+    >>> tr = ClusterTracker(max_k=4, frac=0.75, tol=1e-3, max_rounds=8)
+    >>> st = tr.init(40, jnp.float64 if jax.config.x64_enabled else jnp.float32, jax.random.key(0))
+    >>> st, eig = tr.update(lambda X: H @ X, st, 10.0)
+    >>> int(eig.size), [round(float(v), 2) for v in eig.values[:3]], bool(eig.converged)
+    (3, [10.0, 9.5, 9.0], True)
     """
 
     max_k: int = eqx.field(static=True, default=16)
@@ -409,6 +495,9 @@ class ClusterTracker(eqx.Module):
     chunk: int = eqx.field(static=True, default=1)
     rounding: str | None = eqx.field(static=True, default=None)
     """The dtype of the products' rounding when coarser than the vectors' (as `StepTracker`)."""
+    gap: bool = eqx.field(static=True, default=True)
+    """Block bounds may use the quadratic gap bound (hypothesis: nothing above the cutoff
+    outside the block); False: residual bounds only."""
 
     def __check_init__(self) -> None:
         check_matmul_dtype(self.rounding, "rounding")
@@ -419,6 +508,8 @@ class ClusterTracker(eqx.Module):
         check_positive("tol", self.tol)
         if not (isinstance(self.frac, (int, float)) and 0.0 < self.frac <= 1.0):
             raise ConfigError("frac", self.frac, "a fraction in (0, 1] of the threshold")
+        if not isinstance(self.gap, bool):
+            raise ConfigError("gap", self.gap, "True or False")
 
     def init(self, d: int, dtype, key: Array) -> ClusterState:
         """A random orthonormal start with a block of one."""
@@ -426,7 +517,7 @@ class ClusterTracker(eqx.Module):
         if d < 2 * (self.max_k + 1):
             raise ConfigError("dim", d, f"at least 2 (max_k + 1) = {2 * (self.max_k + 1)}")
         X = _orth(jax.random.normal(key, (d, self.max_k + 1), dtype)).T
-        return ClusterState(X, jnp.asarray(1, jnp.int32), jnp.zeros((), dtype))
+        return _cluster_state(X, 1, 0.0)
 
     def warm(
         self, vectors: Float[Array, "d j"], key: Array, norm: float | Array = 0.0, size: int = 1
@@ -440,9 +531,69 @@ class ClusterTracker(eqx.Module):
         if j < m1:
             X = jnp.concatenate([X, jax.random.normal(key, (d, m1 - j), vectors.dtype)], axis=1)
         size = max(1, min(int(size), self.max_k))
-        return ClusterState(
-            _orth(X).T, jnp.asarray(size, jnp.int32), jnp.asarray(norm, vectors.dtype)
+        return _cluster_state(_orth(X).T, size, norm)
+
+    def predict(self, state: ClusterState) -> Float[Array, "m1 d"]:
+        r"""The start of this step's block from the kept vectors of the last five steps,
+        $h_0=V_t,\dots,h_4=V_{t-4}$ (rows), each turned onto $h_0$ first: $h_j'=O_jh_j$ with
+        $O_j$ the orthogonal factor of $h_0h_j^\top$ on the block and its guard (Procrustes),
+        since a block's basis inside its subspace changes from step to step while its subspace
+        moves little.
+
+        The candidates are the last block $h_0$, the same-parity block $h_1'$, the line
+        $2h_0-h_1'$, the same-parity line $2h_1'-h_3'$ and the two-term recurrence of the
+        differences fitted as in `StepTracker.predict` (at the edge of stability GD
+        alternates along the top directions with an amplitude that drifts, and $H_{t+1}$ is
+        closer to $H_{t-1}$ than to $H_t$: on the synthetic fc-tanh 5k overshoot the
+        same-parity line's first-round residuals were 6-11x below the last block's). The one
+        chosen is the one that would have predicted $h_0$ best from the older blocks (Frobenius
+        norm over the block and its guard). Only the start depends on it: values and bounds
+        come from products at the new point."""
+        m1 = self.max_k + 1
+        rows = jnp.arange(m1) < state.size + 1
+        both = rows[:, None] & rows[None, :]
+        h0 = state.vectors
+
+        def turned(h: Array) -> Array:
+            M = jnp.where(both, h0 @ h.T, jnp.eye(m1, dtype=h.dtype))
+            u, _, vt = jnp.linalg.svd(M)
+            return (u @ vt) @ h
+
+        h1, h2, h3, h4 = (turned(state.past[j]) for j in range(4))
+        # the recurrence Delta_j ~ c1 Delta_(j+1) + c2 Delta_(j+2) of the differences
+        # Delta_j = h_j - h_(j+1), as `StepTracker.predict` (also an alternation that grows)
+        D = jnp.stack([h0 - h1, h1 - h2, h2 - h3, h3 - h4]) * rows[None, :, None]
+        G = jnp.einsum("iab,jab->ij", D, D)
+        tiny = jnp.finfo(G.dtype).tiny ** 0.5
+
+        def fit(js):
+            A = sum(G[j + 1 : j + 3, j + 1 : j + 3] for j in js)
+            b = sum(G[j + 1 : j + 3, j] for j in js)
+            ridge = _RIDGE * jnp.trace(A) / 2 + tiny
+            c = jnp.linalg.solve(A + ridge * jnp.eye(2, dtype=G.dtype), b)
+            return c * jnp.minimum(1.0, _MAX_EXTRAPOLATION / (jnp.sum(jnp.abs(c)) + tiny))
+
+        cb, cn = fit([1]), fit([0, 1])
+        # (prediction of h0 from the older blocks, prediction of the next, past blocks needed)
+        cands = [
+            (h1, h0, 1),
+            (h2, h1, 2),
+            (2 * h1 - h2, 2 * h0 - h1, 2),
+            (2 * h2 - h4, 2 * h1 - h3, 4),
+            (h1 + cb[0] * D[1] + cb[1] * D[2], h0 + cn[0] * D[0] + cn[1] * D[1], 4),
+        ]
+        err = jnp.stack(
+            [
+                jnp.where(
+                    need <= state.count,
+                    jnp.sum(jnp.where(rows[:, None], h0 - b, 0.0) ** 2),
+                    jnp.inf,
+                )
+                for b, _, need in cands
+            ]
         )
+        best = jnp.where(state.count >= 1, jnp.argmin(err), 0)
+        return jax.lax.switch(best, [lambda n=n: n for _, n, _ in cands])
 
     def _rr(self, Q: Array, HQ: Array, valid: Array, norm: Array):
         """Rayleigh-Ritz on the ``valid`` orthonormal columns of ``Q``: the top ``max_k + 1``
@@ -460,32 +611,72 @@ class ClusterTracker(eqx.Module):
         R = HU - theta[:, None] * U
         seen = jnp.arange(m1) < jnp.sum(valid)
         norm = jnp.maximum(norm, jnp.max(jnp.where(seen, jnp.abs(theta), 0.0)))
-        return theta, U, HU, R, seen, norm
+        return theta, U, R, seen, norm
 
-    def _block(self, theta: Array, seen: Array, resid: Array, norm: Array, cutoff: Array, tol):
+    def _gap_bound(self, theta: Array, R: Array, seen: Array, size: Array, floor: Array, alpha):
+        r"""The block's gap bound given $\lambda_{s+1}\le$ ``alpha`` (see the class; ``inf``
+        where some block value is not above ``alpha`` by more than ``floor``), and the left
+        singular vectors of $RD^{-1/2}$ as rows (their norms the singular values, largest
+        first)."""
+        m1 = self.max_k + 1
+        inblock = jnp.arange(m1) < size
+        gap = theta - alpha - floor
+        fine = jnp.all(jnp.where(inblock, seen & (gap > 0), True))
+        w = jnp.where(inblock & (gap > 0), jax.lax.rsqrt(jnp.where(gap > 0, gap, 1.0)), 0.0)
+        WR = R * w[:, None]
+        G = WR @ WR.T
+        ev, Z = jnp.linalg.eigh(G)
+        trace = jnp.trace(G)
+        # the largest eigenvalue of the small Gram matrix, plus what eigh's rounding can hide
+        eps = float(jnp.finfo(G.dtype).eps)
+        top = jnp.clip(ev[-1] + 4 * m1 * eps * trace, 0.0, trace)
+        dmin = jnp.min(jnp.where(inblock, gap, jnp.inf))
+        a = jnp.sqrt(top) + jnp.sqrt(size.astype(G.dtype)) * floor / jnp.sqrt(dmin)
+        q = jnp.where(fine, a * a + floor, jnp.inf)
+        return q, Z[:, ::-1].T @ WR
+
+    def _block(self, theta: Array, seen: Array, R: Array, norm: Array, cutoff: Array, tol):
         """The block's size (values at or above the cutoff, at least 1, at most ``max_k``), the
-        bounds, and whether the round certifies: every block bound within ``tol`` (or at the
-        rounding floor), and the guard multiplied and certified below the cutoff (its value plus
-        its bound), or the block full."""
+        bounds, whether the round certifies (every block bound within ``tol`` or its residual at
+        the rounding floor, and the guard multiplied and certified below the cutoff, or the
+        block full), and the directions a further round needs (rows; zero rows unneeded)."""
         m = self.max_k
+        rows = jnp.arange(m + 1)
         above = seen[:m] & (theta[:m] >= cutoff)
         size = jnp.clip(jnp.sum(jnp.cumprod(above.astype(jnp.int32)), dtype=jnp.int32), 1, m)
         floor = rounding_floor(norm, rounding_dtype(theta.dtype, self.rounding))
+        resid = jnp.linalg.norm(R, axis=1)
         bound = resid + floor
-        inblock = jnp.arange(m + 1) < size
-        good = (bound <= tol * jnp.abs(theta)) | (resid <= floor)
-        settled = seen[size] & ((theta[size] + bound[size] < cutoff) | (size == m))
-        return size, bound, jnp.all(good | ~inblock) & settled
-
-    def _need(self, theta, bound, seen, norm, size, cutoff, tol):
-        """Which Ritz rows a further round works on: block values whose bound misses ``tol``
-        (with a residual above the rounding floor), and the guard while it is not certified
-        below the cutoff (or was never multiplied)."""
-        rows = jnp.arange(self.max_k + 1)
-        floor = rounding_floor(norm, rounding_dtype(theta.dtype, self.rounding))
-        miss = (rows < size) & (bound > tol * jnp.abs(theta)) & (bound > 2.0 * floor)
-        guard = (rows == size) & (size < self.max_k) & ~(seen & (theta + bound < cutoff))
-        return miss | guard
+        inblock = rows < size
+        want = tol * jnp.abs(theta)
+        guard = (rows == size) & (size < m) & ~(seen & (theta + bound < cutoff))
+        top = theta[size] + resid[size] + floor  # the guard's interval's top
+        below = seen[size] & (top < cutoff)  # the guard, certified below the cutoff
+        if self.gap:
+            # the hypothesis: nothing outside the block above the cutoff, but the eigenvalue
+            # in the guard's interval (not for a full block, whose guard lies above the cutoff)
+            q = self._gap_bound(theta, R, seen, size, floor, jnp.maximum(cutoff, top))[0]
+            bound = jnp.where(inblock & seen[size] & (size < m), jnp.minimum(bound, q), bound)
+            # the rounds' directions: those of the bound once the guard is below the cutoff
+            q, V = self._gap_bound(theta, R, seen, size, floor, cutoff)
+        good = (bound <= want) | (resid <= floor)
+        settled = below | (seen[size] & (size == m))
+        ok = jnp.all(good | ~inblock) & settled
+        # residuals of the block values that miss tol (above twice the floor), and the guard's
+        miss = inblock & ~good & (bound > 2.0 * floor)
+        need = jnp.where((miss | guard)[:, None], R, 0.0)
+        if self.gap:
+            # the gap bound is the largest squared singular value of R D^(-1/2): the directions
+            # whose squared singular value is above the tightest block tolerance
+            smin = jnp.min(jnp.where(inblock, want, jnp.inf))
+            big = jnp.sum(V * V, axis=1) > smin
+            # while the gap bound is finite its directions replace the block's residuals
+            use = jnp.isfinite(q)
+            need = jnp.where(
+                use, jnp.where(big[:, None], V, 0.0) + jnp.where(guard[:, None], R, 0.0), need
+            )
+            # (V has rank <= size: its row ``size``, where the guard's residual goes, is zero)
+        return size, bound, ok, need
 
     def update(
         self, matmat: Callable[[Array], Array], state: ClusterState, threshold: Array
@@ -496,88 +687,60 @@ class ClusterTracker(eqx.Module):
         big = m1 * self.max_rounds
         dtype = state.vectors.dtype
         cutoff = self.frac * jnp.asarray(threshold, dtype)
-        # round 1: the block and its guard (and the spares that fill the last chunk)
-        Q = _orth(state.vectors.T)
-        start = jnp.zeros((), jnp.int32)
-        HQ, used = _products(matmat, Q, start, jnp.minimum(state.size + 1, m1), chunk)
+        # round 1: the predicted block and its guard
+        Q = _orth(self.predict(state).T)
+        HQ, used = _products(matmat, Q, jnp.minimum(state.size + 1, m1), chunk)
         valid = jnp.arange(m1) < jnp.minimum(used, m1)
-        theta, U, HU, R, seen, norm = self._rr(Q, HQ, valid, state.norm)
-        resid = jnp.linalg.norm(R, axis=1)
-        size, bound, ok = self._block(theta, seen, resid, norm, cutoff, self.tol)
+        theta, U, R, seen, norm = self._rr(Q, HQ, valid, state.norm)
+        size, bound, ok, need = self._block(theta, seen, R, norm, cutoff, self.tol)
+        first = _Round(
+            Q, HQ, jnp.minimum(used, m1).astype(jnp.int32), theta, U, R, seen, norm, size, bound,
+            ok, jnp.ones((), jnp.int32), used,
+        )  # fmt: skip
 
-        def more_rounds():
-            # a subspace that grows by the residuals still needed each round (no restart: the
+        def more_rounds() -> _Round:
+            # one subspace, grown by the directions still needed each round (no restart: the
             # earlier directions are what makes it converge like a Krylov method); it exists
             # only on the steps that need it
-            p0 = jnp.minimum(used, m1).astype(jnp.int32)
-            X = jnp.zeros((state.vectors.shape[1], big), dtype).at[:, :m1].set(Q)
-            HX = jnp.zeros_like(X).at[:, :m1].set(HQ)
+            X = jnp.zeros((Q.shape[0], big), dtype).at[:, :m1].set(Q)
+            init = (first._replace(X=X, HX=jnp.zeros_like(X).at[:, :m1].set(HQ)), need)
 
-            def body(c):
-                X, HX, p, theta, U, HU, R, seen, norm, size, bound, _, rounds, used = c
-                need = self._need(theta, bound, seen, norm, size, cutoff, _POLISH * self.tol)
-                a = jnp.sum(need, dtype=jnp.int32)
-                order = jnp.argsort(~need, stable=True)  # the rows needed first
-                D = jnp.where(need[order][:, None], R[order], 0.0).T  # (d, m1)
-                live = (jnp.arange(big) < p)[None, :]
-                Xa = X * live
+            def body(carry: tuple[_Round, Array]) -> tuple[_Round, Array]:
+                c, need = carry
+                keep = jnp.linalg.norm(need, axis=1) > 0
+                a = jnp.sum(keep, dtype=jnp.int32)
+                order = jnp.argsort(~keep, stable=True)  # the needed rows first
+                D = need[order].T  # (d, m1)
+                Xa = c.X * (jnp.arange(big) < c.p)[None, :]
                 for _ in range(2):
                     D = D - Xa @ (Xa.T @ D)
                 Dq, _ = jnp.linalg.qr(D)
                 Dq = Dq - Xa @ (Xa.T @ Dq)
                 Dq = Dq / jnp.linalg.norm(Dq, axis=0, keepdims=True)
-                HD, made = _products(matmat, Dq, jnp.zeros((), jnp.int32), a, chunk)
-                X = jax.lax.dynamic_update_slice_in_dim(X, Dq, p, axis=1)
-                HX = jax.lax.dynamic_update_slice_in_dim(HX, HD, p, axis=1)
-                p = p + a
-                valid = jnp.arange(big) < p
-                theta, U, HU, R, seen, norm = self._rr(X, HX, valid, norm)
-                resid = jnp.linalg.norm(R, axis=1)
-                size, bound, ok = self._block(theta, seen, resid, norm, cutoff, _POLISH * self.tol)
-                return (
-                    X,
-                    HX,
-                    p,
-                    theta,
-                    U,
-                    HU,
-                    R,
-                    seen,
-                    norm,
-                    size,
-                    bound,
-                    ok,
-                    rounds + 1,
-                    used + made,
+                HD, made = _products(matmat, Dq, a, chunk)
+                X = jax.lax.dynamic_update_slice_in_dim(c.X, Dq, c.p, axis=1)
+                HX = jax.lax.dynamic_update_slice_in_dim(c.HX, HD, c.p, axis=1)
+                p = c.p + a
+                theta, U, R, seen, norm = self._rr(X, HX, jnp.arange(big) < p, c.norm)
+                # with residual bounds, on to tol / 4 (the next steps start closer); the gap
+                # bound's directions are few and the prediction starts the next step
+                tol = self.tol if self.gap else _POLISH * self.tol
+                size, bound, ok, need = self._block(theta, seen, R, norm, cutoff, tol)
+                nxt = _Round(
+                    X, HX, p, theta, U, R, seen, norm, size, bound, ok, c.rounds + 1, c.used + made
                 )
+                return nxt, need
 
-            init = (
-                X,
-                HX,
-                p0,
-                theta,
-                U,
-                HU,
-                R,
-                seen,
-                norm,
-                size,
-                bound,
-                ok,
-                jnp.ones((), jnp.int32),
-                used,
-            )
-            out = jax.lax.while_loop(
-                lambda c: (~c[11]) & (c[12] < self.max_rounds) & (c[2] + m1 <= big), body, init
-            )
-            return out[3:]
+            def more(carry: tuple[_Round, Array]) -> Array:
+                c, need = carry
+                more = jnp.any(jnp.linalg.norm(need, axis=1) > 0)
+                return (~c.ok) & more & (c.rounds < self.max_rounds) & (c.p + m1 <= big)
 
-        theta, U, HU, R, seen, norm, size, bound, ok, rounds, used = jax.lax.cond(
-            ok,
-            lambda: (theta, U, HU, R, seen, norm, size, bound, ok, jnp.ones((), jnp.int32), used),
-            more_rounds,
-        )
-        del rounds
+            res = jax.lax.while_loop(more, body, init)[0]
+            return res._replace(X=res.X[:, :m1], HX=res.HX[:, :m1])  # the shapes of ``first``
+
+        out = jax.lax.cond(ok, lambda: first, more_rounds)
+        theta, U, R, seen, size = out.theta, out.U, out.R, out.seen, out.size
         # the free power step, Hu / theta, on every vector seen; the others stay as they were
         refine = seen & (theta > 0)
         W = U + R * (refine / jnp.where(refine, theta, 1.0))[:, None]
@@ -586,12 +749,14 @@ class ClusterTracker(eqx.Module):
         inblock = jnp.arange(m) < size
         nan = jnp.asarray(jnp.nan, theta.dtype)
         values = jnp.where(inblock, theta[:m], nan)
-        bounds = jnp.where(inblock, bound[:m], nan)
-        return ClusterState(W, size.astype(jnp.int32), norm), ClusterEig(
+        bounds = jnp.where(inblock, out.bound[:m], nan)
+        past = jnp.concatenate([state.vectors[None], state.past[:3]])
+        count = jnp.minimum(state.count + 1, 4)
+        return ClusterState(W, size.astype(jnp.int32), out.norm, past, count), ClusterEig(
             values=values,
             error_bound=bounds,
             size=size,
             next_value=jnp.where(seen[size], theta[size], nan),
-            matvecs=used,
+            matvecs=out.used,
             converged=jnp.all((bounds <= self.tol * jnp.abs(values)) | ~inblock),
         )

@@ -459,10 +459,14 @@ class StepCluster(ScanProbe):
         return {f: np.asarray(x) for f, x in state._asdict().items()}
 
     def load(self, arrays: Mapping[str, np.ndarray], at: At) -> ClusterState:
-        if set(arrays) != set(ClusterState._fields):
+        fields = set(ClusterState._fields)
+        if set(arrays) not in (fields, fields - {"past", "count"}):
             raise ConfigError("resume", sorted(arrays), "a cluster tracker's saved vectors")
         dtype = at.objective.dtype
-        types = {"size": jnp.int32}
+        if "past" not in arrays:  # a checkpoint from before the prediction: no history yet
+            V = np.asarray(arrays["vectors"])
+            arrays = {**arrays, "past": np.zeros((4, *V.shape), V.dtype), "count": np.int32(0)}
+        types = {"size": jnp.int32, "count": jnp.int32}
         return ClusterState(
             **{f: jnp.asarray(arrays[f], types.get(f, dtype)) for f in ClusterState._fields}
         )
