@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 
 def quadratic_with_spectrum(eigs, seed=0):
@@ -279,3 +280,13 @@ def markdown_tables(text: str) -> list[list[list[str]]]:
     parser = Cells()
     parser.feed(MarkdownIt("commonmark").enable("table").render(text))
     return parser.tables
+
+
+def group_mask(params, groups):
+    """Flat 0/1 vector selecting the parameters whose path contains one of ``groups``."""
+
+    def pick(path, leaf):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        return jnp.full(leaf.shape, float(any(g in name for g in groups)), jnp.float64)
+
+    return ravel_pytree(jax.tree_util.tree_map_with_path(pick, params))[0]

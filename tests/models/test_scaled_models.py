@@ -20,6 +20,7 @@ from eoslab.curvature import HessianOperator
 from eoslab.data.sequences import sequence_task
 from eoslab.data.specs import Dataset
 from eoslab.errors import ConfigError
+from helpers import group_mask
 
 
 def test_published_parameter_counts():
@@ -71,14 +72,6 @@ def tiny_gpt(loss="mse_half"):
     obj = Objective.from_model(apply, params, ds, loss, dtype="float64")
     w = obj.w0 + 0.3 * jax.random.normal(jax.random.key(1), obj.w0.shape, jnp.float64)
     return apply, params, ds, obj, w
-
-
-def group_mask(params, groups):
-    def pick(path, leaf):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        return jnp.full(leaf.shape, float(any(g in name for g in groups)), jnp.float64)
-
-    return ravel_pytree(jax.tree_util.tree_map_with_path(pick, params))[0]
 
 
 def unstack(params):

@@ -10,12 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
 from eoslab import Objective, models
 from eoslab.curvature import HessianOperator
 from eoslab.data.sequences import sequence_arrays, sequence_task
 from eoslab.errors import ConfigError
+from helpers import group_mask
 
 TINY = {"d_model": 4, "n_heads": 2, "n_layers": 1, "d_mlp": 8}
 
@@ -29,16 +29,6 @@ def tiny(loss, task="sort", n=5, length=2, vocab=3, seed=0, **options):
     # move off the init (LN scale 1, shift 0, ...) to a generic point
     w = obj.w0 + 0.3 * jax.random.normal(jax.random.key(seed + 1), obj.w0.shape, jnp.float64)
     return apply, params, ds, obj, w
-
-
-def group_mask(params, groups):
-    """Flat 0/1 vector selecting the parameters whose path contains one of ``groups``."""
-
-    def pick(path, leaf):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        return jnp.full(leaf.shape, float(any(g in name for g in groups)), jnp.float64)
-
-    return ravel_pytree(jax.tree_util.tree_map_with_path(pick, params))[0]
 
 
 # --------------------------------------------------------------------- the task
